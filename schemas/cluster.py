@@ -1,0 +1,140 @@
+"""Cluster <-> root contract: registration, aggregated reports, instance placement."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AnyHttpUrl, Field, SecretStr, StringConstraints, field_serializer
+
+from schemas.common import (
+    Arch,
+    Id,
+    Labels,
+    Name,
+    Runtime,
+    ShortText,
+    StrictModel,
+    Text,
+    Timestamp,
+)
+from schemas.job import Constraints, InstanceState, PlacementPolicy, TaskSpec
+from schemas.node import Liveness
+from schemas.resources import AcceleratorCounts, Resources
+
+MAX_NODE_SUMMARIES = 256
+MAX_INSTANCE_CHANGES = 1000
+
+
+class ClusterRegistration(StrictModel):
+    """Body of the root's `POST /api/v1/clusters/register` (registration token as bearer)."""
+
+    name: Name
+    url: AnyHttpUrl = Field(description="where the root reaches this cluster's API")
+    location: Annotated[str, StringConstraints(max_length=128)] = ""
+    labels: Labels = Field(default_factory=dict)
+    cluster_id: Id | None = Field(default=None, description="a re-registering cluster's id")
+    credential: SecretStr | None = Field(default=None, max_length=256)
+
+    @field_serializer("credential", when_used="json")
+    def _dump_credential(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
+class ClusterRegistrationResponse(StrictModel):
+    """The id a cluster keeps, and the credential it presents on every later call."""
+
+    cluster_id: Id
+    credential: SecretStr
+    report_interval_s: float = Field(gt=0, le=3600)
+
+    @field_serializer("credential", when_used="json")
+    def _dump_credential(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class NodeCapacity(StrictModel):
+    """Per-node summary inside a cluster report: enough for the root to know one node fits."""
+
+    free: Resources
+    arch: Arch
+    runtimes: list[Runtime] = Field(default_factory=list, max_length=4)
+    labels: Labels = Field(default_factory=dict)
+    temperature_c: float | None = None
+    throttled: bool = False
+
+
+class ThermalSummary(StrictModel):
+    """How hot a cluster runs."""
+
+    max_temperature_c: float | None = None
+    hot_nodes: int = Field(default=0, ge=0)
+    throttled_nodes: int = Field(default=0, ge=0)
+
+
+class InstanceChange(StrictModel):
+    """An instance state change the cluster tells the root about."""
+
+    instance_id: Id
+    job_id: Id
+    state: InstanceState
+    node_id: Id | None = None
+    reason: Text = ""
+    ts: Timestamp
+    exit_code: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterReport(StrictModel):
+    """Aggregated capacity (DESIGN.md section 4) plus instance changes since the last report.
+
+    Totals alone mislead: `largest_free` and `nodes` say what one node can still take.
+    """
+
+    ts: Timestamp
+    seq: int = Field(ge=0)
+    full: bool = Field(default=True, description="true when `instances` lists every instance")
+    nodes_by_liveness: dict[Liveness, int] = Field(default_factory=dict)
+    total: Resources = Field(default_factory=Resources)
+    free: Resources = Field(default_factory=Resources)
+    largest_free_cpu: float = Field(default=0.0, ge=0)
+    largest_free_memory_mib: int = Field(default=0, ge=0)
+    nodes: list[NodeCapacity] = Field(default_factory=list, max_length=MAX_NODE_SUMMARIES)
+    runtimes: list[Runtime] = Field(default_factory=list, max_length=4)
+    archs: list[Arch] = Field(default_factory=list, max_length=8)
+    accelerators: AcceleratorCounts = Field(default_factory=dict)
+    labels: dict[ShortText, list[ShortText]] = Field(default_factory=dict, max_length=256)
+    thermal: ThermalSummary = Field(default_factory=ThermalSummary)
+    instances: list[InstanceChange] = Field(default_factory=list, max_length=MAX_INSTANCE_CHANGES)
+
+
+class ClusterLiveness(StrEnum):
+    """A cluster's liveness as the root sees it."""
+
+    READY = "READY"
+    UNREACHABLE = "UNREACHABLE"
+    LOST = "LOST"
+
+
+class PlaceInstanceRequest(StrictModel):
+    """Root -> cluster `POST /api/v1/instances`: place one instance of a job here."""
+
+    instance_id: Id
+    job_id: Id
+    job_name: Name
+    replica: int = Field(default=0, ge=0)
+    spec: TaskSpec
+    constraints: Constraints = Field(default_factory=Constraints)
+    placement_policy: PlacementPolicy | None = None
+    lost_grace_s: float | None = Field(default=None, ge=0, le=3600)
+
+
+class PlaceInstanceResponse(StrictModel):
+    """The cluster's answer: accepted with the chosen node, or rejected with reasons."""
+
+    accepted: bool
+    instance_id: Id
+    node_id: Id | None = None
+    node_name: Name | None = None
+    reasons: dict[ShortText, int] = Field(default_factory=dict)
+    explanation: Text = ""

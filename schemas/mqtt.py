@@ -1,0 +1,286 @@
+"""The MQTT protocol between a cluster orchestrator and its node engines (DESIGN.md section 6).
+
+Every message is an envelope `{v, kind, id, ts, node_id, payload}`. The payload model is
+chosen by `kind` through a discriminated union, so a decoded message is a typed object
+(`StatusMessage`, `DeployMessage`, ...) and a bad one fails with the field at fault named.
+Which kinds may appear on which channel is part of the contract (`CHANNEL_KINDS`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from schemas.common import ID_PATTERN, Id, ShortText, StrictModel, Text, Timestamp, new_id, now
+from schemas.job import TaskSpec, TaskState
+from schemas.node import NodeStatus
+
+PROTOCOL_VERSION: Literal[1] = 1
+TOPIC_PREFIX = "edge/v1/nodes"
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class Channel(StrEnum):
+    """The last topic level: what a message is about."""
+
+    STATUS = "status"
+    EVENTS = "events"
+    COMMANDS = "commands"
+    PRESENCE = "presence"
+
+
+CHANNEL_QOS: dict[Channel, int] = {
+    Channel.STATUS: 0,
+    Channel.EVENTS: 1,
+    Channel.COMMANDS: 1,
+    Channel.PRESENCE: 1,
+}
+
+
+# ---------------------------------------------------------------- payloads
+
+
+class Presence(StrictModel):
+    """Online/offline; the offline form is also the node's retained last will."""
+
+    online: bool
+    engine_version: ShortText = ""
+    reason: ShortText = ""
+
+
+class DeployCommand(StrictModel):
+    """Run one instance. Idempotent: the envelope id is the command id."""
+
+    instance_id: Id
+    job_id: Id
+    spec: TaskSpec
+
+
+class TerminateCommand(StrictModel):
+    """Stop one instance and forget it."""
+
+    instance_id: Id
+    reason: Text = ""
+
+
+class CommandAck(StrictModel):
+    """A node's answer to a command: accepted, or refused with the reason."""
+
+    command_id: ShortText
+    command_kind: ShortText
+    instance_id: Id | None = None
+    accepted: bool
+    duplicate: bool = Field(default=False, description="the command was seen before")
+    reason: Text = ""
+
+
+class TaskEvent(StrictModel):
+    """A task state change on a node, or a decision about a task (e.g. shedding)."""
+
+    instance_id: Id
+    state: TaskState
+    previous: TaskState | None = None
+    reason: Text = ""
+    exit_code: int | None = None
+    seq: int = Field(default=0, ge=0, description="per-node event counter")
+    data: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+# ---------------------------------------------------------------- envelopes
+
+
+class _Envelope(StrictModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(default_factory=new_id)
+    ts: Timestamp = Field(default_factory=now)
+    node_id: Id
+
+
+class StatusMessage(_Envelope):
+    """`status` on `.../status`: periodic metrics and the full task list."""
+
+    kind: Literal["status"] = "status"
+    payload: NodeStatus
+
+
+class PresenceMessage(_Envelope):
+    """`presence` on `.../presence` (retained)."""
+
+    kind: Literal["presence"] = "presence"
+    payload: Presence
+
+
+class AckMessage(_Envelope):
+    """`ack` on `.../events`."""
+
+    kind: Literal["ack"] = "ack"
+    payload: CommandAck
+
+
+class TaskEventMessage(_Envelope):
+    """`task_event` on `.../events`."""
+
+    kind: Literal["task_event"] = "task_event"
+    payload: TaskEvent
+
+
+class DeployMessage(_Envelope):
+    """`deploy` on `.../commands`."""
+
+    kind: Literal["deploy"] = "deploy"
+    payload: DeployCommand
+
+
+class TerminateMessage(_Envelope):
+    """`terminate` on `.../commands`."""
+
+    kind: Literal["terminate"] = "terminate"
+    payload: TerminateCommand
+
+
+Message = Annotated[
+    StatusMessage
+    | PresenceMessage
+    | AckMessage
+    | TaskEventMessage
+    | DeployMessage
+    | TerminateMessage,
+    Field(discriminator="kind"),
+]
+CommandMessage = DeployMessage | TerminateMessage
+
+CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
+    Channel.STATUS: frozenset({"status"}),
+    Channel.PRESENCE: frozenset({"presence"}),
+    Channel.EVENTS: frozenset({"ack", "task_event"}),
+    Channel.COMMANDS: frozenset({"deploy", "terminate"}),
+}
+KINDS: frozenset[str] = frozenset().union(*CHANNEL_KINDS.values())
+
+_ID_RE = re.compile(ID_PATTERN)
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+# ---------------------------------------------------------------- topics
+
+
+def topic(node_id: str, channel: Channel) -> str:
+    """Build `edge/v1/nodes/{node_id}/{channel}`; rejects ids that are not topic-safe."""
+    if not _valid_id(node_id):
+        raise ValueError(f"node id {node_id!r} does not match {ID_PATTERN}")
+    return f"{TOPIC_PREFIX}/{node_id}/{channel.value}"
+
+
+def subscription(channel: Channel) -> str:
+    """The wildcard a cluster subscribes to for one channel of every node."""
+    return f"{TOPIC_PREFIX}/+/{channel.value}"
+
+
+def parse_topic(name: str) -> tuple[str, Channel]:
+    """Split a topic into (node_id, channel); ValueError if it is not one of ours."""
+    parts = name.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != TOPIC_PREFIX:
+        raise ValueError(f"topic {name!r} is not under {TOPIC_PREFIX}/<node_id>/<channel>")
+    node_id, chan = parts[3], parts[4]
+    if not _valid_id(node_id):
+        raise ValueError(f"topic {name!r} has an invalid node id")
+    try:
+        return node_id, Channel(chan)
+    except ValueError:
+        raise ValueError(
+            f"topic {name!r} has unknown channel {chan!r}; expected one of "
+            + ", ".join(c.value for c in Channel)
+        ) from None
+
+
+def _valid_id(value: str) -> bool:
+    return _ID_RE.fullmatch(value) is not None
+
+
+# ---------------------------------------------------------------- coding
+
+
+class MessageError(ValueError):
+    """A message that cannot be accepted; `reason` is a short label for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(
+    message: StatusMessage
+    | PresenceMessage
+    | AckMessage
+    | TaskEventMessage
+    | DeployMessage
+    | TerminateMessage,
+) -> bytes:
+    """Serialise a message to compact JSON bytes."""
+    return message.model_dump_json().encode()
+
+
+def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
+    """Parse and validate one message; raise `MessageError` with a countable reason.
+
+    When `topic_name` is given, the envelope's node id must match the topic's and the
+    kind must be allowed on that channel, so a node cannot speak for another.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MessageError("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("bad_json", str(exc)) from None
+    if not isinstance(data, dict):
+        raise MessageError("bad_envelope", "message is not a JSON object")
+    version = data.get("v")
+    if version != PROTOCOL_VERSION:
+        raise MessageError(
+            "bad_version",
+            f"unsupported envelope version {version!r}; this program speaks v{PROTOCOL_VERSION}",
+        )
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise MessageError(
+            "unknown_kind", f"unknown message kind {kind!r}; expected one of {sorted(KINDS)}"
+        )
+    try:
+        message = _MESSAGE.validate_python(data)
+    except ValidationError as exc:
+        raise MessageError("invalid", describe_validation_error(exc)) from None
+    if topic_name is not None:
+        try:
+            node_id, channel = parse_topic(topic_name)
+        except ValueError as exc:
+            raise MessageError("bad_topic", str(exc)) from None
+        if message.node_id != node_id:
+            raise MessageError(
+                "node_mismatch", f"envelope node_id {message.node_id!r} != topic node {node_id!r}"
+            )
+        if message.kind not in CHANNEL_KINDS[channel]:
+            raise MessageError(
+                "wrong_channel", f"kind {message.kind!r} is not allowed on {channel.value!r}"
+            )
+    return message
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """One readable line naming each field at fault, e.g. `payload.spec.image: ...`."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        parts.append(f"{loc or '(root)'}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"(+{more} more)")
+    return "; ".join(parts)
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and part in KINDS
