@@ -1,0 +1,1 @@
+"""Task runtimes: docker (Docker SDK) and native (process groups)."""
