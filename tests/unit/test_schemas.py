@@ -119,13 +119,13 @@ EXAMPLES: list[BaseModel] = [
     Event(id="e1", ts=1.0, kind="instance.state", subject="i1", state="RUNNING", data={"x": 1}),
     Instance(id="i1", job_id="j1", replica=0, state=InstanceState.RUNNING, updated_at=1.0),
     INFO,
-    JoinRequest(info=INFO, node_id="n1", node_secret="s3cret"),  # type: ignore[arg-type]
-    MqttConnectInfo(host="broker", port=1883, username="n1", password="pw", client_id="n1"),  # type: ignore[arg-type]
+    JoinRequest(info=INFO, node_id="n1", node_secret="s3cret"),
+    MqttConnectInfo(host="broker", port=1883, username="n1", password="pw", client_id="n1"),
     JoinResponse(
         node_id="n1",
-        node_secret="s3cret",  # type: ignore[arg-type]
+        node_secret="s3cret",
         cluster_name="site-a",
-        mqtt=MqttConnectInfo(host="b", port=1, username="u", password="p", client_id="c"),  # type: ignore[arg-type]
+        mqtt=MqttConnectInfo(host="b", port=1, username="u", password="p", client_id="c"),
         status_interval_s=1,
     ),
     Throttling(under_voltage=True),
@@ -136,8 +136,8 @@ EXAMPLES: list[BaseModel] = [
     TaskStatus(instance_id="i1", state=TaskState.PAUSED, runtime=Runtime.DOCKER),
     STATUS,
     NodeView(id="n1", info=INFO, liveness=Liveness.READY, status=STATUS),
-    ClusterRegistration(name="site-a", url="http://10.0.0.1:8001", labels={"region": "eu"}),  # type: ignore[arg-type]
-    ClusterRegistrationResponse(cluster_id="c1", credential="cred", report_interval_s=5),  # type: ignore[arg-type]
+    ClusterRegistration(name="site-a", url="http://10.0.0.1:8001", labels={"region": "eu"}),
+    ClusterRegistrationResponse(cluster_id="c1", credential="cred", report_interval_s=5),
     NodeCapacity(free=Resources(cpu=1), arch=Arch.AMD64, runtimes=[Runtime.NATIVE]),
     ThermalSummary(max_temperature_c=80, hot_nodes=1),
     InstanceChange(instance_id="i1", job_id="j1", state=InstanceState.SHED, ts=2.0),
@@ -309,7 +309,7 @@ def test_job_spec_task_spec_keeps_node_fields_only() -> None:
 
 
 def test_secrets_are_hidden_in_repr_but_sent_on_the_wire() -> None:
-    resp = ClusterRegistrationResponse(cluster_id="c", credential="topsecret", report_interval_s=1)  # type: ignore[arg-type]
+    resp = ClusterRegistrationResponse(cluster_id="c", credential="topsecret", report_interval_s=1)
     assert "topsecret" not in repr(resp) and "topsecret" not in str(resp)
     assert json.loads(resp.model_dump_json())["credential"] == "topsecret"
 
