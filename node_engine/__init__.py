@@ -1,1 +1,3 @@
-"""node_engine package."""
+"""node_engine package: the agent that runs on each edge device (see docs/node-engine.md)."""
+
+__version__ = "0.1.0"

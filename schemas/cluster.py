@@ -35,9 +35,15 @@ class ClusterRegistration(StrictModel):
     labels: Labels = Field(default_factory=dict)
     cluster_id: Id | None = Field(default=None, description="a re-registering cluster's id")
     credential: SecretStr | None = Field(default=None, max_length=256)
+    api_token: SecretStr | None = Field(
+        default=None,
+        max_length=256,
+        description="bearer token the root presents on calls to this cluster's API "
+        "(place, terminate, list nodes); the root keeps it and never shows it",
+    )
 
-    @field_serializer("credential", when_used="json")
-    def _dump_credential(self, value: SecretStr | None) -> str | None:
+    @field_serializer("credential", "api_token", when_used="json")
+    def _dump_secret(self, value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
 
 

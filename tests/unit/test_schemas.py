@@ -137,6 +137,9 @@ EXAMPLES: list[BaseModel] = [
     STATUS,
     NodeView(id="n1", info=INFO, liveness=Liveness.READY, status=STATUS),
     ClusterRegistration(name="site-a", url="http://10.0.0.1:8001", labels={"region": "eu"}),
+    ClusterRegistration(
+        name="site-a", url="http://10.0.0.1:8001", cluster_id="c1", credential="c", api_token="t"
+    ),
     ClusterRegistrationResponse(cluster_id="c1", credential="cred", report_interval_s=5),
     NodeCapacity(free=Resources(cpu=1), arch=Arch.AMD64, runtimes=[Runtime.NATIVE]),
     ThermalSummary(max_temperature_c=80, hot_nodes=1),

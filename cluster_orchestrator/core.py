@@ -1,0 +1,1433 @@
+"""The single owner of the cluster orchestrator's state.
+
+One thread runs `ClusterCore._run`. It is the only code that reads or changes nodes,
+instances and pending commands. Everything else talks to it through its inbox:
+
+* the MQTT network thread puts decoded messages (`Inbound`) with `deliver()`;
+* HTTP handlers put closures with `call()` / `run()` and get the result through a
+  future (so an API request is applied between two MQTT messages, never during one);
+* timers are handled by the loop itself (a 100 ms tick): liveness, ack timeouts,
+  rescheduling after the lost grace, reconcile, status snapshots, report triggers.
+
+Durable changes (joins, liveness transitions, instance state changes, events) are
+handed to the `Persister` (one writer thread); the latest node status stays in memory
+and is written in batches every `status_snapshot_interval` seconds. See
+docs/cluster-orchestrator.md ("State ownership").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cluster_orchestrator.aggregate import NodeSnapshot, aggregate
+from cluster_orchestrator.candidates import (
+    Usage,
+    build_candidate,
+    placement_request,
+    reservations,
+)
+from cluster_orchestrator.liveness import LivenessTracker, Transition
+from cluster_orchestrator.metrics import Metrics
+from cluster_orchestrator.mqtt_adapter import Inbound
+from cluster_orchestrator.persister import Persister
+from cluster_orchestrator.records import (
+    EVENTS,
+    INSTANCES,
+    NODE_STATUS,
+    NODES,
+    InstanceRecord,
+    NodeRecord,
+    event_doc,
+    event_from_doc,
+    hash_secret,
+    make_event,
+    new_secret,
+    verify_secret,
+)
+from cluster_orchestrator.settings import ClusterSettings
+from cluster_orchestrator.views import DrainResult, InstanceView, NodeDetail
+from placement import Candidate, Decision, place
+from schemas.cluster import (
+    MAX_INSTANCE_CHANGES,
+    ClusterReport,
+    InstanceChange,
+    PlaceInstanceRequest,
+    PlaceInstanceResponse,
+)
+from schemas.job import InstanceState, RestartPolicy, ShedAction, TaskState
+from schemas.mqtt import (
+    AckMessage,
+    CommandMessage,
+    DeployCommand,
+    DeployMessage,
+    PresenceMessage,
+    StatusMessage,
+    TaskEventMessage,
+    TerminateCommand,
+    TerminateMessage,
+)
+from schemas.node import JoinRequest, Liveness, NodeInfo, NodeStatus
+from store import Store
+
+__all__ = ["ClusterCore", "Forbidden", "JoinGrant", "NotFound"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TICK_S = 0.1
+GAUGE_EVERY_S = 1.0
+BATCH = 500
+
+_TASK_TO_INSTANCE: dict[TaskState, InstanceState] = {
+    TaskState.STARTING: InstanceState.STARTING,
+    TaskState.RUNNING: InstanceState.RUNNING,
+    TaskState.PAUSED: InstanceState.SHED,
+    TaskState.SUCCEEDED: InstanceState.SUCCEEDED,
+    TaskState.FAILED: InstanceState.FAILED,
+    TaskState.TERMINATED: InstanceState.TERMINATED,
+    TaskState.SHED: InstanceState.SHED,
+}
+
+#: Order of progress before a task runs: a status must not move an instance backwards.
+_PROGRESS = {
+    InstanceState.PENDING: 0,
+    InstanceState.SCHEDULED: 1,
+    InstanceState.ASSIGNED: 2,
+    InstanceState.STARTING: 3,
+    InstanceState.RUNNING: 4,
+}
+
+
+class NotFound(LookupError):
+    """The node or instance does not exist."""
+
+
+class Forbidden(PermissionError):
+    """A join presented a node id with a wrong or missing node secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinGrant:
+    """What the core decided for a join: id, identity secret, whether it is new."""
+
+    node_id: str
+    node_secret: str
+    new: bool
+    durable: Future[None] | None
+
+
+@dataclass(slots=True)
+class PendingCommand:
+    """A command waiting for its ack."""
+
+    message: CommandMessage
+    kind: str
+    node_id: str
+    instance_id: str
+    deadline: float
+    sent: int = 1
+    orphan: bool = False
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: Future[Any]
+
+
+class ClusterCore:
+    """Owns nodes, instances and commands; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        settings: ClusterSettings,
+        store: Store,
+        persister: Persister,
+        metrics: Metrics,
+        publish: Callable[[CommandMessage], bool] | None = None,
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._persister = persister
+        self._metrics = metrics
+        self._publish = publish or (lambda _m: False)
+        self._mono = mono
+        self._wall = wall
+        self._rng = rng or random.Random()
+        self._inbox: queue.SimpleQueue[Inbound | _Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        # state (core thread only)
+        self.nodes: dict[str, NodeRecord] = {}
+        self.instances: dict[str, InstanceRecord] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._pending: dict[str, PendingCommand] = {}
+        self._terminating: dict[tuple[str, str], str] = {}
+        self._lags: list[float] = []
+        self._next_reconcile = 0.0
+        self._next_snapshot = 0.0
+        self._next_gauges = 0.0
+        # instance changes and capacity changes for the reporter (any thread)
+        self._changes_lock = threading.Lock()
+        self._changes: list[InstanceChange] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    # ================================================================ lifecycle
+
+    def set_publisher(self, publish: Callable[[CommandMessage], bool]) -> None:
+        """Install the function that publishes commands (the MQTT adapter's)."""
+        self._publish = publish
+
+    def load(self) -> None:
+        """Load nodes and unfinished instances from the store (before `start`)."""
+        now = self._mono()
+        for doc in self._store.find(NODES):
+            try:
+                node = NodeRecord.from_doc(doc, now)
+            except (KeyError, ValueError) as exc:
+                log.error("skipping unreadable node document %s: %s", doc.get("_id"), exc)
+                continue
+            self.nodes[node.id] = node
+        for doc in self._store.find(NODE_STATUS):
+            node_or_none = self.nodes.get(str(doc.get("_id")))
+            if node_or_none is None or "status" not in doc:
+                continue
+            try:
+                node_or_none.status = NodeStatus.model_validate(doc["status"])
+            except ValueError:
+                continue
+        for state in InstanceState:
+            if state.terminal:
+                continue
+            for doc in self._store.find(INSTANCES, {"state": state.value}):
+                try:
+                    inst = InstanceRecord.from_doc(doc)
+                except (KeyError, ValueError) as exc:
+                    log.error("skipping unreadable instance %s: %s", doc.get("_id"), exc)
+                    continue
+                inst.acked_at = now
+                inst.assigned_at = now
+                self.instances[inst.id] = inst
+                if inst.node_id:
+                    self._by_node.setdefault(inst.node_id, set()).add(inst.id)
+                for ev in self._store.find(
+                    EVENTS, {"instance_id": inst.id}, order_by="_id", descending=True, limit=50
+                ):
+                    inst.events.appendleft(event_from_doc(ev))
+        log.info(
+            "loaded %d nodes and %d unfinished instances", len(self.nodes), len(self.instances)
+        )
+
+    def start(self) -> None:
+        """Start the loop thread."""
+        if self._thread is not None:
+            return
+        now = self._mono()
+        self._next_reconcile = now + self.settings.reconcile_interval
+        self._next_snapshot = now + self.settings.status_snapshot_interval
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="cluster-core", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop and queue the last status snapshot."""
+        if self._thread is None:
+            return
+        self._running = False
+        self._inbox.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+        self._flush_snapshots()
+
+    # ================================================================ entry points
+
+    def deliver(self, inbound: Inbound) -> None:
+        """Hand a decoded MQTT message to the loop (called on the MQTT thread)."""
+        self._inbox.put(inbound)
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the loop thread; the future holds its result or exception."""
+        future: Future[T] = Future()
+        if threading.current_thread() is self._thread:
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        self._inbox.put(_Call(fn, future))
+        return future
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Await `fn` run on the loop thread (for async HTTP handlers)."""
+        return await asyncio.wrap_future(self.call(fn))
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Register a function called (on the core thread) when a report is due soon."""
+        self._listeners.append(fn)
+
+    def take_changes(self) -> list[InstanceChange]:
+        """Instance changes since the last call (any thread)."""
+        with self._changes_lock:
+            out, self._changes = self._changes, []
+        return out
+
+    def requeue_changes(self, changes: list[InstanceChange], limit: int = 10000) -> None:
+        """Put changes that could not be reported back in front (bounded)."""
+        with self._changes_lock:
+            merged = changes + self._changes
+            self._changes = merged[-limit:]
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting in the inbox."""
+        return self._inbox.qsize()
+
+    # ================================================================ the loop
+
+    def _run(self) -> None:
+        next_tick = self._mono()
+        while True:
+            timeout = max(0.0, next_tick - self._mono())
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is None and not self._running:
+                return
+            if item is not None:
+                self._handle(item)
+                for _ in range(BATCH):
+                    try:
+                        item = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        if not self._running:
+                            return
+                        continue
+                    self._handle(item)
+            now = self._mono()
+            if now >= next_tick:
+                try:
+                    self._tick(now)
+                except Exception:
+                    log.exception("core tick failed")
+                next_tick = now + TICK_S
+
+    def _handle(self, item: Inbound | _Call) -> None:
+        if isinstance(item, _Call):
+            if not item.future.set_running_or_notify_cancel():
+                return
+            try:
+                item.future.set_result(item.fn())
+            except BaseException as exc:
+                item.future.set_exception(exc)
+            return
+        try:
+            message = item.message
+            if isinstance(message, StatusMessage):
+                self._on_status(message, item)
+            elif isinstance(message, TaskEventMessage):
+                self._on_task_event(message)
+            elif isinstance(message, AckMessage):
+                self._on_ack(message)
+            elif isinstance(message, PresenceMessage):
+                self._on_presence(message, item)
+        except Exception:
+            log.exception("handling %s from %s failed", item.message.kind, item.message.node_id)
+
+    def _tick(self, now: float) -> None:
+        if self._lags:
+            self._metrics.observe_lags(self._lags)
+            self._lags = []
+        self._tick_liveness(now)
+        self._tick_commands(now)
+        self._tick_grace(now)
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + self.settings.reconcile_interval
+            self.reconcile()
+        if now >= self._next_snapshot:
+            self._next_snapshot = now + self.settings.status_snapshot_interval
+            self._flush_snapshots()
+        if now >= self._next_gauges:
+            self._next_gauges = now + GAUGE_EVERY_S
+            self._update_gauges()
+
+    # ================================================================ helpers
+
+    def _node_name(self, node_id: str | None) -> str:
+        if node_id is None:
+            return "-"
+        node = self.nodes.get(node_id)
+        return node.info.name if node else node_id
+
+    def _reject(self, reason: str) -> None:
+        self._metrics.inc("edge_cluster_mqtt_rejected_total", {"reason": reason})
+
+    def _notify_report(self) -> None:
+        for fn in self._listeners:
+            try:
+                fn()
+            except Exception:
+                log.exception("report listener failed")
+
+    def _persist_node(self, node: NodeRecord) -> None:
+        self._persister.put(NODES, node.to_doc())
+
+    def _persist_instance(self, inst: InstanceRecord) -> None:
+        self._persister.put(INSTANCES, inst.to_doc())
+
+    def _record_event(self, inst: InstanceRecord | None, **kwargs: Any) -> None:
+        event = make_event(ts=self._wall(), **kwargs)
+        if inst is not None:
+            inst.events.append(event)
+        self._persister.put(EVENTS, event_doc(event))
+
+    def _set_node(self, inst: InstanceRecord, node_id: str | None) -> None:
+        if inst.node_id is not None:
+            ids = self._by_node.get(inst.node_id)
+            if ids is not None:
+                ids.discard(inst.id)
+        inst.node_id = node_id
+        if node_id is not None:
+            self._by_node.setdefault(node_id, set()).add(inst.id)
+
+    def _instances_on(self, node_id: str) -> list[InstanceRecord]:
+        out = []
+        for iid in sorted(self._by_node.get(node_id, ())):
+            inst = self.instances.get(iid)
+            if inst is not None and inst.node_id == node_id:
+                out.append(inst)
+        return out
+
+    def _transition(
+        self,
+        inst: InstanceRecord,
+        state: InstanceState,
+        reason: str,
+        *,
+        exit_code: int | None = None,
+        data: dict[str, Any] | None = None,
+        report: bool = True,
+    ) -> None:
+        """Change an instance's state: event, store, metrics, report."""
+        if state is inst.state and reason == inst.reason and exit_code == inst.exit_code:
+            return
+        previous = inst.state
+        inst.state = state
+        inst.reason = reason[:1024]
+        if exit_code is not None:
+            inst.exit_code = exit_code
+        inst.updated_at = self._wall()
+        if state.terminal:
+            self._drop_pending_deploys(inst.id)
+        ev_data = {"previous": previous.value, **(data or {})}
+        self._record_event(
+            inst,
+            kind="instance.state",
+            subject=inst.id,
+            state=state.value,
+            reason=inst.reason,
+            job_id=inst.job_id,
+            instance_id=inst.id,
+            node_id=inst.node_id,
+            data=ev_data,
+        )
+        self._persist_instance(inst)
+        self._metrics.inc("edge_cluster_instance_transitions_total", {"state": state.value})
+        if report:
+            change = InstanceChange(
+                instance_id=inst.id,
+                job_id=inst.job_id,
+                state=state,
+                node_id=inst.node_id,
+                reason=inst.reason,
+                ts=inst.updated_at,
+                exit_code=inst.exit_code,
+                data={"node_name": self._node_name(inst.node_id), "restarts": inst.restarts},
+            )
+            with self._changes_lock:
+                self._changes.append(change)
+                if len(self._changes) > 10000:
+                    del self._changes[: len(self._changes) - 10000]
+            self._notify_report()
+        log.info(
+            "instance %s %s -> %s on %s: %s",
+            inst.id,
+            previous.value,
+            state.value,
+            self._node_name(inst.node_id),
+            inst.reason,
+        )
+
+    def _drop_pending_deploys(self, instance_id: str) -> None:
+        for cid in [
+            c
+            for c, p in self._pending.items()
+            if p.kind == "deploy" and p.instance_id == instance_id
+        ]:
+            del self._pending[cid]
+
+    # ================================================================ nodes: join
+
+    def join(self, request: JoinRequest) -> JoinGrant:
+        """Register or re-admit a node (core thread). Raises `Forbidden` on a bad secret.
+
+        A node presenting a known id must present its secret; it keeps id and secret.
+        A node presenting an unknown id with a secret (e.g. the cluster's store was
+        reset) is admitted under that id. Anything else gets a new id and secret.
+        """
+        presented = request.node_secret.get_secret_value() if request.node_secret else None
+        now_wall = self._wall()
+        if request.node_id is not None:
+            node = self.nodes.get(request.node_id)
+            if node is not None:
+                if presented is None or not verify_secret(presented, node.secret_hash):
+                    self._metrics.inc("edge_cluster_joins_total", {"result": "forbidden"})
+                    raise Forbidden(f"wrong node secret for node {request.node_id}")
+                node.info = request.info
+                node.credentials_issued += 1
+                durable = self._persister.put(NODES, node.to_doc(), wait=True)
+                self._metrics.inc("edge_cluster_joins_total", {"result": "rejoined"})
+                log.info("node %s (%s) rejoined", node.id, node.info.name)
+                return JoinGrant(node.id, presented, False, durable)
+            if presented is not None:
+                node_id, secret = request.node_id, presented
+            else:
+                node_id, secret = _new_node_id(), new_secret()
+        else:
+            node_id, secret = _new_node_id(), new_secret()
+        while node_id in self.nodes:  # pragma: no cover - 64 random bits
+            node_id = _new_node_id()
+        node = NodeRecord(
+            id=node_id,
+            info=request.info,
+            secret_hash=hash_secret(secret),
+            joined_at=now_wall,
+            liveness=LivenessTracker.new(self._mono()),
+            credentials_issued=1,
+            reason="joined; waiting for its first status",
+        )
+        self.nodes[node_id] = node
+        durable = self._persister.put(NODES, node.to_doc(), wait=True)
+        self._metrics.inc("edge_cluster_joins_total", {"result": "joined"})
+        self._record_event(
+            None,
+            kind="node.joined",
+            subject=node_id,
+            node_id=node_id,
+            state=node.state.value,
+            reason=f"{node.info.name} joined",
+        )
+        log.info(
+            "node %s (%s, %s, %.1f cores, %d MiB) joined",
+            node_id,
+            node.info.name,
+            node.info.arch.value,
+            node.info.cpu_cores,
+            node.info.memory_mib,
+        )
+        self._notify_report()
+        return JoinGrant(node_id, secret, True, durable)
+
+    # ================================================================ MQTT handlers
+
+    def _on_status(self, message: StatusMessage, inbound: Inbound) -> None:
+        node = self.nodes.get(message.node_id)
+        if node is None:
+            self._reject("unknown_node")
+            return
+        status = message.payload
+        prev = node.status
+        if (
+            prev is not None
+            and status.seq <= prev.seq
+            and node.status_sent_ts is not None
+            and message.ts <= node.status_sent_ts
+        ):
+            self._reject("stale_status")
+            return
+        now = self._mono()
+        wall = self._wall()
+        self._lags.append(wall - message.ts)
+        node.status = status
+        node.last_seen = inbound.received_at
+        node.status_sent_ts = message.ts
+        node.status_dirty = True
+        transition = node.liveness.on_status(now)
+        if transition is not None:
+            self._on_node_transition(node, transition)
+        for task in status.tasks:
+            inst = self.instances.get(task.instance_id)
+            if inst is None or inst.node_id != node.id:
+                continue  # foreign: the reconcile pass terminates it
+            self._observe_task(
+                inst,
+                task.state,
+                task.reason,
+                task.exit_code,
+                message.ts,
+                from_status=True,
+                restarts=task.restarts,
+            )
+
+    def _on_presence(self, message: PresenceMessage, inbound: Inbound) -> None:
+        node = self.nodes.get(message.node_id)
+        if node is None:
+            self._reject("unknown_node")
+            return
+        presence = message.payload
+        node.presence_online = presence.online
+        if presence.online:
+            return
+        now = self._mono()
+        if (
+            inbound.retained
+            and node.liveness.last_status_at is not None
+            and (now - node.liveness.last_status_at < self.settings.status_interval * 1.5)
+        ):
+            return  # an old retained goodbye; the node has spoken since
+        reason = "offline: " + (presence.reason or "connection lost")
+        transition = node.liveness.on_presence(False, now, reason)
+        if transition is not None:
+            self._on_node_transition(node, transition)
+
+    def _on_task_event(self, message: TaskEventMessage) -> None:
+        event = message.payload
+        inst = self.instances.get(event.instance_id)
+        if inst is None or inst.node_id != message.node_id:
+            if not event.state.terminal:
+                self._terminate_orphan(message.node_id, event.instance_id, "not assigned here")
+            return
+        self._observe_task(
+            inst,
+            event.state,
+            event.reason,
+            event.exit_code,
+            message.ts,
+            from_status=False,
+            data=event.data,
+        )
+
+    def _on_ack(self, message: AckMessage) -> None:
+        ack = message.payload
+        self._metrics.inc(
+            "edge_cluster_acks_total",
+            {"kind": ack.command_kind or "?", "result": "accepted" if ack.accepted else "refused"},
+        )
+        pending = self._pending.get(ack.command_id)
+        if pending is None or pending.node_id != message.node_id:
+            return  # late, duplicate or not ours
+        del self._pending[ack.command_id]
+        inst = self.instances.get(pending.instance_id)
+        if pending.kind == "deploy":
+            if inst is None or inst.node_id != pending.node_id or inst.desired != "running":
+                return
+            if ack.accepted:
+                inst.acked_at = self._mono()
+                inst.tried = []
+                if _PROGRESS.get(inst.state, 99) < _PROGRESS[InstanceState.STARTING]:
+                    self._transition(
+                        inst,
+                        InstanceState.STARTING,
+                        f"deploy acknowledged by {self._node_name(inst.node_id)}",
+                    )
+            else:
+                self._retry_deploy(
+                    inst,
+                    f"node {self._node_name(pending.node_id)} refused: {ack.reason}",
+                    terminate_old=False,
+                )
+            return
+        # terminate
+        self._terminating.pop((pending.node_id, pending.instance_id), None)
+        if (
+            inst is not None
+            and inst.node_id == pending.node_id
+            and inst.desired == "stopped"
+            and not inst.state.terminal
+        ):
+            why = "terminated on request" if ack.accepted else f"node: {ack.reason}"
+            self._transition(inst, InstanceState.TERMINATED, why)
+
+    # ================================================================ task states
+
+    def _observe_task(
+        self,
+        inst: InstanceRecord,
+        task_state: TaskState,
+        reason: str,
+        exit_code: int | None,
+        ts: float,
+        *,
+        from_status: bool,
+        restarts: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Apply what the assigned node says about an instance's task.
+
+        Events are applied as they come (they are ordered per node, QoS 1). A status is
+        a level: it only moves an instance forward, and a finished task that the node
+        will restart under its restart policy does not finish the instance.
+        """
+        if inst.desired == "stopped":
+            if task_state.terminal and not inst.state.terminal:
+                self._transition(
+                    inst,
+                    InstanceState.TERMINATED,
+                    reason or f"task {task_state.value.lower()} on request",
+                )
+            return
+        if restarts is not None and restarts > inst.restarts:
+            inst.restarts = restarts
+        target = _TASK_TO_INSTANCE[task_state]
+        if target is inst.state:
+            return
+        if task_state.terminal:
+            if task_state is TaskState.SHED and inst.spec.on_shed is ShedAction.RESCHEDULE:
+                self._move(
+                    inst, f"shed by {self._node_name(inst.node_id)}: {reason}", exclude_current=True
+                )
+                return
+            restarting = (
+                "restart_in_s" in (data or {})
+                if not from_status
+                else _may_restart(inst, task_state, restarts)
+            )
+            if restarting:
+                if not from_status:
+                    text = reason or f"task {task_state.value.lower()}"
+                    self._transition(
+                        inst,
+                        InstanceState.STARTING,
+                        f"{text}; node restarts it in {data.get('restart_in_s', 0):g}s"
+                        if data
+                        else text,
+                        exit_code=exit_code,
+                        data=data,
+                    )
+                return
+        elif (
+            from_status
+            and target in _PROGRESS
+            and (_PROGRESS.get(inst.state, -1) > _PROGRESS[target])
+        ):
+            return  # an older status; the event that advanced us is newer
+        text = reason or f"task {task_state.value.lower()} on {self._node_name(inst.node_id)}"
+        self._transition(inst, target, text, exit_code=exit_code, data=data)
+        if target.terminal:
+            inst.desired = "stopped"
+            self._persist_instance(inst)
+
+    # ================================================================ liveness
+
+    def _on_node_transition(self, node: NodeRecord, tr: Transition) -> None:
+        node.reason = tr.reason
+        self._persist_node(node)
+        self._metrics.inc("edge_cluster_node_transitions_total", {"state": tr.current.value})
+        self._record_event(
+            None,
+            kind="node.liveness",
+            subject=node.id,
+            node_id=node.id,
+            state=tr.current.value,
+            reason=tr.reason,
+            data={"previous": tr.previous.value},
+        )
+        level = logging.WARNING if tr.current is not Liveness.READY else logging.INFO
+        log.log(
+            level,
+            "node %s (%s) %s -> %s: %s",
+            node.id,
+            node.info.name,
+            tr.previous.value,
+            tr.current.value,
+            tr.reason,
+        )
+        if tr.current is Liveness.LOST:
+            # terminations that were waiting for this node will never be acked
+            for inst in self._instances_on(node.id):
+                if inst.desired == "stopped" and not inst.state.terminal:
+                    self._transition(
+                        inst,
+                        InstanceState.TERMINATED,
+                        f"node {node.info.name} lost before acknowledging",
+                    )
+            for key in [k for k in self._terminating if k[0] == node.id]:
+                cid = self._terminating.pop(key)
+                self._pending.pop(cid, None)
+        self._notify_report()
+
+    def _tick_liveness(self, now: float) -> None:
+        interval = self.settings.status_interval
+        grace = self.settings.lost_grace
+        for node in self.nodes.values():
+            state = node.liveness.state
+            if state is Liveness.LOST:
+                continue
+            if (
+                state is Liveness.READY
+                and node.liveness.last_status_at is not None
+                and (now - node.liveness.last_status_at < 3 * interval)
+            ):
+                continue
+            for tr in node.liveness.tick(now, interval, grace):
+                self._on_node_transition(node, tr)
+
+    def _tick_grace(self, now: float) -> None:
+        """Reschedule instances of nodes unhealthy for longer than their grace."""
+        for node_id, ids in list(self._by_node.items()):
+            if not ids:
+                continue
+            node = self.nodes.get(node_id)
+            if node is None or node.liveness.state is Liveness.READY:
+                continue
+            unhealthy = node.liveness.unhealthy_for(now)
+            for inst in self._instances_on(node_id):
+                if inst.state.terminal or inst.desired != "running":
+                    continue
+                grace = (
+                    inst.lost_grace_s if inst.lost_grace_s is not None else self.settings.lost_grace
+                )
+                if unhealthy >= grace:
+                    self._reschedule_lost(inst, node, unhealthy)
+
+    def _reschedule_lost(self, inst: InstanceRecord, node: NodeRecord, unhealthy: float) -> None:
+        why = f"node {node.info.name} {node.liveness.state.value} for {unhealthy:.1f}s"
+        decision = self._decide(inst, exclude={node.id})
+        self._transition(
+            inst,
+            InstanceState.LOST,
+            why,
+            report=decision.chosen is None,
+            data={"rescheduling": decision.chosen is not None},
+        )
+        if decision.chosen is None:
+            inst.desired = "stopped"
+            inst.reason = f"{why}; no other node fits: {decision.explain()}"[:1024]
+            self._persist_instance(inst)
+            return
+        # the old node may come back: its copy is foreign then and gets terminated
+        self._send_terminate(node.id, inst.id, "rescheduled elsewhere", orphan=True)
+        self._assign(inst, decision, f"rescheduled: {why}")
+
+    # ================================================================ commands
+
+    def _send(self, message: CommandMessage, pending: PendingCommand) -> None:
+        self._pending[message.id] = pending
+        if not self._publish(message):
+            log.warning("could not publish %s to %s now; will retry", message.kind, message.node_id)
+
+    def _deploy(self, inst: InstanceRecord) -> None:
+        assert inst.node_id is not None
+        message = DeployMessage(
+            node_id=inst.node_id,
+            payload=DeployCommand(instance_id=inst.id, job_id=inst.job_id, spec=inst.spec),
+        )
+        self._drop_pending_deploys(inst.id)
+        self._send(
+            message,
+            PendingCommand(
+                message=message,
+                kind="deploy",
+                node_id=inst.node_id,
+                instance_id=inst.id,
+                deadline=self._mono() + self.settings.ack_timeout,
+            ),
+        )
+
+    def _send_terminate(self, node_id: str, instance_id: str, reason: str, *, orphan: bool) -> None:
+        key = (node_id, instance_id)
+        if key in self._terminating and self._terminating[key] in self._pending:
+            return
+        message = TerminateMessage(
+            node_id=node_id,
+            payload=TerminateCommand(instance_id=instance_id, reason=reason[:1024]),
+        )
+        self._terminating[key] = message.id
+        self._send(
+            message,
+            PendingCommand(
+                message=message,
+                kind="terminate",
+                node_id=node_id,
+                instance_id=instance_id,
+                deadline=self._mono() + self.settings.ack_timeout,
+                orphan=orphan,
+            ),
+        )
+
+    def _terminate_orphan(self, node_id: str, instance_id: str, why: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.liveness.state is Liveness.LOST:
+            return
+        key = (node_id, instance_id)
+        if key in self._terminating:
+            return
+        log.info("terminating foreign task %s on %s (%s)", instance_id, node.info.name, why)
+        self._send_terminate(node_id, instance_id, f"not assigned to this node: {why}", orphan=True)
+
+    def _tick_commands(self, now: float) -> None:
+        expired = [p for p in self._pending.values() if p.deadline <= now]
+        for pending in expired:
+            if self._pending.get(pending.message.id) is not pending:
+                continue
+            self._metrics.inc("edge_cluster_ack_timeouts_total", {"kind": pending.kind})
+            if pending.kind == "deploy":
+                del self._pending[pending.message.id]
+                inst = self.instances.get(pending.instance_id)
+                if inst is None or inst.node_id != pending.node_id or inst.desired != "running":
+                    continue
+                self._retry_deploy(
+                    inst,
+                    f"no ack from {self._node_name(pending.node_id)} within "
+                    f"{self.settings.ack_timeout:g}s",
+                    terminate_old=True,
+                )
+                continue
+            node = self.nodes.get(pending.node_id)
+            if node is None or node.liveness.state is Liveness.LOST:
+                del self._pending[pending.message.id]
+                self._terminating.pop((pending.node_id, pending.instance_id), None)
+                continue
+            # terminate: resend the same command (idempotent) until acked or node lost
+            pending.deadline = now + self.settings.ack_timeout
+            pending.sent += 1
+            self._publish(pending.message)
+
+    def _retry_deploy(self, inst: InstanceRecord, why: str, *, terminate_old: bool) -> None:
+        old = inst.node_id
+        if old is not None:
+            inst.tried.append(old)
+            if terminate_old:
+                self._send_terminate(
+                    old, inst.id, "deploy timed out; placed elsewhere", orphan=True
+                )
+        attempts = len(inst.tried)
+        if attempts >= self.settings.dispatch_attempts:
+            self._fail(inst, f"{why}; gave up after {attempts} node(s)")
+            return
+        decision = self._decide(inst, exclude=set(inst.tried))
+        if decision.chosen is None:
+            self._fail(inst, f"{why}; no other node fits: {decision.explain()}")
+            return
+        self._assign(inst, decision, f"retry {attempts + 1}: {why}")
+
+    def _fail(self, inst: InstanceRecord, reason: str) -> None:
+        inst.desired = "stopped"
+        self._transition(inst, InstanceState.FAILED, reason)
+
+    # ================================================================ scheduling
+
+    def _reservations(self) -> dict[str, Usage]:
+        return reservations(
+            (inst.node_id, inst.spec.resources)
+            for inst in self.instances.values()
+            if inst.node_id is not None and not inst.state.terminal
+        )
+
+    def candidates(self, exclude: Iterable[str] = ()) -> list[Candidate]:
+        """Candidates for every known node except `exclude` (core thread)."""
+        reserved = self._reservations()
+        skip = set(exclude)
+        return [
+            build_candidate(
+                node_id=node.id,
+                info=node.info,
+                status=node.status,
+                liveness=node.liveness.state,
+                draining=node.draining,
+                reserved=reserved.get(node.id),
+            )
+            for node in self.nodes.values()
+            if node.id not in skip
+        ]
+
+    def _decide(self, inst: InstanceRecord, exclude: set[str]) -> Decision:
+        """Run the placement pipeline for one instance over all nodes but `exclude`."""
+        constraints = inst.constraints
+        pinned: str | None = None
+        if constraints.node is not None:
+            named = [n for n in self.nodes.values() if n.info.name == constraints.node]
+            named.sort(key=lambda n: (n.liveness.state is not Liveness.READY, n.id))
+            pinned = named[0].id if named else f"unknown-node-{constraints.node}"
+        policy = (
+            inst.placement_policy.value if inst.placement_policy else self.settings.placement_policy
+        )
+        request = placement_request(inst.spec, constraints, policy=None, pinned_id=pinned)
+        existing: dict[str, int] = {}
+        for other in self.instances.values():
+            if (
+                other.job_id == inst.job_id
+                and other.node_id
+                and not other.state.terminal
+                and (other.id != inst.id)
+            ):
+                existing[other.node_id] = existing.get(other.node_id, 0) + 1
+        decision = place(
+            request, self.candidates(exclude), policy, self._rng, existing=existing, noun="node"
+        )
+        if exclude:
+            decision = _with_excluded(decision, len(exclude & self.nodes.keys()))
+        self._metrics.inc(
+            "edge_cluster_placements_total", {"result": "placed" if decision.chosen else "rejected"}
+        )
+        inst.placement = decision.to_dict(limit=10)
+        return decision
+
+    def _assign(self, inst: InstanceRecord, decision: Decision, why: str) -> None:
+        assert decision.chosen is not None
+        self._set_node(inst, decision.chosen.id)
+        inst.assigned_at = self._mono()
+        inst.acked_at = None
+        inst.desired = "running"
+        self._transition(
+            inst,
+            InstanceState.ASSIGNED,
+            f"{why}: {decision.explain()}" if why else decision.explain(),
+            data={"node_name": decision.chosen.name, "score": decision.score},
+        )
+        self._deploy(inst)
+
+    def _move(self, inst: InstanceRecord, why: str, *, exclude_current: bool) -> bool:
+        """Place an active instance on another node; terminate its old copy. False: stays."""
+        old = inst.node_id
+        exclude = {old} if (exclude_current and old) else set()
+        decision = self._decide(inst, exclude)
+        if decision.chosen is None:
+            inst.reason = f"{why}; no other node fits: {decision.explain()}"[:1024]
+            self._persist_instance(inst)
+            return False
+        if old is not None:
+            self._send_terminate(old, inst.id, why, orphan=True)
+        inst.tried = []
+        self._assign(inst, decision, f"moved: {why}")
+        return True
+
+    # ================================================================ API: instances
+
+    def place_instance(self, request: PlaceInstanceRequest) -> PlaceInstanceResponse:
+        """Decide a node for a new instance and send the DEPLOY (core thread)."""
+        existing = self.instances.get(request.instance_id)
+        if existing is not None and not existing.state.terminal:
+            return PlaceInstanceResponse(
+                accepted=True,
+                instance_id=existing.id,
+                node_id=existing.node_id,
+                node_name=self._node_name(existing.node_id) if existing.node_id else None,
+                explanation=f"already placed ({existing.state.value})",
+            )
+        if request.constraints.cluster is not None and (
+            request.constraints.cluster != self.settings.name
+        ):
+            reason = f"cluster {request.constraints.cluster} required"
+            self._metrics.inc("edge_cluster_placements_total", {"result": "rejected"})
+            return PlaceInstanceResponse(
+                accepted=False,
+                instance_id=request.instance_id,
+                reasons={reason: max(1, len(self.nodes))},
+                explanation=f"this is cluster {self.settings.name}",
+            )
+        pinned = request.constraints.node
+        if pinned is not None and not any(n.info.name == pinned for n in self.nodes.values()):
+            reason = f"node {pinned} not in this cluster"
+            self._metrics.inc("edge_cluster_placements_total", {"result": "rejected"})
+            return PlaceInstanceResponse(
+                accepted=False,
+                instance_id=request.instance_id,
+                reasons={reason[:128]: 1},
+                explanation=reason,
+            )
+        inst = InstanceRecord.from_request(request, self._wall())
+        decision = self._decide(inst, exclude=set())
+        if decision.chosen is None:
+            reasons = dict(decision.rejections)
+            if not reasons:
+                reasons = {"no nodes joined": 1}
+            return PlaceInstanceResponse(
+                accepted=False,
+                instance_id=request.instance_id,
+                reasons={k[:128]: v for k, v in reasons.items()},
+                explanation=decision.explain()[:1024],
+            )
+        if existing is not None:
+            self._set_node(existing, None)
+        self.instances[inst.id] = inst
+        self._transition(inst, InstanceState.SCHEDULED, "accepted by the cluster", report=False)
+        self._assign(inst, decision, "")
+        return PlaceInstanceResponse(
+            accepted=True,
+            instance_id=inst.id,
+            node_id=decision.chosen.id,
+            node_name=decision.chosen.name or None,
+            explanation=decision.explain()[:1024],
+        )
+
+    def delete_instance(self, instance_id: str) -> InstanceView:
+        """Stop an instance: TERMINATE to its node, TERMINATED once acked (core thread)."""
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            raise NotFound(f"instance {instance_id} not found")
+        if inst.state.terminal:
+            return self.instance_view(inst)
+        inst.desired = "stopped"
+        self._drop_pending_deploys(inst.id)
+        node = self.nodes.get(inst.node_id) if inst.node_id else None
+        if node is None or node.liveness.state is Liveness.LOST:
+            self._transition(
+                inst, InstanceState.TERMINATED, "terminated (no reachable node held it)"
+            )
+        else:
+            self._record_event(
+                inst,
+                kind="instance.terminating",
+                subject=inst.id,
+                job_id=inst.job_id,
+                instance_id=inst.id,
+                node_id=node.id,
+                state=inst.state.value,
+                reason="termination requested",
+            )
+            inst.reason = "termination requested"
+            self._persist_instance(inst)
+            self._send_terminate(node.id, inst.id, "terminated on request", orphan=False)
+        return self.instance_view(inst)
+
+    def instance_view(self, inst: InstanceRecord) -> InstanceView:
+        """The API view of an instance (core thread)."""
+        return InstanceView(
+            id=inst.id,
+            job_id=inst.job_id,
+            job_name=inst.job_name,
+            replica=inst.replica,
+            state=inst.state,
+            desired=inst.desired,
+            node_id=inst.node_id,
+            node_name=self._node_name(inst.node_id) if inst.node_id else None,
+            reason=inst.reason,
+            exit_code=inst.exit_code,
+            restarts=inst.restarts,
+            created_at=inst.created_at,
+            updated_at=inst.updated_at,
+            spec=inst.spec,
+            constraints=inst.constraints,
+            placement_policy=inst.placement_policy,
+            lost_grace_s=inst.lost_grace_s,
+            placement=inst.placement,
+            events=list(inst.events),
+        )
+
+    def get_instance(self, instance_id: str) -> InstanceView:
+        """One instance (memory first, then the store for evicted ones)."""
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            doc = self._store.get(INSTANCES, instance_id)
+            if doc is None:
+                raise NotFound(f"instance {instance_id} not found")
+            inst = InstanceRecord.from_doc(doc)
+            for ev in self._store.find(
+                EVENTS, {"instance_id": instance_id}, order_by="_id", descending=True, limit=50
+            ):
+                inst.events.appendleft(event_from_doc(ev))
+        return self.instance_view(inst)
+
+    def list_instances(
+        self,
+        *,
+        state: InstanceState | None = None,
+        node_id: str | None = None,
+        job_id: str | None = None,
+    ) -> list[InstanceView]:
+        """Instances in memory (unfinished ones and recently finished ones)."""
+        out = []
+        for inst in sorted(self.instances.values(), key=lambda i: (i.created_at, i.id)):
+            if state is not None and inst.state is not state:
+                continue
+            if node_id is not None and inst.node_id != node_id:
+                continue
+            if job_id is not None and inst.job_id != job_id:
+                continue
+            out.append(self.instance_view(inst))
+        return out
+
+    # ================================================================ API: nodes
+
+    def node_detail(self, node: NodeRecord, *, with_status: bool = True) -> NodeDetail:
+        """The API view of a node (core thread)."""
+        return NodeDetail(
+            id=node.id,
+            info=node.info,
+            liveness=node.liveness.state,
+            draining=node.draining,
+            last_seen=node.last_seen,
+            status=node.status if with_status else None,
+            reason=node.reason[:1024],
+            instances=[i.id for i in self._instances_on(node.id) if not i.state.terminal],
+            unhealthy_for_s=round(node.liveness.unhealthy_for(self._mono()), 3),
+            joined_at=node.joined_at,
+            presence_online=node.presence_online,
+        )
+
+    def get_node(self, node_id: str) -> NodeDetail:
+        """One node."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        return self.node_detail(node)
+
+    def list_nodes(
+        self, *, liveness: Liveness | None = None, with_status: bool = True
+    ) -> list[NodeDetail]:
+        """Every node, optionally filtered by liveness."""
+        return [
+            self.node_detail(n, with_status=with_status)
+            for n in sorted(self.nodes.values(), key=lambda n: (n.info.name, n.id))
+            if liveness is None or n.liveness.state is liveness
+        ]
+
+    def set_draining(self, node_id: str, draining: bool) -> DrainResult:
+        """Drain (or undrain) a node; draining moves its instances elsewhere now."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        moved: dict[str, str] = {}
+        stuck: dict[str, str] = {}
+        if node.draining != draining:
+            node.draining = draining
+            node.reason = "draining" if draining else "drain cancelled"
+            self._persist_node(node)
+            self._record_event(
+                None,
+                kind="node.drain" if draining else "node.undrain",
+                subject=node.id,
+                node_id=node.id,
+                state=node.state.value,
+                reason=node.reason,
+            )
+            self._notify_report()
+        if draining:
+            for inst in self._instances_on(node.id):
+                if inst.state.terminal or inst.desired != "running":
+                    continue
+                if self._move(inst, f"node {node.info.name} draining", exclude_current=True):
+                    moved[inst.id] = inst.node_id or ""
+                else:
+                    stuck[inst.id] = inst.reason
+        return DrainResult(node=self.node_detail(node), moved=moved, stuck=stuck)
+
+    # ================================================================ reconcile
+
+    def reconcile(self) -> None:
+        """Compare what READY nodes report with the assignments and close the gaps.
+
+        * a task on a node that does not hold its instance (or whose instance should
+          stop) is terminated;
+        * an instance whose node acked its DEPLOY but no longer lists it in a status
+          received afterwards is redeployed there, counting a restart; beyond the
+          spec's `max_restarts` it FAILs;
+        * instances still on a draining node are moved again;
+        * finished instances older than `terminal_retention` leave memory.
+        """
+        settle = max(self.settings.status_interval * 2, 0.5)
+        for node in self.nodes.values():
+            if node.liveness.state is not Liveness.READY or node.status is None:
+                continue
+            reported = {t.instance_id: t for t in node.status.tasks}
+            for iid, task in reported.items():
+                inst = self.instances.get(iid)
+                if inst is None or inst.node_id != node.id:
+                    if not task.state.terminal:
+                        self._terminate_orphan(node.id, iid, "no such assignment")
+                elif (
+                    inst.desired == "stopped"
+                    and not task.state.terminal
+                    and (node.id, iid) not in self._terminating
+                ):
+                    self._send_terminate(
+                        node.id, iid, "instance is finished here", orphan=inst.state.terminal
+                    )
+            last_status = node.liveness.last_status_at or 0.0
+            for inst in self._instances_on(node.id):
+                if inst.state.terminal or inst.desired != "running" or inst.id in reported:
+                    continue
+                if inst.acked_at is None or last_status < inst.acked_at + settle:
+                    continue
+                if any(
+                    p.kind == "deploy" and p.instance_id == inst.id for p in self._pending.values()
+                ):
+                    continue
+                inst.restarts += 1
+                if inst.restarts > inst.spec.max_restarts:
+                    self._fail(
+                        inst,
+                        f"missing from {node.info.name} and restart limit "
+                        f"({inst.spec.max_restarts}) reached",
+                    )
+                    continue
+                self._record_event(
+                    inst,
+                    kind="instance.redeploy",
+                    subject=inst.id,
+                    job_id=inst.job_id,
+                    instance_id=inst.id,
+                    node_id=node.id,
+                    state=inst.state.value,
+                    reason=f"missing from {node.info.name}'s task list",
+                )
+                inst.acked_at = None
+                self._deploy(inst)
+            if node.draining:
+                for inst in self._instances_on(node.id):
+                    if not inst.state.terminal and inst.desired == "running":
+                        self._move(inst, f"node {node.info.name} draining", exclude_current=True)
+        retention = self.settings.terminal_retention
+        wall = self._wall()
+        for iid in [
+            i.id
+            for i in self.instances.values()
+            if i.state.terminal and wall - i.updated_at > retention
+        ]:
+            inst = self.instances.pop(iid)
+            self._set_node(inst, None)
+
+    # ================================================================ snapshots, gauges
+
+    def _flush_snapshots(self) -> None:
+        docs = []
+        for node in self.nodes.values():
+            if node.status_dirty and node.status is not None:
+                node.status_dirty = False
+                docs.append(
+                    {
+                        "_id": node.id,
+                        "last_seen": node.last_seen,
+                        "liveness": node.liveness.state.value,
+                        "status": node.status.model_dump(mode="json"),
+                    }
+                )
+        self._persister.put_many(NODE_STATUS, docs)
+
+    def _update_gauges(self) -> None:
+        by_state: dict[str, float] = {s.value: 0.0 for s in Liveness}
+        for node in self.nodes.values():
+            by_state[node.liveness.state.value] += 1
+        self._metrics.replace_gauge("edge_cluster_nodes", by_state, "liveness")
+        inst_states: dict[str, float] = {}
+        for inst in self.instances.values():
+            inst_states[inst.state.value] = inst_states.get(inst.state.value, 0) + 1
+        self._metrics.replace_gauge("edge_cluster_instances", inst_states, "state")
+        self._metrics.set_gauge("edge_cluster_core_queue_depth", float(self.queue_depth))
+        self._metrics.set_gauge("edge_cluster_pending_commands", float(len(self._pending)))
+
+    # ================================================================ reporting
+
+    def build_report(self, *, seq: int, full: bool, changes: list[InstanceChange]) -> ClusterReport:
+        """The aggregated report (core thread); a full one lists every instance."""
+        reserved = self._reservations()
+        snaps = [
+            NodeSnapshot(
+                liveness=node.liveness.state,
+                info=node.info,
+                candidate=build_candidate(
+                    node_id=node.id,
+                    info=node.info,
+                    status=node.status,
+                    liveness=node.liveness.state,
+                    draining=node.draining,
+                    reserved=reserved.get(node.id),
+                ),
+            )
+            for node in self.nodes.values()
+        ]
+        instances = changes
+        if full:
+            instances = [
+                InstanceChange(
+                    instance_id=inst.id,
+                    job_id=inst.job_id,
+                    state=inst.state,
+                    node_id=inst.node_id,
+                    reason=inst.reason,
+                    ts=inst.updated_at,
+                    exit_code=inst.exit_code,
+                    data={"node_name": self._node_name(inst.node_id), "restarts": inst.restarts},
+                )
+                for inst in self.instances.values()
+            ]
+        truncated = len(instances) > MAX_INSTANCE_CHANGES
+        return aggregate(
+            snaps,
+            ts=self._wall(),
+            seq=seq,
+            full=full and not truncated,
+            instances=instances[-MAX_INSTANCE_CHANGES:],
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for `/api/v1/stats` and `/healthz` (core thread)."""
+        by_state: dict[str, int] = {}
+        for node in self.nodes.values():
+            by_state[node.liveness.state.value] = by_state.get(node.liveness.state.value, 0) + 1
+        inst_states: dict[str, int] = {}
+        for inst in self.instances.values():
+            inst_states[inst.state.value] = inst_states.get(inst.state.value, 0) + 1
+        return {
+            "nodes": len(self.nodes),
+            "nodes_by_liveness": by_state,
+            "instances_by_state": inst_states,
+            "pending_commands": len(self._pending),
+            "queue_depth": self.queue_depth,
+            "persister_backlog": self._persister.backlog,
+        }
+
+    def node_info(self, node_id: str) -> NodeInfo | None:
+        """Join info of a node (core thread)."""
+        node = self.nodes.get(node_id)
+        return node.info if node else None
+
+
+def _may_restart(inst: InstanceRecord, state: TaskState, restarts: int | None) -> bool:
+    """Whether the node will restart a task that ended in `state` (its restart policy)."""
+    spec = inst.spec
+    if restarts is not None and restarts >= spec.max_restarts:
+        return False
+    if spec.restart_policy is RestartPolicy.ALWAYS:
+        return state in (TaskState.SUCCEEDED, TaskState.FAILED)
+    if spec.restart_policy is RestartPolicy.ON_FAILURE:
+        return state is TaskState.FAILED
+    return False
+
+
+def _new_node_id() -> str:
+    return "n" + uuid.uuid4().hex[:16]
+
+
+def _with_excluded(decision: Decision, excluded: int) -> Decision:
+    """Add the excluded nodes (tried before or the one being left) to the rejections."""
+    if excluded <= 0:
+        return decision
+    reason = "excluded (previous node or refused)"
+    rejections = dict(decision.rejections)
+    rejections[reason] = rejections.get(reason, 0) + excluded
+    return dataclasses.replace(
+        decision,
+        rejections=rejections,
+        considered=decision.considered + excluded,
+        rejected={**decision.rejected, reason: []},
+    )

@@ -1,0 +1,81 @@
+"""Response models of the cluster API that are not part of the shared wire contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.job import Constraints, Event, InstanceState, PlacementPolicy, TaskSpec
+from schemas.node import NodeView
+
+__all__ = ["DrainResult", "ErrorBody", "InstanceList", "InstanceView", "NodeDetail", "NodeList"]
+
+
+class NodeDetail(NodeView):
+    """A node with the instances assigned to it and how long it has been unhealthy."""
+
+    instances: list[str] = Field(default_factory=list)
+    unhealthy_for_s: float = 0.0
+    joined_at: float = 0.0
+    presence_online: bool | None = None
+
+
+class NodeList(BaseModel):
+    """`GET /api/v1/nodes`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nodes: list[NodeDetail]
+    count: int
+
+
+class InstanceView(BaseModel):
+    """An instance as the cluster API shows it (with its recent events)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    job_id: str
+    job_name: str
+    replica: int
+    state: InstanceState
+    desired: str
+    node_id: str | None = None
+    node_name: str | None = None
+    reason: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    created_at: float
+    updated_at: float
+    spec: TaskSpec
+    constraints: Constraints
+    placement_policy: PlacementPolicy | None = None
+    lost_grace_s: float | None = None
+    placement: dict[str, Any] = Field(default_factory=dict)
+    events: list[Event] = Field(default_factory=list)
+
+
+class InstanceList(BaseModel):
+    """`GET /api/v1/instances`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instances: list[InstanceView]
+    count: int
+
+
+class DrainResult(BaseModel):
+    """`POST /api/v1/nodes/{id}/drain`: the node and what happened to its instances."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: NodeDetail
+    moved: dict[str, str] = Field(default_factory=dict, description="instance -> new node")
+    stuck: dict[str, str] = Field(default_factory=dict, description="instance -> why it stays")
+
+
+class ErrorBody(BaseModel):
+    """Error responses."""
+
+    detail: str

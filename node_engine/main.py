@@ -1,0 +1,306 @@
+"""``node-engine``: build everything from the settings and run the engine loop.
+
+Exit status: 0 after SIGTERM/SIGINT, 2 for invalid settings or state directory, 3 when
+the cluster refuses the join (bad token 401/403, invalid request 422, ...).
+
+Imports are kept lean on purpose (the engine targets small devices): no HTTP client
+library (urllib does the one join request), and the Docker SDK is imported only when
+the docker runtime is enabled and a Docker endpoint exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from node_engine import __version__, lean
+
+if TYPE_CHECKING:  # the real imports happen in main(), after the footprint measures
+    from node_engine.runtimes.base import TaskRuntime
+    from node_engine.settings import NodeEngineSettings
+    from schemas.common import Runtime
+    from schemas.node import JoinRequest, JoinResponse
+
+log = logging.getLogger("node_engine")
+
+EXIT_CONFIG = 2
+EXIT_JOIN_REFUSED = 3
+
+
+def docker_endpoint_present(environ: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Cheap check before importing the Docker SDK: DOCKER_HOST set or the socket exists."""
+    env = os.environ if environ is None else environ
+    if env.get("DOCKER_HOST"):
+        return True, ""
+    sock = Path("/var/run/docker.sock")
+    if sock.exists():
+        return True, ""
+    return False, f"no Docker engine socket ({sock}) and DOCKER_HOST is not set"
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
+
+
+def build_runtimes(
+    enabled: list[Runtime], state_dir: Path, engine_id: str
+) -> tuple[dict[Runtime, TaskRuntime], dict[Runtime, str]]:
+    """Instantiate the enabled runtimes and keep those that say they are usable here."""
+    from schemas.common import Runtime
+
+    usable: dict[Runtime, TaskRuntime] = {}
+    unavailable: dict[Runtime, str] = {}
+    for kind in enabled:
+        runtime: TaskRuntime
+        try:
+            if kind is Runtime.NATIVE:
+                from node_engine.runtimes.native import NativeRuntime
+
+                runtime = NativeRuntime(state_dir / "native")
+            elif kind is Runtime.DOCKER:
+                present, why = docker_endpoint_present()
+                if not present:
+                    unavailable[kind] = why
+                    log.info("runtime docker unavailable: %s", why)
+                    continue
+                from node_engine.runtimes.docker import DockerRuntime
+
+                runtime = DockerRuntime(_docker_client, engine_id)
+            else:  # pragma: no cover - enum is exhaustive
+                continue
+            ok, why = runtime.available()
+        except Exception as exc:
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            usable[kind] = runtime
+            log.info("runtime %s usable%s", kind.value, f" ({why})" if why else "")
+        else:
+            unavailable[kind] = why
+            log.warning("runtime %s unavailable: %s", kind.value, why)
+    return usable, unavailable
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory with mode 0700 (it holds secrets) or tighten it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def obtain_identity(
+    settings: NodeEngineSettings,
+    request_factory: Callable[[JoinResponse | None], JoinRequest],
+    stop: threading.Event,
+) -> JoinResponse:
+    """Join (or rejoin with the stored id) and store the response.
+
+    With a stored identity one attempt is made; if the cluster is unreachable the node
+    starts with the stored credentials (autonomy). Without one it retries with backoff
+    until it gets an answer. `JoinRefused` propagates.
+    """
+    from node_engine.identity import Joiner, JoinUnavailable, load_identity, save_identity
+
+    stored = load_identity(settings.state_dir)
+    joiner = Joiner(
+        settings.cluster_url,
+        settings.join_token,
+        sleep=stop.wait,
+        max_delay=settings.join_max_delay,
+    )
+    request = request_factory(stored)
+    if stored is not None:
+        try:
+            response = joiner.join(request, attempts=1)
+        except JoinUnavailable as exc:
+            log.warning(
+                "cluster unreachable (%s): starting with the stored identity of node %s",
+                exc,
+                stored.node_id,
+            )
+            return stored
+        if response.node_id != stored.node_id:
+            log.warning(
+                "cluster assigned a new node id %s (was %s)", response.node_id, stored.node_id
+            )
+    else:
+        if settings.join_token is None:
+            raise ValueError(
+                "no stored identity and no join token: set --join-token or EDGE_NODE_JOIN_TOKEN"
+            )
+        response = joiner.join(request, should_stop=stop.is_set)
+    save_identity(settings.state_dir, response)
+    log.info("joined cluster %s as node %s", response.cluster_name, response.node_id)
+    return response
+
+
+def needs_tls_at_start(settings: NodeEngineSettings) -> bool:
+    """Whether OpenSSL must stay loadable: https join URL, docker runtime, stored TLS broker."""
+    from schemas.common import Runtime
+
+    if settings.cluster_url.startswith("https:") or Runtime.DOCKER in settings.runtimes:
+        return True
+    try:
+        stored = json.loads((settings.state_dir / "identity.json").read_text())
+        return bool(stored.get("mqtt", {}).get("tls"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``node-engine`` console script."""
+    # Footprint: keep OpenSSL out until we know something needs TLS, and import
+    # pydantic-settings without asyncio (see node_engine/lean.py).
+    lean.hide_openssl()
+    lean.import_pydantic_settings()
+    from pydantic import ValidationError
+
+    from node_engine.settings import load_settings
+
+    try:
+        settings = load_settings(argv)
+    except (ValidationError, ValueError) as exc:
+        print(f"node-engine: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if needs_tls_at_start(settings):
+        lean.allow_tls()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+    stop = threading.Event()
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    engine_ref: list[Any] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        if engine_ref:
+            engine_ref[0].request_stop()
+        else:
+            inbox.put(None)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        prepare_state_dir(settings.state_dir)
+    except OSError as exc:
+        print(
+            f"node-engine: cannot use state directory {settings.state_dir}: {exc}", file=sys.stderr
+        )
+        return EXIT_CONFIG
+
+    import psutil
+
+    from node_engine.identity import JoinRefused, describe_node, engine_id
+    from node_engine.monitor import Monitor
+
+    runtimes, unavailable = build_runtimes(
+        settings.runtimes, settings.state_dir, engine_id(settings.state_dir)
+    )
+    monitor = Monitor(psutil, settings.state_dir)
+    monitor.probe()
+    info = describe_node(
+        name=settings.name,
+        labels=settings.labels,
+        runtimes=list(runtimes),
+        accelerators=monitor.accelerators,
+        disk_path=settings.state_dir,
+        psutil_mod=psutil,
+        engine_version=__version__,
+    )
+
+    from schemas.node import JoinRequest
+
+    def request_factory(stored: JoinResponse | None) -> JoinRequest:
+        if stored is None:
+            return JoinRequest(info=info)
+        return JoinRequest(info=info, node_id=stored.node_id, node_secret=stored.node_secret)
+
+    try:
+        identity = obtain_identity(settings, request_factory, stop)
+    except JoinRefused as exc:
+        msg = f"node-engine: the cluster at {settings.cluster_url} refused the join "
+        msg += f"(HTTP {exc.status}): {exc.message}"
+        if exc.status in (401, 403):
+            msg += " - check the join token"
+        print(msg, file=sys.stderr)
+        return EXIT_JOIN_REFUSED
+    except ValueError as exc:
+        print(f"node-engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # JoinUnavailable after a stop request
+        if stop.is_set():
+            log.info("stopped before joining")
+            return 0
+        print(f"node-engine: cannot join: {exc}", file=sys.stderr)
+        return 1
+    if stop.is_set():
+        return 0
+    if identity.mqtt.tls:
+        lean.allow_tls()
+
+    from node_engine.engine import Engine, offline_presence
+    from node_engine.mqtt import MqttTransport
+    from node_engine.state import Outbox, SeenCommands, TaskStore
+    from node_engine.supervisor import Supervisor
+
+    node_id = identity.node_id
+    transport = MqttTransport(
+        identity.mqtt,
+        node_id,
+        inbox,
+        will_payload=offline_presence(node_id, __version__, "connection lost"),
+        ca_file=settings.mqtt_ca_file,
+    )
+    store = TaskStore(settings.state_dir)
+    store.load()
+    seen = SeenCommands(settings.state_dir / "commands.json")
+    seen.load()
+    outbox = Outbox(settings.state_dir / "outbox.json")
+    outbox.load()
+
+    def supervisor_factory(emit: Any) -> Supervisor:
+        return Supervisor(runtimes, unavailable, store, emit, stop_timeout=settings.stop_timeout)
+
+    engine = Engine(
+        node_id=node_id,
+        inbox=inbox,
+        transport=transport,
+        monitor=monitor,
+        supervisor_factory=supervisor_factory,
+        outbox=outbox,
+        seen=seen,
+        status_interval=settings.status_interval or identity.status_interval_s,
+        runtimes=list(runtimes),
+        engine_version=__version__,
+    )
+    engine_ref.append(engine)
+    if stop.is_set():
+        return 0
+    log.info(
+        "node %s running: runtimes %s, status every %.2f s, state in %s",
+        node_id,
+        [r.value for r in runtimes] or "none",
+        engine.status_interval,
+        settings.state_dir,
+    )
+    engine.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

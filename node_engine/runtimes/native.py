@@ -1,0 +1,652 @@
+"""The native runtime: one process group per task, no container engine needed.
+
+Process model. Each task runs under a tiny `/bin/sh` wrapper started in a new session
+(so the wrapper's pid is the process group id and the session id):
+
+    sh -c '<join cgroup>; <ulimit -v>; trap : TERM INT HUP QUIT; "$@"; echo $? > exit_code'
+
+The wrapper costs one shell (~1.7 MiB RSS, mostly shared pages) instead of a Python shim,
+and makes the task independent of the engine: the engine may crash or be SIGKILLed, the
+wrapper is re-parented to init and still records the program's exit status (128+N when
+the program dies of signal N, so an OOM kill gives 137). The trap only keeps the wrapper
+alive until the program has exited; the program itself gets default signal dispositions,
+and stop/pause signal the whole process group plus every process of the task cgroup.
+
+State on disk, per task, in `<state_dir>/tasks/<instance_id>/`:
+
+- `handle.json`   the `TaskHandle` (pid + psutil create time, log and exit-code paths,
+                  cgroup paths); written at deploy, deleted by `stop()`. `adopt()` scans it.
+- `output.log`    stdout and stderr (O_APPEND), `output.log.1` the previous chunk.
+- `exit_code`     written by the wrapper when the program exits.
+- `result.json`   the final observation, written once the task is seen finished (so OOM
+                  counters survive the removal of the cgroup).
+- `work/`         the working directory when the spec gives none.
+
+Environment: `spec.env` is merged over a minimal, fixed base (nothing is inherited from
+the engine): PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
+HOME=<the task's working directory>, LANG=C.UTF-8.
+
+Log bound: when `output.log` exceeds `max_log_bytes` (default 4 MiB) its newest
+`max_log_bytes` are copied to `output.log.1` and it is truncated (copytruncate; the
+task's descriptor is O_APPEND so it goes on writing at the new end). The check runs at
+every `status()` and `logs()` call, so the disk used is at most 2 x max_log_bytes plus
+what the task writes between two polls (unbounded only while no engine polls). Bytes
+written between the last read and the truncation (two syscalls apart) can be lost.
+
+Limits: memory and CPU through a per-task cgroup (v1 or v2, see `node_engine.cgroups`)
+when the hierarchy is writable; otherwise memory falls back to RLIMIT_AS (`ulimit -v` in
+the wrapper), which is weaker: it limits address space, not resident memory, so programs
+that reserve large virtual areas (JVMs, Go, some ML runtimes) may fail to start, and
+an overrun is a failed allocation, not a kill. Without cgroups there is no CPU limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from node_engine import cgroups
+from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
+from schemas.common import Runtime as RuntimeKind
+from schemas.job import TaskSpec, TaskState
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""PATH given to every native task unless its spec sets one."""
+
+DEFAULT_MAX_LOG_BYTES = 4 * 1024 * 1024
+WRAPPER_SHELL = "/bin/sh"
+CREATE_TIME_TOLERANCE_S = 0.05
+"""psutil create times come from clock ticks (1/100 s): equal within this means same process."""
+
+_WRAPPER = (
+    "ef=$1; cgs=$2; lim=$3; shift 3; "
+    'for f in $cgs; do echo $$ > "$f" || { echo "edge: cannot join cgroup $f" >&2; exit 125; }; '
+    "done; "
+    'if [ -n "$lim" ]; then ulimit -v "$lim" || exit 125; fi; '
+    "trap : TERM INT HUP QUIT; "
+    '"$@"; '
+    'echo $? > "$ef"'
+)
+
+_MEMORY_ERROR_MARKERS = (
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "std::bad_alloc",
+)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_write_bytes(path: Path, data: bytes | bytearray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail_lines(path: Path, n: int, limit: int) -> list[bytes]:
+    """The last `n` lines of a file, reading backwards at most `limit` bytes."""
+    data = b""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            pos = end
+            while pos > 0 and data.count(b"\n") <= n and end - pos < limit:
+                step = min(8192, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    lines = data.splitlines()
+    return lines[-n:] if n > 0 else []
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is `pgid` (one /proc scan)."""
+    out: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may contain spaces or parentheses).
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
+class NativeRuntime:
+    """Runs tasks as process groups on the host; see the module docstring for the model."""
+
+    kind = RuntimeKind.NATIVE
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
+        use_cgroups: bool = True,
+        cgroup_parent: str = "edge-tasks",
+        cgroup_support: cgroups.CgroupSupport | None = None,
+    ) -> None:
+        """`state_dir` holds `tasks/<instance_id>/`; `cgroup_parent` is relative to each
+        cgroup hierarchy root; `use_cgroups=False` forces the rlimit fallback."""
+        self.state_dir = Path(state_dir)
+        self.tasks_dir = self.state_dir / "tasks"
+        self.max_log_bytes = max_log_bytes
+        self.cgroup_parent = cgroups.check_parent(cgroup_parent)
+        if use_cgroups:
+            self.cgroup_support = cgroup_support or cgroups.detect()
+        else:
+            self.cgroup_support = cgroups.CgroupSupport(0, reason="cgroups disabled")
+        self._popen: dict[str, subprocess.Popen[bytes]] = {}
+        self._wrappers: dict[str, psutil.Process] = {}
+        self._pcache: dict[int, psutil.Process] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def task_dir(self, instance_id: str) -> Path:
+        """Directory holding the handle, logs and exit code of one task."""
+        if not instance_id or "/" in instance_id or instance_id in (".", ".."):
+            raise RuntimeFailure(f"invalid instance id {instance_id!r}")
+        return self.tasks_dir / instance_id
+
+    def _dir(self, handle: TaskHandle) -> Path:
+        return self.task_dir(handle.instance_id)
+
+    def limits_mode(self) -> str:
+        """How memory limits are enforced here: 'cgroup v1', 'cgroup v2' or 'rlimit'."""
+        ok, _ = cgroups.writable(self.cgroup_support, self.cgroup_parent)
+        return f"cgroup v{self.cgroup_support.version}" if ok else "rlimit"
+
+    def _wrapper(self, handle: TaskHandle) -> psutil.Process | None:
+        """The task's wrapper process if it is still alive and really is ours."""
+        if handle.pid is None:
+            return None
+        self._reap(handle)
+        proc = self._wrappers.get(handle.instance_id)
+        if proc is None or proc.pid != handle.pid:
+            try:
+                proc = psutil.Process(handle.pid)
+            except psutil.Error:
+                return None
+        try:
+            if handle.pid_create_time is not None and (
+                abs(proc.create_time() - handle.pid_create_time) > CREATE_TIME_TOLERANCE_S
+            ):
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            self._wrappers.pop(handle.instance_id, None)
+            return None
+        self._wrappers[handle.instance_id] = proc
+        return proc
+
+    def _reap(self, handle: TaskHandle) -> None:
+        """Collect the wrapper's exit status if it is our child, so no zombie lingers."""
+        popen = self._popen.get(handle.instance_id)
+        if popen is not None and popen.poll() is not None:
+            del self._popen[handle.instance_id]
+        elif popen is None and handle.pid is not None:
+            # A child of this process started by another runtime object (or before a
+            # re-exec): waitpid reaps it if it is ours, and is a no-op otherwise.
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(handle.pid, os.WNOHANG)
+
+    def _group_safe(self, handle: TaskHandle) -> bool:
+        """Whether signalling process group `handle.pid` can only reach our task.
+
+        A pid is never reused while it is still a process group id, so the group is ours
+        unless its leader pid now belongs to another process (recycled pid) that made
+        itself a group leader.
+        """
+        if handle.pid is None:
+            return False
+        try:
+            proc = psutil.Process(handle.pid)
+            if handle.pid_create_time is not None and (
+                abs(proc.create_time() - handle.pid_create_time) > CREATE_TIME_TOLERANCE_S
+            ):
+                return os.getpgid(handle.pid) != handle.pid
+        except (psutil.Error, OSError):
+            return True
+        return True
+
+    def _members(self, handle: TaskHandle, cg: cgroups.TaskCgroup | None) -> list[int]:
+        """Every live process of the task: the cgroup's pids, else the process group's."""
+        pids: set[int] = set()
+        if cg is not None:
+            pids.update(cg.pids())
+        if handle.pid is not None and not pids and self._group_safe(handle):
+            pids.update(_group_members(handle.pid))
+        return sorted(pids)
+
+    def _signal(self, handle: TaskHandle, sig: int) -> None:
+        """Send `sig` to the task's process group and to every process of its cgroup."""
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        if handle.pid is not None and self._group_safe(handle):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, sig)
+        if cg is not None:
+            for pid in cg.pids():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+
+    def _bound_log(self, handle: TaskHandle) -> None:
+        """copytruncate the log when it is over `max_log_bytes` (see module docstring)."""
+        if not handle.log_path:
+            return
+        log = Path(handle.log_path)
+        try:
+            if log.stat().st_size <= self.max_log_bytes:
+                return
+            # Read from the newest max_log_bytes up to EOF, re-reading what the task
+            # appends meanwhile, and truncate right after a read found EOF: only bytes
+            # written between that read and the truncate (two syscalls) can be lost.
+            with open(log, "rb+") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - self.max_log_bytes))
+                data = bytearray()
+                while chunk := f.read(1024 * 1024):
+                    data += chunk
+                    if len(data) > self.max_log_bytes + 1024 * 1024:
+                        del data[: len(data) - self.max_log_bytes]
+                f.truncate(0)
+            _atomic_write_bytes(log.with_name(log.name + ".1"), data[-self.max_log_bytes :])
+        except OSError:
+            return
+
+    def _usage(self, pids: list[int]) -> tuple[float, float]:
+        """(cpu percent of one core, resident MiB) summed over `pids`, from cached psutil
+        objects so that cpu_percent measures since the previous call."""
+        cpu = 0.0
+        rss = 0
+        for pid in pids:
+            proc = self._pcache.get(pid)
+            try:
+                if proc is None:
+                    proc = psutil.Process(pid)
+                    self._pcache[pid] = proc
+                cpu += proc.cpu_percent(None)
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                self._pcache.pop(pid, None)
+        return cpu, rss / (1024 * 1024)
+
+    def _prune_pcache(self) -> None:
+        for pid, proc in list(self._pcache.items()):
+            if not proc.is_running():
+                del self._pcache[pid]
+
+    # ------------------------------------------------------------------ protocol
+
+    def available(self) -> tuple[bool, str]:
+        """Native tasks need only /bin/sh; the reason also says how limits are enforced."""
+        if not os.access(WRAPPER_SHELL, os.X_OK):
+            return False, f"{WRAPPER_SHELL} not found"
+        ok, why = cgroups.writable(self.cgroup_support, self.cgroup_parent)
+        return True, (f"limits via {why}" if ok else f"limits via RLIMIT_AS ({why})")
+
+    def _resolve(self, spec: TaskSpec, env: dict[str, str], cwd: Path) -> str:
+        exe = spec.command[0]
+        if "/" in exe:
+            path = Path(exe) if os.path.isabs(exe) else cwd / exe
+            if not path.is_file():
+                raise RuntimeFailure(f"executable not found: {exe}")
+            if not os.access(path, os.X_OK):
+                raise RuntimeFailure(f"executable not runnable (no execute permission): {exe}")
+            return str(path)
+        found = shutil.which(exe, path=env.get("PATH", SAFE_PATH))
+        if found is None:
+            raise RuntimeFailure(f"executable not found: {exe} (PATH={env.get('PATH')})")
+        return found
+
+    def deploy(self, instance_id: str, spec: TaskSpec) -> TaskHandle:
+        """Start the task under the wrapper in a new session and persist its handle.
+
+        An instance that is still running from an earlier deploy is stopped first.
+        """
+        if not spec.command:
+            raise RuntimeFailure("native task has no command")
+        d = self.task_dir(instance_id)
+        old = self._load(d / "handle.json")
+        if old is not None:
+            self.stop(old, timeout_s=5.0)
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("exit_code", "result.json", "stopped", "paused", "output.log", "output.log.1"):
+            with contextlib.suppress(FileNotFoundError):
+                (d / name).unlink()
+
+        if spec.workdir:
+            cwd = Path(spec.workdir)
+            if not cwd.is_dir():
+                raise RuntimeFailure(f"working directory does not exist: {spec.workdir}")
+        else:
+            cwd = d / "work"
+            cwd.mkdir(exist_ok=True)
+        env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8"}
+        env.update(spec.env)
+        self._resolve(spec, env, cwd)
+
+        memory_bytes = spec.resources.memory_mib * 1024 * 1024 or None
+        cpu = spec.resources.cpu or None
+        extra: dict[str, str] = {}
+        cg = None
+        if memory_bytes or cpu:
+            cg = cgroups.create(
+                self.cgroup_support, self.cgroup_parent, instance_id, memory_bytes, cpu
+            )
+        rlimit_kib = ""
+        if cg is not None:
+            extra.update(cg.to_extra())
+            if cg.notes:
+                extra["cgroup_notes"] = "; ".join(cg.notes)[:500]
+            if memory_bytes and cg.memory_dir is None:
+                rlimit_kib = str(memory_bytes // 1024)
+        elif memory_bytes:
+            rlimit_kib = str(memory_bytes // 1024)
+        if memory_bytes:
+            extra["memory_limit"] = "rlimit" if rlimit_kib else "cgroup"
+        if cpu:
+            extra["cpu_limit"] = "cgroup" if cg is not None and cg.cpu_dir else "none"
+
+        log_path = d / "output.log"
+        exit_path = d / "exit_code"
+        procs = " ".join(str(p) for p in cg.procs_files()) if cg is not None else ""
+        argv = [WRAPPER_SHELL, "-c", _WRAPPER, "edge-task", str(exit_path), procs, rlimit_kib]
+        argv += list(spec.command)
+        try:
+            with open(log_path, "ab") as log:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except OSError as exc:
+            if cg is not None:
+                cg.remove()
+            raise RuntimeFailure(f"cannot start task: {exc}") from exc
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            create_time = time.time()
+        self._popen[instance_id] = popen
+        handle = TaskHandle(
+            instance_id=instance_id,
+            runtime=RuntimeKind.NATIVE,
+            pid=popen.pid,
+            pid_create_time=create_time,
+            log_path=str(log_path),
+            exit_code_path=str(exit_path),
+            started_at=time.time(),
+            extra=extra,
+        )
+        _atomic_write(d / "handle.json", handle.model_dump_json())
+        self._wait_exec(popen)
+        return handle
+
+    @staticmethod
+    def _wait_exec(popen: subprocess.Popen[bytes], timeout_s: float = 2.0) -> None:
+        """Return once the wrapper's child has exec'd the program (or either has exited).
+
+        Until the exec, the child still runs the wrapper's signal handlers (dash uses
+        vfork), so a SIGTERM from a stop() right after deploy would be swallowed by the
+        wrapper's trap and the task would only die by SIGKILL after the stop timeout.
+        Costs a few /proc reads at deploy (typically < 5 ms).
+        """
+        try:
+            wrapper = psutil.Process(popen.pid)
+            own = wrapper.cmdline()
+        except psutil.Error:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and popen.poll() is None:
+            try:
+                children = wrapper.children()
+                if children and children[0].cmdline() != own:
+                    return
+            except psutil.Error:
+                return
+            time.sleep(0.001)
+
+    def _wait_gone(
+        self, handle: TaskHandle, cg: cgroups.TaskCgroup | None, deadline: float
+    ) -> bool:
+        while True:
+            self._reap(handle)
+            if not self._members(handle, cg):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    @staticmethod
+    def _in_state(pids: list[int], states: tuple[bytes, ...]) -> list[int]:
+        """The pids whose /proc state letter is one of `states`."""
+        out = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rfind(b")") + 2 :].startswith(states):
+                out.append(pid)
+        return out
+
+    def _stopped_members(self, pids: list[int]) -> list[int]:
+        return self._in_state(pids, (b"T", b"t"))
+
+    def stop(self, handle: TaskHandle, timeout_s: float = 10.0) -> None:
+        """SIGTERM the task, wait until `timeout_s`, then SIGKILL; remove the cgroup and
+        the handle file (logs stay). Idempotent.
+
+        A paused task is continued *before* SIGTERM: a process stopped between fork and
+        exec still runs the shell's signal handlers and would swallow the SIGTERM.
+        """
+        d = self._dir(handle)
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        members = self._members(handle, cg)
+        if members:
+            if (d / "paused").exists() or self._stopped_members(members):
+                self._signal(handle, signal.SIGCONT)
+                deadline = time.monotonic() + 0.2
+                while self._stopped_members(members) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            self._signal(handle, signal.SIGTERM)
+            self._signal(handle, signal.SIGCONT)
+            if not self._wait_gone(handle, cg, time.monotonic() + max(0.0, timeout_s)):
+                self._signal(handle, signal.SIGKILL)
+                self._wait_gone(handle, cg, time.monotonic() + 5.0)
+        self._reap(handle)
+        if d.is_dir():
+            if not (d / "result.json").exists():
+                code = _read_int(d / "exit_code")
+                obs = TaskObservation(
+                    state=TaskState.TERMINATED, exit_code=code, reason="stopped by the engine"
+                )
+                _atomic_write(d / "result.json", obs.model_dump_json())
+            (d / "stopped").touch()
+            for name in ("handle.json", "paused"):
+                with contextlib.suppress(FileNotFoundError):
+                    (d / name).unlink()
+        if cg is not None:
+            cg.remove()
+        self._wrappers.pop(handle.instance_id, None)
+        self._popen.pop(handle.instance_id, None)
+        self._prune_pcache()
+
+    def pause(self, handle: TaskHandle) -> None:
+        """SIGSTOP every process of the task (group and cgroup); remembered in a marker
+        file, since a process frozen inside vfork shows as D, not T."""
+        if self._wrapper(handle) is None:
+            raise RuntimeFailure("task is not running")
+        (self._dir(handle) / "paused").touch()
+        self._signal(handle, signal.SIGSTOP)
+        # Signals are delivered asynchronously; wait (briefly) until every process has
+        # stopped, and stop processes that joined the cgroup meanwhile.
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            moving = self._in_state(self._members(handle, cg), (b"R", b"S", b"I", b"W"))
+            if not moving:
+                break
+            for pid in moving:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.005)
+
+    def resume(self, handle: TaskHandle) -> None:
+        """SIGCONT every process of the task."""
+        if self._wrapper(handle) is None:
+            raise RuntimeFailure("task is not running")
+        self._signal(handle, signal.SIGCONT)
+        with contextlib.suppress(FileNotFoundError):
+            (self._dir(handle) / "paused").unlink()
+
+    def _finished(self, handle: TaskHandle) -> TaskObservation:
+        """Build (once) and persist the final observation of a task whose wrapper is gone."""
+        d = self._dir(handle)
+        code = _read_int(Path(handle.exit_code_path or d / "exit_code"))
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        oom = False
+        reason = ""
+        if cg is not None and cg.memory_dir is not None:
+            kills = cg.oom_kills()
+            oom = kills > 0 or (code == 137 and cg.memory_limit_hit())
+            if oom:
+                reason = "memory limit exceeded (OOM killed in the task cgroup)"
+        if code is None and not oom:
+            # The wrapper itself was killed (SIGKILL to the whole group by someone else).
+            reason = "killed: the task was killed and left no exit code"
+        elif not oom and code != 0 and handle.extra.get("memory_limit") == "rlimit":
+            tail = b"\n".join(_tail_lines(Path(handle.log_path or ""), 20, 64 * 1024))
+            text = tail.decode(errors="replace")
+            if any(m in text for m in _MEMORY_ERROR_MARKERS):
+                reason = (
+                    f"memory limit exceeded (allocation failed under RLIMIT_AS), exit code {code}"
+                )
+        if code == 0 and not oom:
+            state = TaskState.SUCCEEDED
+        else:
+            state = TaskState.FAILED
+            if oom and code is None:
+                code = 137
+            reason = reason or f"exit code {code}"
+        obs = TaskObservation(state=state, exit_code=code, reason=reason, oom_killed=oom)
+        if d.is_dir():
+            _atomic_write(d / "result.json", obs.model_dump_json())
+        if cg is not None:
+            cg.remove(timeout_s=0.5)
+        return obs
+
+    def status(self, handle: TaskHandle) -> TaskObservation:
+        """RUNNING/PAUSED with CPU and memory of the whole task, or the final result.
+
+        Cost while running: one psutil create-time/status check of the wrapper, one read of
+        cgroup.procs (or a /proc scan without cgroup) and two /proc reads per process.
+        """
+        d = self._dir(handle)
+        self._bound_log(handle)
+        result = d / "result.json"
+        if result.exists():
+            try:
+                return TaskObservation.model_validate_json(result.read_text())
+            except ValueError:
+                pass
+        if (d / "stopped").exists():
+            return TaskObservation(state=TaskState.TERMINATED, reason="stopped by the engine")
+        wrapper = self._wrapper(handle)
+        if wrapper is None:
+            return self._finished(handle)
+        try:
+            paused = (d / "paused").exists() or wrapper.status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            return self._finished(handle)
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        cpu, mem = self._usage(self._members(handle, cg))
+        return TaskObservation(
+            state=TaskState.PAUSED if paused else TaskState.RUNNING,
+            cpu_percent=round(cpu, 2),
+            memory_mib=round(mem, 2),
+        )
+
+    def logs(self, handle: TaskHandle, tail: int = 100) -> str:
+        """The last `tail` lines of stdout+stderr (from the rotated file too if needed)."""
+        if not handle.log_path or tail <= 0:
+            return ""
+        self._bound_log(handle)
+        log = Path(handle.log_path)
+        lines = _tail_lines(log, tail, self.max_log_bytes + 65536)
+        if len(lines) < tail:
+            older = _tail_lines(
+                log.with_name(log.name + ".1"), tail - len(lines), self.max_log_bytes + 65536
+            )
+            lines = older + lines
+        return b"\n".join(lines).decode(errors="replace")
+
+    @staticmethod
+    def _load(path: Path) -> TaskHandle | None:
+        try:
+            return TaskHandle.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def adopt(self) -> list[TaskHandle]:
+        """Handles of tasks started here and not yet stopped: those still running (pid and
+        create time match) and those that exited with a recorded result or exit code.
+
+        A handle whose pid is dead or recycled and that left no exit code is skipped.
+        """
+        out: list[TaskHandle] = []
+        if not self.tasks_dir.is_dir():
+            return out
+        for path in sorted(self.tasks_dir.glob("*/handle.json")):
+            handle = self._load(path)
+            if handle is None or handle.runtime is not RuntimeKind.NATIVE:
+                continue
+            if handle.instance_id != path.parent.name:
+                continue
+            d = path.parent
+            if (d / "stopped").exists():
+                continue
+            alive = self._wrapper(handle) is not None
+            if alive or (d / "result.json").exists() or (d / "exit_code").exists():
+                out.append(handle)
+        return out
+
+    def purge(self, handle: TaskHandle) -> None:
+        """Stop the task if needed and delete its directory (logs included)."""
+        self.stop(handle, timeout_s=5.0)
+        shutil.rmtree(self._dir(handle), ignore_errors=True)

@@ -1,0 +1,337 @@
+"""Persistent local state of a node engine, kept in its state directory.
+
+Three small files, each rewritten atomically (temp file + fsync + rename + directory
+fsync) so that a SIGKILL or a power cut leaves either the old or the new version:
+
+* ``tasks.json``: the desired tasks (instance id -> spec, handle, restarts, state).
+* ``commands.json``: the ids of the last commands seen (bounded LRU) and the answer
+  each got, so a repeated command is acknowledged again and not run twice.
+* ``outbox.json``: events not yet acknowledged by the broker (bounded, oldest dropped
+  with a counter) and the per-node event sequence number.
+
+Everything here is plain data and file I/O; no threads, no MQTT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from node_engine.runtimes.base import TaskHandle
+from schemas.job import TaskSpec, TaskState
+
+log = logging.getLogger(__name__)
+
+TASKS_FILE = "tasks.json"
+COMMANDS_FILE = "commands.json"
+OUTBOX_FILE = "outbox.json"
+STATE_VERSION = 1
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably, with file mode `mode`.
+
+    Writes a temp file in the same directory, fsyncs it, renames it over `path` and
+    fsyncs the directory, so readers see the old or the new content, never a mix.
+    """
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it survives a power cut (best effort)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def read_json(path: Path) -> Any | None:
+    """Load a JSON file; None if it does not exist. A corrupt file is moved aside."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        log.error("state file %s is corrupt (%s); moved to %s", path, exc, aside)
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        return None
+
+
+# ---------------------------------------------------------------- desired tasks
+
+
+class TaskRecord(BaseModel):
+    """One task the engine was told to run, and what it knows about it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instance_id: str
+    job_id: str
+    spec: TaskSpec
+    handle: TaskHandle | None = None
+    state: TaskState = TaskState.STARTING
+    desired: bool = Field(default=True, description="false once the task may stay stopped")
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    restart_at: float | None = Field(
+        default=None, description="wall time of the next restart attempt (backoff)"
+    )
+    command_id: str = ""
+
+
+class TaskStore:
+    """The desired tasks, persisted to ``tasks.json`` after every change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / TASKS_FILE
+        self.tasks: dict[str, TaskRecord] = {}
+
+    def load(self) -> dict[str, TaskRecord]:
+        """Read the file (if any) and return the records; bad records are dropped loudly."""
+        data = read_json(self.path)
+        self.tasks = {}
+        if isinstance(data, dict):
+            for key, raw in (data.get("tasks") or {}).items():
+                try:
+                    self.tasks[key] = TaskRecord.model_validate(raw)
+                except ValidationError as exc:
+                    log.error("dropping unreadable task record %s: %s", key, exc)
+        return self.tasks
+
+    def save(self) -> None:
+        """Write all records atomically."""
+        body = {
+            "version": STATE_VERSION,
+            "tasks": {k: r.model_dump(mode="json") for k, r in self.tasks.items()},
+        }
+        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+
+
+# ---------------------------------------------------------------- seen commands
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """The answer a command got; repeated to a duplicate of that command."""
+
+    kind: str
+    accepted: bool
+    reason: str = ""
+    instance_id: str | None = None
+
+
+class SeenCommands:
+    """Bounded LRU of command ids -> outcome, persisted to ``commands.json``.
+
+    MQTT QoS 1 delivers at least once and a cluster may resend a command it got no
+    answer to; remembering the last `capacity` ids makes commands idempotent.
+    """
+
+    def __init__(self, path: Path | None, capacity: int = 1000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.path = path
+        self.capacity = capacity
+        self._items: OrderedDict[str, CommandOutcome] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, command_id: object) -> bool:
+        return command_id in self._items
+
+    def get(self, command_id: str) -> CommandOutcome | None:
+        """The outcome of an earlier command with this id (and mark it recently used)."""
+        outcome = self._items.get(command_id)
+        if outcome is not None:
+            self._items.move_to_end(command_id)
+        return outcome
+
+    def add(self, command_id: str, outcome: CommandOutcome) -> None:
+        """Remember a command; the least recently used id goes when full."""
+        self._items[command_id] = outcome
+        self._items.move_to_end(command_id)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def load(self) -> None:
+        """Read the persisted ids (oldest first)."""
+        if self.path is None:
+            return
+        data = read_json(self.path)
+        self._items.clear()
+        if not isinstance(data, dict):
+            return
+        for item in data.get("commands") or []:
+            try:
+                outcome = CommandOutcome(
+                    kind=str(item["kind"]),
+                    accepted=bool(item["accepted"]),
+                    reason=str(item.get("reason", "")),
+                    instance_id=item.get("instance_id"),
+                )
+                self.add(str(item["id"]), outcome)
+            except (KeyError, TypeError):
+                continue
+
+    def save(self) -> None:
+        """Write the ids atomically."""
+        if self.path is None:
+            return
+        items = [
+            {
+                "id": cid,
+                "kind": o.kind,
+                "accepted": o.accepted,
+                "reason": o.reason,
+                "instance_id": o.instance_id,
+            }
+            for cid, o in self._items.items()
+        ]
+        body = {"version": STATE_VERSION, "commands": items}
+        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+
+
+# ---------------------------------------------------------------- outbox
+
+
+@dataclass
+class OutboxEntry:
+    """One message waiting for the broker's PUBACK."""
+
+    key: int
+    topic: str
+    payload: bytes
+    qos: int = 1
+
+
+class Outbox:
+    """Bounded FIFO of QoS 1 messages not yet acknowledged by the broker.
+
+    Entries stay until the broker acknowledges them, across reconnects and (through
+    ``outbox.json``) across engine restarts. When full, the oldest entry is dropped and
+    counted in `dropped`. `next_seq` is the per-node event sequence, persisted with the
+    entries so it keeps increasing across restarts.
+    """
+
+    def __init__(self, path: Path | None, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.path = path
+        self.capacity = capacity
+        self.dropped = 0
+        self.next_seq = 1
+        self._entries: deque[OutboxEntry] = deque()
+        self._next_key = 1
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[OutboxEntry]:
+        return iter(self._entries)
+
+    def take_seq(self) -> int:
+        """Return the next event sequence number and advance it."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.dirty = True
+        return seq
+
+    def append(self, topic: str, payload: bytes, qos: int = 1) -> OutboxEntry:
+        """Queue a message; drop (and count) the oldest when the outbox is full."""
+        entry = OutboxEntry(self._next_key, topic, payload, qos)
+        self._next_key += 1
+        self._entries.append(entry)
+        while len(self._entries) > self.capacity:
+            old = self._entries.popleft()
+            self.dropped += 1
+            log.warning(
+                "outbox full (%d): dropped the oldest undelivered message for %s",
+                self.capacity,
+                old.topic,
+            )
+        self.dirty = True
+        return entry
+
+    def remove(self, key: int) -> bool:
+        """Forget a delivered entry; False if it is not (or no longer) here."""
+        for i, entry in enumerate(self._entries):
+            if entry.key == key:
+                del self._entries[i]
+                self.dirty = True
+                return True
+        return False
+
+    def contains(self, key: int) -> bool:
+        """Whether the entry with this key is still waiting."""
+        return any(e.key == key for e in self._entries)
+
+    def load(self) -> None:
+        """Read the persisted entries and counters."""
+        if self.path is None:
+            return
+        data = read_json(self.path)
+        self._entries.clear()
+        if not isinstance(data, dict):
+            return
+        self.next_seq = max(1, int(data.get("next_seq", 1)))
+        self.dropped = max(0, int(data.get("dropped", 0)))
+        for item in data.get("entries") or []:
+            try:
+                self.append(str(item["topic"]), str(item["payload"]).encode(), int(item["qos"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+        self.dirty = False
+
+    def save(self) -> None:
+        """Write entries and counters atomically (only when something changed)."""
+        if self.path is None or not self.dirty:
+            return
+        body = {
+            "version": STATE_VERSION,
+            "next_seq": self.next_seq,
+            "dropped": self.dropped,
+            "entries": [
+                {"topic": e.topic, "payload": e.payload.decode(), "qos": e.qos}
+                for e in self._entries
+            ],
+        }
+        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        self.dirty = False

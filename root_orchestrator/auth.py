@@ -1,0 +1,79 @@
+"""Bearer-token authentication of the operator API and the cluster API.
+
+Every failure is a 401 with ``WWW-Authenticate: Bearer``; the body never says
+whether the token was missing, unknown or belonged to someone else.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from root_orchestrator.deps import Deps, get_deps
+
+__all__ = [
+    "ClusterCredential",
+    "bearer",
+    "require_operator",
+    "require_registration",
+    "unauthorized",
+]
+
+REALM = "edge-root"
+
+bearer = HTTPBearer(auto_error=False, description="operator token (see docs/api.md)")
+_cluster_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ClusterBearer",
+    description="registration token (register) or the cluster's credential (report)",
+)
+
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+ClusterCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_cluster_bearer)]
+
+
+def unauthorized(detail: str = "missing or invalid bearer token") -> HTTPException:
+    """A 401 with the challenge header RFC 6750 asks for."""
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'},
+    )
+
+
+def _matches(given: str, accepted: list[str]) -> bool:
+    """Constant-time comparison against every accepted token."""
+    found = False
+    for token in accepted:
+        found |= hmac.compare_digest(given.encode(), token.encode())
+    return found
+
+
+def require_operator(
+    deps: Annotated[Deps, Depends(get_deps)], credentials: BearerCredentials
+) -> None:
+    """Dependency: the request carries one of the operator tokens."""
+    if credentials is None or not _matches(credentials.credentials, deps.operator_tokens):
+        raise unauthorized()
+
+
+def require_registration(
+    deps: Annotated[Deps, Depends(get_deps)], credentials: ClusterCredentials
+) -> None:
+    """Dependency: the request carries the cluster registration token."""
+    token = deps.registration_token
+    if credentials is None or token is None or not _matches(credentials.credentials, [token]):
+        raise unauthorized()
+
+
+def cluster_credential(request: Request, credentials: ClusterCredentials) -> str:
+    """Dependency: the bearer token a cluster presents (checked by the route)."""
+    if credentials is None:
+        raise unauthorized()
+    return credentials.credentials
+
+
+ClusterCredential = Annotated[str, Depends(cluster_credential)]

@@ -1,0 +1,131 @@
+"""HTTP client for cluster orchestrator APIs (root -> cluster).
+
+Three calls, each with the cluster's API token as bearer:
+
+* ``POST {cluster}/api/v1/instances`` with a `PlaceInstanceRequest` ->
+  `PlaceInstanceResponse` (accepted with a node, or rejected with reasons);
+* ``DELETE {cluster}/api/v1/instances/{id}`` (2xx or 404: the instance is gone);
+* ``GET {cluster}/api/v1/nodes``.
+
+The transport is injectable (encode/httpx style) so tests can route calls anywhere.
+Transport failures, timeouts, 5xx answers and answers that do not validate raise
+`ClusterUnavailable`; a 4xx answer to a placement is a refusal, not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
+
+__all__ = ["ClusterClient", "ClusterUnavailable"]
+
+API = "/api/v1"
+
+
+class ClusterUnavailable(Exception):
+    """The cluster could not be reached or did not answer sensibly."""
+
+
+def _detail(response: httpx.Response) -> str:
+    """A short description of an error answer (its `detail` when it is JSON)."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:200] if text else response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:200]
+    return str(body)[:200]
+
+
+class ClusterClient:
+    """Calls cluster APIs; one shared connection pool for every cluster."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            headers={"User-Agent": "edge-root-orchestrator"},
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    @staticmethod
+    def _headers(token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _request(
+        self, method: str, url: str, token: str | None, json: Any | None = None
+    ) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, headers=self._headers(token), json=json)
+        except httpx.TimeoutException as exc:
+            raise ClusterUnavailable(f"{method} {url}: timed out") from exc
+        except httpx.HTTPError as exc:
+            raise ClusterUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def place(
+        self, base_url: str, token: str | None, request: PlaceInstanceRequest
+    ) -> PlaceInstanceResponse:
+        """Ask a cluster to place one instance (idempotent by instance id on its side)."""
+        url = f"{base_url}{API}/instances"
+        response = await self._request("POST", url, token, json=request.model_dump(mode="json"))
+        if response.status_code >= 500:
+            raise ClusterUnavailable(
+                f"POST {url}: HTTP {response.status_code}: {_detail(response)}"
+            )
+        if response.status_code >= 400:
+            return PlaceInstanceResponse(
+                accepted=False,
+                instance_id=request.instance_id,
+                reasons={f"HTTP {response.status_code}": 1},
+                explanation=f"cluster answered HTTP {response.status_code}: {_detail(response)}",
+            )
+        try:
+            answer = PlaceInstanceResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ClusterUnavailable(
+                f"POST {url}: invalid answer: {exc.error_count()} errors"
+            ) from exc
+        if answer.instance_id != request.instance_id:
+            raise ClusterUnavailable(
+                f"POST {url}: answer is about instance {answer.instance_id}, "
+                f"not {request.instance_id}"
+            )
+        return answer
+
+    async def terminate(self, base_url: str, token: str | None, instance_id: str) -> None:
+        """Ask a cluster to stop and forget an instance (404 counts as done)."""
+        url = f"{base_url}{API}/instances/{instance_id}"
+        response = await self._request("DELETE", url, token)
+        if response.status_code == 404 or response.is_success:
+            return
+        raise ClusterUnavailable(f"DELETE {url}: HTTP {response.status_code}: {_detail(response)}")
+
+    async def nodes(self, base_url: str, token: str | None) -> list[Any]:
+        """The cluster's nodes as its API returns them (a list, or `{"nodes": [...]}`)."""
+        url = f"{base_url}{API}/nodes"
+        response = await self._request("GET", url, token)
+        if not response.is_success:
+            raise ClusterUnavailable(f"GET {url}: HTTP {response.status_code}: {_detail(response)}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ClusterUnavailable(f"GET {url}: answer is not JSON") from exc
+        if isinstance(body, dict) and isinstance(body.get("nodes"), list):
+            return list(body["nodes"])
+        if isinstance(body, list):
+            return body
+        raise ClusterUnavailable(f"GET {url}: expected a list of nodes")

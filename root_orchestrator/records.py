@@ -1,0 +1,206 @@
+"""What the root keeps in its store: jobs, instances and clusters, as records.
+
+Records are frozen dataclasses mirrored in memory by the service; every change is a
+new record written through to the store first (optimistic versioning), then swapped
+in. `to_doc` / `from_doc` convert to and from store documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from root_orchestrator.replicas import InstanceFacts, JobState
+from schemas.cluster import ClusterLiveness, ClusterReport
+from schemas.job import InstanceState, JobSpec
+
+__all__ = [
+    "CLUSTERS",
+    "EVENTS",
+    "IDEMPOTENCY",
+    "INSTANCES",
+    "JOBS",
+    "ClusterRecord",
+    "InstanceRecord",
+    "JobRecord",
+]
+
+JOBS = "jobs"
+INSTANCES = "instances"
+CLUSTERS = "clusters"
+EVENTS = "events"
+IDEMPOTENCY = "idempotency"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A submitted job: its spec (replicas and priority included) and summary state."""
+
+    id: str
+    name: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    updated_at: float
+    deleted_at: float | None = None
+    next_generation: int = 0
+    reason: str = ""
+    placement: dict[str, Any] | None = None
+    version: int = 0
+
+    @property
+    def desired(self) -> int:
+        """Replicas wanted now (0 once deleted)."""
+        return 0 if self.deleted_at is not None else self.spec.replicas
+
+    def to_doc(self) -> dict[str, Any]:
+        """The store document (without `_version`)."""
+        return {
+            "_id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "spec": self.spec.model_dump(mode="json"),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deleted_at": self.deleted_at,
+            "next_generation": self.next_generation,
+            "reason": self.reason,
+            "placement": self.placement,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
+        """Rebuild a record from a store document."""
+        return cls(
+            id=doc["_id"],
+            name=doc["name"],
+            spec=JobSpec.model_validate(doc["spec"]),
+            state=JobState(doc["state"]),
+            created_at=doc["created_at"],
+            updated_at=doc["updated_at"],
+            deleted_at=doc.get("deleted_at"),
+            next_generation=doc.get("next_generation", 0),
+            reason=doc.get("reason", ""),
+            placement=doc.get("placement"),
+            version=doc.get("_version", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One replica's instance: its state, its cluster and node, and its last placement.
+
+    `terminate` marks an instance the root wants gone (scale down, delete, reschedule);
+    `assigned_at` is when its cluster accepted it; `cluster_ts` the time stamp of the
+    last state change its cluster reported (older changes are ignored).
+    """
+
+    id: str
+    job_id: str
+    replica: int
+    state: InstanceState
+    created_at: float
+    updated_at: float
+    cluster_id: str | None = None
+    node_id: str | None = None
+    node_name: str | None = None
+    reason: str = ""
+    exit_code: int | None = None
+    restarts: int = 0
+    terminate: bool = False
+    terminate_reason: str = ""
+    assigned_at: float | None = None
+    pending_since: float | None = None
+    cluster_ts: float = 0.0
+    placement: dict[str, Any] | None = None
+    version: int = 0
+
+    def facts(self) -> InstanceFacts:
+        """The view replica diffing works on."""
+        return InstanceFacts(
+            id=self.id,
+            replica=self.replica,
+            state=self.state,
+            restarts=self.restarts,
+            created_at=self.created_at,
+            terminating=self.terminate,
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        """The store document (without `_version`)."""
+        doc = asdict(self)
+        doc.pop("version")
+        doc["_id"] = doc.pop("id")
+        doc["state"] = self.state.value
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> InstanceRecord:
+        """Rebuild a record from a store document."""
+        values = {k: v for k, v in doc.items() if not k.startswith("_")}
+        values["state"] = InstanceState(values["state"])
+        return cls(id=doc["_id"], version=doc.get("_version", 0), **values)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """A registered cluster: identity, how to reach it, liveness and its latest report.
+
+    The credential is kept only as a SHA-256 hash. `api_token` is the bearer token the
+    root presents to the cluster's API (sent by the cluster when it registers); the
+    root needs it in clear to call the cluster, and never returns it from its API.
+    """
+
+    id: str
+    name: str
+    url: str
+    credential_hash: str
+    registered_at: float
+    liveness: ClusterLiveness
+    liveness_since: float
+    location: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    api_token: str | None = None
+    reason: str = ""
+    last_report_at: float | None = None
+    report: ClusterReport | None = None
+    version: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        """The store document (without `_version`)."""
+        return {
+            "_id": self.id,
+            "name": self.name,
+            "url": self.url,
+            "credential_hash": self.credential_hash,
+            "registered_at": self.registered_at,
+            "liveness": self.liveness.value,
+            "liveness_since": self.liveness_since,
+            "location": self.location,
+            "labels": dict(self.labels),
+            "api_token": self.api_token,
+            "reason": self.reason,
+            "last_report_at": self.last_report_at,
+            "report": self.report.model_dump(mode="json") if self.report else None,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ClusterRecord:
+        """Rebuild a record from a store document."""
+        report = doc.get("report")
+        return cls(
+            id=doc["_id"],
+            name=doc["name"],
+            url=doc["url"],
+            credential_hash=doc["credential_hash"],
+            registered_at=doc["registered_at"],
+            liveness=ClusterLiveness(doc["liveness"]),
+            liveness_since=doc["liveness_since"],
+            location=doc.get("location", ""),
+            labels=dict(doc.get("labels") or {}),
+            api_token=doc.get("api_token"),
+            reason=doc.get("reason", ""),
+            last_report_at=doc.get("last_report_at"),
+            report=ClusterReport.model_validate(report) if report else None,
+            version=doc.get("_version", 0),
+        )

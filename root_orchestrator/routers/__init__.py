@@ -1,0 +1,1 @@
+"""Thin HTTP routers, one per resource: decode, authenticate, call the service, encode."""

@@ -1,0 +1,88 @@
+"""`/api/v1/jobs`: submit, list, get, scale/reprioritise and delete jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from root_orchestrator.auth import require_operator
+from root_orchestrator.deps import ServiceDep
+from root_orchestrator.models import JobList, JobPatch, JobView
+from root_orchestrator.replicas import JobState
+from schemas.job import JobSpec
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_operator)])
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "missing or wrong bearer token"},
+    404: {"description": "no such job"},
+    409: {"description": "conflicts with the current state"},
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "repeated Idempotency-Key: the job it created"}, **_ERRORS},
+)
+async def submit_job(
+    spec: JobSpec,
+    service: ServiceDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="retries with the same key return the same job"),
+    ] = None,
+) -> JobView:
+    """Submit a job. 201 with the job; 200 with the same job for a repeated key."""
+    view, created = await run_in_threadpool(service.submit_job, spec, idempotency_key)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["Location"] = f"/api/v1/jobs/{view.id}"
+    return view
+
+
+@router.get("", responses=_ERRORS)
+async def list_jobs(
+    service: ServiceDep,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    name: Annotated[
+        str | None, Query(max_length=63, description="only jobs with this name")
+    ] = None,
+    cluster: Annotated[
+        str | None, Query(max_length=64, description="only jobs with instances on this cluster")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="`next_cursor` of the previous page")
+    ] = None,
+) -> JobList:
+    """List jobs in submission order, one page at a time."""
+    return await run_in_threadpool(
+        lambda: service.list_jobs(
+            state=state, name=name, cluster=cluster, limit=limit, cursor=cursor
+        )
+    )
+
+
+@router.get("/{job}", responses=_ERRORS)
+async def get_job(job: str, service: ServiceDep) -> JobView:
+    """One job (by id or name): spec, replicas, instances and the latest placement."""
+    return await run_in_threadpool(service.get_job, job)
+
+
+@router.patch("/{job}", responses=_ERRORS)
+async def patch_job(job: str, patch: JobPatch, service: ServiceDep) -> JobView:
+    """Scale a job (`replicas`) and/or change its `priority`."""
+    return await run_in_threadpool(
+        lambda: service.patch_job(job, replicas=patch.replicas, priority=patch.priority)
+    )
+
+
+@router.delete("/{job}", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)
+async def delete_job(job: str, service: ServiceDep) -> JobView:
+    """Delete a job: every instance is terminated; the job ends TERMINATED."""
+    return await run_in_threadpool(service.delete_job, job)

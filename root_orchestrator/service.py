@@ -1,0 +1,1691 @@
+"""The root's single owner of state: every change to jobs, instances and clusters.
+
+`RootService` is a lock-guarded service layer (DESIGN.md section 3). HTTP handlers
+and the reconciler call its methods; nothing else writes to the store. It mirrors
+the live part of the store in memory (jobs that are not TERMINATED with all their
+instances, every cluster) and writes every change through to the store before it
+takes effect in memory, so a restarted root rebuilds exactly the same picture.
+
+It never does network I/O. Placement and termination are split in two halves so the
+reconciler can call the cluster between them without holding the lock:
+`begin_placement` (decide, record SCHEDULED, reserve) / `finish_placement` (record
+the cluster's answer), and `termination_work` / `finish_termination`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from placement import Decision, Request, place
+from root_orchestrator.bus import EventBus
+from root_orchestrator.metrics import GaugeFamily, RootMetrics
+from root_orchestrator.models import (
+    ClusterList,
+    ClusterRejection,
+    ClusterView,
+    EventList,
+    EventRecord,
+    InstanceView,
+    JobList,
+    JobSummary,
+    JobView,
+    PlacementInfo,
+)
+from root_orchestrator.records import (
+    CLUSTERS,
+    EVENTS,
+    IDEMPOTENCY,
+    INSTANCES,
+    JOBS,
+    ClusterRecord,
+    InstanceRecord,
+    JobRecord,
+)
+from root_orchestrator.replicas import JobState, diff_replicas, job_state
+from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
+from root_orchestrator.settings import RootSettings
+from schemas.cluster import (
+    ClusterLiveness,
+    ClusterRegistration,
+    ClusterRegistrationResponse,
+    ClusterReport,
+    InstanceChange,
+    PlaceInstanceRequest,
+    PlaceInstanceResponse,
+)
+from schemas.common import MAX_TEXT
+from schemas.job import InstanceState, JobSpec
+from store import Store
+
+__all__ = [
+    "Conflict",
+    "NotFound",
+    "PlacementStep",
+    "RootService",
+    "ServiceError",
+    "TerminateStep",
+    "Unauthorized",
+    "hash_secret",
+]
+
+log = logging.getLogger(__name__)
+
+#: A full report may omit an instance the cluster accepted moments ago (the report was
+#: built before the acceptance). Only instances accepted longer ago than this count as
+#: missing from a full report.
+MISSING_GRACE_S = 2.0
+#: How many terminal instances `GET /jobs/{id}` lists (every active one is listed).
+MAX_TERMINAL_LISTED = 100
+#: How long a cluster that refused an instance is not asked again for it (unless its
+#: report shows more capacity first).
+REFUSAL_TTL_S = 30.0
+#: Events deleted per pruning call.
+PRUNE_BATCH = 500
+
+
+class ServiceError(Exception):
+    """Base of the errors the API maps to HTTP statuses."""
+
+
+class NotFound(ServiceError):
+    """No such job or cluster (404)."""
+
+
+class Conflict(ServiceError):
+    """The request contradicts the current state (409)."""
+
+
+class Unauthorized(ServiceError):
+    """Unknown cluster or wrong credential (401)."""
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex digest of a high-entropy secret (credentials are 256-bit random)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _short(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format_reasons(reasons: Mapping[str, int], noun: str = "node") -> str:
+    parts = []
+    for reason, count in reasons.items():
+        parts.append(f"{count} {noun}{'' if count == 1 else 's'}: {reason}")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementStep:
+    """A decided placement the reconciler must send: POST `request` to `url`."""
+
+    instance_id: str
+    cluster_id: str
+    cluster_name: str
+    url: str
+    token: str | None
+    request: PlaceInstanceRequest
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateStep:
+    """An instance to DELETE on a cluster (`stray`: the root does not want it there)."""
+
+    instance_id: str
+    cluster_id: str
+    cluster_name: str
+    url: str
+    token: str | None
+    stray: bool
+
+
+class RootService:
+    """All state changes of the root orchestrator, guarded by one lock."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: RootSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        bus: EventBus | None = None,
+        metrics: RootMetrics | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._bus = bus or EventBus()
+        self._metrics = metrics or RootMetrics()
+        self._lock = threading.RLock()
+        self._jobs: dict[str, JobRecord] = {}
+        self._instances: dict[str, InstanceRecord] = {}
+        self._by_job: dict[str, set[str]] = {}
+        self._clusters: dict[str, ClusterRecord] = {}
+        self._seen_at: dict[str, float] = {}
+        self._reservations: dict[str, dict[str, tuple[Request, float]]] = {}
+        self._in_flight: set[str] = set()
+        self._strays: dict[tuple[str, str], float] = {}
+        self._dirty: set[str] = set()
+        self._refusals: dict[str, dict[str, tuple[ClusterRejection, float, int]]] = {}
+        self._capacity_version: dict[str, int] = {}
+        self._seq = 0
+        self._last_id_ms = 0
+        self._pruned_to = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Create indexes and load the live state from the store (once)."""
+        with self._lock:
+            if self._started:
+                return
+            store = self._store
+            for coll, fields in (
+                (JOBS, ("name", "state", "created_at")),
+                (INSTANCES, ("job_id", "state", "cluster_id")),
+                (EVENTS, ("seq", "job_id", "instance_id", "cluster_id", "kind", "category")),
+                (CLUSTERS, ("name",)),
+            ):
+                for fld in fields:
+                    store.ensure_index(coll, fld)
+            now = self._clock()
+            for doc in store.find(CLUSTERS):
+                rec = ClusterRecord.from_doc(doc)
+                self._clusters[rec.id] = rec
+                # A restarted root gives every cluster a fresh grace period: its own
+                # downtime is not the clusters' silence.
+                self._seen_at[rec.id] = max(rec.last_report_at or rec.registered_at, now)
+            for state in JobState:
+                if state is JobState.TERMINATED:
+                    continue
+                for doc in store.find(JOBS, {"state": state.value}):
+                    job = JobRecord.from_doc(doc)
+                    self._jobs[job.id] = job
+                    self._by_job.setdefault(job.id, set())
+            for job_id in list(self._jobs):
+                for doc in store.find(INSTANCES, {"job_id": job_id}):
+                    inst = InstanceRecord.from_doc(doc)
+                    self._instances[inst.id] = inst
+                    self._by_job[job_id].add(inst.id)
+            newest = store.find(JOBS, order_by="_id", descending=True, limit=1)
+            if newest and len(newest[0]["_id"]) == 19:
+                with contextlib.suppress(ValueError):
+                    self._last_id_ms = int(newest[0]["_id"][1:13], 16)
+            last = store.find(EVENTS, order_by="seq", descending=True, limit=1)
+            self._seq = int(last[0]["seq"]) if last else 0
+            first = store.find(EVENTS, order_by="seq", limit=1)
+            self._pruned_to = int(first[0]["seq"]) - 1 if first else self._seq
+            self._started = True
+            log.info(
+                "root state loaded: %d clusters, %d live jobs, %d instances, event seq %d",
+                len(self._clusters),
+                len(self._jobs),
+                len(self._instances),
+                self._seq,
+            )
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) whenever there may be new work to do."""
+        self._listeners.append(callback)
+
+    def _kick(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # pragma: no cover - a listener must not break the service
+                log.exception("work listener failed")
+
+    @property
+    def bus(self) -> EventBus:
+        """Where new events are published for live streams."""
+        return self._bus
+
+    @property
+    def settings(self) -> RootSettings:
+        """The settings the service runs with."""
+        return self._settings
+
+    def now(self) -> float:
+        """The service's clock (injectable for tests)."""
+        return self._clock()
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(
+        self,
+        kind: str,
+        subject: str,
+        *,
+        reason: str = "",
+        state: str | None = None,
+        job_id: str | None = None,
+        instance_id: str | None = None,
+        cluster_id: str | None = None,
+        node_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._seq += 1
+        seq = self._seq
+        doc: dict[str, Any] = {
+            "_id": f"ev{seq:012d}",
+            "seq": seq,
+            "ts": self._clock(),
+            "kind": kind,
+            "category": kind.split(".", 1)[0],
+            "subject": subject,
+            "job_id": job_id,
+            "instance_id": instance_id,
+            "cluster_id": cluster_id,
+            "node_id": node_id,
+            "state": state,
+            "reason": _short(reason),
+            "data": data or {},
+        }
+        self._store.put(EVENTS, doc, expected_version=0)
+        self._bus.publish(_event_out(doc))
+
+    def list_events(
+        self,
+        *,
+        since: int = 0,
+        limit: int = 100,
+        kind: str | None = None,
+        category: str | None = None,
+        job_id: str | None = None,
+        instance_id: str | None = None,
+        cluster_id: str | None = None,
+        subject: str | None = None,
+    ) -> EventList:
+        """Events with seq > since, oldest first, filtered by equality on each field."""
+        where = _where(
+            kind=kind,
+            category=category,
+            job_id=job_id,
+            instance_id=instance_id,
+            cluster_id=cluster_id,
+            subject=subject,
+        )
+        docs = self._store.find(
+            EVENTS,
+            where,
+            order_by="seq",
+            after=("seq", since) if since > 0 else None,
+            limit=limit,
+        )
+        events = [EventRecord.model_validate(_event_out(d)) for d in docs]
+        return EventList(events=events, next_since=events[-1].seq if events else since)
+
+    def latest_seq(self) -> int:
+        """The seq of the newest event."""
+        with self._lock:
+            return self._seq
+
+    def prune_events(self) -> int:
+        """Delete the oldest events beyond `event_retention` (a batch per call)."""
+        with self._lock:
+            keep_from = self._seq - self._settings.event_retention
+            start = self._pruned_to + 1
+            end = min(keep_from, start + PRUNE_BATCH - 1)
+        if end < start:
+            return 0
+        for seq in range(start, end + 1):
+            self._store.delete(EVENTS, f"ev{seq:012d}")
+        with self._lock:
+            self._pruned_to = max(self._pruned_to, end)
+        return end - start + 1
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save_job(self, new: JobRecord, old: JobRecord | None) -> JobRecord:
+        version = self._store.put(JOBS, new.to_doc(), expected_version=old.version if old else 0)
+        new = replace(new, version=version)
+        if new.state is JobState.TERMINATED:
+            self._evict(new.id)
+        else:
+            self._jobs[new.id] = new
+            self._by_job.setdefault(new.id, set())
+        return new
+
+    def _evict(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        for iid in self._by_job.pop(job_id, set()):
+            self._instances.pop(iid, None)
+            self._refusals.pop(iid, None)
+            self._drop_reservation(iid)
+
+    def _save_instance(self, new: InstanceRecord, old: InstanceRecord | None) -> InstanceRecord:
+        version = self._store.put(
+            INSTANCES, new.to_doc(), expected_version=old.version if old else 0
+        )
+        new = replace(new, version=version)
+        self._instances[new.id] = new
+        self._by_job.setdefault(new.job_id, set()).add(new.id)
+        return new
+
+    def _save_cluster(self, new: ClusterRecord, old: ClusterRecord | None) -> ClusterRecord:
+        version = self._store.put(
+            CLUSTERS, new.to_doc(), expected_version=old.version if old else 0
+        )
+        new = replace(new, version=version)
+        self._clusters[new.id] = new
+        return new
+
+    # ------------------------------------------------------------------ instances
+
+    def _transition(
+        self, inst: InstanceRecord, state: InstanceState, reason: str, **changes: Any
+    ) -> InstanceRecord:
+        """Record a state change of an instance, with its event."""
+        now = self._clock()
+        if state is InstanceState.PENDING and inst.state is not InstanceState.PENDING:
+            changes.setdefault("pending_since", now)
+        new = replace(inst, state=state, reason=_short(reason), updated_at=now, **changes)
+        new = self._save_instance(new, inst)
+        if state.terminal or state is InstanceState.PENDING:
+            self._drop_reservation(inst.id)
+        if state is not inst.state:
+            self._emit(
+                "instance.state",
+                inst.id,
+                state=state.value,
+                reason=reason,
+                job_id=inst.job_id,
+                instance_id=inst.id,
+                cluster_id=new.cluster_id or inst.cluster_id,
+                node_id=new.node_id,
+                data={"from": inst.state.value, "replica": inst.replica},
+            )
+        self._dirty.add(inst.job_id)
+        return new
+
+    def _create_instance(
+        self, job: JobRecord, generation: int, replica: int, restarts: int, why: str
+    ) -> None:
+        """A new PENDING instance; its generation was reserved in the job record first."""
+        now = self._clock()
+        inst = InstanceRecord(
+            id=f"{job.id}-{replica}-{generation}",
+            job_id=job.id,
+            replica=replica,
+            state=InstanceState.PENDING,
+            created_at=now,
+            updated_at=now,
+            restarts=restarts,
+            reason=why,
+            pending_since=now,
+        )
+        self._save_instance(inst, None)
+        self._emit(
+            "instance.state",
+            inst.id,
+            state=InstanceState.PENDING.value,
+            reason=why,
+            job_id=job.id,
+            instance_id=inst.id,
+            data={"from": None, "replica": replica, "restarts": restarts},
+        )
+        self._dirty.add(job.id)
+
+    def _request_termination(self, inst: InstanceRecord, reason: str) -> None:
+        """Stop an instance: at once if no cluster has it, else via DELETE to its cluster."""
+        if inst.state.terminal or inst.terminate:
+            return
+        if inst.state is InstanceState.PENDING and inst.id not in self._in_flight:
+            self._transition(inst, InstanceState.TERMINATED, reason)
+            return
+        self._save_instance(
+            replace(inst, terminate=True, terminate_reason=reason, updated_at=self._clock()), inst
+        )
+        self._emit(
+            "instance.terminating",
+            inst.id,
+            reason=reason,
+            state=inst.state.value,
+            job_id=inst.job_id,
+            instance_id=inst.id,
+            cluster_id=inst.cluster_id,
+            node_id=inst.node_id,
+        )
+        self._dirty.add(inst.job_id)
+        self._kick()
+
+    def _job_instances(self, job_id: str) -> list[InstanceRecord]:
+        return [self._instances[i] for i in self._by_job.get(job_id, ()) if i in self._instances]
+
+    def _reconcile_job(self, job: JobRecord) -> None:
+        """Close the gap between desired replicas and instances for one job."""
+        spec = job.spec
+        plan = diff_replicas(
+            job.desired,
+            [i.facts() for i in self._job_instances(job.id)],
+            spec.restart_policy,
+            spec.max_restarts,
+            spec.on_shed,
+        )
+        for iid in plan.terminate:
+            inst = self._instances[iid]
+            if job.deleted_at is not None:
+                why = "job deleted"
+            elif inst.replica >= job.desired:
+                why = f"scaled down to {job.desired} replicas"
+            else:
+                why = "shed by its node; rescheduling (on_shed=reschedule)"
+            self._request_termination(inst, why)
+        if plan.create:
+            # Reserve the generations (instance ids) in the job record before creating
+            # the instances: a crash in between can never hand out an id twice.
+            current = self._jobs[job.id]
+            first = current.next_generation
+            job = self._save_job(
+                replace(
+                    current, next_generation=first + len(plan.create), updated_at=self._clock()
+                ),
+                current,
+            )
+            for offset, (replica, restarts) in enumerate(plan.create):
+                why = (
+                    f"replica {replica} created"
+                    if restarts == 0
+                    else f"replica {replica} replaced (restart {restarts})"
+                )
+                self._create_instance(job, first + offset, replica, restarts, why)
+            self._kick()
+
+    def _settle(self) -> None:
+        """Reconcile and re-summarise every job touched since the last call."""
+        for _ in range(10):
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, set()
+            for job_id in sorted(dirty):
+                job = self._jobs.get(job_id)
+                if job is None:
+                    continue
+                self._reconcile_job(job)
+                self._update_job_state(self._jobs.get(job_id, job))
+
+    def _update_job_state(self, job: JobRecord) -> None:
+        if job.id not in self._jobs:
+            return
+        spec = job.spec
+        state = job_state(
+            job.desired,
+            job.deleted_at is not None,
+            [i.facts() for i in self._job_instances(job.id)],
+            spec.restart_policy,
+            spec.max_restarts,
+        )
+        if state is job.state:
+            return
+        new = replace(job, state=state, updated_at=self._clock())
+        self._save_job(new, job)
+        self._emit(
+            "job.state", job.id, state=state.value, job_id=job.id, data={"from": job.state.value}
+        )
+
+    # ------------------------------------------------------------------ jobs (API)
+
+    def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[JobView, bool]:
+        """Create a job (or, for a repeated Idempotency-Key, return the one it created).
+
+        Returns the job and whether it was created now. Conflict if the key was used
+        for a different spec, or if an active job already has this name.
+        """
+        body_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+        with self._lock:
+            now = self._clock()
+            job_id: str | None = None
+            key_doc: dict[str, Any] | None = None
+            key_id = None
+            if idempotency_key is not None:
+                key_id = hash_secret("idem:" + idempotency_key)
+                key_doc = self._store.get(IDEMPOTENCY, key_id)
+                if key_doc is not None:
+                    if key_doc["body_hash"] != body_hash:
+                        raise Conflict("Idempotency-Key was already used for a different job spec")
+                    job_id = key_doc["job_id"]
+                    existing = self._load_job(job_id)
+                    if existing is not None:
+                        return self._job_view(existing), False
+            for other in self._jobs.values():
+                if other.name == spec.name and other.deleted_at is None:
+                    raise Conflict(
+                        f"an active job named {spec.name!r} exists ({other.id}); "
+                        "delete it first or choose another name"
+                    )
+            if job_id is None:
+                job_id = self._new_job_id(now)
+            if key_id is not None and key_doc is None:
+                self._store.put(
+                    IDEMPOTENCY,
+                    {"_id": key_id, "job_id": job_id, "body_hash": body_hash, "created_at": now},
+                    expected_version=0,
+                )
+            job = JobRecord(
+                id=job_id,
+                name=spec.name,
+                spec=spec,
+                state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
+                created_at=now,
+                updated_at=now,
+            )
+            job = self._save_job(job, None)
+            self._emit(
+                "job.submitted",
+                job.id,
+                state=job.state.value,
+                job_id=job.id,
+                reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
+                data={"replicas": spec.replicas, "priority": spec.priority},
+            )
+            self._dirty.add(job.id)
+            self._settle()
+            view = self._job_view(self._jobs.get(job.id, job))
+        self._kick()
+        return view, True
+
+    def _new_job_id(self, now: float) -> str:
+        """Ids sort by submission: j + 12 hex digits of ms (strictly increasing) + 6 random."""
+        ms = max(int(now * 1000), self._last_id_ms + 1)
+        self._last_id_ms = ms
+        return f"j{ms:012x}{secrets.token_hex(3)}"
+
+    def _load_job(self, job_id: str) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        doc = self._store.get(JOBS, job_id)
+        return JobRecord.from_doc(doc) if doc else None
+
+    def _resolve_job(self, ref: str) -> JobRecord:
+        """A job by id, else by name (the active one, else the newest)."""
+        job = self._load_job(ref)
+        if job is not None:
+            return job
+        for candidate in self._jobs.values():
+            if candidate.name == ref and candidate.deleted_at is None:
+                return candidate
+        docs = self._store.find(
+            JOBS, {"name": ref}, order_by="created_at", descending=True, limit=1
+        )
+        if docs:
+            return self._jobs.get(docs[0]["_id"]) or JobRecord.from_doc(docs[0])
+        raise NotFound(f"no job {ref!r}")
+
+    def get_job(self, ref: str) -> JobView:
+        """One job with its instances and placement explanation (by id or name)."""
+        with self._lock:
+            return self._job_view(self._resolve_job(ref))
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        name: str | None = None,
+        cluster: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobList:
+        """A page of jobs in submission order, filtered by state, name and cluster."""
+        with self._lock:
+            where = _where(state=state.value if state else None, name=name)
+            if cluster is not None:
+                rec = self._cluster_by_ref(cluster)
+                ids = sorted(
+                    {
+                        i.job_id
+                        for i in self._instances.values()
+                        if rec is not None and i.cluster_id == rec.id and not i.state.terminal
+                    }
+                )
+                if cursor:
+                    ids = [i for i in ids if i > cursor]
+                jobs = [j for j in (self._load_job(i) for i in ids) if j is not None]
+                jobs = [
+                    j
+                    for j in jobs
+                    if (state is None or j.state is state) and (name is None or j.name == name)
+                ]
+                page = jobs[: limit + 1]
+            else:
+                docs = self._store.find(
+                    JOBS,
+                    where,
+                    order_by="_id",
+                    after=("_id", cursor) if cursor else None,
+                    limit=limit + 1,
+                )
+                page = [self._jobs.get(d["_id"]) or JobRecord.from_doc(d) for d in docs]
+            more = len(page) > limit
+            page = page[:limit]
+            return JobList(
+                jobs=[self._job_summary(j) for j in page],
+                next_cursor=page[-1].id if more and page else None,
+            )
+
+    def patch_job(self, ref: str, *, replicas: int | None, priority: int | None) -> JobView:
+        """Scale a job and/or change its priority (applies to instances placed later)."""
+        with self._lock:
+            job = self._resolve_job(ref)
+            if job.deleted_at is not None or job.id not in self._jobs:
+                raise Conflict(f"job {job.id} is deleted")
+            update: dict[str, Any] = {}
+            data: dict[str, Any] = {}
+            if replicas is not None and replicas != job.spec.replicas:
+                update["replicas"] = replicas
+                data["replicas"] = {"from": job.spec.replicas, "to": replicas}
+            if priority is not None and priority != job.spec.priority:
+                update["priority"] = priority
+                data["priority"] = {"from": job.spec.priority, "to": priority}
+            if update:
+                spec = JobSpec.model_validate({**job.spec.model_dump(), **update})
+                job = self._save_job(replace(job, spec=spec, updated_at=self._clock()), job)
+                kind = "job.scaled" if "replicas" in update else "job.updated"
+                text = ", ".join(f"{k} {v['from']} -> {v['to']}" for k, v in data.items())
+                self._emit(kind, job.id, job_id=job.id, reason=text, data=data)
+                self._dirty.add(job.id)
+                self._settle()
+            view = self._job_view(self._jobs.get(job.id, job))
+        self._kick()
+        return view
+
+    def delete_job(self, ref: str) -> JobView:
+        """Terminate every instance of a job; it ends TERMINATED once they are all gone."""
+        with self._lock:
+            job = self._resolve_job(ref)
+            if job.deleted_at is None and job.id in self._jobs:
+                now = self._clock()
+                job = self._save_job(replace(job, deleted_at=now, updated_at=now), job)
+                self._emit("job.deleted", job.id, job_id=job.id, reason="deleted by operator")
+                self._dirty.add(job.id)
+                self._settle()
+            view = self._job_view(self._jobs.get(job.id) or self._load_job(job.id) or job)
+        self._kick()
+        return view
+
+    # ------------------------------------------------------------------ job views
+
+    def _instances_of(self, job: JobRecord) -> list[InstanceRecord]:
+        if job.id in self._jobs:
+            return self._job_instances(job.id)
+        return [InstanceRecord.from_doc(d) for d in self._store.find(INSTANCES, {"job_id": job.id})]
+
+    def _job_summary(
+        self, job: JobRecord, instances: list[InstanceRecord] | None = None
+    ) -> JobSummary:
+        if instances is None:
+            instances = self._job_instances(job.id) if job.id in self._jobs else []
+        running = sum(1 for i in instances if i.state is InstanceState.RUNNING)
+        return JobSummary(
+            id=job.id,
+            name=job.name,
+            state=job.state,
+            desired_replicas=job.desired,
+            actual_replicas=running,
+            priority=job.spec.priority,
+            runtime=job.spec.runtime.value,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            reason=self._job_reason(job, instances),
+        )
+
+    def _job_reason(self, job: JobRecord, instances: list[InstanceRecord]) -> str:
+        if job.state is not JobState.PENDING and job.state is not JobState.DEGRADED:
+            return ""
+        pending = [i for i in instances if i.state is InstanceState.PENDING and i.placement]
+        if not pending:
+            return ""
+        latest = max(pending, key=lambda i: (i.placement or {}).get("at", 0.0))
+        return str((latest.placement or {}).get("explanation", ""))
+
+    def _instance_view(self, inst: InstanceRecord) -> InstanceView:
+        cluster = self._clusters.get(inst.cluster_id) if inst.cluster_id else None
+        return InstanceView(
+            id=inst.id,
+            job_id=inst.job_id,
+            replica=inst.replica,
+            state=inst.state,
+            cluster_id=inst.cluster_id,
+            cluster_name=cluster.name if cluster else None,
+            node_id=inst.node_id,
+            node_name=inst.node_name,
+            reason=inst.reason,
+            created_at=inst.created_at,
+            updated_at=inst.updated_at,
+            exit_code=inst.exit_code,
+            restarts=inst.restarts,
+            terminating=inst.terminate and not inst.state.terminal,
+            placement=PlacementInfo.model_validate(inst.placement) if inst.placement else None,
+        )
+
+    def _job_view(self, job: JobRecord) -> JobView:
+        instances = self._instances_of(job)
+        summary = self._job_summary(job, instances)
+        counts: dict[str, int] = {}
+        for inst in instances:
+            counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
+        active = sorted(
+            (i for i in instances if not i.state.terminal), key=lambda i: (i.replica, i.created_at)
+        )
+        ended = sorted(
+            (i for i in instances if i.state.terminal), key=lambda i: i.updated_at, reverse=True
+        )[:MAX_TERMINAL_LISTED]
+        placed = [i for i in instances if i.placement]
+        placement = None
+        if placed:
+            latest = max(placed, key=lambda i: (i.placement or {}).get("at", 0.0))
+            placement = PlacementInfo.model_validate(latest.placement)
+        return JobView(
+            **summary.model_dump(),
+            spec=job.spec,
+            deleted_at=job.deleted_at,
+            instance_counts=counts,
+            placement=placement,
+            instances=[self._instance_view(i) for i in active + ended],
+        )
+
+    # ------------------------------------------------------------------ clusters
+
+    def _cluster_by_ref(self, ref: str) -> ClusterRecord | None:
+        rec = self._clusters.get(ref)
+        if rec is not None:
+            return rec
+        for candidate in self._clusters.values():
+            if candidate.name == ref:
+                return candidate
+        return None
+
+    def register_cluster(self, reg: ClusterRegistration) -> ClusterRegistrationResponse:
+        """Register a cluster, or re-register one that proves its id with its credential.
+
+        A new cluster gets an id and a credential (only its hash is kept). A cluster
+        that sends its `cluster_id` and `credential` keeps its id and credential.
+        Unauthorized if it names a known id with a wrong credential; Conflict if a
+        new registration takes the name of a READY cluster.
+        """
+        with self._lock:
+            now = self._clock()
+            old: ClusterRecord | None = None
+            credential: str | None = None
+            cluster_id: str
+            if reg.cluster_id is not None:
+                old = self._clusters.get(reg.cluster_id)
+                if old is not None:
+                    given = reg.credential.get_secret_value() if reg.credential else ""
+                    if not hmac.compare_digest(hash_secret(given), old.credential_hash):
+                        raise Unauthorized("wrong credential for this cluster id")
+                    credential = given
+                cluster_id = reg.cluster_id
+            else:
+                cluster_id = ""
+            same_name = next(
+                (c for c in self._clusters.values() if c.name == reg.name and c.id != cluster_id),
+                None,
+            )
+            if same_name is not None:
+                if same_name.liveness is ClusterLiveness.READY:
+                    raise Conflict(
+                        f"cluster name {reg.name!r} belongs to READY cluster {same_name.id}; "
+                        "re-register with its cluster_id and credential"
+                    )
+                if old is None and reg.cluster_id is None:
+                    # The cluster lost its identity (new disk?) while the root lists it as
+                    # silent: it takes its old record over, with a new credential.
+                    old = same_name
+                    cluster_id = same_name.id
+                else:
+                    raise Conflict(f"cluster name {reg.name!r} is used by {same_name.id}")
+            if not cluster_id:
+                cluster_id = "c" + secrets.token_hex(8)
+            if credential is None:
+                credential = secrets.token_urlsafe(32)
+            token = reg.api_token.get_secret_value() if reg.api_token else None
+            rec = ClusterRecord(
+                id=cluster_id,
+                name=reg.name,
+                url=str(reg.url).rstrip("/"),
+                credential_hash=hash_secret(credential),
+                registered_at=old.registered_at if old else now,
+                liveness=ClusterLiveness.READY,
+                liveness_since=now
+                if old is None or old.liveness is not ClusterLiveness.READY
+                else old.liveness_since,
+                location=reg.location,
+                labels=dict(reg.labels),
+                api_token=token,
+                reason="registered",
+                last_report_at=old.last_report_at if old else None,
+                report=old.report if old else None,
+                version=old.version if old else 0,
+            )
+            self._save_cluster(rec, old)
+            self._seen_at[cluster_id] = now
+            self._emit(
+                "cluster.registered",
+                cluster_id,
+                cluster_id=cluster_id,
+                state=ClusterLiveness.READY.value,
+                reason=("re-registered" if old else "registered") + f" from {rec.url}",
+                data={"name": rec.name, "url": rec.url, "labels": rec.labels},
+            )
+            if old is not None and old.liveness is not ClusterLiveness.READY:
+                self._emit(
+                    "cluster.liveness",
+                    cluster_id,
+                    cluster_id=cluster_id,
+                    state=ClusterLiveness.READY.value,
+                    reason="re-registered",
+                    data={"from": old.liveness.value},
+                )
+        self._kick()
+        return ClusterRegistrationResponse(
+            cluster_id=cluster_id,
+            credential=SecretStr(credential),
+            report_interval_s=self._settings.report_interval,
+        )
+
+    def authenticate_cluster(self, cluster_id: str, credential: str) -> bool:
+        """True if `credential` is the one issued to `cluster_id`."""
+        with self._lock:
+            rec = self._clusters.get(cluster_id)
+            expected = rec.credential_hash if rec else hash_secret(secrets.token_hex(16))
+        return hmac.compare_digest(hash_secret(credential), expected) and rec is not None
+
+    def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
+        """Take a cluster's aggregated capacity and instance changes."""
+        with self._lock:
+            old = self._clusters.get(cluster_id)
+            if old is None:
+                raise Unauthorized("unknown cluster")
+            now = self._clock()
+            self._metrics.reports.inc("true" if report.full else "false")
+            self._seen_at[cluster_id] = now
+            newer = old.report is None or report.ts >= old.report.ts or report.seq == 0
+            rec = replace(
+                old,
+                last_report_at=now,
+                report=report if newer else old.report,
+                liveness=ClusterLiveness.READY,
+                liveness_since=now
+                if old.liveness is not ClusterLiveness.READY
+                else old.liveness_since,
+                reason="reporting",
+            )
+            rec = self._save_cluster(rec, old)
+            if old.liveness is not ClusterLiveness.READY:
+                self._emit(
+                    "cluster.liveness",
+                    cluster_id,
+                    cluster_id=cluster_id,
+                    state=ClusterLiveness.READY.value,
+                    reason="reporting again",
+                    data={"from": old.liveness.value},
+                )
+            reserved = self._reservations.get(cluster_id, {})
+            for change in report.instances:
+                reserved.pop(change.instance_id, None)
+                self._apply_change(rec, change)
+            if report.full:
+                self._check_missing(rec, report, now)
+            self._settle()
+            wake = bool(self._strays) or any(
+                i.state is InstanceState.PENDING or i.terminate for i in self._instances.values()
+            )
+            grew = old.report is None or _capacity_grew(old.report, report)
+            if grew:
+                self._capacity_version[cluster_id] = self._capacity_version.get(cluster_id, 0) + 1
+        if wake and (grew or old.liveness is not ClusterLiveness.READY or self._strays):
+            self._kick()
+        return ClusterLiveness.READY
+
+    def _apply_change(self, cluster: ClusterRecord, change: InstanceChange) -> None:
+        inst = self._instances.get(change.instance_id)
+        key = (cluster.id, change.instance_id)
+        wanted_here = inst is not None and inst.cluster_id == cluster.id and not inst.state.terminal
+        if not wanted_here:
+            if not change.state.terminal:
+                self._strays.setdefault(key, self._clock())
+            else:
+                self._strays.pop(key, None)
+            return
+        assert inst is not None
+        if change.ts < inst.cluster_ts:
+            return  # older than what we already applied
+        state = change.state
+        if state is InstanceState.PENDING:
+            state = InstanceState.SCHEDULED  # the cluster has it but no node yet
+        changes: dict[str, Any] = {"cluster_ts": change.ts}
+        if change.node_id is not None:
+            changes["node_id"] = change.node_id
+            node_name = change.data.get("node_name")
+            if isinstance(node_name, str):
+                changes["node_name"] = node_name
+        if change.exit_code is not None:
+            changes["exit_code"] = change.exit_code
+        if inst.assigned_at is None:
+            changes["assigned_at"] = self._clock()
+        reason = change.reason or f"reported by cluster {cluster.name}"
+        if state is inst.state and all(
+            getattr(inst, k) == v for k, v in changes.items() if k != "cluster_ts"
+        ):
+            if change.ts > inst.cluster_ts:
+                self._save_instance(replace(inst, cluster_ts=change.ts), inst)
+            return
+        if state is inst.state:
+            self._save_instance(replace(inst, updated_at=self._clock(), **changes), inst)
+            return
+        self._transition(inst, state, reason, **changes)
+
+    def _check_missing(self, cluster: ClusterRecord, report: ClusterReport, now: float) -> None:
+        listed = {c.instance_id for c in report.instances}
+        for inst in list(self._instances.values()):
+            if (
+                inst.cluster_id == cluster.id
+                and not inst.state.terminal
+                and inst.id not in listed
+                and inst.id not in self._in_flight
+                and inst.assigned_at is not None
+                and inst.assigned_at < now - MISSING_GRACE_S
+            ):
+                if inst.terminate:
+                    self._transition(
+                        inst, InstanceState.TERMINATED, inst.terminate_reason or "terminated"
+                    )
+                else:
+                    self._transition(
+                        inst,
+                        InstanceState.LOST,
+                        f"cluster {cluster.name} no longer reports this instance",
+                    )
+
+    def cluster_endpoint(self, ref: str) -> tuple[ClusterRecord, str | None]:
+        """(cluster, API token) for calling a cluster's API."""
+        with self._lock:
+            rec = self._cluster_by_ref(ref)
+            if rec is None:
+                raise NotFound(f"no cluster {ref!r}")
+            return rec, rec.api_token
+
+    def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
+        now = self._clock()
+        counts: dict[str, int] = {}
+        for inst in self._instances.values():
+            if inst.cluster_id == rec.id and not inst.state.terminal:
+                counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
+        return ClusterView(
+            id=rec.id,
+            name=rec.name,
+            url=rec.url,
+            location=rec.location,
+            labels=dict(rec.labels),
+            liveness=rec.liveness,
+            liveness_since=rec.liveness_since,
+            reason=rec.reason,
+            registered_at=rec.registered_at,
+            last_report_at=rec.last_report_at,
+            seconds_since_report=now - rec.last_report_at if rec.last_report_at else None,
+            has_api_token=rec.api_token is not None,
+            instances=counts,
+            report=rec.report,
+        )
+
+    def list_clusters(self) -> ClusterList:
+        """Every registered cluster, by name."""
+        with self._lock:
+            recs = sorted(self._clusters.values(), key=lambda c: (c.name, c.id))
+            return ClusterList(clusters=[self._cluster_view(c) for c in recs])
+
+    def get_cluster(self, ref: str) -> ClusterView:
+        """One cluster by id or name."""
+        with self._lock:
+            rec = self._cluster_by_ref(ref)
+            if rec is None:
+                raise NotFound(f"no cluster {ref!r}")
+            return self._cluster_view(rec)
+
+    # ------------------------------------------------------------------ liveness
+
+    def check_liveness(self) -> None:
+        """Mark silent clusters UNREACHABLE, then LOST (their instances LOST too)."""
+        settings = self._settings
+        with self._lock:
+            now = self._clock()
+            for old in list(self._clusters.values()):
+                silent = now - self._seen_at.get(old.id, now)
+                rec = old
+                if rec.liveness is ClusterLiveness.READY and silent > (
+                    settings.cluster_unreachable_after
+                ):
+                    rec = self._set_liveness(
+                        rec, ClusterLiveness.UNREACHABLE, f"no report for {silent:.1f}s"
+                    )
+                if rec.liveness is not ClusterLiveness.LOST and silent > (
+                    settings.cluster_lost_after
+                ):
+                    rec = self._set_liveness(
+                        rec, ClusterLiveness.LOST, f"no report for {silent:.1f}s"
+                    )
+                if rec.liveness is ClusterLiveness.READY:
+                    continue
+                for inst in list(self._instances.values()):
+                    if inst.cluster_id != rec.id or inst.state.terminal:
+                        continue
+                    if rec.liveness is ClusterLiveness.LOST:
+                        self._lose(inst, f"cluster {rec.name} lost (silent {silent:.0f}s)")
+                        continue
+                    job = self._jobs.get(inst.job_id)
+                    grace = job.spec.lost_grace_s if job else None
+                    if grace is not None and silent > grace:
+                        self._lose(
+                            inst,
+                            f"cluster {rec.name} unreachable for {silent:.0f}s "
+                            f"> the job's lost_grace_s {grace:g}",
+                        )
+            self._settle()
+
+    def _lose(self, inst: InstanceRecord, reason: str) -> None:
+        if inst.terminate:
+            reason = f"{reason}; termination could not be confirmed"
+        self._transition(inst, InstanceState.LOST, reason)
+
+    def _set_liveness(
+        self, rec: ClusterRecord, liveness: ClusterLiveness, reason: str
+    ) -> ClusterRecord:
+        new = replace(rec, liveness=liveness, liveness_since=self._clock(), reason=reason)
+        new = self._save_cluster(new, rec)
+        self._emit(
+            "cluster.liveness",
+            rec.id,
+            cluster_id=rec.id,
+            state=liveness.value,
+            reason=reason,
+            data={"from": rec.liveness.value},
+        )
+        if liveness is not ClusterLiveness.READY:
+            self._reservations.pop(rec.id, None)
+        return new
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile_all(self) -> None:
+        """Replica diffing for every live job (the periodic, level-triggered pass)."""
+        with self._lock:
+            self._dirty.update(self._jobs)
+            self._settle()
+
+    def placement_work(self) -> list[str]:
+        """Instances to place now: PENDING, or SCHEDULED but never acknowledged.
+
+        Highest priority first, then oldest first.
+        """
+        with self._lock:
+            work = []
+            for inst in self._instances.values():
+                if inst.id in self._in_flight or inst.terminate:
+                    continue
+                job = self._jobs.get(inst.job_id)
+                if job is None or job.deleted_at is not None:
+                    continue
+                if inst.state is InstanceState.PENDING or (
+                    inst.state is InstanceState.SCHEDULED and inst.assigned_at is None
+                ):
+                    work.append((-job.spec.priority, inst.pending_since or 0.0, inst.id))
+            return [iid for _p, _t, iid in sorted(work)]
+
+    def pending_count(self) -> int:
+        """How many instances wait for a cluster."""
+        with self._lock:
+            return sum(1 for i in self._instances.values() if i.state is InstanceState.PENDING)
+
+    def _snapshots(self, exclude: Iterable[str]) -> list[ClusterSnapshot]:
+        now = self._clock()
+        max_age = max(3 * self._settings.report_interval, 10.0)
+        skip = set(exclude)
+        snaps = []
+        for rec in sorted(self._clusters.values(), key=lambda c: c.id):
+            if rec.id in skip:
+                continue
+            reserved = self._reservations.get(rec.id, {})
+            for iid, (_req, at) in list(reserved.items()):
+                if now - at > max_age:
+                    del reserved[iid]
+            snaps.append(
+                ClusterSnapshot(
+                    id=rec.id,
+                    name=rec.name,
+                    ready=rec.liveness is ClusterLiveness.READY,
+                    report=rec.report,
+                    labels=rec.labels,
+                    reserved=tuple(req for req, _at in reserved.values()),
+                )
+            )
+        return snaps
+
+    def _recent_refusals(self, instance_id: str) -> dict[str, ClusterRejection]:
+        """Clusters that refused this instance recently and have not grown since.
+
+        They are not asked again until their report shows more capacity or
+        REFUSAL_TTL_S has passed, so a refusing cluster is not hammered every pass.
+        """
+        now = self._clock()
+        out: dict[str, ClusterRejection] = {}
+        refusals = self._refusals.get(instance_id, {})
+        for cluster_id, (rejection, at, version) in list(refusals.items()):
+            fresh = now - at < REFUSAL_TTL_S
+            if fresh and version == self._capacity_version.get(cluster_id, 0):
+                out[cluster_id] = rejection
+            else:
+                del refusals[cluster_id]
+        return out
+
+    def _drop_reservation(self, instance_id: str) -> None:
+        for reserved in self._reservations.values():
+            reserved.pop(instance_id, None)
+
+    def begin_placement(
+        self, instance_id: str, rejections: Mapping[str, ClusterRejection]
+    ) -> PlacementStep | None:
+        """Choose a cluster for a PENDING instance, record SCHEDULED and reserve.
+
+        `rejections` holds the clusters that refused it during this attempt (they are
+        left out). Returns the call to make, or None when the instance stays where it
+        is (PENDING with its reasons, or no longer needs placing).
+        """
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            if inst is None or instance_id in self._in_flight or inst.terminate:
+                return None
+            job = self._jobs.get(inst.job_id)
+            if job is None or job.deleted_at is not None:
+                return None
+            if inst.state is InstanceState.SCHEDULED and inst.assigned_at is None:
+                cluster = self._clusters.get(inst.cluster_id or "")
+                if cluster is not None and cluster.id not in rejections:
+                    if cluster.liveness is ClusterLiveness.READY:
+                        # Resume an unanswered placement (e.g. after a restart of the
+                        # root): the cluster's placement is idempotent by instance id.
+                        return self._step(inst, job, cluster, pinned=False)
+                    if cluster.liveness is ClusterLiveness.UNREACHABLE:
+                        return None
+                inst = self._transition(
+                    inst,
+                    InstanceState.PENDING,
+                    "placement not confirmed; placing again",
+                    cluster_id=None,
+                    node_id=None,
+                    node_name=None,
+                )
+            if inst.state is not InstanceState.PENDING:
+                return None
+            rejections = {**self._recent_refusals(inst.id), **rejections}
+            started = time.perf_counter()
+            pinned = job.spec.constraints.cluster
+            if pinned is not None:
+                step = self._place_pinned(inst, job, pinned, rejections)
+            else:
+                step = self._place_scheduled(inst, job, rejections)
+            self._metrics.decision_seconds.observe(time.perf_counter() - started)
+            self._settle()
+            return step
+
+    def _place_pinned(
+        self,
+        inst: InstanceRecord,
+        job: JobRecord,
+        name: str,
+        rejections: Mapping[str, ClusterRejection],
+    ) -> PlacementStep | None:
+        cluster = self._cluster_by_ref(name)
+        if cluster is None:
+            self._pending(
+                inst, f"cluster {name} (constraints.cluster) is not registered", None, rejections
+            )
+            return None
+        if cluster.id in rejections:
+            self._pending(
+                inst, f"cluster {name} (constraints.cluster) refused it", None, rejections
+            )
+            return None
+        if cluster.liveness is not ClusterLiveness.READY:
+            self._pending(
+                inst,
+                f"cluster {name} (constraints.cluster) is {cluster.liveness.value}",
+                None,
+                rejections,
+            )
+            return None
+        info = PlacementInfo(
+            at=self._clock(),
+            instance_id=inst.id,
+            outcome="forwarded",
+            cluster_id=cluster.id,
+            cluster_name=cluster.name,
+            explanation=f"forwarded to cluster {cluster.name} named by constraints.cluster "
+            "(no root scheduling)",
+        )
+        self._metrics.placements.inc("forwarded")
+        return self._schedule(inst, job, cluster, info, pinned=True)
+
+    def _place_scheduled(
+        self, inst: InstanceRecord, job: JobRecord, rejections: Mapping[str, ClusterRejection]
+    ) -> PlacementStep | None:
+        spec = job.spec
+        request = request_for(
+            spec, spec.constraints, spec.placement_policy.value if spec.placement_policy else None
+        )
+        candidates = build_candidates(request, self._snapshots(rejections))
+        existing: dict[str, int] = {}
+        for other in self._job_instances(job.id):
+            if other.cluster_id and not other.state.terminal and other.id != inst.id:
+                existing[other.cluster_id] = existing.get(other.cluster_id, 0) + 1
+        decision = place(
+            request,
+            candidates,
+            self._settings.placement_policy,
+            self._rng,
+            existing=existing,
+            noun="cluster",
+        )
+        chosen = decision.chosen
+        if chosen is None:
+            text = _pending_text(decision, rejections, bool(self._clusters))
+            self._pending(inst, text, decision, rejections)
+            return None
+        cluster = self._clusters[chosen.id]
+        info = PlacementInfo(
+            at=self._clock(),
+            instance_id=inst.id,
+            outcome="scheduled",
+            cluster_id=cluster.id,
+            cluster_name=cluster.name,
+            explanation=_with_rejections(decision.explain(), rejections),
+            decision=decision.to_dict(limit=10),
+            cluster_rejections=list(rejections.values()),
+        )
+        self._reservations.setdefault(cluster.id, {})[inst.id] = (request, self._clock())
+        return self._schedule(inst, job, cluster, info, pinned=False)
+
+    def _schedule(
+        self,
+        inst: InstanceRecord,
+        job: JobRecord,
+        cluster: ClusterRecord,
+        info: PlacementInfo,
+        *,
+        pinned: bool,
+    ) -> PlacementStep:
+        placement = info.model_dump(mode="json")
+        inst = self._transition(
+            inst,
+            InstanceState.SCHEDULED,
+            info.explanation,
+            cluster_id=cluster.id,
+            node_id=None,
+            node_name=None,
+            placement=placement,
+        )
+        self._emit(
+            "scheduling.decision",
+            inst.id,
+            job_id=job.id,
+            instance_id=inst.id,
+            cluster_id=cluster.id,
+            reason=info.explanation,
+            data={"outcome": info.outcome, "decision": info.decision},
+        )
+        return self._step(inst, job, cluster, pinned=pinned)
+
+    def _step(
+        self, inst: InstanceRecord, job: JobRecord, cluster: ClusterRecord, *, pinned: bool
+    ) -> PlacementStep:
+        self._in_flight.add(inst.id)
+        spec = job.spec
+        request = PlaceInstanceRequest(
+            instance_id=inst.id,
+            job_id=job.id,
+            job_name=job.name,
+            replica=inst.replica,
+            spec=spec.task_spec(),
+            constraints=spec.constraints,
+            placement_policy=spec.placement_policy,
+            lost_grace_s=spec.lost_grace_s,
+        )
+        return PlacementStep(
+            instance_id=inst.id,
+            cluster_id=cluster.id,
+            cluster_name=cluster.name,
+            url=cluster.url,
+            token=cluster.api_token,
+            request=request,
+            pinned=pinned,
+        )
+
+    def _pending(
+        self,
+        inst: InstanceRecord,
+        text: str,
+        decision: Decision | None,
+        rejections: Mapping[str, ClusterRejection],
+    ) -> None:
+        """Leave an instance PENDING with its reasons (an event only when they change)."""
+        self._metrics.placements.inc("pending")
+        info = PlacementInfo(
+            at=self._clock(),
+            instance_id=inst.id,
+            outcome="pending",
+            explanation=_short(text),
+            decision=decision.to_dict(limit=10) if decision else None,
+            cluster_rejections=list(rejections.values()),
+        )
+        previous = (inst.placement or {}).get("explanation")
+        placement = info.model_dump(mode="json")
+        if previous == info.explanation and inst.placement is not None:
+            return
+        self._save_instance(replace(inst, placement=placement, reason=info.explanation), inst)
+        self._emit(
+            "scheduling.pending",
+            inst.id,
+            job_id=inst.job_id,
+            instance_id=inst.id,
+            state=InstanceState.PENDING.value,
+            reason=info.explanation,
+            data={
+                "rejections": decision.rejections if decision else {},
+                "cluster_rejections": {r.cluster_name: r.reasons for r in rejections.values()},
+            },
+        )
+        self._dirty.add(inst.job_id)
+
+    def finish_placement(
+        self,
+        step: PlacementStep,
+        response: PlaceInstanceResponse | None,
+        error: str | None = None,
+    ) -> tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]:
+        """Record a cluster's answer to a placement (or the error that replaced it).
+
+        Returns the outcome and, for a refusal, what the next attempt must know.
+        """
+        with self._lock:
+            self._in_flight.discard(step.instance_id)
+            inst = self._instances.get(step.instance_id)
+            accepted = response is not None and response.accepted
+            if inst is None or inst.state.terminal or inst.cluster_id != step.cluster_id:
+                if accepted:
+                    self._strays.setdefault((step.cluster_id, step.instance_id), self._clock())
+                    self._kick()
+                return "gone", None
+            if accepted:
+                assert response is not None
+                self._metrics.placements.inc("accepted")
+                node = response.node_name or response.node_id or "?"
+                changes: dict[str, Any] = {"assigned_at": self._clock()}
+                if response.node_id:
+                    changes["node_id"] = response.node_id
+                if response.node_name:
+                    changes["node_name"] = response.node_name
+                if inst.pending_since is not None:
+                    self._metrics.scheduling_seconds.observe(
+                        max(0.0, self._clock() - inst.pending_since)
+                    )
+                if inst.state is InstanceState.SCHEDULED:
+                    self._transition(
+                        inst,
+                        InstanceState.ASSIGNED,
+                        f"accepted by cluster {step.cluster_name} on node {node}",
+                        **changes,
+                    )
+                else:
+                    self._save_instance(replace(inst, **changes), inst)
+                self._settle()
+                if inst.terminate:
+                    self._kick()
+                return "accepted", None
+            self._metrics.placements.inc("error" if response is None else "rejected")
+            if response is not None:
+                rejection = ClusterRejection(
+                    cluster_id=step.cluster_id,
+                    cluster_name=step.cluster_name,
+                    reasons=dict(response.reasons),
+                    explanation=response.explanation or _format_reasons(response.reasons),
+                )
+            else:
+                rejection = ClusterRejection(
+                    cluster_id=step.cluster_id,
+                    cluster_name=step.cluster_name,
+                    reasons={"cluster unavailable": 1},
+                    explanation=_short(error or "no answer"),
+                )
+            self._emit(
+                "scheduling.rejected",
+                inst.id,
+                job_id=inst.job_id,
+                instance_id=inst.id,
+                cluster_id=step.cluster_id,
+                reason=f"cluster {step.cluster_name} refused: {rejection.explanation}",
+                data={"reasons": rejection.reasons, "error": response is None},
+            )
+            if response is None:
+                # The cluster may have taken it before the error: if it reports it
+                # later, the report marks it a stray and the root deletes it there.
+                log.warning("placement of %s on %s failed: %s", inst.id, step.cluster_name, error)
+            if inst.terminate:
+                self._transition(
+                    inst,
+                    InstanceState.TERMINATED,
+                    inst.terminate_reason or "terminated",
+                    cluster_id=None,
+                )
+            else:
+                self._transition(
+                    inst,
+                    InstanceState.PENDING,
+                    f"cluster {step.cluster_name} refused: {rejection.explanation}",
+                    cluster_id=None,
+                    node_id=None,
+                    node_name=None,
+                )
+            self._refusals.setdefault(inst.id, {})[step.cluster_id] = (
+                rejection,
+                self._clock(),
+                self._capacity_version.get(step.cluster_id, 0),
+            )
+            self._settle()
+            return "rejected", rejection
+
+    # ------------------------------------------------------------------ termination
+
+    def termination_work(self) -> list[TerminateStep]:
+        """DELETEs to send: instances the root wants gone, and strays on clusters."""
+        with self._lock:
+            steps = []
+            for inst in self._instances.values():
+                if not inst.terminate or inst.state.terminal or inst.id in self._in_flight:
+                    continue
+                cluster = self._clusters.get(inst.cluster_id or "")
+                if cluster is None:
+                    continue
+                if cluster.liveness is ClusterLiveness.READY:
+                    steps.append(
+                        TerminateStep(
+                            inst.id,
+                            cluster.id,
+                            cluster.name,
+                            cluster.url,
+                            cluster.api_token,
+                            stray=False,
+                        )
+                    )
+            for cluster_id, iid in sorted(self._strays):
+                cluster = self._clusters.get(cluster_id)
+                if cluster is None:
+                    del self._strays[(cluster_id, iid)]
+                    continue
+                if cluster.liveness is ClusterLiveness.READY:
+                    steps.append(
+                        TerminateStep(
+                            iid,
+                            cluster.id,
+                            cluster.name,
+                            cluster.url,
+                            cluster.api_token,
+                            stray=True,
+                        )
+                    )
+            return steps
+
+    def finish_termination(self, step: TerminateStep, ok: bool, error: str | None = None) -> None:
+        """Record the answer to a DELETE (ok: the cluster no longer runs it)."""
+        with self._lock:
+            if step.stray:
+                if ok:
+                    self._strays.pop((step.cluster_id, step.instance_id), None)
+                    self._emit(
+                        "cluster.stray_deleted",
+                        step.cluster_id,
+                        cluster_id=step.cluster_id,
+                        instance_id=step.instance_id,
+                        reason=f"cluster {step.cluster_name} ran an instance the root placed "
+                        "elsewhere or ended; deleted there",
+                    )
+                return
+            inst = self._instances.get(step.instance_id)
+            if inst is None or inst.state.terminal or inst.cluster_id != step.cluster_id:
+                return
+            if ok:
+                self._transition(
+                    inst,
+                    InstanceState.TERMINATED,
+                    inst.terminate_reason or "terminated by the root",
+                )
+                self._settle()
+            else:
+                log.warning("terminating %s on %s failed: %s", inst.id, step.cluster_name, error)
+
+    # ------------------------------------------------------------------ metrics
+
+    def gauges(self) -> list[GaugeFamily]:
+        """Jobs, instances and clusters by state, counted in the store."""
+        store = self._store
+        jobs: dict[tuple[str, ...], float] = {
+            (s.value,): float(store.count(JOBS, {"state": s.value})) for s in JobState
+        }
+        instances: dict[tuple[str, ...], float] = {
+            (s.value,): float(store.count(INSTANCES, {"state": s.value})) for s in InstanceState
+        }
+        with self._lock:
+            clusters: dict[tuple[str, ...], float] = {(s.value,): 0.0 for s in ClusterLiveness}
+            for rec in self._clusters.values():
+                clusters[(rec.liveness.value,)] += 1
+            pending = float(len(self._in_flight))
+            strays = float(len(self._strays))
+        return [
+            GaugeFamily("edge_root_jobs", "Jobs by state.", ("state",), jobs),
+            GaugeFamily("edge_root_instances", "Instances by state.", ("state",), instances),
+            GaugeFamily("edge_root_clusters", "Clusters by liveness.", ("liveness",), clusters),
+            GaugeFamily(
+                "edge_root_placements_in_flight",
+                "Placement calls to clusters awaiting an answer.",
+                (),
+                {(): pending},
+            ),
+            GaugeFamily(
+                "edge_root_stray_instances",
+                "Instances clusters run that the root wants deleted there.",
+                (),
+                {(): strays},
+            ),
+            GaugeFamily(
+                "edge_root_event_stream_subscribers",
+                "Live event streams.",
+                (),
+                {(): float(self._bus.subscribers)},
+            ),
+        ]
+
+    def ping_store(self) -> None:
+        """Raise if the store does not answer (health check)."""
+        self._store.count(CLUSTERS)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _where(**fields: str | None) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _event_out(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored event document as the API shows it (EventRecord fields)."""
+    return {
+        "id": doc["_id"],
+        "seq": doc["seq"],
+        "ts": doc["ts"],
+        "kind": doc["kind"],
+        "subject": doc["subject"],
+        "job_id": doc.get("job_id"),
+        "instance_id": doc.get("instance_id"),
+        "node_id": doc.get("node_id"),
+        "cluster_id": doc.get("cluster_id"),
+        "state": doc.get("state"),
+        "reason": doc.get("reason", ""),
+        "data": doc.get("data") or {},
+    }
+
+
+def _with_rejections(text: str, rejections: Mapping[str, ClusterRejection]) -> str:
+    if not rejections:
+        return text
+    refused = "; ".join(
+        f"cluster {r.cluster_name} refused: {r.explanation}" for r in rejections.values()
+    )
+    return f"{text}; {refused}"
+
+
+def _pending_text(
+    decision: Decision, rejections: Mapping[str, ClusterRejection], any_cluster: bool
+) -> str:
+    if not any_cluster:
+        return "pending: no cluster is registered"
+    parts = []
+    if decision.considered:
+        parts.append(decision.explain())
+    refused = [f"cluster {r.cluster_name} refused: {r.explanation}" for r in rejections.values()]
+    if not parts and refused:
+        parts.append("no candidate fits: every cluster refused")
+    return "pending: " + "; ".join(parts + refused)
+
+
+def _capacity_grew(old: ClusterReport, new: ClusterReport) -> bool:
+    """True if the new report may fit something the old one did not."""
+    if new.free.cpu > old.free.cpu or new.free.memory_mib > old.free.memory_mib:
+        return True
+    if new.free.disk_mib > old.free.disk_mib:
+        return True
+    if new.largest_free_cpu > old.largest_free_cpu:
+        return True
+    if new.largest_free_memory_mib > old.largest_free_memory_mib:
+        return True
+    if set(new.runtimes) - set(old.runtimes) or set(new.archs) - set(old.archs):
+        return True
+    return any(
+        new.free.accelerators.get(k, 0) > old.free.accelerators.get(k, 0)
+        for k in new.free.accelerators
+    )

@@ -1,0 +1,220 @@
+"""Settings of the root orchestrator: flags > ``EDGE_*`` environment > file > defaults.
+
+Nothing here runs at import time. :func:`load_settings` parses the command line (one
+flag per field: ``store_url`` -> ``--store-url``), reads the optional settings file
+(``--config`` or ``EDGE_CONFIG``; JSON, YAML or TOML, keys are field names) and builds
+one :class:`RootSettings`. See docs/root-orchestrator.md for the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["ENV_PREFIX", "RootSettings", "SettingsFileError", "build_parser", "load_settings"]
+
+ENV_PREFIX = "EDGE_"
+MIB = 1024 * 1024
+
+
+class SettingsFileError(ValueError):
+    """The settings file cannot be read or does not hold a mapping."""
+
+
+def _split_tokens(value: Any) -> Any:
+    """Accept a list, a JSON list or a comma-separated string of tokens."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class RootSettings(BaseSettings):
+    """Everything a root orchestrator can be told (see docs/root-orchestrator.md)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    host: str = Field(default="127.0.0.1", description="listen address of the API")
+    port: int = Field(default=8000, ge=0, le=65535, description="listen port of the API")
+    store_url: str = Field(
+        default="sqlite:data/root.db",
+        description="sqlite:///abs/path.db, sqlite:relative.db or mongodb://host:port/db",
+    )
+    operator_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens accepted on the operator API (comma-separated or JSON list)",
+    )
+    registration_token: SecretStr | None = Field(
+        default=None, description="bearer token clusters present to register"
+    )
+    reconcile_interval: float = Field(
+        default=2.0, gt=0, le=600, description="seconds between reconcile passes"
+    )
+    cluster_unreachable_after: float = Field(
+        default=15.0, gt=0, le=86400, description="silence (s) before a cluster is UNREACHABLE"
+    )
+    cluster_lost_after: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="silence (s) before a cluster is LOST and its instances move",
+    )
+    report_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="full-report period asked of clusters"
+    )
+    cluster_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="timeout (s) of each call to a cluster API"
+    )
+    placement_policy: Literal["spread", "binpack", "thermal"] = Field(
+        default="spread", description="scoring policy for choosing clusters"
+    )
+    max_body_bytes: int = Field(
+        default=MIB, ge=1024, le=64 * MIB, description="largest accepted request body"
+    )
+    max_parallel_placements: int = Field(
+        default=32, ge=1, le=1024, description="instances placed concurrently per pass"
+    )
+    event_retention: int = Field(
+        default=100_000, ge=1000, description="events kept in the store (oldest pruned)"
+    )
+    public_metrics: bool = Field(
+        default=False, description="serve /metrics without the operator token"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("operator_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        return _split_tokens(value)
+
+    @field_validator("operator_tokens")
+    @classmethod
+    def _non_empty_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for token in value:
+            if len(token.get_secret_value()) < 8:
+                raise ValueError("operator tokens must be at least 8 characters long")
+        return value
+
+    @field_validator("registration_token")
+    @classmethod
+    def _registration_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("the registration token must be at least 8 characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_intervals(self) -> RootSettings:
+        if self.cluster_lost_after < self.cluster_unreachable_after:
+            raise ValueError("cluster_lost_after must be >= cluster_unreachable_after")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (passed as init values) beat the environment; no .env or secrets dir."""
+        return (init_settings, env_settings)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Values read from the settings file (lowest priority above the defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = dict(values)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Return the file's value for one field (None when absent)."""
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """Every key the file sets; unknown keys fail validation (extra=forbid)."""
+        return dict(self._values)
+
+
+def _with_file(values: Mapping[str, Any]) -> type[RootSettings]:
+    """A subclass of RootSettings whose lowest source is the given file values."""
+
+    class FileBackedSettings(RootSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, values))
+
+    return FileBackedSettings
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Read a JSON, YAML or TOML settings file into a dict keyed by field name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsFileError(f"cannot read settings file {path}: {exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data: Any = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SettingsFileError(f"cannot parse settings file {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsFileError(f"settings file {path} must hold a mapping")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per settings field (all default to unset)."""
+    parser = argparse.ArgumentParser(
+        prog="root-orchestrator",
+        description="Edge root orchestrator: operator API, cluster API, root scheduler.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", type=Path, help="settings file (JSON, YAML or TOML)")
+    for name, info in RootSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, help=info.description or name)
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> RootSettings:
+    """Build settings from flags, ``EDGE_*`` environment and the optional settings file."""
+    args = vars(build_parser().parse_args(argv))
+    config = args.pop("config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if not config:
+        return RootSettings(**args)
+    return _with_file(read_settings_file(Path(config)))(**args)

@@ -1,0 +1,180 @@
+"""Run a real ``node-engine`` as a subprocess (``python -m node_engine.main``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class NodeEngineProcess:
+    """One node engine process; output goes to ``<state_dir>.log`` (appended per start)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        cluster_url: str,
+        *,
+        join_token: str | None = "join-token",
+        name: str = "node-a",
+        runtimes: Sequence[str] = ("native",),
+        status_interval: float | None = 0.5,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.cluster_url = cluster_url
+        self.join_token = join_token
+        self.name = name
+        self.runtimes = list(runtimes)
+        self.status_interval = status_interval
+        self.extra_args = list(extra_args)
+        self.env = env or {}
+        self.log_level = log_level
+        self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        """The command line (the join token goes through the environment, not argv)."""
+        args = [
+            sys.executable,
+            "-m",
+            "node_engine.main",
+            "--cluster-url",
+            self.cluster_url,
+            "--state-dir",
+            str(self.state_dir),
+            "--name",
+            self.name,
+            "--log-level",
+            self.log_level,
+            "--runtime",
+            ",".join(self.runtimes),
+        ]
+        if self.status_interval is not None:
+            args += ["--status-interval", str(self.status_interval)]
+        return args + self.extra_args
+
+    def start(self) -> NodeEngineProcess:
+        """Start the engine (does not wait for it to join)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        if self.join_token is not None:
+            env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
+        env.update(self.env)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """Process id of the running engine."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (the engine's clean shutdown)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown code runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def output(self) -> str:
+        """Everything the engine printed so far (all starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def identity(self) -> dict[str, Any] | None:
+        """The stored join response, or None before the first join."""
+        path = self.state_dir / "identity.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def wait_identity(self, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until the engine stored its identity (i.e. joined); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            identity = self.identity()
+            if identity is not None:
+                return identity
+            if not self.running():
+                raise AssertionError(f"engine exited before joining:\n{self.output()}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"engine did not join within {timeout}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill_native_tasks(self) -> int:
+        """SIGKILL the process group of every native task this engine started (cleanup:
+        tasks outlive the engine by design). Returns how many groups were signalled."""
+        import psutil
+
+        killed = 0
+        for path in sorted((self.state_dir / "native" / "tasks").glob("*/handle.json")):
+            try:
+                handle = json.loads(path.read_text())
+                pid = int(handle["pid"])
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - float(handle.get("pid_create_time") or 0)) > 0.1:
+                    continue  # pid recycled: not ours
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+            except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+                continue
+        return killed
+
+    def stop_quietly(self) -> None:
+        """Best-effort cleanup for fixtures: SIGTERM, then SIGKILL."""
+        if self.proc is None:
+            return
+        try:
+            self.terminate(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close()
+        self.kill_native_tasks()
