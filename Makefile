@@ -23,7 +23,7 @@ lint: setup  ## ruff and mypy
 	$(VENV)/bin/mypy schemas placement store root_orchestrator cluster_orchestrator node_engine edgectl
 
 demo: setup  ## start a local system (root, 2 clusters, 2 nodes each) and run an example job
-	@echo "make demo: coming with the edgectl issue (#6)"; exit 1
+	bash scripts/demo.sh
 
 bench: setup  ## run the benchmarks in bench/ and print their figures
 	$(PY) bench/placement.py

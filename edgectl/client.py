@@ -1,0 +1,372 @@
+"""HTTP client of the root orchestrator's operator API (``/api/v1``), as edgectl uses it.
+
+Every failure becomes an :class:`EdgectlError` whose message is one readable line
+(``422 spec.replicas: Input should be greater than or equal to 0``), so the command
+line can print it and exit non-zero. The httpx transport is injectable: tests pass an
+``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+__all__ = [
+    "ApiError",
+    "ConnectionFailed",
+    "EdgectlError",
+    "RootClient",
+    "SseEvent",
+    "error_message",
+    "parse_sse",
+]
+
+#: Seconds of silence after which an event stream is considered dead (the root sends a
+#: keep-alive comment every 15 s).
+STREAM_READ_TIMEOUT_S = 45.0
+_PAGE = 1000
+
+
+class EdgectlError(Exception):
+    """A failure to report on one line; ``exit_code`` is the command's exit status."""
+
+    def __init__(self, message: str, *, exit_code: int = 1, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.hint = hint
+
+
+class ApiError(EdgectlError):
+    """The root answered with an error status."""
+
+    def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{status} {message}".rstrip(), hint=hint)
+        self.status = status
+        self.detail = message
+
+
+class ConnectionFailed(EdgectlError):
+    """The root could not be reached at all."""
+
+
+def _field_path(loc: list[Any], body_name: str) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = [body_name, *parts[1:]] if body_name else parts[1:]
+    return ".".join(parts) or body_name or "request"
+
+
+def error_message(response: httpx.Response, *, body_name: str = "body") -> str:
+    """One line for an error answer of the root: status, then what was wrong.
+
+    A validation error (422) lists each field at fault (``spec.replicas: Input ...``):
+    the leading ``body`` of each location is replaced by ``body_name`` (``spec`` for a
+    submitted job). Other errors give the ``detail`` text, or the reason phrase.
+    """
+    try:
+        payload = response.json()
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    text = ""
+    if isinstance(payload, dict):
+        detail = payload.get("detail")
+        if isinstance(detail, list) and detail:
+            items = []
+            for item in detail[:5]:
+                if isinstance(item, dict):
+                    loc = item.get("loc")
+                    path = _field_path(loc if isinstance(loc, list) else [], body_name)
+                    items.append(f"{path}: {item.get('msg', '')}".rstrip(": "))
+                else:
+                    items.append(str(item))
+            text = "; ".join(items)
+            if len(detail) > 5:
+                text += f" (and {len(detail) - 5} more)"
+        elif isinstance(detail, str):
+            text = detail
+        elif isinstance(payload.get("message"), str):
+            text = payload["message"]
+    if not text:
+        body = response.text.strip().splitlines()
+        text = body[0][:200] if body and payload is None and len(body[0]) < 200 else ""
+    if not text:
+        text = response.reason_phrase or "error"
+    return " ".join(text.split())
+
+
+def _hint(status: int) -> str | None:
+    if status == 401:
+        return (
+            "check the operator token (--token, EDGE_TOKEN, or the local.json written by "
+            "`edgectl local up`)"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: its id, event name and data."""
+
+    id: str | None
+    event: str
+    data: str
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
+    """Server-sent events from a stream of text lines (comments and retries ignored)."""
+    event_id: str | None = None
+    name = "message"
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield SseEvent(event_id, name, "\n".join(data))
+            event_id, name, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        key, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if key == "data":
+            data.append(value)
+        elif key == "id":
+            event_id = value
+        elif key == "event":
+            name = value
+    if data:
+        yield SseEvent(event_id, name, "\n".join(data))
+
+
+class RootClient:
+    """The operator API of one root orchestrator (bearer token auth).
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests). Methods return
+    the decoded JSON documents of the API (see docs/api.md) and raise
+    :class:`ApiError` / :class:`ConnectionFailed`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"user-agent": "edgectl"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> RootClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- plumbing -----
+
+    def _unreachable(self, exc: httpx.TransportError) -> ConnectionFailed:
+        if isinstance(exc, httpx.ConnectError):
+            text = str(exc)
+            what = "connection refused" if "refused" in text.lower() else text or "connect error"
+        elif isinstance(exc, httpx.TimeoutException):
+            what = "timed out"
+        else:
+            what = str(exc) or type(exc).__name__
+        return ConnectionFailed(
+            f"cannot reach the root orchestrator at {self.base_url} ({what})",
+            hint="start a local system with `edgectl local up`, or point --root-url / "
+            "EDGE_ROOT_URL at a running root",
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body_name: str = "body",
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """One call; the decoded JSON answer, or ApiError / ConnectionFailed."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=json_body, params=clean)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise ApiError(
+                response.status_code,
+                error_message(response, body_name=body_name),
+                hint=_hint(response.status_code),
+            )
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EdgectlError(
+                f"the root answered {method} {path} with something that is not JSON"
+            ) from exc
+
+    @staticmethod
+    def _ref(value: str) -> str:
+        return quote(value, safe="")
+
+    # ----- jobs -----
+
+    def submit_job(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> Any:
+        """``POST /jobs``: the new job."""
+        try:
+            response = self._http.post(
+                "/api/v1/jobs",
+                json=dict(spec),
+                headers={"idempotency-key": idempotency_key} if idempotency_key else None,
+            )
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise ApiError(
+                response.status_code,
+                error_message(response, body_name="spec"),
+                hint=_hint(response.status_code),
+            )
+        return response.json()
+
+    def list_jobs(self, *, state: str | None = None, cluster: str | None = None) -> list[Any]:
+        """Every job (all pages), oldest first."""
+        jobs: list[Any] = []
+        cursor: str | None = None
+        while True:
+            page = self.request(
+                "GET",
+                "/api/v1/jobs",
+                params={"state": state, "cluster": cluster, "limit": _PAGE, "cursor": cursor},
+            )
+            jobs.extend(page.get("jobs", []))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return jobs
+
+    def get_job(self, job: str) -> Any:
+        """``GET /jobs/{job}`` (id or name)."""
+        return self.request("GET", f"/api/v1/jobs/{self._ref(job)}")
+
+    def scale_job(self, job: str, replicas: int) -> Any:
+        """``PATCH /jobs/{job}`` with a replica count."""
+        return self.request(
+            "PATCH",
+            f"/api/v1/jobs/{self._ref(job)}",
+            json_body={"replicas": replicas},
+            body_name="",
+        )
+
+    def delete_job(self, job: str) -> Any:
+        """``DELETE /jobs/{job}``: the job, now TERMINATING."""
+        return self.request("DELETE", f"/api/v1/jobs/{self._ref(job)}")
+
+    # ----- clusters and nodes -----
+
+    def list_clusters(self) -> list[Any]:
+        """Every registered cluster."""
+        return list(self.request("GET", "/api/v1/clusters").get("clusters", []))
+
+    def cluster_nodes(self, cluster: str) -> Any:
+        """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
+        return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")
+
+    # ----- events -----
+
+    def events(
+        self,
+        *,
+        since: int = 0,
+        limit: int = _PAGE,
+        filters: Mapping[str, str | None] | None = None,
+    ) -> Any:
+        """One page of events after ``since``: ``{"events": [...], "next_since": n}``.
+
+        ``filters``: ``kind``, ``category``, ``job_id``, ``instance_id``, ``cluster_id``,
+        ``subject`` (None values are left out).
+        """
+        return self.request(
+            "GET", "/api/v1/events", params={"since": since, "limit": limit, **(filters or {})}
+        )
+
+    def stream_events(
+        self,
+        *,
+        since: int | None = None,
+        reconnect: bool = True,
+        max_backoff_s: float = 10.0,
+        filters: Mapping[str, str | None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Live events (SSE), oldest first, after ``since`` (default: from now on).
+
+        A dropped stream is reopened with the last seen ``seq``, so nothing is missed,
+        after a growing pause (at most ``max_backoff_s``); ``reconnect=False`` ends instead.
+        A refused connection before any event raises ConnectionFailed; later losses are
+        told to ``on_retry`` (one line) before each new attempt.
+        """
+        last = since
+        delay = 0.5
+        received = False
+        while True:
+            params = {k: v for k, v in (filters or {}).items() if v is not None}
+            if last is not None:
+                params["since"] = str(last)
+            timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT_S)
+            try:
+                with self._http.stream(
+                    "GET", "/api/v1/events/stream", params=params, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ApiError(
+                            response.status_code,
+                            error_message(response),
+                            hint=_hint(response.status_code),
+                        )
+                    delay = 0.5
+                    for sse in parse_sse(response.iter_lines()):
+                        try:
+                            event = json.loads(sse.data)
+                        except ValueError:
+                            continue
+                        if not isinstance(event, dict):
+                            continue
+                        seq = event.get("seq")
+                        if isinstance(seq, int):
+                            last = seq
+                        received = True
+                        yield event
+            except httpx.TransportError as exc:
+                if not reconnect or (not received and isinstance(exc, httpx.ConnectError)):
+                    raise self._unreachable(exc) from exc
+                if on_retry is not None:
+                    on_retry(f"event stream lost ({self._unreachable(exc).message}); reconnecting")
+            if not reconnect:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+    def health(self) -> Any:
+        """``GET /healthz`` (no token needed)."""
+        return self.request("GET", "/healthz")

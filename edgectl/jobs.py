@@ -1,0 +1,117 @@
+"""Job files and the `--wait` verdict (pure helpers of `edgectl jobs`)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from edgectl.client import EdgectlError
+
+__all__ = ["Verdict", "load_job_file", "wait_verdict"]
+
+Verdict = Literal["done", "failed", "waiting"]
+
+_ENDED = frozenset({"SUCCEEDED", "FAILED", "TERMINATED", "LOST"})
+
+
+def load_job_file(path: str) -> dict[str, Any]:
+    """The job spec in a YAML or JSON file (``-``: standard input), as a mapping.
+
+    The spec itself is validated by the root (its 422 names each field at fault).
+    """
+    name = "standard input" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except FileNotFoundError:
+        raise EdgectlError(f"job file {name} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgectlError(f"cannot read job file {name}: {exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise EdgectlError(f"job file {name} is not valid YAML or JSON: {problem}{where}") from None
+    if not isinstance(doc, dict):
+        raise EdgectlError(
+            f"job file {name} must hold one job spec (a mapping with name, runtime, ...), "
+            f"not {type(doc).__name__}"
+        )
+    return doc
+
+
+def _replica_failure(job: Mapping[str, Any]) -> str | None:
+    """A desired replica that failed for good (no active instance, no retry left)."""
+    spec = job.get("spec") or {}
+    policy = spec.get("restart_policy", "never")
+    max_restarts = int(spec.get("max_restarts", 5))
+    desired = int(job.get("desired_replicas", 0))
+    latest: dict[int, Mapping[str, Any]] = {}
+    active: set[int] = set()
+    for inst in job.get("instances") or []:
+        replica = int(inst.get("replica", 0))
+        if str(inst.get("state")) not in _ENDED or inst.get("terminating"):
+            active.add(replica)
+        best = latest.get(replica)
+        if best is None or float(inst.get("created_at", 0)) >= float(best.get("created_at", 0)):
+            latest[replica] = inst
+    for replica, inst in sorted(latest.items()):
+        if replica >= desired or replica in active or inst.get("state") != "FAILED":
+            continue
+        if policy == "never" or int(inst.get("restarts", 0)) >= max_restarts:
+            reason = str(inst.get("reason") or "failed")
+            if inst.get("exit_code") is not None and "exit" not in reason:
+                reason += f" (exit code {inst['exit_code']})"
+            return f"replica {replica} FAILED: {reason}"
+    return None
+
+
+def _progress(job: Mapping[str, Any]) -> str:
+    counts = job.get("instance_counts") or {}
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances yet"
+    if job.get("reason"):
+        text += f"; {job['reason']}"
+    return text
+
+
+def wait_verdict(job: Mapping[str, Any], goal: str) -> tuple[Verdict, str]:
+    """Whether a job reached `goal` (``running`` or ``terminated``), failed, or is on its way.
+
+    ``running``: done when the job is RUNNING or SUCCEEDED (or STOPPED at 0 replicas);
+    failed when it is FAILED or a desired replica failed for good (restart policy
+    ``never``, or its restarts used up). ``terminated``: done when TERMINATED.
+    The message says why, or what is still missing.
+    """
+    state = str(job.get("state", ""))
+    if goal == "terminated":
+        if state == "TERMINATED":
+            return "done", "every instance has ended"
+        return "waiting", _progress(job)
+    desired = int(job.get("desired_replicas", 0))
+    surplus = [
+        i
+        for i in job.get("instances") or []
+        if (str(i.get("state")) not in _ENDED or i.get("terminating"))
+        and (i.get("terminating") or int(i.get("replica", 0)) >= desired)
+    ]
+    if surplus and state in ("RUNNING", "SUCCEEDED", "STOPPED", "DEGRADED"):
+        return "waiting", f"{len(surplus)} instance(s) being stopped"
+    if state in ("RUNNING", "SUCCEEDED"):
+        return "done", "every replica is running" if state == "RUNNING" else "finished"
+    if state == "STOPPED" and desired == 0:
+        return "done", "scaled to 0, nothing runs"
+    if state in ("TERMINATING", "TERMINATED"):
+        return "failed", f"is {state} (deleted)"
+    failure = _replica_failure(job)
+    if state == "FAILED":
+        return "failed", f"FAILED: {failure or job.get('reason') or 'replicas failed'}"
+    if failure:
+        return "failed", failure
+    return "waiting", _progress(job)

@@ -1,0 +1,967 @@
+"""`edgectl`: the command line of the edge orchestrator.
+
+Talks to the root orchestrator's REST API (docs/api.md) and runs a whole local system
+(`edgectl local up`). See docs/edgectl.md for every command with examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from edgectl import output
+from edgectl.client import EdgectlError, RootClient
+from edgectl.config import Target, resolve_data_dir, resolve_target
+from edgectl.jobs import load_job_file, wait_verdict
+
+__all__ = ["app", "main", "make_client"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+HELP = """Command line of the edge orchestrator.
+
+Talks to the root orchestrator's REST API. Where the root is and its operator token
+come from --root-url/--token, else EDGE_ROOT_URL/EDGE_TOKEN, else the local.json that
+`edgectl local up` writes in its data directory (--data-dir, EDGE_DATA_DIR,
+~/.local/share/edge).
+
+Start here: `edgectl local up` runs a whole system on this machine.
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+jobs_app = typer.Typer(help="Submit, list, inspect, scale and delete jobs.", no_args_is_help=True)
+clusters_app = typer.Typer(help="Clusters registered with the root.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes of the clusters (fetched live).", no_args_is_help=True)
+local_app = typer.Typer(
+    help="Run a whole system on this machine (local processes).",
+    no_args_is_help=True,
+)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(clusters_app, name="clusters")
+app.add_typer(nodes_app, name="nodes")
+app.add_typer(local_app, name="local")
+
+
+class OutputFormat(StrEnum):
+    """How results are printed."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+# ----------------------------------------------------------------------------- options
+
+RootUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--root-url",
+        help="URL of the root orchestrator (else EDGE_ROOT_URL, else local.json).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="operator token (else EDGE_TOKEN, else local.json).",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="data directory of `edgectl local up` (else EDGE_DATA_DIR, else ~/.local/share/edge).",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    OutputFormat,
+    typer.Option("--output", "-o", help="table (for people) or json (for scripts)."),
+]
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("edge-orchestrator")
+        except PackageNotFoundError:
+            text = "unknown"
+        typer.echo(f"edgectl {text}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Command line of the edge orchestrator."""
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console created when needed (never at import time)."""
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, width=None if stderr else wide, highlight=False)
+
+
+def _err(text: str, style: str = "") -> None:
+    _console(stderr=True).print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def make_client(target: Target) -> RootClient:
+    """The API client for a target (tests replace this to inject a transport)."""
+    return RootClient(target.root_url, target.token)
+
+
+def _client(root_url: str | None, token: str | None, data_dir: Path | None) -> RootClient:
+    return make_client(resolve_target(root_url, token, data_dir))
+
+
+def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print an EdgectlError as `error: ...` (and its hint) and exit with its status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except EdgectlError as exc:
+            _err(f"error: {exc.message}", style="red")
+            if exc.hint:
+                _err(f"hint: {exc.hint}", style="dim")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _print(renderable: Any) -> None:
+    _console().print(renderable)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def _wait_job(
+    client: RootClient, job_id: str, *, goal: str, timeout: float, interval: float = 0.5
+) -> Mapping[str, Any]:
+    """Poll the job until `wait_verdict` says done (returned) or failed (raised)."""
+    console = _console(stderr=True)
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    job: Mapping[str, Any] = client.get_job(job_id)
+    last_line = ""
+
+    def render(job: Mapping[str, Any], message: str) -> Group:
+        header = Text()
+        header.append(f"{job.get('name')} ", style="bold")
+        header.append_text(output.state_text(job.get("state")))
+        header.append(
+            f"  {job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)} running"
+            f"  {time.monotonic() - start:.0f}s  {message}",
+            style="dim",
+        )
+        active = [i for i in job.get("instances") or [] if not output.is_ended(i)]
+        return Group(header, output.replicas_table(active, time.time()))
+
+    live = (
+        Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else None
+    )
+    try:
+        if live is not None:
+            live.start()
+        while True:
+            verdict, message = wait_verdict(job, goal)
+            if live is not None:
+                live.update(render(job, message))
+            else:
+                line = f"{job.get('state')} {job.get('actual_replicas', 0)}/" + (
+                    f"{job.get('desired_replicas', 0)} running: {message}"
+                )
+                if line != last_line:
+                    console.print(f"[{time.monotonic() - start:5.1f}s] {line}", markup=False)
+                    last_line = line
+            if verdict == "done":
+                return job
+            if verdict == "failed":
+                raise EdgectlError(f"job {job.get('name')} {message}")
+            if time.monotonic() >= deadline:
+                raise EdgectlError(
+                    f"job {job.get('name')} not {goal} after {timeout:.0f}s: {message}",
+                    hint=f"`edgectl jobs explain {job.get('name')}` shows why",
+                )
+            time.sleep(interval)
+            job = client.get_job(job_id)
+    except KeyboardInterrupt:
+        raise EdgectlError(
+            "interrupted; the job goes on", exit_code=130, hint="`edgectl jobs get` shows it"
+        ) from None
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _show_job(job: Mapping[str, Any], fmt: OutputFormat, *, ended: bool = False) -> None:
+    if fmt is OutputFormat.JSON:
+        output.print_json(job)
+    else:
+        _print(output.job_view(job, time.time(), ended=ended))
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="wait until it is done (see above).")]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="seconds --wait waits before giving up.", min=1)
+]
+
+
+@jobs_app.command("submit")
+@handles_errors
+def jobs_submit(
+    file: Annotated[
+        str,
+        typer.Option(
+            "--file", "-f", help="job spec, YAML or JSON (- reads stdin).", show_default=False
+        ),
+    ],
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Submit a job from a YAML or JSON file.
+
+    With --wait, show the replicas live until every one is RUNNING (or finished with
+    success); exit 1 on a clear failure (a replica FAILED for good) or after --timeout.
+    """
+    spec = load_job_file(file)
+    with _client(root_url, token, data_dir) as client:
+        job = client.submit_job(spec)
+        if fmt is OutputFormat.TABLE:
+            _err(f"job {job.get('name')} submitted: {job.get('id')}")
+        if wait:
+            job = _wait_job(client, str(job["id"]), goal="running", timeout=timeout)
+        _show_job(job, fmt)
+
+
+@jobs_app.command("ls")
+@handles_errors
+def jobs_ls(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="only jobs in this state (PENDING, RUNNING, DEGRADED, SUCCEEDED, FAILED, "
+            "STOPPED, TERMINATING, TERMINATED).",
+            show_default=False,
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", help="only jobs with instances on this cluster.", show_default=False
+        ),
+    ] = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """List jobs, oldest first."""
+    with _client(root_url, token, data_dir) as client:
+        jobs = client.list_jobs(state=state.upper() if state else None, cluster=cluster)
+    if fmt is OutputFormat.JSON:
+        output.print_json({"jobs": jobs})
+    elif not jobs:
+        _err("no jobs")
+    else:
+        _print(output.jobs_table(jobs, time.time()))
+
+
+JobArg = Annotated[str, typer.Argument(help="job id or name.", metavar="JOB", show_default=False)]
+
+
+@jobs_app.command("get")
+@handles_errors
+def jobs_get(
+    job: JobArg,
+    all_instances: Annotated[
+        bool, typer.Option("--all", "-a", help="also show instances that ended.")
+    ] = False,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Show one job: spec, state, replicas and where each instance runs."""
+    with _client(root_url, token, data_dir) as client:
+        _show_job(client.get_job(job), fmt, ended=all_instances)
+
+
+@jobs_app.command("scale")
+@handles_errors
+def jobs_scale(
+    job: JobArg,
+    replicas: Annotated[
+        int, typer.Argument(help="new number of replicas.", metavar="REPLICAS", min=0, max=1000)
+    ],
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 300.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Change a job's number of replicas.
+
+    Scaling down stops the highest replica numbers.
+
+    With --wait, wait until the new count runs (or, for 0, until nothing runs).
+    """
+    with _client(root_url, token, data_dir) as client:
+        view = client.scale_job(job, replicas)
+        if fmt is OutputFormat.TABLE:
+            _err(f"job {view.get('name')} scaled to {replicas} replica(s)")
+        if wait:
+            view = _wait_job(client, str(view["id"]), goal="running", timeout=timeout)
+        _show_job(view, fmt)
+
+
+@jobs_app.command("rm")
+@handles_errors
+def jobs_rm(
+    job: JobArg,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 120.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Delete a job and stop its instances.
+
+    The job is TERMINATING, then TERMINATED once every instance has ended.
+
+    With --wait, wait until every instance has ended.
+    """
+    with _client(root_url, token, data_dir) as client:
+        view = client.delete_job(job)
+        if wait:
+            view = _wait_job(client, str(view["id"]), goal="terminated", timeout=timeout)
+    if fmt is OutputFormat.JSON:
+        output.print_json(view)
+    else:
+        _print(f"job {view.get('name')} ({view.get('id')}) {view.get('state')}")
+
+
+_EXPLAIN_KEYS = ("id", "replica", "state", "cluster_name", "node_name", "placement")
+
+
+@jobs_app.command("explain")
+@handles_errors
+def jobs_explain(
+    job: JobArg,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Why each replica runs where it runs, or why it is pending.
+
+    Shows the root's placement decision per active instance: the chosen cluster, the
+    scores of the feasible clusters, the rejected ones by reason, and the refusals of
+    clusters (with their nodes' reasons).
+    """
+    with _client(root_url, token, data_dir) as client:
+        view = client.get_job(job)
+        try:
+            names = output.cluster_names(client.list_clusters())
+        except EdgectlError:
+            names = {}
+    if fmt is OutputFormat.JSON:
+        output.print_json(
+            {
+                "id": view.get("id"),
+                "name": view.get("name"),
+                "state": view.get("state"),
+                "reason": view.get("reason", ""),
+                "placement": view.get("placement"),
+                "instances": [
+                    {
+                        k: i.get(k)
+                        for k in (
+                            "id",
+                            "replica",
+                            "state",
+                            "cluster_name",
+                            "node_name",
+                            "placement",
+                        )
+                    }
+                    for i in view.get("instances") or []
+                    if not output.is_ended(i)
+                ],
+            }
+        )
+    else:
+        _print(output.explain_view(view, names))
+
+
+# ----------------------------------------------------------------------------- clusters, nodes
+
+
+@clusters_app.command("ls")
+@handles_errors
+def clusters_ls(
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """List clusters: liveness, ready nodes, free capacity, running instances."""
+    with _client(root_url, token, data_dir) as client:
+        clusters = client.list_clusters()
+    if fmt is OutputFormat.JSON:
+        output.print_json({"clusters": clusters})
+    elif not clusters:
+        _err("no clusters registered")
+    else:
+        _print(output.clusters_table(clusters, time.time()))
+
+
+@nodes_app.command("ls")
+@handles_errors
+def nodes_ls(
+    cluster: Annotated[
+        str | None,
+        typer.Option("--cluster", "-c", help="only this cluster (id or name).", show_default=False),
+    ] = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """List nodes of every cluster (or one): liveness, CPU, memory, temperature, tasks.
+
+    The root fetches them live from each cluster; a cluster that does not answer is
+    reported on stderr and makes the exit status 1.
+    """
+    failed: list[str] = []
+    nodes: list[dict[str, Any]] = []
+    with _client(root_url, token, data_dir) as client:
+        targets = [cluster] if cluster else [str(c.get("name")) for c in client.list_clusters()]
+        for name in targets:
+            try:
+                doc = client.cluster_nodes(name)
+            except EdgectlError as exc:
+                if cluster:
+                    raise
+                failed.append(name)
+                _err(f"warning: cluster {name}: {exc.message}", style="yellow")
+                continue
+            for node in doc.get("nodes") or []:
+                if isinstance(node, dict):
+                    nodes.append(
+                        {
+                            **node,
+                            "cluster_id": doc.get("cluster_id"),
+                            "cluster_name": doc.get("cluster_name"),
+                        }
+                    )
+    if fmt is OutputFormat.JSON:
+        output.print_json({"nodes": nodes, "unreachable_clusters": failed})
+    elif nodes:
+        _print(output.nodes_table((str(n.get("cluster_name")), n) for n in nodes))
+    else:
+        _err("no nodes")
+    if failed:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@app.command("events")
+@handles_errors
+def events(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new events as they happen.")
+    ] = False,
+    since: Annotated[
+        int | None,
+        typer.Option("--since", help="only events after this seq (the first column).", min=0),
+    ] = None,
+    tail: Annotated[
+        int, typer.Option("--tail", help="show at most the last N past events (0: all).", min=0)
+    ] = 50,
+    job: Annotated[
+        str | None, typer.Option("--job", "-j", help="only this job's events (id or name).")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="only this kind, e.g. instance.state.")
+    ] = None,
+    category: Annotated[
+        str | None,
+        typer.Option("--category", help="only job, instance, cluster or scheduling events."),
+    ] = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Show the event log; --follow streams it live.
+
+    Every state change and decision, oldest first. With --follow, then stream new
+    events live (server-sent events; reconnects without losing any) until Ctrl-C.
+    -o json prints one JSON object per line.
+    """
+    console = _console()
+    with _client(root_url, token, data_dir) as client:
+        filters: dict[str, str | None] = {"kind": kind, "category": category}
+        if job:
+            filters["job_id"] = str(client.get_job(job)["id"])
+        try:
+            names = output.cluster_names(client.list_clusters())
+        except EdgectlError:
+            names = {}
+
+        def emit(event: Mapping[str, Any]) -> None:
+            if fmt is OutputFormat.JSON:
+                import json
+
+                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(output.event_line(event, names), soft_wrap=True)
+
+        from collections import deque
+
+        cursor = since or 0
+        past: deque[Mapping[str, Any]] = deque(maxlen=tail or None)
+        while True:
+            page = client.events(since=cursor, filters=filters)
+            batch = page.get("events") or []
+            past.extend(batch)
+            cursor = int(page.get("next_since") or cursor)
+            if len(batch) < 1000:
+                break
+        for event in past:
+            emit(event)
+        if not follow:
+            return
+        with _interrupt_quietly():
+            for event in client.stream_events(
+                since=cursor, filters=filters, on_retry=lambda m: _err(m, style="yellow")
+            ):
+                emit(event)
+
+
+@contextmanager
+def _interrupt_quietly() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+# ----------------------------------------------------------------------------- local
+
+
+class _RichSink:
+    """Start-up progress on the terminal (stderr)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("preparing", total=None)
+
+    def __enter__(self) -> _RichSink:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        self.progress.update(self.task, description=phase, completed=done, total=total)
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+
+class _PlainSink:
+    """Start-up progress as plain lines (no terminal: logs, pipes, `--detach`)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.start = time.monotonic()
+        self.last = ""
+
+    def __enter__(self) -> _PlainSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase != self.last:
+            self.last = phase
+            self.note(f"[{time.monotonic() - self.start:6.1f}s] {phase} ({done}/{total})")
+
+    def note(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _sink(console: Console) -> _RichSink | _PlainSink:
+    return _RichSink(console) if console.is_terminal else _PlainSink(console)
+
+
+def _summary(local: Mapping[str, Any], data_dir: Path, *, elapsed: float, resumed: bool) -> None:
+    console = _console()
+    clusters = local.get("clusters") or []
+    nodes = sum(len(c.get("nodes") or []) for c in clusters)
+    what = "resumed" if resumed else "ready"
+    console.print(
+        f"local system {what} in {elapsed:.1f}s: {len(clusters)} cluster(s), {nodes} node(s)",
+        style="bold green",
+        markup=False,
+    )
+    console.print(f"  root      {local.get('root_url')}", markup=False)
+    console.print(f"  token     {local.get('token')}", markup=False)
+    for c in clusters:
+        console.print(
+            f"  cluster   {c.get('name')}  {c.get('url')}  broker {c.get('broker')}  "
+            f"nodes {', '.join(c.get('nodes') or [])}",
+            markup=False,
+        )
+    console.print(f"  data      {data_dir}   (logs in {data_dir / 'logs'})", markup=False)
+    flag = "" if resolve_data_dir(None) == data_dir else f" --data-dir {data_dir}"
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    try:
+        shown = examples.relative_to(Path.cwd())
+    except ValueError:
+        shown = examples
+    console.print("next steps:", style="bold", markup=False)
+    if flag:
+        console.print(
+            f"  export EDGE_DATA_DIR={data_dir}   # or add{flag} to each command", markup=False
+        )
+    console.print("  edgectl clusters ls", markup=False)
+    console.print("  edgectl nodes ls", markup=False)
+    console.print(f"  edgectl jobs submit -f {shown / 'native-job.yaml'} --wait", markup=False)
+    console.print("  edgectl jobs ls", markup=False)
+    console.print("  edgectl events --follow", markup=False)
+    console.print(f"  edgectl local down{flag}", markup=False)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, say: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP set `stop` (the first time) instead of killing us."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            say("already stopping; please wait")
+            return
+        stop.set()
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _local_up_argv(
+    data_dir: Path,
+    clusters: int | None,
+    nodes: int | None,
+    store: str | None,
+    root_port: int | None,
+    timeout: float,
+) -> list[str]:
+    argv = [sys.executable, "-m", "edgectl.main", "local", "up", "--data-dir", str(data_dir)]
+    if clusters is not None:
+        argv += ["--clusters", str(clusters)]
+    if nodes is not None:
+        argv += ["--nodes-per-cluster", str(nodes)]
+    if store is not None:
+        argv += ["--store", store]
+    if root_port is not None:
+        argv += ["--root-port", str(root_port)]
+    return [*argv, "--timeout", str(timeout)]
+
+
+def _store_option(value: str | None) -> str | None:
+    if value is None or value == "sqlite" or value.startswith(("mongodb://", "mongodb+srv://")):
+        return value
+    raise typer.BadParameter("use sqlite or a mongodb:// URL")
+
+
+@local_app.command("up")
+@handles_errors
+def local_up(
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            "--clusters",
+            help="clusters to run (a new system: 2).",
+            min=1,
+            max=20,
+            show_default=False,
+        ),
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nodes-per-cluster",
+            help="node engines per cluster (a new system: 2).",
+            min=1,
+            max=50,
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="the root's store: sqlite (in the data directory) or a mongodb:// URL "
+            "(a new system: sqlite).",
+            callback=_store_option,
+            show_default=False,
+        ),
+    ] = None,
+    root_port: Annotated[
+        int | None,
+        typer.Option(
+            "--root-port",
+            help="port of the root's API (a new system: any free port).",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", "-d", help="run in the background; return once every node has joined."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for every node to join.", min=1)
+    ] = 180.0,
+) -> None:
+    """Start a local system: brokers, root, clusters, node engines.
+
+    One Mosquitto per cluster, the root, the cluster orchestrators and the node
+    engines, as local processes with their logs in DATA_DIR/logs. Waits until every
+    node has joined and its cluster reported it to the root, prints the root URL, the
+    operator token and next steps, and writes DATA_DIR/local.json, which the other
+    commands read. Stays in the foreground; Ctrl-C, SIGTERM or `edgectl local down`
+    stops everything, including the tasks the nodes run. Running it again on the same
+    data directory resumes the same system (same ids and jobs).
+    """
+    from edgectl import local
+
+    directory = resolve_data_dir(data_dir)
+    layout = local.Layout(directory)
+    err = _console(stderr=True)
+    started = time.monotonic()
+    if detach:
+        probe = local.DataDirLock(directory)
+        if not probe.acquire():
+            raise EdgectlError(
+                f"a local system already runs in {directory}",
+                hint=f"`edgectl local down --data-dir {directory}` stops it",
+            )
+        probe.release()
+        resumed = (directory / local.SYSTEM_FILE).exists()
+        argv = _local_up_argv(directory, clusters, nodes, store, root_port, timeout)
+        with _sink(err) as sink:
+            doc = local.start_detached(
+                directory,
+                argv,
+                timeout=timeout + 60,
+                on_progress=lambda p: sink.update(
+                    str(p.get("phase", "starting")), int(p.get("done", 0)), int(p.get("total", 1))
+                ),
+            )
+        _summary(doc, directory, elapsed=time.monotonic() - started, resumed=resumed)
+        pid = doc["supervisor"]["pid"]
+        _err(f"running in the background (pid {pid}, log {layout.log('edgectl')})")
+        return
+
+    lock = local.DataDirLock(directory)
+    if not lock.acquire():
+        raise EdgectlError(
+            f"a local system already runs in {directory}",
+            hint=f"`edgectl local down --data-dir {directory}` stops it",
+        )
+    failed = False
+    system: local.LocalSystem | None = None
+    stop = threading.Event()
+    try:
+        with _stop_on_signals(stop, _err):
+            try:
+                with _sink(err) as sink:
+                    local.stale_cleanup(layout, sink.note)
+                    plan, resumed = local.resolve_plan(
+                        directory, clusters=clusters, nodes=nodes, store=store, root_port=root_port
+                    )
+                    log = os.environ.get(local.DETACHED_LOG_ENV)
+                    system = local.LocalSystem(
+                        layout,
+                        plan,
+                        progress=sink,
+                        stop=stop,
+                        resumed=resumed,
+                        log=Path(log) if log else None,
+                    )
+                    system.start(timeout=timeout)
+                elapsed = time.monotonic() - started
+                _summary(system.document(), directory, elapsed=elapsed, resumed=resumed)
+                _err("running; Ctrl-C here (or `edgectl local down`) stops everything")
+                system.watch()
+            except local.StartupInterrupted:
+                _err("interrupted while starting")
+            except EdgectlError as exc:
+                failed = True
+                _err(f"error: {exc.message}", style="red")
+                if exc.hint:
+                    _err(f"hint: {exc.hint}", style="dim")
+            finally:
+                if system is not None:
+                    _err("stopping the local system ...")
+                    t0 = time.monotonic()
+                    system.shutdown(note=_err)
+                    left = local.leftover_processes(directory)
+                    for proc in left:
+                        _err(f"warning: still running: pid {proc.pid} {_cmdline(proc)}")
+                    gone = "" if left else "; no process left"
+                    _err(f"stopped in {time.monotonic() - t0:.1f}s{gone}")
+    finally:
+        lock.release()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _cmdline(proc: Any) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except Exception:
+        return "?"
+
+
+@local_app.command("down")
+@handles_errors
+def local_down(
+    data_dir: DataDirOpt = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="seconds to wait for `local up` to stop everything.", min=1),
+    ] = 120.0,
+) -> None:
+    """Stop a local system (from any shell), tasks included.
+
+    Asks its `edgectl local up` to stop everything and waits for it; if that process is
+    gone, stops the recorded processes itself. Either way the tasks the node engines
+    started are stopped too, and no process of the system is left.
+    """
+    from edgectl import local
+
+    directory = resolve_data_dir(data_dir)
+    t0 = time.monotonic()
+    done = local.down(directory, timeout=timeout, note=lambda s: _err(s, style="dim"))
+    left = local.leftover_processes(directory)
+    for proc in left:
+        _err(f"warning: still running: pid {proc.pid} {_cmdline(proc)}", style="yellow")
+    if not done:
+        _print(f"nothing was running in {directory}")
+    else:
+        _print(f"local system in {directory} stopped in {time.monotonic() - t0:.1f}s")
+    if left:
+        raise typer.Exit(1)
+
+
+@local_app.command("status")
+@handles_errors
+def local_status(data_dir: DataDirOpt = None, fmt: OutputOpt = OutputFormat.TABLE) -> None:
+    """Show a local system: state, URLs, processes."""
+    from edgectl import local
+    from edgectl.config import read_local_file
+
+    directory = resolve_data_dir(data_dir)
+    doc = read_local_file(directory)
+    if doc is None:
+        raise EdgectlError(
+            f"no local system in {directory}", hint="start one with `edgectl local up`"
+        )
+    rows = []
+    for record in doc.get("processes") or []:
+        alive = local._same_process(record) is not None
+        rows.append({**record, "alive": alive})
+    sup = doc.get("supervisor") or {}
+    running = doc.get("state") != "stopped" and local._same_process(sup) is not None
+    if fmt is OutputFormat.JSON:
+        output.print_json({**doc, "processes": rows, "running": running})
+        return
+    _print(output.local_view(doc, rows, running))
+
+
+def main() -> None:
+    """Console script entry point."""
+    app(prog_name="edgectl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,482 @@
+"""Rendering of API documents for people: rich tables, detail views, event lines.
+
+Pure functions from the JSON documents of the root's API (docs/api.md) to rich
+renderables; nothing here does I/O except :func:`print_json`. ``now`` is passed in so
+that ages are testable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "age",
+    "cluster_names",
+    "clusters_table",
+    "event_line",
+    "explain_view",
+    "is_ended",
+    "job_view",
+    "jobs_table",
+    "local_view",
+    "nodes_table",
+    "print_json",
+    "replicas_table",
+    "resources",
+    "state_text",
+]
+
+_STATE_STYLES = {
+    "RUNNING": "green",
+    "READY": "green",
+    "SUCCEEDED": "cyan",
+    "PENDING": "yellow",
+    "SCHEDULED": "yellow",
+    "ASSIGNED": "yellow",
+    "STARTING": "yellow",
+    "DEGRADED": "yellow",
+    "NOT_READY": "yellow",
+    "UNREACHABLE": "yellow",
+    "TERMINATING": "magenta",
+    "SHED": "magenta",
+    "FAILED": "bold red",
+    "LOST": "bold red",
+    "OFFLINE": "red",
+    "TERMINATED": "dim",
+    "STOPPED": "dim",
+}
+
+
+def print_json(doc: Any, file: IO[str] | None = None) -> None:
+    """Indented JSON on stdout (no colours: meant for scripts and `jq`)."""
+    out = file or sys.stdout
+    out.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    out.flush()
+
+
+def state_text(state: Any) -> Text:
+    """A state name in its colour."""
+    name = str(state or "-")
+    return Text(name, style=_STATE_STYLES.get(name, ""))
+
+
+def age(ts: Any, now: float) -> str:
+    """Time since `ts` (epoch seconds) as `42s`, `5m`, `3h`, `2d`; `-` when unknown."""
+    if not isinstance(ts, int | float) or ts <= 0:
+        return "-"
+    seconds = max(0.0, now - float(ts))
+    if seconds < 120:
+        return f"{int(seconds)}s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)}m"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)}d"
+
+
+def _num(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cpu(cores: Any) -> str:
+    if not isinstance(cores, int | float):
+        return "-"
+    return f"{round(float(cores), 1):g}"
+
+
+def _mem(mib: Any) -> str:
+    if not isinstance(mib, int | float):
+        return "-"
+    if mib >= 10240:
+        return f"{mib / 1024:.0f}Gi"
+    if mib >= 1024:
+        return f"{mib / 1024:.1f}Gi"
+    return f"{mib:g}Mi" if isinstance(mib, float) else f"{mib}Mi"
+
+
+def resources(res: Mapping[str, Any] | None) -> str:
+    """`cpu 0.5, mem 256Mi` (only what is set)."""
+    if not res:
+        return "-"
+    parts = []
+    if res.get("cpu"):
+        parts.append(f"cpu {_num(res['cpu'])}")
+    if res.get("memory_mib"):
+        parts.append(f"mem {_mem(res['memory_mib'])}")
+    if res.get("disk_mib"):
+        parts.append(f"disk {_mem(res['disk_mib'])}")
+    for kind, count in (res.get("accelerators") or {}).items():
+        parts.append(f"{kind} x{count}")
+    return ", ".join(parts) or "-"
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float) -> Table:
+    """`edgectl jobs ls`."""
+    table = _table("NAME", "ID", "STATE", "READY", "PRIO", "RUNTIME", "AGE", "REASON")
+    for job in jobs:
+        table.add_row(
+            str(job.get("name", "")),
+            str(job.get("id", "")),
+            state_text(job.get("state")),
+            f"{job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)}",
+            _num(job.get("priority")),
+            str(job.get("runtime", "")),
+            age(job.get("created_at"), now),
+            str(job.get("reason") or ""),
+        )
+    return table
+
+
+def _where(inst: Mapping[str, Any]) -> str:
+    cluster = inst.get("cluster_name") or inst.get("cluster_id") or ""
+    node = inst.get("node_name") or inst.get("node_id") or ""
+    if cluster and node:
+        return f"{cluster}/{node}"
+    return str(cluster or node or "-")
+
+
+def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> Table:
+    """The instances of a job: replica, state, where, restarts, reason."""
+    table = _table("REPLICA", "INSTANCE", "STATE", "WHERE", "RESTARTS", "AGE", "REASON")
+    for inst in sorted(instances, key=lambda i: (i.get("replica", 0), i.get("created_at", 0))):
+        reason = str(inst.get("reason") or "")
+        code = inst.get("exit_code")
+        if code is not None and is_ended(inst) and "exit" not in reason:
+            reason = f"{reason} (exit code {code})".strip()
+        if inst.get("terminating"):
+            reason = f"terminating; {reason}".rstrip("; ")
+        table.add_row(
+            str(inst.get("replica", "")),
+            str(inst.get("id", "")),
+            state_text(inst.get("state")),
+            _where(inst),
+            str(inst.get("restarts", 0)),
+            age(inst.get("updated_at"), now),
+            reason,
+        )
+    return table
+
+
+def _fields(rows: Sequence[tuple[str, Any]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key, value if isinstance(value, Text) else str(value))
+    return grid
+
+
+def _constraints(spec: Mapping[str, Any]) -> str:
+    cons = spec.get("constraints") or {}
+    parts = [f"{k}={v}" for k, v in (cons.get("labels") or {}).items()]
+    for key in ("cluster", "node", "accelerator"):
+        if cons.get(key):
+            parts.append(f"{key}={cons[key]}")
+    if cons.get("arch"):
+        parts.append("arch=" + "|".join(cons["arch"]))
+    if cons.get("max_temperature_c") is not None:
+        parts.append(f"max_temperature_c={_num(cons['max_temperature_c'])}")
+    return ", ".join(parts) or "-"
+
+
+def job_view(job: Mapping[str, Any], now: float, *, ended: bool = False) -> Group:
+    """`edgectl jobs get`: the job's facts, then its instances (ended ones if `ended`)."""
+    spec = job.get("spec") or {}
+    what = spec.get("image") if spec.get("runtime") == "docker" else None
+    command = " ".join(spec.get("command") or [])
+    if what and command:
+        what = f"{what}  {command}"
+    rows: list[tuple[str, Any]] = [
+        ("name", job.get("name", "")),
+        ("id", job.get("id", "")),
+        ("state", state_text(job.get("state"))),
+        ("replicas", f"{job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)} running"),
+        ("runtime", f"{spec.get('runtime', job.get('runtime', ''))}  {what or command}".rstrip()),
+        ("resources", resources(spec.get("resources"))),
+        ("priority", _num(job.get("priority"))),
+        ("restart", f"{spec.get('restart_policy', '-')} (max {spec.get('max_restarts', '-')})"),
+        ("constraints", _constraints(spec)),
+        ("age", age(job.get("created_at"), now)),
+    ]
+    if job.get("reason"):
+        rows.append(("reason", job["reason"]))
+    counts = job.get("instance_counts") or {}
+    if counts:
+        rows.append(("instances", ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
+    instances = [i for i in job.get("instances") or [] if ended or not is_ended(i)]
+    parts: list[RenderableType] = [_fields(rows)]
+    if instances:
+        parts.append(Text(""))
+        parts.append(replicas_table(instances, now))
+    hidden = len(job.get("instances") or []) - len(instances)
+    if hidden:
+        parts.append(Text(f"({hidden} ended instances not shown; --all shows them)", style="dim"))
+    return Group(*parts)
+
+
+_ENDED = frozenset({"SUCCEEDED", "FAILED", "TERMINATED", "LOST"})
+
+
+def is_ended(inst: Mapping[str, Any]) -> bool:
+    """True for an instance that has ended (and is not being stopped any more)."""
+    return str(inst.get("state")) in _ENDED and not inst.get("terminating")
+
+
+def cluster_names(clusters: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Cluster id -> name."""
+    return {str(c.get("id")): str(c.get("name")) for c in clusters if c.get("id")}
+
+
+def _named(cid: Any, names: Mapping[str, str]) -> str:
+    return names.get(str(cid), str(cid))
+
+
+def _placement_block(
+    title: str, placement: Mapping[str, Any], names: Mapping[str, str]
+) -> list[RenderableType]:
+    out: list[RenderableType] = [Text(title, style="bold")]
+    rows: list[tuple[str, Any]] = [
+        ("outcome", placement.get("outcome", "-")),
+        ("explanation", placement.get("explanation", "")),
+    ]
+    if placement.get("cluster_name") or placement.get("cluster_id"):
+        rows.insert(
+            1,
+            ("cluster", placement.get("cluster_name") or _named(placement["cluster_id"], names)),
+        )
+    decision = placement.get("decision") or {}
+    if decision:
+        rows.append(
+            (
+                "policy",
+                f"{decision.get('policy', '-')}: {decision.get('considered', 0)} considered, "
+                f"{decision.get('feasible', 0)} feasible",
+            )
+        )
+    out.append(_fields(rows))
+    scores = decision.get("scores") or []
+    if scores:
+        table = _table("CANDIDATE", "SCORE", "BREAKDOWN")
+        chosen = (decision.get("chosen") or {}).get("id")
+        for item in scores:
+            name = _named(item.get("id"), names)
+            if item.get("id") == chosen:
+                name = f"{name} (chosen)"
+            breakdown = ", ".join(
+                f"{k} {_num(round(v, 1) if isinstance(v, float) else v)}"
+                for k, v in (item.get("breakdown") or {}).items()
+            )
+            table.add_row(name, _num(round(float(item.get("score", 0)), 1)), breakdown)
+        out.append(table)
+    rejected = decision.get("rejected") or {}
+    rejections = decision.get("rejections") or {}
+    if rejections:
+        table = _table("REJECTED", "REASON")
+        for reason, count in rejections.items():
+            ids = rejected.get(reason) or []
+            who = ", ".join(_named(i, names) for i in ids) or f"{count}"
+            if ids and len(ids) < int(count):
+                who += f" (+{int(count) - len(ids)} more)"
+            table.add_row(who, str(reason))
+        out.append(table)
+    refusals = placement.get("cluster_rejections") or []
+    if refusals:
+        table = _table("REFUSED BY", "REASONS")
+        for item in refusals:
+            counts = (item.get("reasons") or {}).items()
+            reasons = item.get("explanation") or ", ".join(
+                f"{n} node{'s' if n != 1 else ''}: {r}" for r, n in counts
+            )
+            table.add_row(str(item.get("cluster_name") or item.get("cluster_id")), str(reasons))
+        out.append(table)
+    return out
+
+
+def explain_view(job: Mapping[str, Any], names: Mapping[str, str]) -> Group:
+    """`edgectl jobs explain`: why each active instance runs where it runs, or why pending."""
+    parts: list[RenderableType] = [
+        _fields(
+            [
+                ("job", f"{job.get('name', '')} ({job.get('id', '')})"),
+                ("state", state_text(job.get("state"))),
+                ("reason", job.get("reason") or "-"),
+            ]
+        )
+    ]
+    shown = False
+    for inst in sorted(job.get("instances") or [], key=lambda i: i.get("replica", 0)):
+        if is_ended(inst) or not inst.get("placement"):
+            continue
+        parts.append(Text(""))
+        title = f"replica {inst.get('replica')} ({inst.get('id')}): {inst.get('state')}"
+        if inst.get("node_name") or inst.get("node_id"):
+            title += f" on {_where(inst)}"
+        parts.extend(_placement_block(title, inst["placement"], names))
+        shown = True
+    if not shown and job.get("placement"):
+        parts.append(Text(""))
+        parts.extend(_placement_block("latest placement", job["placement"], names))
+        shown = True
+    if not shown:
+        parts.append(Text("no placement decision recorded", style="dim"))
+    return Group(*parts)
+
+
+def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> Table:
+    """`edgectl clusters ls`."""
+    table = _table(
+        "NAME", "ID", "LIVENESS", "NODES", "CPU FREE", "MEM FREE", "RUNNING", "REPORT", "URL"
+    )
+    for c in clusters:
+        report = c.get("report") or {}
+        by_liveness = report.get("nodes_by_liveness") or {}
+        total_nodes = sum(int(v) for v in by_liveness.values())
+        total = report.get("total") or {}
+        free = report.get("free") or {}
+        since = c.get("seconds_since_report")
+        table.add_row(
+            str(c.get("name", "")),
+            str(c.get("id", "")),
+            state_text(c.get("liveness")),
+            f"{by_liveness.get('READY', 0)}/{total_nodes}" if report else "-",
+            f"{_cpu(free.get('cpu'))}/{_cpu(total.get('cpu'))}" if report else "-",
+            f"{_mem(free.get('memory_mib'))}/{_mem(total.get('memory_mib'))}" if report else "-",
+            str((c.get("instances") or {}).get("RUNNING", 0)),
+            f"{since:.0f}s ago" if isinstance(since, int | float) else "never",
+            str(c.get("url", "")),
+        )
+    return table
+
+
+def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> Table:
+    """`edgectl nodes ls`: (cluster name, node document of the cluster API) pairs."""
+    table = _table(
+        "CLUSTER",
+        "NAME",
+        "ID",
+        "LIVENESS",
+        "ARCH",
+        "CPU",
+        "MEMORY",
+        "TEMP",
+        "TASKS",
+        "RUNTIMES",
+        "LABELS",
+    )
+    for cluster, node in rows:
+        info = node.get("info") or {}
+        status = node.get("status") or {}
+        memory = status.get("memory") or {}
+        liveness = state_text(node.get("liveness"))
+        if node.get("draining"):
+            liveness.append(" draining", style="magenta")
+        tasks = status.get("tasks") or []
+        running = sum(1 for t in tasks if t.get("state") == "RUNNING")
+        cpu = f"{_num(info.get('cpu_cores'))} cores"
+        if status:
+            cpu += f", {status.get('cpu_percent', 0):.0f}%"
+        mem = _mem(info.get("memory_mib"))
+        if memory:
+            mem += f", {memory.get('used_percent', 0):.0f}%"
+        temp = status.get("max_temperature_c")
+        table.add_row(
+            cluster,
+            str(info.get("name", "")),
+            str(node.get("id", "")),
+            liveness,
+            str(info.get("arch", "")),
+            cpu,
+            mem,
+            f"{temp:.0f}C" if isinstance(temp, int | float) else "-",
+            f"{running}/{len(tasks)}" if status else "-",
+            ",".join(info.get("runtimes") or []) or "-",
+            ",".join(f"{k}={v}" for k, v in (info.get("labels") or {}).items()) or "-",
+        )
+    return table
+
+
+def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Text:
+    """One event on one line: time, kind, subject, state, where, reason."""
+    names = names or {}
+    ts = event.get("ts")
+    when = (
+        dt.datetime.fromtimestamp(float(ts)).strftime("%H:%M:%S.%f")[:-3]
+        if isinstance(ts, int | float)
+        else "--:--:--.---"
+    )
+    line = Text()
+    line.append(f"{event.get('seq', ''):>6} ", style="dim")
+    line.append(when + " ", style="dim")
+    line.append(f"{event.get('kind', ''):<20} ", style="bold")
+    line.append(str(event.get("subject", "")))
+    if event.get("state"):
+        line.append(" ")
+        line.append_text(state_text(event["state"]))
+    where = []
+    if event.get("cluster_id") and event.get("kind") != "cluster.liveness":
+        where.append(_named(event["cluster_id"], names))
+    if event.get("node_id"):
+        where.append(str(event["node_id"]))
+    if where:
+        line.append(" @" + "/".join(where), style="cyan")
+    if event.get("reason"):
+        line.append(f"  {event['reason']}", style="dim" if event.get("state") else "")
+    return line
+
+
+def local_view(
+    doc: Mapping[str, Any], processes: Iterable[Mapping[str, Any]], running: bool
+) -> Group:
+    """`edgectl local status`: the system's state, URLs, and one row per process."""
+    state = str(doc.get("state", "-"))
+    if not running and state != "stopped":
+        state = f"{state} (its edgectl local up is gone)"
+    rows: list[tuple[str, Any]] = [
+        ("state", state_text(state) if running or state == "stopped" else Text(state, "red")),
+        ("data", str(doc.get("data_dir", ""))),
+        ("root", str(doc.get("root_url", ""))),
+    ]
+    for c in doc.get("clusters") or []:
+        rows.append(
+            (
+                "cluster",
+                f"{c.get('name')}  {c.get('url')}  broker {c.get('broker')}  "
+                f"nodes {', '.join(c.get('nodes') or [])}",
+            )
+        )
+    sup = doc.get("supervisor") or {}
+    if sup:
+        rows.append(("edgectl", f"pid {sup.get('pid')}  log {sup.get('log')}"))
+    parts: list[RenderableType] = [_fields(rows)]
+    procs = list(processes)
+    if procs:
+        table = _table("PROCESS", "KIND", "PID", "ALIVE", "LOG")
+        for p in procs:
+            table.add_row(
+                str(p.get("name", "")),
+                str(p.get("kind", "")),
+                str(p.get("pid", "")),
+                Text("yes", "green") if p.get("alive") else Text("no", "red"),
+                str(p.get("log", "")),
+            )
+        parts.append(Text(""))
+        parts.append(table)
+    return Group(*parts)

@@ -1,0 +1,313 @@
+"""The edgectl command line against a fake root (CliRunner + httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edgectl import main as cli
+from edgectl.client import RootClient
+from edgectl.config import Target
+
+TOKEN = "op-token"
+
+
+class FakeRoot:
+    """Just enough of the operator API; a job becomes RUNNING on its second read."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.reads: dict[str, int] = {}
+        self.fail_replica = False
+
+    def _view(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        self.reads[job_id] = self.reads.get(job_id, 0) + 1
+        if self.reads[job_id] >= 2 and job["state"] == "PENDING":
+            if self.fail_replica:
+                job["state"] = "FAILED"
+                job["instances"] = [
+                    {
+                        "id": f"{job_id}-0-0",
+                        "replica": 0,
+                        "state": "FAILED",
+                        "created_at": 1.0,
+                        "reason": "executable not found: nope",
+                    }
+                ]
+            else:
+                job["state"] = "RUNNING"
+                job["actual_replicas"] = job["desired_replicas"]
+                job["instances"] = [
+                    {
+                        "id": f"{job_id}-{r}-{r}",
+                        "replica": r,
+                        "state": "RUNNING",
+                        "created_at": 1.0,
+                        "cluster_name": "c1",
+                        "node_name": "c1-n1",
+                    }
+                    for r in range(job["desired_replicas"])
+                ]
+        return job
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401, json={"detail": "missing or invalid bearer token"})
+        path = request.url.path
+        if path == "/api/v1/jobs" and request.method == "POST":
+            spec = json.loads(request.content)
+            if spec.get("replicas", 1) < 0:
+                return httpx.Response(
+                    422,
+                    json={
+                        "detail": [
+                            {
+                                "loc": ["body", "replicas"],
+                                "msg": "Input should be greater than or equal to 0",
+                                "type": "greater_than_equal",
+                            }
+                        ]
+                    },
+                )
+            job_id = f"j{len(self.jobs):03d}"
+            self.jobs[job_id] = {
+                "id": job_id,
+                "name": spec["name"],
+                "state": "PENDING",
+                "desired_replicas": spec.get("replicas", 1),
+                "actual_replicas": 0,
+                "priority": 100,
+                "runtime": spec["runtime"],
+                "created_at": 1.0,
+                "updated_at": 1.0,
+                "spec": {"restart_policy": "never", **spec},
+                "instances": [],
+            }
+            return httpx.Response(201, json=self.jobs[job_id])
+        if path == "/api/v1/jobs":
+            return httpx.Response(200, json={"jobs": list(self.jobs.values()), "next_cursor": None})
+        if path.startswith("/api/v1/jobs/"):
+            ref = path.rsplit("/", 1)[1]
+            found = next((i for i, j in self.jobs.items() if ref in (i, j["name"])), None)
+            if found is None:
+                return httpx.Response(404, json={"detail": f"no job {ref!r}"})
+            job_id = found
+            if request.method == "DELETE":
+                self.jobs[job_id]["state"] = "TERMINATED"
+                return httpx.Response(202, json=self.jobs[job_id])
+            return httpx.Response(200, json=self._view(job_id))
+        if path == "/api/v1/clusters":
+            return httpx.Response(
+                200,
+                json={
+                    "clusters": [
+                        {
+                            "id": "cid1",
+                            "name": "c1",
+                            "url": "http://c1",
+                            "liveness": "READY",
+                            "report": {"nodes_by_liveness": {"READY": 1}},
+                        },
+                        {"id": "cid2", "name": "c2", "url": "http://c2", "liveness": "UNREACHABLE"},
+                    ]
+                },
+            )
+        if path == "/api/v1/clusters/c1/nodes":
+            return httpx.Response(
+                200,
+                json={
+                    "cluster_id": "cid1",
+                    "cluster_name": "c1",
+                    "nodes": [
+                        {"id": "n1", "liveness": "READY", "info": {"name": "c1-n1", "cpu_cores": 2}}
+                    ],
+                },
+            )
+        if path == "/api/v1/clusters/c2/nodes":
+            return httpx.Response(502, json={"detail": "cluster c2 did not answer"})
+        if path == "/api/v1/events":
+            since = int(request.url.params.get("since", 0))
+            events = [
+                {"seq": s, "ts": 1.0, "kind": "job.submitted", "subject": f"j{s}"}
+                for s in range(1, 6)
+                if s > since
+            ]
+            return httpx.Response(200, json={"events": events, "next_since": 5})
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRoot:
+    root = FakeRoot()
+
+    def make_client(target: Target) -> RootClient:
+        return RootClient(target.root_url, target.token, transport=httpx.MockTransport(root))
+
+    monkeypatch.setattr(cli, "make_client", make_client)
+    monkeypatch.setattr("edgectl.main.time.sleep", lambda s: None)
+    monkeypatch.setenv("EDGE_ROOT_URL", "http://root.test")
+    monkeypatch.setenv("EDGE_TOKEN", TOKEN)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("EDGE_DATA_DIR", raising=False)
+    return root
+
+
+runner = CliRunner()
+
+
+def run(*args: str, input: str | None = None) -> Any:
+    return runner.invoke(cli.app, list(args), input=input, prog_name="edgectl")
+
+
+def _job_file(tmp_path: Path, **spec: Any) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        json.dumps({"name": "web", "runtime": "native", "command": ["sleep", "9"], **spec})
+    )
+    return str(path)
+
+
+def test_submit_wait_then_json(fake: FakeRoot, tmp_path: Path) -> None:
+    result = run("jobs", "submit", "-f", _job_file(tmp_path, replicas=2), "--wait", "-o", "json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["state"] == "RUNNING"
+    assert [i["state"] for i in job["instances"]] == ["RUNNING", "RUNNING"]
+    # progress goes to stderr, stdout stays machine-readable
+    assert "every replica is running" in result.stderr
+
+
+def test_submit_wait_reports_a_clear_failure(fake: FakeRoot, tmp_path: Path) -> None:
+    fake.fail_replica = True
+    result = run("jobs", "submit", "-f", _job_file(tmp_path), "--wait")
+    assert result.exit_code == 1
+    assert "error: job web FAILED: replica 0 FAILED: executable not found: nope" in result.stderr
+
+
+def test_api_error_is_one_line_and_non_zero(fake: FakeRoot) -> None:
+    body = json.dumps({"name": "web", "runtime": "native", "command": ["x"], "replicas": -1})
+    result = run("jobs", "submit", "-f", "-", input=body)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: 422 spec.replicas: Input should be greater than or equal to 0"
+    )
+    assert result.stdout == ""
+    result = run("jobs", "get", "nope")
+    assert (result.exit_code, result.stderr.strip()) == (1, "error: 404 no job 'nope'")
+
+
+def test_wrong_token(fake: FakeRoot) -> None:
+    result = run("jobs", "ls", "--token", "wrong-token")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: 401 missing or invalid bearer token"
+    assert lines[1].startswith("hint: check the operator token")
+
+
+def test_connection_refused_suggests_local_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run("clusters", "ls", "--root-url", f"http://127.0.0.1:{port}", "--token", "t")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: cannot reach the root orchestrator at "
+        f"http://127.0.0.1:{port} (connection refused)",
+        "hint: start a local system with `edgectl local up`, or point --root-url / "
+        "EDGE_ROOT_URL at a running root",
+    ]
+
+
+def test_no_root_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("EDGE_ROOT_URL", "EDGE_TOKEN", "EDGE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run("jobs", "ls")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no root orchestrator to talk to")
+    assert "edgectl local up" in result.stderr
+
+
+def test_tables_and_json(fake: FakeRoot, tmp_path: Path) -> None:
+    assert run("jobs", "ls").stderr.strip() == "no jobs"
+    assert run("jobs", "submit", "-f", _job_file(tmp_path)).exit_code == 0
+    table = run("jobs", "ls").stdout
+    assert "web" in table and "j000" in table and "NAME" in table
+    assert json.loads(run("jobs", "ls", "-o", "json").stdout)["jobs"][0]["name"] == "web"
+    assert "c1" in run("clusters", "ls").stdout
+    assert json.loads(run("clusters", "ls", "-o", "json").stdout)["clusters"][1]["name"] == "c2"
+    got = run("jobs", "get", "web", "-o", "json")
+    assert json.loads(got.stdout)["id"] == "j000"
+    rm = run("jobs", "rm", "web", "--wait", "-o", "json")
+    assert rm.exit_code == 0 and json.loads(rm.stdout)["state"] == "TERMINATED"
+
+
+def test_nodes_ls_reports_unreachable_clusters(fake: FakeRoot) -> None:
+    result = run("nodes", "ls", "-o", "json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert [n["info"]["name"] for n in doc["nodes"]] == ["c1-n1"]
+    assert doc["nodes"][0]["cluster_name"] == "c1"
+    assert doc["unreachable_clusters"] == ["c2"]
+    assert "warning: cluster c2: 502 cluster c2 did not answer" in result.stderr
+    one = run("nodes", "ls", "--cluster", "c1")
+    assert one.exit_code == 0 and "c1-n1" in one.stdout
+
+
+def test_events_tail_and_json_lines(fake: FakeRoot) -> None:
+    result = run("events", "--tail", "2", "-o", "json")
+    assert result.exit_code == 0
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [4, 5]
+    table = run("events", "--since", "3").stdout.splitlines()
+    assert [line.split()[0] for line in table] == ["4", "5"]
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        out.append(path)
+        if hasattr(command, "commands"):  # a group (typer vendors its own click)
+            out += _commands(command, path)
+    return out
+
+
+def test_every_command_has_help() -> None:
+    group = typer.main.get_command(cli.app)
+    commands = _commands(group)
+    expected = {
+        ("jobs", "submit"),
+        ("jobs", "ls"),
+        ("jobs", "get"),
+        ("jobs", "scale"),
+        ("jobs", "rm"),
+        ("jobs", "explain"),
+        ("clusters", "ls"),
+        ("nodes", "ls"),
+        ("events",),
+        ("local", "up"),
+        ("local", "down"),
+        ("local", "status"),
+    }
+    assert expected <= set(commands)
+    for path in commands:
+        result = run(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "Usage: edgectl " + " ".join(path) in result.stdout
+    assert run("--version").stdout.startswith("edgectl ")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "edgectl.md").read_text()
+    for path in expected:
+        assert f"edgectl {' '.join(path)}" in docs, path
