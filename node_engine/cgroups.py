@@ -11,10 +11,13 @@ Both layouts are detected from `/proc/self/mountinfo`, never assumed:
   the controllers are enabled in `cgroup.subtree_control` of the root and of the parent;
   OOM kills are the `oom_kill` line of `memory.events`.
 
-Task cgroups live under `<hierarchy root>/<parent>/<name>` (parent "edge-tasks" by
-default, like Docker's "/docker"), outside the engine's own cgroup, so that a service
-manager stopping or killing the engine does not take its tasks with it. Their absolute
-paths travel in the task handle, so a restarted engine finds them again.
+Task cgroups live under `<hierarchy root>/<parent>/<name>`, outside the engine's own
+cgroup, so that a service manager stopping or killing the engine does not take its tasks
+with it. The native runtime uses the parent `edge-tasks/<engine scope>` (like Docker's
+"/docker", plus one level per engine, see `engine_scope`): several engines on one host
+(tests, `edgectl local up`, the failover bench) may run the same instance id, and a
+shared directory would let stopping one copy kill the other. Their absolute paths travel
+in the task handle, so a restarted engine finds them again.
 """
 
 from __future__ import annotations
@@ -116,6 +119,45 @@ def check_parent(parent: str) -> str:
     if not _PARENT_PATTERN.match(parent) or ".." in parent.split("/"):
         raise ValueError(f"invalid cgroup parent {parent!r}")
     return parent
+
+
+def engine_scope(engine_id: str | None, state_dir: Path) -> str:
+    """The cgroup directory (one path component) that holds one engine's task cgroups.
+
+    `engine_id` when given (the engine installation's persistent id, see
+    `node_engine.identity.engine_id`), else "s" + a hash of the resolved state directory:
+    either way stable across restarts of that engine and distinct between engines.
+    """
+    if engine_id is None:
+        import hashlib  # only without an engine id (tests, tools); the engine passes one
+
+        digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()
+        return "s" + digest[:16]
+    if "/" in engine_id or not _PARENT_PATTERN.match(engine_id) or engine_id in (".", ".."):
+        raise ValueError(f"invalid engine id for a cgroup name {engine_id!r}")
+    return engine_id
+
+
+def _has_processes(d: Path) -> bool:
+    """Whether cgroup directory `d` exists and holds at least one process."""
+    try:
+        return bool(_read(d / "cgroup.procs").split())
+    except OSError:
+        return False
+
+
+def free_name(support: CgroupSupport, parent: str, name: str, attempts: int = 100) -> str | None:
+    """`name`, or `name.1`, `name.2`, ... : the first whose directories hold no process.
+
+    An existing empty directory (a previous run of the instance) may be reused; one that
+    still holds processes is never shared, whoever they belong to.
+    """
+    roots = [r for r in (support.memory_root, support.cpu_root) if r is not None]
+    for i in range(attempts):
+        candidate = name if i == 0 else f"{name}.{i}"
+        if not any(_has_processes(r / parent / candidate) for r in dict.fromkeys(roots)):
+            return candidate
+    return None
 
 
 def _write(path: Path, value: str) -> None:
@@ -273,12 +315,18 @@ def create(
 
     Returns None when no controller could be used (caller falls back to rlimits).
     A controller that fails (read-only hierarchy, no permission) is skipped and noted in
-    `TaskCgroup.notes`; a limit of None or 0 is not set. An existing directory of the same
-    name (a previous run of the instance) is reused after its limits are rewritten.
+    `TaskCgroup.notes`; a limit of None or 0 is not set. An existing empty directory of
+    the same name (a previous run of the instance) is reused after its limits are
+    rewritten; one that still holds processes is not: `name.1`, `name.2`, ... is used
+    instead (see `free_name`), so a task never shares its cgroup.
     """
     if not support.usable:
         return None
     parent = check_parent(parent)
+    free = free_name(support, parent, name)
+    if free is None:
+        return None
+    name = free
     cg = TaskCgroup(version=support.version)
     if support.version == 2:
         root = support.unified_root

@@ -83,12 +83,18 @@ def cgroup_parent() -> Iterator[str]:
     yield parent
     support = cgroups.detect()
     for root in {r for r in (support.memory_root, support.cpu_root) if r is not None}:
-        base = root / parent
-        if base.is_dir():
-            for child in base.iterdir():
-                if child.is_dir():
-                    child.rmdir()
-            base.rmdir()
+        rmdir_tree(root / parent)
+
+
+def rmdir_tree(d: Path) -> None:
+    """Remove a cgroup directory and its sub-cgroups, deepest first (cgroupfs only
+    allows rmdir; its control files go with their directory)."""
+    if not d.is_dir():
+        return
+    for child in d.iterdir():
+        if child.is_dir():
+            rmdir_tree(child)
+    d.rmdir()
 
 
 @pytest.fixture
@@ -466,3 +472,179 @@ def test_cgroup_detection_hybrid_prefers_v1(tmp_path: Path) -> None:
     assert support.cpu_root == Path("/sys/fs/cgroup/cpu,cpuacct")
     mountinfo.write_text("")
     assert not cgroups.detect(mountinfo).usable
+
+
+# ------------------------------------------------------------ several engines on one host
+
+SLEEPER = ("sh", "-c", "sleep 300 & wait")
+
+
+def _started(h: TaskHandle) -> list[psutil.Process]:
+    """The task's processes once its sleep runs (wrapper, sh, sleep)."""
+
+    def sleeping() -> list[psutil.Process] | None:
+        g = _group(h.pid)
+        return g if any(p.name() == "sleep" for p in g) else None
+
+    return wait_for(sleeping, what=f"{h.instance_id} started")
+
+
+def test_cgroup_parent_is_per_engine_and_stable(tmp_path: Path, cgroup_parent: str) -> None:
+    a = NativeRuntime(tmp_path / "a", cgroup_parent=cgroup_parent)
+    b = NativeRuntime(tmp_path / "b", cgroup_parent=cgroup_parent)
+    assert a.cgroup_parent.startswith(f"{cgroup_parent}/")
+    assert a.cgroup_parent != b.cgroup_parent
+    # An engine restart (same state dir, or same engine id) finds the same parent.
+    assert NativeRuntime(tmp_path / "a", cgroup_parent=cgroup_parent).cgroup_parent == (
+        a.cgroup_parent
+    )
+    e = NativeRuntime(tmp_path / "c", engine_id="e0123456789abcdef", cgroup_parent=cgroup_parent)
+    assert e.cgroup_parent == f"{cgroup_parent}/e0123456789abcdef"
+    with pytest.raises(ValueError):
+        NativeRuntime(tmp_path / "d", engine_id="../escape", cgroup_parent=cgroup_parent)
+
+
+def test_two_engines_run_the_same_instance_id(tmp_path: Path, cgroup_parent: str) -> None:
+    """Regression: an instance moved from engine A to engine B on one host, both with a
+    memory limit; terminating A's old copy must leave B's copy running."""
+    rt_a = NativeRuntime(tmp_path / "a", engine_id="eaaaaaaaaaaaaaaaa", cgroup_parent=cgroup_parent)
+    rt_b = NativeRuntime(tmp_path / "b", cgroup_parent=cgroup_parent)  # scope from state dir
+    ha = rt_a.deploy("moved-1", spec(*SLEEPER, memory_mib=64, cpu=0.5))
+    hb = rt_b.deploy("moved-1", spec(*SLEEPER, memory_mib=64, cpu=0.5))
+    try:
+        if cgroups_writable():
+            assert ha.extra["memory_limit"] == hb.extra["memory_limit"] == "cgroup"
+            assert ha.extra["cgroup_memory"] != hb.extra["cgroup_memory"]
+            assert rt_a.cgroup_parent in ha.extra["cgroup_memory"]
+            assert rt_b.cgroup_parent in hb.extra["cgroup_memory"]
+        a_procs, b_procs = _started(ha), _started(hb)
+        rt_a.stop(ha, timeout_s=5)
+        assert not any(alive(p.pid) for p in a_procs)
+        assert all(alive(p.pid) for p in b_procs), b_procs
+        assert rt_b.status(hb).state is TaskState.RUNNING
+        if cgroups_writable():
+            assert Path(hb.extra["cgroup_memory"]).is_dir()
+            assert not Path(ha.extra["cgroup_memory"]).exists()
+        assert [h.instance_id for h in rt_b.adopt()] == ["moved-1"]
+        rt_b.stop(hb, timeout_s=5)
+        assert not any(alive(p.pid) for p in b_procs)
+    finally:
+        rt_a.stop(ha, timeout_s=1)
+        rt_b.stop(hb, timeout_s=1)
+
+
+@pytest.mark.skipif(not cgroups_writable(), reason="no writable memory cgroup on this machine")
+def test_stop_spares_another_task_in_its_cgroup(tmp_path: Path, cgroup_parent: str) -> None:
+    """Cgroups made before per-engine parents (`edge-tasks/<instance>`) could be shared by
+    two engines' copies of one instance: stop() signals only the cgroup processes that
+    belong to its task (not in another task wrapper's session, not older than its own)."""
+    rt_a = NativeRuntime(tmp_path / "a", cgroup_parent=cgroup_parent)
+    rt_b = NativeRuntime(tmp_path / "b", cgroup_parent=cgroup_parent)
+    ha = rt_a.deploy("shared-1", spec(*SLEEPER, memory_mib=64))
+    hb = rt_b.deploy("shared-1", spec(*SLEEPER, memory_mib=64))
+    try:
+        a_procs, b_procs = _started(ha), _started(hb)
+        a_cg = cgroups.TaskCgroup.from_extra(ha.extra)
+        assert a_cg is not None
+        for d in a_cg.dirs:  # put B's copy into A's cgroup, as the old layout did
+            for p in b_procs:
+                (d / "cgroup.procs").write_text(str(p.pid))
+        assert {p.pid for p in b_procs} <= set(a_cg.pids())
+        rt_a.stop(ha, timeout_s=5)
+        assert not any(alive(p.pid) for p in a_procs)
+        assert all(alive(p.pid) for p in b_procs), b_procs
+        assert rt_b.status(hb).state is TaskState.RUNNING
+        rt_b.stop(hb, timeout_s=5)
+        assert not any(alive(p.pid) for p in b_procs)
+    finally:
+        rt_a.stop(ha, timeout_s=1)
+        rt_b.stop(hb, timeout_s=1)
+
+
+@pytest.mark.skipif(not cgroups_writable(), reason="no writable memory cgroup on this machine")
+def test_busy_cgroup_directory_is_not_shared(tmp_path: Path, cgroup_parent: str) -> None:
+    """Two runtimes forced onto one engine scope get distinct task cgroups."""
+    rt_a = NativeRuntime(tmp_path / "a", engine_id="esame", cgroup_parent=cgroup_parent)
+    rt_b = NativeRuntime(tmp_path / "b", engine_id="esame", cgroup_parent=cgroup_parent)
+    ha = rt_a.deploy("same-1", spec(*SLEEPER, memory_mib=64))
+    hb = rt_b.deploy("same-1", spec(*SLEEPER, memory_mib=64))
+    try:
+        assert Path(hb.extra["cgroup_memory"]) == Path(ha.extra["cgroup_memory"] + ".1")
+        b_procs = _started(hb)
+        rt_a.stop(ha, timeout_s=5)
+        assert all(alive(p.pid) for p in b_procs)
+    finally:
+        rt_a.stop(ha, timeout_s=1)
+        rt_b.stop(hb, timeout_s=1)
+
+
+@pytest.mark.skipif(not cgroups_writable(), reason="no writable memory cgroup on this machine")
+def test_daemon_escaped_from_group_is_counted_and_stopped(rt: NativeRuntime) -> None:
+    """A process that left the task's session (setsid) is still the task's in its cgroup."""
+    h = rt.deploy("t-daemon", spec("sh", "-c", "setsid sleep 302 & sleep 303", memory_mib=64))
+
+    def escaped() -> psutil.Process | None:
+        for p in psutil.process_iter(["cmdline"]):
+            if p.info["cmdline"] == ["sleep", "302"] and os.getsid(p.pid) != h.pid:
+                return p
+        return None
+
+    daemon = wait_for(escaped, what="escaped daemon")
+    cg = cgroups.TaskCgroup.from_extra(h.extra)
+    assert cg is not None and daemon.pid in cg.pids()
+    rt.stop(h, timeout_s=5)
+    assert not alive(daemon.pid)
+
+
+# ------------------------------------------------------------ status(): cost and usage
+
+BUSY = "import time\nx = bytearray(80 * 1024 * 1024)\nwhile True: pass"
+
+
+def test_status_usage_covers_grandchildren_without_cgroup(rt: NativeRuntime) -> None:
+    """No limits, so no cgroup: CPU and memory come from the whole process group."""
+    h = rt.deploy("t-usage", spec("sh", "-c", f"sh -c '{sys.executable} -c \"{BUSY}\"' & wait"))
+    assert "cgroup_memory" not in h.extra
+
+    def busy() -> TaskObservation | None:
+        time.sleep(0.3)  # past the shared-scan TTL and the CPU sampling interval
+        obs = rt.status(h)
+        return obs if obs.cpu_percent > 20 and obs.memory_mib > 80 else None
+
+    obs = wait_for(busy, timeout=30, what="grandchild's CPU and memory in status()")
+    assert obs.state is TaskState.RUNNING
+    assert obs.cpu_percent < 100 * (psutil.cpu_count() or 1) + 10
+    rt.pause(h)
+    assert rt.status(h).state is TaskState.PAUSED
+    rt.resume(h)
+    assert rt.status(h).state is TaskState.RUNNING
+    rt.stop(h, timeout_s=5)
+    assert rt.status(h).state is TaskState.TERMINATED
+
+
+def test_status_calls_of_one_tick_share_one_proc_scan(
+    rt: NativeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node_engine.runtimes.native as native
+
+    scans: list[object] = []
+
+    class CountingScan(native._ProcScan):
+        def __init__(self) -> None:
+            super().__init__()
+            scans.append(self)
+
+    monkeypatch.setattr(native, "_ProcScan", CountingScan)
+    handles = [rt.deploy(f"t-scan-{i}", spec(*SLEEPER)) for i in range(5)]
+    for h in handles:
+        _started(h)
+    time.sleep(native.PROC_SCAN_TTL_S + 0.05)
+    scans.clear()
+    observations = [rt.status(h) for h in handles]
+    assert len(scans) == 1
+    assert all(o.state is TaskState.RUNNING and o.memory_mib > 0 for o in observations)
+    # An exit is seen at once, whatever the age of the shared scan.
+    rt.stop(handles[0], timeout_s=5)
+    assert rt.status(handles[0]).state is TaskState.TERMINATED
+    os.killpg(handles[1].pid or 0, signal.SIGKILL)
+    wait_for(lambda: rt.status(handles[1]).state.terminal, what="killed task seen finished")
