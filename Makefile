@@ -25,8 +25,13 @@ lint: setup  ## ruff and mypy
 demo: setup  ## start a local system (root, 2 clusters, 2 nodes each) and run an example job
 	bash scripts/demo.sh
 
-bench: setup  ## run the benchmarks in bench/ and print their figures
-	$(PY) bench/placement.py
+bench: setup  ## run every benchmark in bench/ and print its figures (several minutes)
+	$(PY) -m bench.placement
+	$(PY) bench/node_footprint.py
+	$(PY) -m bench.cluster_ingest
+	$(PY) -m bench.failover
+	$(PY) bench/deploy_latency.py
+	$(PY) bench/overload.py
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

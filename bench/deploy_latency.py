@@ -1,304 +1,398 @@
-"""Deploy latency through the whole system: root -> cluster -> node engine -> RUNNING.
+"""Deploy latency through the whole system: POST /jobs at the root -> RUNNING at the root.
 
-Starts real processes on free ports in a temporary directory: a `root-orchestrator`
-(SQLite), a `cluster-orchestrator` that starts its own Mosquitto, and N `node-engine`s
-(native runtime). Then:
+Starts real processes on loopback with `tests.harness.system.LocalSystem`: a
+`root-orchestrator` (SQLite store by default), C `cluster-orchestrator`s (each starts its
+own Mosquitto with dynamic security and reports to the root) and N native `node-engine`s
+per cluster. Then, per mode, D one-replica native jobs (``sleep`` with a small CPU and
+memory request):
 
-* sequential: submits J one-replica jobs one after the other, each once the previous
-  one runs;
-* burst: submits one job with R replicas at once.
+* ``sequential``: one deploy at a time;
+* ``concurrent``: K deploys in flight (K worker threads, each submitting its next job as
+  soon as its previous one runs).
 
-For every instance it reads the root's event log (one clock: the root's) and reports
-the time from `job.submitted` to SCHEDULED (root decision), ASSIGNED (the cluster
-accepted and chose a node) and RUNNING (the node reported it running, through the
-cluster's report), as p50 / p95 / max in milliseconds.
+A deploy's latency is measured by the client: from just before ``POST /api/v1/jobs`` to
+the moment the root's live event stream (``GET /api/v1/events/stream``) delivers the
+instance's ``RUNNING`` transition, i.e. RUNNING is visible at the root. The root's event
+log also gives the split per phase (one clock, the root's): job submitted -> SCHEDULED
+(root decision) -> ASSIGNED (the cluster accepted and chose a node) -> RUNNING (the
+node's task event reached the cluster, which reported it to the root).
 
-    .venv/bin/python bench/deploy_latency.py [--nodes 2] [--jobs 20] [--burst 40]
+Every job of a mode stays running until the mode ends (so the nodes carry up to D
+tasks); then all are deleted and the next mode starts on empty nodes.
 
-The last line is one JSON object with the figures.
+    .venv/bin/python -m bench.deploy_latency [--deploys 200] [--concurrency 16]
+        [--clusters 1] [--nodes 4] [--store-url URL] [--keep]
+
+The last line is one JSON object with p50_ms / p95_ms / p99_ms / max_ms per mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
+import math
+import queue
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
+import psutil
 
-T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: bench/deploy_latency.py
+    sys.path.insert(0, str(REPO_ROOT))
 
-OPERATOR_TOKEN = "bench-operator-token"
-REGISTRATION_TOKEN = "bench-registration-token"
-CLUSTER_TOKEN = "bench-cluster-token"
-JOIN_TOKEN = "bench-join-token"
-AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-BIN = Path(sys.executable).parent
+from tests.harness.procs import count_processes  # noqa: E402
+from tests.harness.system import LocalSystem, wait_for  # noqa: E402
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll until `predicate` returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-class Processes:
-    """Child processes started here, stopped in reverse order (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start one program with its output in logs/<name>.log."""
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append((name, proc))
-
-    def check(self) -> None:
-        """Fail if a child died."""
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        """Stop every child (its whole process group), newest first."""
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+TARGET_P99_MS = 500.0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    """p50, p95 and max of a list of milliseconds (rounded)."""
+    """Nearest-rank p50 / p95 / p99 and max of milliseconds (rounded to 0.1 ms)."""
     if not values:
         return {"n": 0}
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p / 100.0 * len(ordered)) - 1)]
+
     return {
         "n": len(ordered),
-        "p50": round(statistics.median(ordered), 1),
-        "p95": round(p95, 1),
-        "max": round(ordered[-1], 1),
+        "p50_ms": round(rank(50), 1),
+        "p95_ms": round(rank(95), 1),
+        "p99_ms": round(rank(99), 1),
+        "max_ms": round(ordered[-1], 1),
+        "mean_ms": round(sum(ordered) / len(ordered), 1),
     }
 
 
-def instance_latencies(http: httpx.Client, job_ids: set[str]) -> dict[str, list[float]]:
-    """Per phase, ms from job.submitted to each instance's first SCHEDULED/ASSIGNED/RUNNING."""
-    submitted: dict[str, float] = {}
-    firsts: dict[tuple[str, str], float] = {}
-    since = 0
-    while True:
-        page = http.get(
-            "/api/v1/events", params={"since": since, "limit": 1000}, headers=AUTH
-        ).json()
-        for event in page["events"]:
-            job_id = event.get("job_id")
-            if job_id not in job_ids:
+class RunningWatcher:
+    """Follows the root's event stream; wakes the waiter of a job when its instance
+    becomes RUNNING (keeps the perf_counter time of receipt)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self._lock = threading.Lock()
+        self._waiters: dict[str, queue.SimpleQueue[float]] = {}
+        self._early: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sse", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> RunningWatcher:
+        """Connect the stream (in a thread) and wait until it is open."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"event stream not open: {self._error!r}")
+        return self
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the stream ended, if it did."""
+        return self._error
+
+    def stop(self) -> None:
+        """Ask the thread to stop at the next event or keep-alive (daemon thread)."""
+        self._stop.set()
+
+    def expect(self, job_id: str) -> queue.SimpleQueue[float]:
+        """A queue that receives the time the job's RUNNING was seen."""
+        q: queue.SimpleQueue[float] = queue.SimpleQueue()
+        with self._lock:
+            if job_id in self._early:
+                q.put(self._early.pop(job_id))
+            else:
+                self._waiters[job_id] = q
+        return q
+
+    def _lines(self, client: httpx.Client) -> Iterator[str]:
+        with client.stream(
+            "GET",
+            "/api/v1/events/stream",
+            params={"kind": "instance.state"},
+            headers={"authorization": f"Bearer {self.token}"},
+        ) as response:
+            response.raise_for_status()
+            self._ready.set()
+            yield from response.iter_lines()
+
+    def _run(self) -> None:
+        try:
+            with httpx.Client(base_url=self.url, timeout=httpx.Timeout(10, read=None)) as c:
+                for line in self._lines(c):
+                    if self._stop.is_set():
+                        return
+                    if not line.startswith("data: "):
+                        continue
+                    seen = time.perf_counter()
+                    event = json.loads(line[6:])
+                    if event.get("state") != "RUNNING" or not event.get("job_id"):
+                        continue
+                    with self._lock:
+                        waiter = self._waiters.pop(event["job_id"], None)
+                        if waiter is None:
+                            self._early.setdefault(event["job_id"], seen)
+                    if waiter is not None:
+                        waiter.put(seen)
+        except BaseException as exc:  # reported by the waiters' timeouts
+            self._error = exc
+            self._ready.set()
+
+
+def cpu_seconds(system: LocalSystem) -> dict[str, float]:
+    """CPU time (user + system) used so far by the root, the cluster orchestrators,
+    the brokers and the node engines (each group summed)."""
+    groups: dict[str, list[int]] = {"root": [system.root.pid], "clusters": [], "brokers": []}
+    groups["engines"] = []
+    for cluster in system.clusters.values():
+        groups["clusters"].append(cluster.process.pid)
+        groups["brokers"] += [p.pid for p in cluster.broker_processes()]
+        groups["engines"] += [e.pid for e in cluster.engines if e.running()]
+    out: dict[str, float] = {}
+    for name, pids in groups.items():
+        total = 0.0
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
                 continue
-            if event["kind"] == "job.submitted":
-                submitted[job_id] = event["ts"]
-            elif event["kind"] == "instance.state":
-                key = (event["instance_id"], event["state"])
-                firsts.setdefault(key, event["ts"])
-        if not page["events"]:
-            break
-        since = page["next_since"]
-    phases: dict[str, list[float]] = {"SCHEDULED": [], "ASSIGNED": [], "RUNNING": []}
-    for (instance_id, state), ts in firsts.items():
-        if state in phases:
-            job_id = instance_id.rsplit("-", 2)[0]
-            phases[state].append((ts - submitted[job_id]) * 1000.0)
-    return phases
+            total += times.user + times.system
+        out[name] = total
+    return out
 
 
-def job_body(name: str, replicas: int) -> dict[str, Any]:
-    """A small native job (a long sleep)."""
+def describe(system: LocalSystem, job_id: str) -> str:
+    """The root's and the clusters' view of a job (for failure messages)."""
+    try:
+        view = system.job(job_id)
+    except (httpx.HTTPError, AssertionError) as exc:
+        return f"cannot read job {job_id}: {exc!r}"
+    lines = [f"root: {view['state']} {view['reason']!r}"]
+    for inst in view["instances"]:
+        where = f"{inst['cluster_name']}/{inst['node_name']}"
+        lines.append(f"  {inst['id']} {inst['state']} on {where}")
+        cluster = system.clusters.get(inst["cluster_name"] or "")
+        if cluster is None:
+            continue
+        with contextlib.suppress(httpx.HTTPError), cluster.client() as http:
+            there = http.get(f"/api/v1/instances/{inst['id']}").json()
+            events = [(e["state"], e["reason"]) for e in there.get("events", [])]
+            lines.append(f"    cluster: {there.get('state')} {events}")
+    return "\n".join(lines)
+
+
+def job_body(name: str, command: list[str], cpu: float = 0.0) -> dict[str, Any]:
+    """A small one-replica native job (8 MiB; no CPU request by default: all nodes
+    share this host's cores and report its CPU use, so on a machine saturated by other
+    work every node would refuse even 0.01 core)."""
     return {
         "name": name,
         "runtime": "native",
-        "command": ["sleep", "3600"],
-        "replicas": replicas,
-        "resources": {"cpu": 0.01, "memory_mib": 8},
+        "command": command,
+        "replicas": 1,
+        "resources": {"cpu": cpu, "memory_mib": 8},
     }
 
 
-def main() -> int:
+def run_mode(
+    system: LocalSystem,
+    watcher: RunningWatcher,
+    mode: str,
+    deploys: int,
+    concurrency: int,
+    command: list[str],
+    timeout: float,
+    cpu: float = 0.0,
+) -> tuple[list[float], list[str]]:
+    """Run `deploys` deploys with `concurrency` in flight; client latencies and job ids."""
+    latencies: list[float] = []
+    job_ids: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(deploys))
+
+    def worker() -> None:
+        with system.root_client(timeout=30) as http:
+            while True:
+                with lock:
+                    n = next(counter, None)
+                if n is None:
+                    return
+                started = time.perf_counter()
+                response = http.post("/api/v1/jobs", json=job_body(f"{mode}-{n}", command, cpu))
+                response.raise_for_status()
+                job_id = response.json()["id"]
+                try:
+                    seen = watcher.expect(job_id).get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError(
+                        f"{mode}-{n} ({job_id}) not RUNNING (by the event stream) after "
+                        f"{timeout}s; stream error: {watcher.error!r}\n"
+                        f"{describe(system, job_id)}\n{system.logs()}"
+                    ) from None
+                with lock:
+                    latencies.append((seen - started) * 1000.0)
+                    job_ids.append(job_id)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return latencies, job_ids
+
+
+def phases(system: LocalSystem, job_ids: set[str]) -> dict[str, list[float]]:
+    """From the root's event log: ms from job.submitted to the instance's first
+    SCHEDULED, ASSIGNED and RUNNING, and between those."""
+    submitted: dict[str, float] = {}
+    firsts: dict[tuple[str, str], float] = {}
+    since = 0
+    with system.root_client(timeout=30) as http:
+        while True:
+            page = http.get("/api/v1/events", params={"since": since, "limit": 1000}).json()
+            for event in page["events"]:
+                job_id = event.get("job_id")
+                if job_id not in job_ids:
+                    continue
+                if event["kind"] == "job.submitted":
+                    submitted[job_id] = event["ts"]
+                elif event["kind"] == "instance.state":
+                    firsts.setdefault((job_id, event["state"]), event["ts"])
+            if not page["events"]:
+                break
+            since = page["next_since"]
+    out: dict[str, list[float]] = {
+        "submit_to_scheduled": [],
+        "scheduled_to_assigned": [],
+        "assigned_to_running": [],
+        "submit_to_running": [],
+    }
+    for job_id, t0 in submitted.items():
+        s, a, r = (firsts.get((job_id, k)) for k in ("SCHEDULED", "ASSIGNED", "RUNNING"))
+        if s is None or a is None or r is None:
+            continue
+        out["submit_to_scheduled"].append((s - t0) * 1000.0)
+        out["scheduled_to_assigned"].append((a - s) * 1000.0)
+        out["assigned_to_running"].append((r - a) * 1000.0)
+        out["submit_to_running"].append((r - t0) * 1000.0)
+    return out
+
+
+def delete_all(system: LocalSystem, job_ids: list[str], command: list[str]) -> None:
+    """Delete the jobs and wait until no task process of theirs is left."""
+    with system.root_client(timeout=30) as http:
+        for job_id in job_ids:
+            http.delete(f"/api/v1/jobs/{job_id}").raise_for_status()
+    wait_for(lambda: count_processes(command) == 0, 120, "every task process to exit", interval=0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures; the last line is JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=2, help="node engines to start")
-    parser.add_argument("--jobs", type=int, default=20, help="sequential one-replica jobs")
-    parser.add_argument("--burst", type=int, default=40, help="replicas of the burst job")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--deploys", type=int, default=200, help="deploys per mode")
+    parser.add_argument("--concurrency", type=int, default=16, help="in flight (concurrent)")
+    parser.add_argument("--clusters", type=int, default=1, help="cluster orchestrators")
+    parser.add_argument("--nodes", type=int, default=4, help="node engines per cluster")
+    parser.add_argument("--store-url", default=None, help="root store (default: SQLite)")
+    parser.add_argument(
+        "--cluster-arg",
+        action="append",
+        default=[],
+        help="extra cluster-orchestrator flag, e.g. --cluster-arg=--report-debounce=0.05",
+    )
+    parser.add_argument("--modes", default="sequential,concurrent", help="modes to run")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per deploy, seconds")
+    parser.add_argument("--cpu", type=float, default=0.0, help="CPU request of each job")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("mosquitto is not installed", file=sys.stderr)
         return 2
 
-    tmp = Path(tempfile.mkdtemp(prefix="deploy-latency-"))
-    procs = Processes(tmp)
-    root_port, cluster_port, broker_port = free_port(), free_port(), free_port()
-    root_url = f"http://127.0.0.1:{root_port}"
-    try:
-        procs.start(
-            "root",
-            [str(BIN / "root-orchestrator")],
-            {
-                "EDGE_PORT": str(root_port),
-                "EDGE_STORE_URL": f"sqlite:///{tmp / 'root.db'}",
-                "EDGE_OPERATOR_TOKENS": OPERATOR_TOKEN,
-                "EDGE_REGISTRATION_TOKEN": REGISTRATION_TOKEN,
-                "EDGE_LOG_LEVEL": "WARNING",
-            },
-        )
-        procs.start(
-            "cluster",
-            [
-                str(BIN / "cluster-orchestrator"),
-                "--name",
-                "bench",
-                "--port",
-                str(cluster_port),
-                "--data-dir",
-                str(tmp / "cluster"),
-                "--start-broker",
-                "--broker-port",
-                str(broker_port),
-                "--root-url",
-                root_url,
-                "--registration-token",
-                REGISTRATION_TOKEN,
-                "--operator-token",
-                CLUSTER_TOKEN,
-                "--join-token",
-                JOIN_TOKEN,
-                "--log-level",
-                "WARNING",
-            ],
-            {},
-        )
-        for n in range(args.nodes):
-            procs.start(
-                f"node{n}",
-                [
-                    str(BIN / "node-engine"),
-                    "--cluster-url",
-                    f"http://127.0.0.1:{cluster_port}",
-                    "--join-token",
-                    JOIN_TOKEN,
-                    "--state-dir",
-                    str(tmp / f"node{n}"),
-                    "--name",
-                    f"node{n}",
-                    "--runtime",
-                    "native",
-                    "--log-level",
-                    "WARNING",
-                ],
-                {},
-            )
-        with httpx.Client(base_url=root_url, timeout=10) as http:
-
-            def ready() -> bool:
-                procs.check()
-                try:
-                    clusters = http.get("/api/v1/clusters", headers=AUTH).json()["clusters"]
-                except (httpx.HTTPError, ValueError, KeyError):
-                    return False
-                report = clusters[0]["report"] if clusters else None
-                nodes = (report or {}).get("nodes_by_liveness", {}).get("READY", 0)
-                return bool(clusters and clusters[0]["liveness"] == "READY" and nodes >= args.nodes)
-
-            wait_for(ready, 60, f"cluster READY at the root with {args.nodes} nodes")
-
-            def running(job_id: str, replicas: int) -> Callable[[], bool]:
-                def check() -> bool:
-                    procs.check()
-                    view = http.get(f"/api/v1/jobs/{job_id}", headers=AUTH).json()
-                    return bool(view["actual_replicas"] == replicas)
-
-                return check
-
-            sequential: set[str] = set()
-            observed: list[float] = []
-            for j in range(args.jobs):
-                started = time.perf_counter()
-                r = http.post("/api/v1/jobs", json=job_body(f"seq{j}", 1), headers=AUTH)
-                r.raise_for_status()
-                job_id = r.json()["id"]
-                wait_for(running(job_id, 1), 30, f"job seq{j} RUNNING")
-                observed.append((time.perf_counter() - started) * 1000.0)
-                sequential.add(job_id)
-
-            started = time.perf_counter()
-            r = http.post("/api/v1/jobs", json=job_body("burst", args.burst), headers=AUTH)
-            r.raise_for_status()
-            burst_id = r.json()["id"]
-            wait_for(running(burst_id, args.burst), 120, "burst RUNNING")
-            burst_total = (time.perf_counter() - started) * 1000.0
-
-            seq_phases = instance_latencies(http, sequential)
-            burst_phases = instance_latencies(http, {burst_id})
-            for job_id in [*sequential, burst_id]:
-                http.delete(f"/api/v1/jobs/{job_id}", headers=AUTH)
-    finally:
-        procs.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    result = {
-        "nodes": args.nodes,
-        "sequential": {
-            "client_submit_to_running_ms": percentiles(observed),
-            **{f"submit_to_{k.lower()}_ms": percentiles(v) for k, v in seq_phases.items()},
-        },
-        "burst": {
-            "replicas": args.burst,
-            "all_running_ms": round(burst_total, 1),
-            **{f"submit_to_{k.lower()}_ms": percentiles(v) for k, v in burst_phases.items()},
-        },
+    workdir = Path(tempfile.mkdtemp(prefix="deploy-latency-"))
+    command = ["sleep", f"3600.{uuid.uuid4().int % 10**6:06d}"]
+    result: dict[str, Any] = {
+        "deploys_per_mode": args.deploys,
+        "clusters": args.clusters,
+        "nodes_per_cluster": args.nodes,
+        "store": "sqlite" if args.store_url is None else args.store_url.split(":", 1)[0],
+        "cluster_args": args.cluster_arg,
+        "cpu_request": args.cpu,
+        "target_p99_ms": TARGET_P99_MS,
     }
-    print(f"deploy latency, {args.nodes} native node(s), one cluster (times in ms)")
-    for section in ("sequential", "burst"):
-        print(f"  {section}:")
-        for key, value in result[section].items():
-            print(f"    {key:32s} {value}")
+    system = LocalSystem(
+        workdir,
+        root_store_url=args.store_url,
+        cluster_args=args.cluster_arg,
+        log_level="WARNING",
+    )
+    try:
+        system.start_root()
+        for c in range(args.clusters):
+            system.add_cluster(f"c{c}", nodes=args.nodes, wait=False)
+        for c in range(args.clusters):
+            names = [f"c{c}-n{i}" for i in range(args.nodes)]
+            system.wait_nodes_ready(f"c{c}", names, 120)
+        system.wait_clusters_ready(timeout=120)
+        watcher = RunningWatcher(system.root.url, system.root.operator_token).start()
+        for mode in args.modes.split(","):
+            concurrency = 1 if mode == "sequential" else args.concurrency
+            cpu_before = cpu_seconds(system)
+            started = time.perf_counter()
+            latencies, job_ids = run_mode(
+                system, watcher, mode, args.deploys, concurrency, command, args.timeout, args.cpu
+            )
+            wall = time.perf_counter() - started
+            cpu_after = cpu_seconds(system)
+            split = phases(system, set(job_ids))
+            result[mode] = {
+                "in_flight": concurrency,
+                **percentiles(latencies),
+                "deploys_per_s": round(len(latencies) / wall, 1),
+                "seconds": round(wall, 2),
+                # share of one core used during the mode, per process group
+                "cpu_percent": {
+                    k: round(100.0 * (cpu_after[k] - cpu_before[k]) / wall, 1) for k in cpu_after
+                },
+                "root_events": {k: percentiles(v) for k, v in split.items()},
+            }
+            delete_all(system, job_ids, command)
+        watcher.stop()
+    finally:
+        system.close()  # and SIGKILLs anything left
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+
+    print(
+        f"deploy latency: {args.deploys} one-replica native jobs per mode, {args.clusters} "
+        f"cluster(s) x {args.nodes} node(s), POST /jobs -> RUNNING seen at the root (ms)"
+    )
+    for mode in args.modes.split(","):
+        r = result[mode]
+        print(
+            f"  {mode:10s} in flight {r['in_flight']:2d}: p50 {r['p50_ms']:7.1f}  "
+            f"p95 {r['p95_ms']:7.1f}  p99 {r['p99_ms']:7.1f}  max {r['max_ms']:7.1f}  "
+            f"({r['deploys_per_s']} deploys/s)"
+        )
+        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu_percent"].items())
+        print(f"      CPU (% of one core): {cpu}")
+        for phase, figures in r["root_events"].items():
+            print(
+                f"      {phase:22s} p50 {figures.get('p50_ms', 0):7.1f}  "
+                f"p95 {figures.get('p95_ms', 0):7.1f}  p99 {figures.get('p99_ms', 0):7.1f}"
+            )
     print(json.dumps(result))
     return 0
 

@@ -77,7 +77,7 @@ from schemas.mqtt import (
     TerminateCommand,
     TerminateMessage,
 )
-from schemas.node import JoinRequest, Liveness, NodeInfo, NodeStatus
+from schemas.node import InferenceStats, JoinRequest, Liveness, NodeInfo, NodeStatus
 from store import Store
 
 __all__ = ["ClusterCore", "Forbidden", "JoinGrant", "NotFound"]
@@ -180,6 +180,9 @@ class ClusterCore:
         self._pending: dict[str, PendingCommand] = {}
         self._terminating: dict[tuple[str, str], str] = {}
         self._lags: list[float] = []
+        #: latest figures of inference tasks from node statuses (memory only: they are
+        #: a second old at best and a restart loses nothing worth keeping)
+        self._inference: dict[str, InferenceStats] = {}
         self._next_reconcile = 0.0
         self._next_snapshot = 0.0
         self._next_gauges = 0.0
@@ -437,6 +440,7 @@ class ClusterCore:
         inst.updated_at = self._wall()
         if state.terminal:
             self._drop_pending_deploys(inst.id)
+            self._inference.pop(inst.id, None)
         ev_data = {"previous": previous.value, **(data or {})}
         self._record_event(
             inst,
@@ -460,7 +464,7 @@ class ClusterCore:
                 reason=inst.reason,
                 ts=inst.updated_at,
                 exit_code=inst.exit_code,
-                data={"node_name": self._node_name(inst.node_id), "restarts": inst.restarts},
+                data=self._change_data(inst),
             )
             with self._changes_lock:
                 self._changes.append(change)
@@ -475,6 +479,18 @@ class ClusterCore:
             self._node_name(inst.node_id),
             inst.reason,
         )
+
+    def _change_data(self, inst: InstanceRecord) -> dict[str, Any]:
+        """What an `InstanceChange` carries besides the state: node name, restarts, and
+        the latest inference figures (so the root shows them; full reports refresh them)."""
+        data: dict[str, Any] = {
+            "node_name": self._node_name(inst.node_id),
+            "restarts": inst.restarts,
+        }
+        stats = self._inference.get(inst.id)
+        if stats is not None:
+            data["inference"] = stats.model_dump(mode="json")
+        return data
 
     def _drop_pending_deploys(self, instance_id: str) -> None:
         for cid in [
@@ -577,6 +593,10 @@ class ClusterCore:
             inst = self.instances.get(task.instance_id)
             if inst is None or inst.node_id != node.id:
                 continue  # foreign: the reconcile pass terminates it
+            if task.inference is not None:
+                self._inference[inst.id] = task.inference
+            else:
+                self._inference.pop(inst.id, None)
             self._observe_task(
                 inst,
                 task.state,
@@ -701,9 +721,7 @@ class ClusterCore:
             return
         if task_state.terminal:
             if task_state is TaskState.SHED and inst.spec.on_shed is ShedAction.RESCHEDULE:
-                self._move(
-                    inst, f"shed by {self._node_name(inst.node_id)}: {reason}", exclude_current=True
-                )
+                self._reschedule_shed(inst, reason, data)
                 return
             restarting = (
                 "restart_in_s" in (data or {})
@@ -807,6 +825,32 @@ class ClusterCore:
                 )
                 if unhealthy >= grace:
                     self._reschedule_lost(inst, node, unhealthy)
+
+    def _reschedule_shed(
+        self, inst: InstanceRecord, reason: str, data: dict[str, Any] | None
+    ) -> None:
+        """A node shed the instance and its job says ``on_shed: reschedule``: handled like a
+        lost instance on that node. The SHED state is recorded (with the node's measured
+        values) and the instance goes to another node; when none fits, the SHED state is
+        reported to the root, which replaces the instance elsewhere."""
+        old = inst.node_id
+        why = f"shed by {self._node_name(old)}: {reason}" if reason else "shed by its node"
+        decision = self._decide(inst, exclude={old} if old else set())
+        self._transition(
+            inst,
+            InstanceState.SHED,
+            why,
+            report=decision.chosen is None,
+            data={**(data or {}), "rescheduling": decision.chosen is not None},
+        )
+        if decision.chosen is None:
+            inst.reason = f"{why}; no other node fits: {decision.explain()}"[:1024]
+            self._persist_instance(inst)
+            return
+        if old is not None:
+            self._send_terminate(old, inst.id, "rescheduled elsewhere after shedding", orphan=True)
+        inst.tried = []
+        self._assign(inst, decision, f"rescheduled: {why}")
 
     def _reschedule_lost(self, inst: InstanceRecord, node: NodeRecord, unhealthy: float) -> None:
         why = f"node {node.info.name} {node.liveness.state.value} for {unhealthy:.1f}s"
@@ -1131,6 +1175,7 @@ class ClusterCore:
             lost_grace_s=inst.lost_grace_s,
             placement=inst.placement,
             events=list(inst.events),
+            inference=self._inference.get(inst.id),
         )
 
     def get_instance(self, instance_id: str) -> InstanceView:
@@ -1366,7 +1411,7 @@ class ClusterCore:
                     reason=inst.reason,
                     ts=inst.updated_at,
                     exit_code=inst.exit_code,
-                    data={"node_name": self._node_name(inst.node_id), "restarts": inst.restarts},
+                    data=self._change_data(inst),
                 )
                 for inst in self.instances.values()
             ]

@@ -6,9 +6,11 @@ Runs on its own thread so a slow or absent root never delays the core loop:
   answer (cluster id + credential) is persisted in the store (``meta`` collection,
   document ``root_registration``) and presented again after a restart, so the
   cluster keeps its id. A refused re-registration falls back to a fresh one;
-* reports: an instance or capacity change wakes the reporter, which waits
-  ``report_debounce`` (200 ms) to batch what else changes and sends a delta report
-  (``full=false``: only the changes); at least every ``report_interval`` (or the
+* reports: an instance or capacity change wakes the reporter, which sends a delta
+  report (``full=false``: only the changes) after a 10 ms coalescing delay, but never
+  sooner than ``report_debounce`` (100 ms) after the previous report: a lone change
+  goes out at once, a stream of changes is batched into at most one report per
+  ``report_debounce``; at least every ``report_interval`` (or the
   root's ``report_interval_s`` if shorter) it sends a full report listing every
   instance. Each report carries the whole capacity aggregate;
 * failures: changes that could not be sent go back to the front of the buffer
@@ -21,6 +23,7 @@ Runs on its own thread so a slow or absent root never delays the core loop:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 
 REGISTRATION_DOC = "root_registration"
 MAX_BACKOFF_S = 30.0
+#: Changes that follow a quiet spell wait this long for their companions (a task's
+#: STARTING and RUNNING arrive together) before the report goes out.
+COALESCE_S = 0.01
 
 
 class Reporter:
@@ -126,6 +132,7 @@ class Reporter:
     def _run(self) -> None:
         backoff = 1.0
         next_full = self._mono()
+        last_sent = -math.inf
         while not self._stop.is_set():
             if self._registration is None:
                 try:
@@ -144,7 +151,11 @@ class Reporter:
                     continue  # timed out: a full report is due
                 if self._stop.is_set():
                     return
-                self._stop.wait(self._settings.report_debounce)
+                # Leading edge: after a quiet spell the change goes out after a short
+                # coalescing delay; under load, at most one report per report_debounce.
+                debounce = self._settings.report_debounce
+                send_at = max(self._mono() + min(COALESCE_S, debounce), last_sent + debounce)
+                self._stop.wait(max(0.0, send_at - self._mono()))
                 full = self._mono() >= next_full
             self._wake.clear()
             changes = self._core.take_changes()
@@ -163,8 +174,9 @@ class Reporter:
                 self._wake.set()  # retry the changes after the backoff
                 continue
             backoff = 1.0
+            last_sent = self._mono()
             if full:
-                next_full = self._mono() + self._interval()
+                next_full = last_sent + self._interval()
 
     def _failed(self, text: str) -> None:
         self.last_error = text

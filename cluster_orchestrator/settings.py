@@ -97,7 +97,9 @@ class ClusterSettings(BaseSettings):
     status_interval: float = Field(default=1.0, gt=0, le=3600, description="node status period")
     lost_grace: float = Field(default=3.0, ge=0, le=3600, description="NOT_READY -> LOST grace")
     report_interval: float = Field(default=10.0, gt=0, le=3600, description="full report period")
-    report_debounce: float = Field(default=0.2, ge=0, le=60)
+    report_debounce: float = Field(
+        default=0.1, ge=0, le=60, description="least time between two change reports"
+    )
     reconcile_interval: float = Field(default=1.0, gt=0, le=600)
     ack_timeout: float = Field(default=5.0, gt=0, le=600, description="DEPLOY/TERMINATE ack wait")
     dispatch_attempts: int = Field(default=3, ge=1, le=20, description="nodes tried per deploy")

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.job import Constraints, Event, InstanceState, PlacementPolicy, TaskSpec
-from schemas.node import NodeView
+from schemas.node import InferenceStats, NodeView
 
 __all__ = ["DrainResult", "ErrorBody", "InstanceList", "InstanceView", "NodeDetail", "NodeList"]
 
@@ -54,6 +54,9 @@ class InstanceView(BaseModel):
     lost_grace_s: float | None = None
     placement: dict[str, Any] = Field(default_factory=dict)
     events: list[Event] = Field(default_factory=list)
+    inference: InferenceStats | None = Field(
+        default=None, description="latest figures of an inference worker (node status)"
+    )
 
 
 class InstanceList(BaseModel):

@@ -317,6 +317,9 @@ class Engine:
                 self.supervisor.apply_shed(decision)
             if decisions:
                 tasks = self.supervisor.statuses()
+        # Events first: a status that already shows a change must not overtake the event
+        # carrying its reason and data (the cluster applies whichever comes first).
+        self._flush()
         self._publish_status(sample, tasks)
 
     def run(self) -> None:

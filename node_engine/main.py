@@ -66,7 +66,7 @@ def build_runtimes(
             if kind is Runtime.NATIVE:
                 from node_engine.runtimes.native import NativeRuntime
 
-                runtime = NativeRuntime(state_dir / "native")
+                runtime = NativeRuntime(state_dir / "native", engine_id=engine_id)
             elif kind is Runtime.DOCKER:
                 present, why = docker_endpoint_present()
                 if not present:
@@ -288,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         runtimes=list(runtimes),
         engine_version=__version__,
     )
+    if settings.shedding:
+        from node_engine.monitor import host_cpu_count
+        from node_engine.shedding import build_shedder
+
+        engine.shedder = build_shedder(
+            settings, lambda: engine.supervisor.tasks, host_cpu_count(psutil)
+        )
     engine_ref.append(engine)
     if stop.is_set():
         return 0

@@ -12,9 +12,9 @@ import json
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -28,6 +28,7 @@ from schemas.common import NAME_PATTERN, Labels, Name, Runtime
 
 ENV_PREFIX = "EDGE_NODE_"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
+SHEDDING_SIGNALS = ("cpu", "memory", "temperature", "throttling", "latency")
 
 
 def default_node_name() -> str:
@@ -116,6 +117,58 @@ class NodeEngineSettings(BaseSettings):
     join_max_delay: float = Field(
         default=30.0, gt=0, le=3600, description="cap of the join retry backoff (seconds)"
     )
+    # local priority shedding (docs/shedding.md)
+    shedding: bool = Field(default=True, description="local priority shedding: on or off")
+    shedding_signals: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SHEDDING_SIGNALS),
+        description="pressure signals to act on: cpu,memory,temperature,throttling,latency",
+    )
+    shedding_cpu_source: Literal["host", "tasks"] = Field(
+        default="host",
+        description="cpu signal: whole host, or only the engine's own tasks (percent of all cores)",
+    )
+    shedding_cpu_enter: float = Field(
+        default=90.0, gt=0, le=100, description="cpu signal on at (percent)"
+    )
+    shedding_cpu_exit: float = Field(
+        default=70.0, ge=0, le=100, description="cpu signal off at (percent)"
+    )
+    shedding_memory_enter: float = Field(
+        default=90.0, gt=0, le=100, description="memory signal on at (percent used)"
+    )
+    shedding_memory_exit: float = Field(
+        default=80.0, ge=0, le=100, description="memory signal off at (percent used)"
+    )
+    shedding_temperature_enter: float = Field(
+        default=80.0, gt=0, le=150, description="temperature on at, degrees C"
+    )
+    shedding_temperature_exit: float = Field(
+        default=70.0, ge=0, le=150, description="temperature off at, degrees C"
+    )
+    shedding_latency_enter: float = Field(
+        default=1.0, gt=0, le=100, description="latency on at p95/budget of a running task"
+    )
+    shedding_latency_exit: float = Field(
+        default=0.8, ge=0, le=100, description="latency off at p95/budget"
+    )
+    shedding_enter_for: float = Field(
+        default=5.0, ge=0, le=3600, description="seconds a value must stay >= enter to act"
+    )
+    shedding_exit_for: float = Field(
+        default=5.0, ge=0, le=3600, description="seconds a value must stay <= exit to clear"
+    )
+    shedding_step_interval: float = Field(
+        default=3.0, ge=0, le=3600, description="seconds between two shed/resume steps"
+    )
+    shedding_resume_after: float = Field(
+        default=10.0, ge=0, le=3600, description="seconds of clear pressure before a resume"
+    )
+    shedding_resume_after_max: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="cap of the resume wait, which doubles for a task shed again soon",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -131,6 +184,32 @@ class NodeEngineSettings(BaseSettings):
     @classmethod
     def _dedupe(cls, value: list[Runtime]) -> list[Runtime]:
         return list(dict.fromkeys(value))
+
+    @field_validator("shedding_signals", mode="before")
+    @classmethod
+    def _signals(cls, value: Any) -> Any:
+        return _parse_list(value)
+
+    @field_validator("shedding_signals")
+    @classmethod
+    def _known_signals(cls, value: list[str]) -> list[str]:
+        names = [v.strip().lower() for v in value]
+        unknown = sorted(set(names) - set(SHEDDING_SIGNALS))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; known: {', '.join(SHEDDING_SIGNALS)}")
+        return list(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Self:
+        for name in ("cpu", "memory", "temperature", "latency"):
+            enter = getattr(self, f"shedding_{name}_enter")
+            exit_ = getattr(self, f"shedding_{name}_exit")
+            if exit_ > enter:
+                raise ValueError(
+                    f"shedding_{name}_exit ({exit_:g}) must not be above "
+                    f"shedding_{name}_enter ({enter:g})"
+                )
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -159,6 +238,22 @@ _FLAG_HELP: dict[str, tuple[str, str | None]] = {
     "stop_timeout": ("--stop-timeout", "SECONDS"),
     "join_max_delay": ("--join-max-delay", "SECONDS"),
     "mqtt_ca_file": ("--mqtt-ca-file", "FILE"),
+    "shedding": ("--shedding", "on|off"),
+    "shedding_signals": ("--shedding-signals", "LIST"),
+    "shedding_cpu_source": ("--shedding-cpu-source", "host|tasks"),
+    "shedding_cpu_enter": ("--shedding-cpu-enter", "PERCENT"),
+    "shedding_cpu_exit": ("--shedding-cpu-exit", "PERCENT"),
+    "shedding_memory_enter": ("--shedding-memory-enter", "PERCENT"),
+    "shedding_memory_exit": ("--shedding-memory-exit", "PERCENT"),
+    "shedding_temperature_enter": ("--shedding-temperature-enter", "CELSIUS"),
+    "shedding_temperature_exit": ("--shedding-temperature-exit", "CELSIUS"),
+    "shedding_latency_enter": ("--shedding-latency-enter", "RATIO"),
+    "shedding_latency_exit": ("--shedding-latency-exit", "RATIO"),
+    "shedding_enter_for": ("--shedding-enter-for", "SECONDS"),
+    "shedding_exit_for": ("--shedding-exit-for", "SECONDS"),
+    "shedding_step_interval": ("--shedding-step-interval", "SECONDS"),
+    "shedding_resume_after": ("--shedding-resume-after", "SECONDS"),
+    "shedding_resume_after_max": ("--shedding-resume-after-max", "SECONDS"),
 }
 
 
@@ -222,6 +317,10 @@ def _default_text(name: str) -> str:
         return ""
     if name in ("join_token", "mqtt_ca_file"):
         return ""
+    if name == "shedding_signals":
+        return f" (default: {','.join(SHEDDING_SIGNALS)})"
+    if name == "shedding":
+        return " (default: on)"
     default = NodeEngineSettings.model_fields[name].default
     return f" (default: {default})"
 
@@ -269,6 +368,7 @@ def load_settings(
 __all__ = [
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
+    "SHEDDING_SIGNALS",
     "NodeEngineSettings",
     "build_parser",
     "default_node_name",

@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from node_engine.inference.stats import StatsReader, stats_path
 from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation, TaskRuntime
 from node_engine.state import CommandOutcome, TaskRecord, TaskStore
 from schemas.common import Runtime
-from schemas.job import RestartPolicy, TaskSpec, TaskState
-from schemas.node import TaskStatus
+from schemas.job import RestartPolicy, ShedAction, TaskSpec, TaskState
+from schemas.node import InferenceStats, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class Supervisor:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._obs: dict[str, TaskObservation] = {}
+        self._inference: dict[str, InferenceStats] = {}
+        self._stats = StatsReader()
 
     @property
     def tasks(self) -> dict[str, TaskRecord]:
@@ -166,6 +169,7 @@ class Supervisor:
         for rec in finished[: len(finished) - MAX_KEPT_FINISHED]:
             self.tasks.pop(rec.instance_id, None)
             self._obs.pop(rec.instance_id, None)
+            self._forget_inference(rec)
 
     def _start(self, rec: TaskRecord, rt: TaskRuntime) -> bool:
         """Call the runtime's deploy; on failure record it. True when the task runs."""
@@ -256,6 +260,7 @@ class Supervisor:
         was_active = rec.state in ACTIVE or rec.restart_at is not None
         del self.tasks[instance_id]
         self._obs.pop(instance_id, None)
+        self._forget_inference(rec)
         self.store.save()
         if was_active:
             previous = rec.state
@@ -284,9 +289,25 @@ class Supervisor:
                     self._on_exit(rec, obs, rt)
                 elif obs.state != rec.state and obs.state in ACTIVE:
                     self._change(rec, obs.state, obs.reason)
+                self._read_inference(rec)
             elif rec.restart_at is not None and now >= rec.restart_at:
                 self._restart(rec)
         self._prune_finished()
+
+    def _read_inference(self, rec: TaskRecord) -> None:
+        """The figures an inference worker wrote (issue 7); one stat() when unchanged."""
+        path = stats_path(rec.spec, rec.handle) if rec.state in ACTIVE else None
+        stats = self._stats.read(path) if path is not None else None
+        if stats is None:
+            self._inference.pop(rec.instance_id, None)
+        else:
+            self._inference[rec.instance_id] = stats
+
+    def _forget_inference(self, rec: TaskRecord) -> None:
+        self._inference.pop(rec.instance_id, None)
+        path = stats_path(rec.spec, rec.handle)
+        if path is not None:
+            self._stats.forget(path)
 
     def next_deadline(self) -> float | None:
         """Wall time of the earliest pending restart (so the loop can wake up for it)."""
@@ -461,6 +482,15 @@ class Supervisor:
             elif decision.action == "resume" and rec.state is TaskState.PAUSED:
                 rt.resume(rec.handle)
                 self._change(rec, TaskState.RUNNING, decision.reason, data=decision.data)
+            elif (
+                decision.action == "resume"
+                and rec.state is TaskState.SHED
+                and rec.spec.on_shed is not ShedAction.RESCHEDULE
+            ):  # stopped by the shedder: start it again
+                rec.desired = True
+                rec.restart_at = None
+                self._change(rec, TaskState.STARTING, decision.reason, data=decision.data)
+                self._start(rec, rt)
             elif decision.action == "stop" and rec.state in ACTIVE:
                 rt.stop(rec.handle, self.stop_timeout)
                 rec.desired = False
@@ -493,6 +523,7 @@ class Supervisor:
                     restarts=rec.restarts,
                     started_at=rec.started_at,
                     reason=rec.reason[:1024],
+                    inference=self._inference.get(rec.instance_id) if rec.state in ACTIVE else None,
                 )
             )
         return out

@@ -13,6 +13,7 @@ from root_orchestrator.replicas import JobState
 from schemas.cluster import ClusterLiveness, ClusterReport
 from schemas.common import Id, StrictModel
 from schemas.job import MAX_PRIORITY, Event, InstanceState, JobSpec
+from schemas.node import InferenceStats
 
 __all__ = [
     "ClusterList",
@@ -77,6 +78,10 @@ class InstanceView(BaseModel):
     restarts: int = 0
     terminating: bool = Field(default=False, description="the root asked its cluster to stop it")
     placement: PlacementInfo | None = None
+    inference: InferenceStats | None = Field(
+        default=None,
+        description="latest figures of an inference worker, as of the cluster's last report",
+    )
 
 
 class JobSummary(BaseModel):

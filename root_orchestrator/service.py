@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from placement import Decision, Request, place
 from root_orchestrator.bus import EventBus
@@ -67,6 +67,7 @@ from schemas.cluster import (
 )
 from schemas.common import MAX_TEXT
 from schemas.job import InstanceState, JobSpec
+from schemas.node import InferenceStats
 from store import Store
 
 __all__ = [
@@ -183,6 +184,8 @@ class RootService:
         self._dirty: set[str] = set()
         self._refusals: dict[str, dict[str, tuple[ClusterRejection, float, int]]] = {}
         self._capacity_version: dict[str, int] = {}
+        #: latest inference figures per instance from cluster reports (memory only)
+        self._inference: dict[str, InferenceStats] = {}
         self._seq = 0
         self._last_id_ms = 0
         self._pruned_to = 0
@@ -368,6 +371,7 @@ class RootService:
         for iid in self._by_job.pop(job_id, set()):
             self._instances.pop(iid, None)
             self._refusals.pop(iid, None)
+            self._inference.pop(iid, None)
             self._drop_reservation(iid)
 
     def _save_instance(self, new: InstanceRecord, old: InstanceRecord | None) -> InstanceRecord:
@@ -773,6 +777,7 @@ class RootService:
             restarts=inst.restarts,
             terminating=inst.terminate and not inst.state.terminal,
             placement=PlacementInfo.model_validate(inst.placement) if inst.placement else None,
+            inference=None if inst.state.terminal else self._inference.get(inst.id),
         )
 
     def _job_view(self, job: JobRecord) -> JobView:
@@ -966,6 +971,7 @@ class RootService:
                 self._strays.pop(key, None)
             return
         assert inst is not None
+        self._take_inference(change)
         if change.ts < inst.cluster_ts:
             return  # older than what we already applied
         state = change.state
@@ -992,6 +998,21 @@ class RootService:
             self._save_instance(replace(inst, updated_at=self._clock(), **changes), inst)
             return
         self._transition(inst, state, reason, **changes)
+
+    def _take_inference(self, change: InstanceChange) -> None:
+        """Keep the inference figures a change carries (any report of the owning cluster
+        has the latest ones; they are not persisted)."""
+        raw = change.data.get("inference")
+        stats = None
+        if isinstance(raw, dict) and not change.state.terminal:
+            try:
+                stats = InferenceStats.model_validate(raw)
+            except ValidationError:
+                stats = None
+        if stats is None:
+            self._inference.pop(change.instance_id, None)
+        else:
+            self._inference[change.instance_id] = stats
 
     def _check_missing(self, cluster: ClusterRecord, report: ClusterReport, now: float) -> None:
         listed = {c.instance_id for c in report.instances}

@@ -130,6 +130,8 @@ class InferenceStats(StrictModel):
     latency_p95_ms: float | None = Field(default=None, ge=0)
     latency_p99_ms: float | None = Field(default=None, ge=0)
     budget_violations: int = Field(default=0, ge=0)
+    budget_ms: float | None = Field(default=None, gt=0, description="the worker's budget")
+    ts: Timestamp | None = Field(default=None, description="when the worker wrote them")
 
 
 class TaskStatus(StrictModel):
