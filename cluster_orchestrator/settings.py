@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, SecretStr, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from schemas.common import Labels, Name
+from schemas.settings_file import FlagsEnvSettings, SettingsFileError, build_settings
 
 __all__ = ["ClusterSettings", "SettingsFileError", "build_parser", "load_settings"]
 
 ENV_PREFIX = "EDGE_"
 
 
-class SettingsFileError(ValueError):
-    """The settings file cannot be read or is not a mapping."""
-
-
-class ClusterSettings(BaseSettings):
+class ClusterSettings(FlagsEnvSettings):
     """Everything a cluster orchestrator can be told. See docs/cluster-orchestrator.md."""
 
     model_config = SettingsConfigDict(
@@ -163,75 +156,6 @@ class ClusterSettings(BaseSettings):
         """mosquitto's directory when this process starts the broker."""
         return self.broker_data_dir or (self.data_dir / "broker")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (passed as init values) beat the environment, which beats the file."""
-        return (init_settings, env_settings)
-
-
-class _DictSource(PydanticBaseSettingsSource):
-    """Values read from the settings file (lowest priority above the defaults)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._values = dict(values)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """Return the file's value for one field (None when absent)."""
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        """Return every known field the file sets; unknown keys fail validation later."""
-        return dict(self._values)
-
-
-def _with_file(values: Mapping[str, Any]) -> type[ClusterSettings]:
-    """A subclass of ClusterSettings whose lowest source is the given file values."""
-
-    class FileBackedSettings(ClusterSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _DictSource(settings_cls, values))
-
-    return FileBackedSettings
-
-
-def read_settings_file(path: Path) -> dict[str, Any]:
-    """Read a JSON, YAML or TOML settings file into a dict (keys are field names)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsFileError(f"cannot read settings file {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data: Any = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise SettingsFileError(f"cannot parse settings file {path}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsFileError(f"settings file {path} must hold a mapping")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
 
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per settings field (all default to unset)."""
@@ -274,9 +198,6 @@ def _parse_labels(value: str) -> dict[str, str]:
 def load_settings(argv: Sequence[str] | None = None) -> ClusterSettings:
     """Build settings from flags, ``EDGE_*`` environment and the optional settings file."""
     args = vars(build_parser().parse_args(argv))
-    config = args.pop("config", None) or os.environ.get(f"{ENV_PREFIX}CONFIG")
     if "labels" in args:
         args["labels"] = _parse_labels(args["labels"])
-    if not config:
-        return ClusterSettings(**args)
-    return _with_file(read_settings_file(Path(config)))(**args)
+    return build_settings(ClusterSettings, args, ENV_PREFIX)
