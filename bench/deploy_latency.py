@@ -15,7 +15,10 @@ the moment the root's live event stream (``GET /api/v1/events/stream``) delivers
 instance's ``RUNNING`` transition, i.e. RUNNING is visible at the root. The root's event
 log also gives the split per phase (one clock, the root's): job submitted -> SCHEDULED
 (root decision) -> ASSIGNED (the cluster accepted and chose a node) -> RUNNING (the
-node's task event reached the cluster, which reported it to the root).
+node's task event reached the cluster, which reported it to the root). Client-side
+splits complete it (root and client share the host's wall clock): POST started ->
+``job.submitted`` (request handling before the service recorded the job), the POST
+round trip, and the RUNNING event's time stamp -> its receipt on the stream.
 
 Every job of a mode stays running until the mode ends (so the nodes carry up to D
 tasks); then all are deleted and the next mode starts on empty nodes.
@@ -76,16 +79,20 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+Seen = tuple[float, float, float]
+"""When a RUNNING event arrived: (perf_counter, wall clock), and the event's own `ts`."""
+
+
 class RunningWatcher:
     """Follows the root's event stream; wakes the waiter of a job when its instance
-    becomes RUNNING (keeps the perf_counter time of receipt)."""
+    becomes RUNNING (keeps the time of receipt and the event's time stamp)."""
 
     def __init__(self, url: str, token: str) -> None:
         self.url = url
         self.token = token
         self._lock = threading.Lock()
-        self._waiters: dict[str, queue.SimpleQueue[float]] = {}
-        self._early: dict[str, float] = {}
+        self._waiters: dict[str, queue.SimpleQueue[Seen]] = {}
+        self._early: dict[str, Seen] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -107,9 +114,9 @@ class RunningWatcher:
         """Ask the thread to stop at the next event or keep-alive (daemon thread)."""
         self._stop.set()
 
-    def expect(self, job_id: str) -> queue.SimpleQueue[float]:
-        """A queue that receives the time the job's RUNNING was seen."""
-        q: queue.SimpleQueue[float] = queue.SimpleQueue()
+    def expect(self, job_id: str) -> queue.SimpleQueue[Seen]:
+        """A queue that receives when the job's RUNNING was seen (see `Seen`)."""
+        q: queue.SimpleQueue[Seen] = queue.SimpleQueue()
         with self._lock:
             if job_id in self._early:
                 q.put(self._early.pop(job_id))
@@ -136,10 +143,11 @@ class RunningWatcher:
                         return
                     if not line.startswith("data: "):
                         continue
-                    seen = time.perf_counter()
+                    now = time.perf_counter(), time.time()
                     event = json.loads(line[6:])
                     if event.get("state") != "RUNNING" or not event.get("job_id"):
                         continue
+                    seen = (now[0], now[1], float(event["ts"]))
                     with self._lock:
                         waiter = self._waiters.pop(event["job_id"], None)
                         if waiter is None:
@@ -170,6 +178,31 @@ def cpu_seconds(system: LocalSystem) -> dict[str, float]:
                 continue
             total += times.user + times.system
         out[name] = total
+    return out
+
+
+#: Root metrics whose change over a mode is reported (summed over their label sets).
+ROOT_COUNTERS = {
+    "reconcile_passes": "edge_root_reconcile_duration_seconds_count",
+    "reconcile_seconds": "edge_root_reconcile_duration_seconds_sum",
+    "cluster_reports": "edge_root_cluster_reports_total",
+    "place_calls": 'edge_root_cluster_request_duration_seconds_count{operation="place"}',
+    "place_call_seconds": 'edge_root_cluster_request_duration_seconds_sum{operation="place"}',
+}
+
+
+def root_counters(system: LocalSystem) -> dict[str, float]:
+    """The ROOT_COUNTERS values now, from the root's /metrics."""
+    with system.root_client(timeout=30) as http:
+        text = http.get("/metrics").text
+    out = dict.fromkeys(ROOT_COUNTERS, 0.0)
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        for key, wanted in ROOT_COUNTERS.items():
+            if series == wanted or (series.split("{", 1)[0] == wanted and "{" not in wanted):
+                out[key] += float(value)
     return out
 
 
@@ -215,10 +248,18 @@ def run_mode(
     command: list[str],
     timeout: float,
     cpu: float = 0.0,
-) -> tuple[list[float], list[str]]:
-    """Run `deploys` deploys with `concurrency` in flight; client latencies and job ids."""
+) -> tuple[list[float], list[str], dict[str, list[float]], dict[str, float]]:
+    """Run `deploys` deploys with `concurrency` in flight.
+
+    Returns the client latencies, the job ids, the client-side splits (ms: the POST
+    round trip, and the RUNNING event's time stamp -> its receipt on the stream) and
+    the wall-clock time each POST started, by job id (to compare with the root's
+    `job.submitted` time stamp: same host, same clock).
+    """
     latencies: list[float] = []
     job_ids: list[str] = []
+    client: dict[str, list[float]] = {"post_round_trip": [], "running_to_stream": []}
+    posted_at: dict[str, float] = {}
     lock = threading.Lock()
     counter = iter(range(deploys))
 
@@ -229,8 +270,10 @@ def run_mode(
                     n = next(counter, None)
                 if n is None:
                     return
+                wall = time.time()
                 started = time.perf_counter()
                 response = http.post("/api/v1/jobs", json=job_body(f"{mode}-{n}", command, cpu))
+                answered = time.perf_counter()
                 response.raise_for_status()
                 job_id = response.json()["id"]
                 try:
@@ -242,18 +285,23 @@ def run_mode(
                         f"{describe(system, job_id)}\n{system.logs()}"
                     ) from None
                 with lock:
-                    latencies.append((seen - started) * 1000.0)
+                    latencies.append((seen[0] - started) * 1000.0)
                     job_ids.append(job_id)
+                    posted_at[job_id] = wall
+                    client["post_round_trip"].append((answered - started) * 1000.0)
+                    client["running_to_stream"].append((seen[1] - seen[2]) * 1000.0)
 
     with ThreadPoolExecutor(concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
-    return latencies, job_ids
+    return latencies, job_ids, client, posted_at
 
 
-def phases(system: LocalSystem, job_ids: set[str]) -> dict[str, list[float]]:
+def phases(system: LocalSystem, posted_at: dict[str, float]) -> dict[str, list[float]]:
     """From the root's event log: ms from job.submitted to the instance's first
-    SCHEDULED, ASSIGNED and RUNNING, and between those."""
+    SCHEDULED, ASSIGNED and RUNNING, and between those; and from the client's POST
+    (`posted_at`, wall clock by job id) to job.submitted."""
+    job_ids = set(posted_at)
     submitted: dict[str, float] = {}
     firsts: dict[tuple[str, str], float] = {}
     since = 0
@@ -272,6 +320,7 @@ def phases(system: LocalSystem, job_ids: set[str]) -> dict[str, list[float]]:
                 break
             since = page["next_since"]
     out: dict[str, list[float]] = {
+        "post_to_submitted": [],
         "submit_to_scheduled": [],
         "scheduled_to_assigned": [],
         "assigned_to_running": [],
@@ -281,6 +330,7 @@ def phases(system: LocalSystem, job_ids: set[str]) -> dict[str, list[float]]:
         s, a, r = (firsts.get((job_id, k)) for k in ("SCHEDULED", "ASSIGNED", "RUNNING"))
         if s is None or a is None or r is None:
             continue
+        out["post_to_submitted"].append((t0 - posted_at[job_id]) * 1000.0)
         out["submit_to_scheduled"].append((s - t0) * 1000.0)
         out["scheduled_to_assigned"].append((a - s) * 1000.0)
         out["assigned_to_running"].append((r - a) * 1000.0)
@@ -348,13 +398,17 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             concurrency = 1 if mode == "sequential" else args.concurrency
             cpu_before = cpu_seconds(system)
+            counters_before = root_counters(system)
             started = time.perf_counter()
-            latencies, job_ids = run_mode(
+            latencies, job_ids, client, posted_at = run_mode(
                 system, watcher, mode, args.deploys, concurrency, command, args.timeout, args.cpu
             )
             wall = time.perf_counter() - started
             cpu_after = cpu_seconds(system)
-            split = phases(system, set(job_ids))
+            counters = {
+                k: round(v - counters_before[k], 3) for k, v in root_counters(system).items()
+            }
+            split = phases(system, posted_at)
             result[mode] = {
                 "in_flight": concurrency,
                 **percentiles(latencies),
@@ -365,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                     k: round(100.0 * (cpu_after[k] - cpu_before[k]) / wall, 1) for k in cpu_after
                 },
                 "root_events": {k: percentiles(v) for k, v in split.items()},
+                "client": {k: percentiles(v) for k, v in client.items()},
+                "root_counters": counters,
             }
             delete_all(system, job_ids, command)
         watcher.stop()
@@ -388,7 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu_percent"].items())
         print(f"      CPU (% of one core): {cpu}")
-        for phase, figures in r["root_events"].items():
+        c = r["root_counters"]
+        passes, calls = max(c["reconcile_passes"], 1), max(c["place_calls"], 1)
+        print(
+            f"      root: {c['cluster_reports']:.0f} cluster reports, "
+            f"{c['reconcile_passes']:.0f} passes (mean "
+            f"{1000 * c['reconcile_seconds'] / passes:.1f} ms), "
+            f"{c['place_calls']:.0f} placement calls (mean "
+            f"{1000 * c['place_call_seconds'] / calls:.1f} ms)"
+        )
+        for phase, figures in [*r["root_events"].items(), *r["client"].items()]:
             print(
                 f"      {phase:22s} p50 {figures.get('p50_ms', 0):7.1f}  "
                 f"p95 {figures.get('p95_ms', 0):7.1f}  p99 {figures.get('p99_ms', 0):7.1f}"

@@ -4,8 +4,17 @@ What counts (DESIGN.md section 4):
 
 * ``nodes_by_liveness`` counts every joined node;
 * ``total``, ``free``, ``largest_free_*``, ``nodes`` (the per-node summary), runtimes,
-  archs, accelerators and labels describe the *schedulable* nodes only: READY and not
-  draining. A node the root cannot use must not attract work;
+  archs, accelerators and labels describe the *schedulable* nodes only: READY, not
+  draining and not overloaded (the cluster's own placement refuses the others, so a
+  node the cluster would refuse must not attract work at the root);
+* free values are the candidates' (see `candidates`): CPU is cores minus
+  reservations, the same figure the cluster's placement judges a request by, so the
+  root and the cluster agree on what fits;
+* labels: ``labels`` (key -> values) lists the nodes' effective labels (the cluster's
+  registration labels overlaid by the node's own, what the cluster matches); a
+  per-node summary carries the node's own labels only, because the root overlays
+  them on the registration labels itself (``{**cluster_labels, **node.labels}``, the
+  same rule) and both sets together could exceed the wire limit of 32;
 * ``nodes`` lists at most `MAX_NODE_SUMMARIES` nodes, largest free memory (then CPU)
   first, so the summary keeps the nodes that can take the biggest jobs;
 * ``thermal`` covers every READY node (draining ones too): it describes the site.
@@ -55,8 +64,9 @@ class NodeSnapshot:
 
     @property
     def schedulable(self) -> bool:
-        """READY and not draining."""
-        return self.liveness is Liveness.READY and not self.candidate.draining
+        """READY, not draining, not overloaded: the cluster's placement may use it."""
+        cand = self.candidate
+        return self.liveness is Liveness.READY and not cand.draining and not cand.overloaded
 
 
 def _resources(cpu: float, memory: int, disk: int, accel: dict[str, int]) -> Resources:
@@ -133,7 +143,7 @@ def aggregate(
             ),
             arch=node.info.arch,
             runtimes=sorted(Runtime(r) for r in cand.runtimes),
-            labels=dict(cand.labels),
+            labels=dict(node.info.labels),
             temperature_c=cand.temperature_c,
             throttled=cand.throttled,
         )

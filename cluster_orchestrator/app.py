@@ -2,7 +2,8 @@
 
 Nothing is created at import time. The lifespan, in order:
 
-1. creates the data directory and loads or generates the tokens (operator, join);
+1. creates the data directory and loads or generates the tokens (operator, join:
+   every configured join token is accepted; the generated one only when none is set);
 2. optionally writes the broker configuration and starts mosquitto (``--start-broker``
    or ``--broker-data-dir``);
 3. connects the dynamic-security admin and (re)creates the orchestrator's own MQTT
@@ -31,7 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cluster_orchestrator import routes_events, routes_health, routes_instances, routes_nodes
-from cluster_orchestrator.core import ClusterCore
+from cluster_orchestrator.core import ClusterCore, JoinUnauthorized
 from cluster_orchestrator.deps import Services
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import MqttAdapter
@@ -142,11 +143,10 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         if settings.operator_token
         else read_or_create_secret(data_dir / "operator-token")
     )
-    join_token = (
-        settings.join_token.get_secret_value()
-        if settings.join_token
-        else read_or_create_secret(data_dir / "join-token")
-    )
+    join_tokens = settings.configured_join_tokens() or [
+        read_or_create_secret(data_dir / "join-token")
+    ]
+    log.info("accepting %d join token(s) for new nodes", len(join_tokens))
     metrics = Metrics()
 
     admin_password = (
@@ -239,7 +239,7 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         core=core,
         metrics=metrics,
         operator_token=operator_token,
-        join_token=join_token,
+        join_tokens=join_tokens,
         dynsec=dynsec,
         mqtt=mqtt,
         reporter=reporter,
@@ -284,6 +284,15 @@ def create_app(settings: ClusterSettings) -> FastAPI:
         description="Node join, instance placement and node liveness for one edge cluster.",
     )
     app.add_middleware(BodyLimit)
+
+    @app.exception_handler(JoinUnauthorized)
+    async def _join_refused(request: Request, exc: JoinUnauthorized) -> JSONResponse:
+        # raised by the join dependency before the body is validated
+        return JSONResponse(
+            {"detail": str(exc), "reason": exc.reason},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,14 +2,28 @@
 
 Free capacity of a node, per dimension::
 
-    free = capacity - max(reported usage, reservations of its assigned instances)
+    free cpu            = cores - reservations
+    free memory / disk  = capacity - max(reported usage, reservations)
 
-Reported usage comes from the node's latest status (CPU percent of all cores, memory
-not available, disk not free); reservations are the resources requested by the
-instances this cluster assigned to the node and that are not finished. Taking the
-larger of the two means a burst of placements is charged at once (before any status
-shows it), while work the scheduler did not place (the OS, other programs) still
-counts once the node reports it.
+Reservations are the resources requested by the instances this cluster assigned to
+the node and that are not finished; they are charged from the moment of the decision,
+so a burst of placements spreads before any status shows it. Reported usage comes from
+the node's latest status (CPU percent of all cores, memory not available, disk not
+free).
+
+CPU is compressible: a node busy with work the scheduler did not place (the OS, other
+programs, a test suite on the same host) runs a new task slower, it does not fail it.
+So, as in Kubernetes and Nomad, CPU feasibility counts requests only; the measured use
+goes to the candidate as ``cpu_used``, which the allocation scorers count (spread
+prefers the less loaded node), and a node that cannot keep up at all is marked
+``overloaded`` (its engine is shedding work, or, when ``overload_cpu_percent`` is set,
+its CPU is at or above it) and refused by the ``overloaded`` filter. Memory and disk
+are not compressible (a task that does not get its memory is killed), so what a node
+reports in use there still counts against feasibility.
+
+A node's labels for placement are the cluster's labels (settings ``labels``, also
+sent to the root at registration) overlaid by the node's own: a job constrained on
+``region=eu`` set on the cluster fits every node that does not say otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ __all__ = [
     "Usage",
     "build_candidate",
     "capacity_accelerators",
+    "effective_labels",
+    "node_overloaded",
     "placement_request",
     "reported_usage",
     "reservations",
@@ -94,6 +110,23 @@ def node_throttled(status: NodeStatus | None) -> bool:
     return status is not None and status.throttling.throttled
 
 
+def node_overloaded(status: NodeStatus | None, overload_cpu_percent: float | None) -> bool:
+    """True when the node cannot keep up with its work: its engine is shedding (holding
+    tasks back under pressure), or its CPU is at or above `overload_cpu_percent`."""
+    if status is None:
+        return False
+    if status.shedding:
+        return True
+    return overload_cpu_percent is not None and status.cpu_percent >= overload_cpu_percent
+
+
+def effective_labels(
+    cluster_labels: Mapping[str, str], node_labels: Mapping[str, str]
+) -> dict[str, str]:
+    """The labels placement matches: the cluster's, overlaid by the node's own."""
+    return {**cluster_labels, **node_labels}
+
+
 def build_candidate(
     *,
     node_id: str,
@@ -102,8 +135,10 @@ def build_candidate(
     liveness: Liveness,
     draining: bool,
     reserved: Usage | None,
+    cluster_labels: Mapping[str, str] | None = None,
+    overload_cpu_percent: float | None = None,
 ) -> Candidate:
-    """The placement candidate for one node."""
+    """The placement candidate for one node (see the module docstring)."""
     used = reported_usage(info, status)
     res = reserved or Usage()
     cap_disk = info.disk_mib
@@ -116,7 +151,7 @@ def build_candidate(
     return Candidate(
         id=node_id,
         name=info.name,
-        free_cpu=max(0.0, info.cpu_cores - max(used.cpu, res.cpu)),
+        free_cpu=max(0.0, info.cpu_cores - res.cpu),
         free_memory_mib=max(0, cap_mem - max(used.memory_mib, res.memory_mib)),
         free_disk_mib=max(0, cap_disk - max(used.disk_mib, res.disk_mib)),
         capacity_cpu=info.cpu_cores,
@@ -125,11 +160,13 @@ def build_candidate(
         free_accelerators=acc_free,
         runtimes=frozenset(r.value for r in runtimes),
         archs=frozenset({info.arch.value}),
-        labels=dict(info.labels),
+        labels=effective_labels(cluster_labels or {}, info.labels),
         temperature_c=node_temperature(status),
         throttled=node_throttled(status),
         draining=draining,
         ready=liveness is Liveness.READY,
+        cpu_used=used.cpu if status is not None else None,
+        overloaded=node_overloaded(status, overload_cpu_percent),
     )
 
 

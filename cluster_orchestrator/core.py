@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cluster_orchestrator.aggregate import NodeSnapshot, aggregate
 from cluster_orchestrator.candidates import (
@@ -80,7 +80,17 @@ from schemas.mqtt import (
 from schemas.node import InferenceStats, JoinRequest, Liveness, NodeInfo, NodeStatus
 from store import Store
 
-__all__ = ["ClusterCore", "Forbidden", "JoinGrant", "NotFound"]
+__all__ = [
+    "REMOVED_NODES",
+    "ClusterCore",
+    "Forbidden",
+    "JoinGrant",
+    "JoinUnauthorized",
+    "NodeBusy",
+    "NodeRemoval",
+    "NodeRemoved",
+    "NotFound",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +127,34 @@ class NotFound(LookupError):
 class Forbidden(PermissionError):
     """A join presented a node id with a wrong or missing node secret."""
 
+    reason = "node_secret_wrong"
+
+
+class NodeRemoved(Forbidden):
+    """A join presented the id (and secret) of a node the operator removed."""
+
+    reason = "node_removed"
+
+
+class JoinUnauthorized(PermissionError):
+    """A join that needs an accepted join token came without one.
+
+    `reason` is ``join_token`` for a new node and ``node_unknown`` for a node id this
+    cluster does not know (it would be admitted under that id with a join token).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NodeBusy(RuntimeError):
+    """The node cannot be removed: instances are still assigned to it."""
+
+
+#: Tombstones of removed nodes: id, name, hash of the node secret, removal time.
+REMOVED_NODES = "removed_nodes"
+
 
 @dataclass(frozen=True, slots=True)
 class JoinGrant:
@@ -125,6 +163,14 @@ class JoinGrant:
     node_id: str
     node_secret: str
     new: bool
+    durable: Future[None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRemoval:
+    """A removed node as it was, and the write of its tombstone."""
+
+    node: NodeDetail
     durable: Future[None] | None
 
 
@@ -175,6 +221,8 @@ class ClusterCore:
         self._running = False
         # state (core thread only)
         self.nodes: dict[str, NodeRecord] = {}
+        #: tombstones of removed nodes by id (see `remove_node`)
+        self.removed_nodes: dict[str, dict[str, Any]] = {}
         self.instances: dict[str, InstanceRecord] = {}
         self._by_node: dict[str, set[str]] = {}
         self._pending: dict[str, PendingCommand] = {}
@@ -200,11 +248,15 @@ class ClusterCore:
     def load(self) -> None:
         """Load nodes and unfinished instances from the store (before `start`)."""
         now = self._mono()
+        for doc in self._store.find(REMOVED_NODES):
+            self.removed_nodes[str(doc["_id"])] = dict(doc)
         for doc in self._store.find(NODES):
             try:
                 node = NodeRecord.from_doc(doc, now)
             except (KeyError, ValueError) as exc:
                 log.error("skipping unreadable node document %s: %s", doc.get("_id"), exc)
+                continue
+            if node.id in self.removed_nodes:  # the delete of a removed node did not land
                 continue
             self.nodes[node.id] = node
         for doc in self._store.find(NODE_STATUS):
@@ -502,17 +554,30 @@ class ClusterCore:
 
     # ================================================================ nodes: join
 
-    def join(self, request: JoinRequest) -> JoinGrant:
-        """Register or re-admit a node (core thread). Raises `Forbidden` on a bad secret.
+    def join(self, request: JoinRequest, *, join_token_ok: bool = True) -> JoinGrant:
+        """Register or re-admit a node (core thread).
 
-        A node presenting a known id must present its secret; it keeps id and secret.
-        A node presenting an unknown id with a secret (e.g. the cluster's store was
-        reset) is admitted under that id. Anything else gets a new id and secret.
+        `join_token_ok` says whether the request carried an accepted join token (the
+        HTTP route checks it; in-process callers that admit nodes themselves leave the
+        default).
+
+        * A node presenting a known id is authenticated by its node secret alone,
+          whatever join token it sent: it keeps id and secret, so rotating the join
+          tokens never locks out joined nodes. Wrong or missing secret: `Forbidden`.
+        * The id and secret of a node the operator removed: `NodeRemoved`.
+        * A node presenting an unknown id with a secret (e.g. the cluster's store was
+          reset) is admitted under that id, with an accepted join token only.
+        * Anything else gets a new id and secret, with an accepted join token only.
+
+        Without the join token where one is needed: `JoinUnauthorized`.
         """
         presented = request.node_secret.get_secret_value() if request.node_secret else None
         now_wall = self._wall()
         if request.node_id is not None:
             node = self.nodes.get(request.node_id)
+            removed = self.removed_nodes.get(request.node_id) if node is None else None
+            if removed is not None:
+                self._refuse_removed(request.node_id, removed, presented)
             if node is not None:
                 if presented is None or not verify_secret(presented, node.secret_hash):
                     self._metrics.inc("edge_cluster_joins_total", {"result": "forbidden"})
@@ -523,13 +588,23 @@ class ClusterCore:
                 self._metrics.inc("edge_cluster_joins_total", {"result": "rejoined"})
                 log.info("node %s (%s) rejoined", node.id, node.info.name)
                 return JoinGrant(node.id, presented, False, durable)
+            if not join_token_ok:
+                self._metrics.inc("edge_cluster_joins_total", {"result": "unauthorized"})
+                raise JoinUnauthorized(
+                    f"node {request.node_id} is not known to this cluster (was its store "
+                    "reset?); it is admitted under its id only with a valid join token",
+                    "node_unknown",
+                )
             if presented is not None:
                 node_id, secret = request.node_id, presented
             else:
                 node_id, secret = _new_node_id(), new_secret()
         else:
+            if not join_token_ok:
+                self._metrics.inc("edge_cluster_joins_total", {"result": "unauthorized"})
+                raise JoinUnauthorized("a new node needs a valid join token", "join_token")
             node_id, secret = _new_node_id(), new_secret()
-        while node_id in self.nodes:  # pragma: no cover - 64 random bits
+        while node_id in self.nodes or node_id in self.removed_nodes:  # pragma: no cover
             node_id = _new_node_id()
         node = NodeRecord(
             id=node_id,
@@ -561,6 +636,76 @@ class ClusterCore:
         )
         self._notify_report()
         return JoinGrant(node_id, secret, True, durable)
+
+    def _refuse_removed(
+        self, node_id: str, tomb: dict[str, Any], presented: str | None
+    ) -> NoReturn:
+        """Refuse the id of a removed node: `NodeRemoved` with its secret, else `Forbidden`.
+
+        The secret is checked first so that only the holder of the identity learns
+        that the node was removed.
+        """
+        stored = str(tomb.get("secret_hash", ""))
+        if presented is None or not stored or not verify_secret(presented, stored):
+            self._metrics.inc("edge_cluster_joins_total", {"result": "forbidden"})
+            raise Forbidden(f"wrong node secret for node {node_id}")
+        self._metrics.inc("edge_cluster_joins_total", {"result": "removed"})
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(tomb.get("removed_at", 0))))
+        log.warning("refused the rejoin of removed node %s (%s)", node_id, tomb.get("name", "?"))
+        raise NodeRemoved(
+            f"node {node_id} ({tomb.get('name', '?')}) was removed from cluster "
+            f"{self.settings.name} by the operator at {when}; its identity is no longer "
+            "accepted. To join this machine again as a new node, delete its identity.json "
+            "and start it with a join token"
+        )
+
+    def remove_node(self, node_id: str) -> NodeRemoval:
+        """Remove a node for good (core thread); its stored identity is refused from now on.
+
+        `NotFound` for an unknown id; `NodeBusy` while instances that are not finished
+        are assigned to it (drain it first, or delete them). The node leaves memory and
+        the store; a tombstone (id, name, hash of its secret) stays, so a rejoin with the
+        removed identity gets `NodeRemoved` rather than a silent re-admission. The
+        caller deletes the node's MQTT client (that cuts its broker connection).
+        """
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        busy = [i.id for i in self._instances_on(node_id) if not i.state.terminal]
+        if busy:
+            shown = ", ".join(busy[:10]) + (f" and {len(busy) - 10} more" if len(busy) > 10 else "")
+            raise NodeBusy(
+                f"node {node_id} ({node.info.name}) still holds instances {shown}: drain it "
+                f"first (POST /api/v1/nodes/{node_id}/drain) until they moved, or delete them"
+            )
+        detail = self.node_detail(node)
+        del self.nodes[node_id]
+        self._by_node.pop(node_id, None)
+        for cid in [c for c, p in self._pending.items() if p.node_id == node_id]:
+            del self._pending[cid]
+        for key in [k for k in self._terminating if k[0] == node_id]:
+            del self._terminating[key]
+        tomb: dict[str, Any] = {
+            "_id": node_id,
+            "name": node.info.name,
+            "secret_hash": node.secret_hash,
+            "removed_at": self._wall(),
+        }
+        self.removed_nodes[node_id] = tomb
+        self._persister.delete(NODES, node_id)
+        self._persister.delete(NODE_STATUS, node_id)
+        durable = self._persister.put(REMOVED_NODES, tomb, wait=True)
+        self._record_event(
+            None,
+            kind="node.removed",
+            subject=node_id,
+            node_id=node_id,
+            state=node.state.value,
+            reason=f"{node.info.name} removed by the operator",
+        )
+        log.info("node %s (%s) removed", node_id, node.info.name)
+        self._notify_report()
+        return NodeRemoval(detail, durable)
 
     # ================================================================ MQTT handlers
 
@@ -986,19 +1131,26 @@ class ClusterCore:
             if inst.node_id is not None and not inst.state.terminal
         )
 
+    def _candidate(self, node: NodeRecord, reserved: Usage | None) -> Candidate:
+        """One node as a placement candidate: its labels overlaid on the cluster's, CPU
+        free by reservations, measured load for scoring and the overload filter."""
+        return build_candidate(
+            node_id=node.id,
+            info=node.info,
+            status=node.status,
+            liveness=node.liveness.state,
+            draining=node.draining,
+            reserved=reserved,
+            cluster_labels=self.settings.labels,
+            overload_cpu_percent=self.settings.overload_cpu_percent,
+        )
+
     def candidates(self, exclude: Iterable[str] = ()) -> list[Candidate]:
         """Candidates for every known node except `exclude` (core thread)."""
         reserved = self._reservations()
         skip = set(exclude)
         return [
-            build_candidate(
-                node_id=node.id,
-                info=node.info,
-                status=node.status,
-                liveness=node.liveness.state,
-                draining=node.draining,
-                reserved=reserved.get(node.id),
-            )
+            self._candidate(node, reserved.get(node.id))
             for node in self.nodes.values()
             if node.id not in skip
         ]
@@ -1389,14 +1541,7 @@ class ClusterCore:
             NodeSnapshot(
                 liveness=node.liveness.state,
                 info=node.info,
-                candidate=build_candidate(
-                    node_id=node.id,
-                    info=node.info,
-                    status=node.status,
-                    liveness=node.liveness.state,
-                    draining=node.draining,
-                    reserved=reserved.get(node.id),
-                ),
+                candidate=self._candidate(node, reserved.get(node.id)),
             )
             for node in self.nodes.values()
         ]

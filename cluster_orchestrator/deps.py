@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cluster_orchestrator.core import ClusterCore
+from cluster_orchestrator.core import ClusterCore, JoinUnauthorized
 from cluster_orchestrator.metrics import Metrics
-from cluster_orchestrator.settings import ClusterSettings
+from cluster_orchestrator.settings import ClusterSettings, token_accepted
 
 if TYPE_CHECKING:
     from cluster_orchestrator.broker import DynsecAdmin
@@ -20,12 +20,15 @@ if TYPE_CHECKING:
     from store import Store
 
 __all__ = [
+    "BearerDep",
     "CoreDep",
     "JoinAuth",
+    "JoinOrRejoin",
     "OperatorAuth",
     "Services",
     "ServicesDep",
     "get_services",
+    "join_token_state",
 ]
 
 
@@ -37,7 +40,8 @@ class Services:
     core: ClusterCore
     metrics: Metrics
     operator_token: str = field(repr=False)
-    join_token: str = field(repr=False)
+    #: every accepted join token (``join_token`` + ``join_tokens``, or the generated one)
+    join_tokens: list[str] = field(repr=False)
     dynsec: DynsecAdmin | None = None
     mqtt: MqttAdapter | None = None
     reporter: Reporter | None = None
@@ -87,10 +91,60 @@ def require_operator(services: ServicesDep, credentials: BearerDep) -> None:
     _check(credentials, services.operator_token, "operator token")
 
 
+JoinTokenState = Literal["ok", "missing", "invalid"]
+
+
+def join_token_state(
+    services: Services, credentials: HTTPAuthorizationCredentials | None
+) -> JoinTokenState:
+    """Whether the request carries one of the accepted join tokens (constant time)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        return "missing"
+    if token_accepted(credentials.credentials, services.join_tokens):
+        return "ok"
+    return "invalid"
+
+
 def require_join(services: ServicesDep, credentials: BearerDep) -> None:
-    """The join token of this cluster."""
-    _check(credentials, services.join_token, "join token")
+    """One of the join tokens of this cluster."""
+    state = join_token_state(services, credentials)
+    if state != "ok":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"{state} bearer join token" if state == "missing" else "invalid join token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
+async def join_or_rejoin(
+    request: Request, services: ServicesDep, credentials: BearerDep
+) -> JoinTokenState:
+    """Join-token state of a join request, checked before the body is validated.
+
+    A request without an accepted join token goes on only when its body presents a
+    node id and secret (a rejoin, judged by the core); anything else gets 401 here,
+    so an unauthenticated caller never learns the body schema from a 422 (the app
+    turns `JoinUnauthorized` into a 401 with ``detail`` and ``reason``).
+    """
+    state = join_token_state(services, credentials)
+    if state == "ok":
+        return state
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("node_id"), str)
+        and isinstance(body.get("node_secret"), str)
+    ):
+        return state
+    raise JoinUnauthorized(
+        "missing bearer join token" if state == "missing" else "invalid join token",
+        f"join_token_{state}",
+    )
+
+
+JoinOrRejoin = Annotated[JoinTokenState, Depends(join_or_rejoin)]
 OperatorAuth = Depends(require_operator)
 JoinAuth = Depends(require_join)

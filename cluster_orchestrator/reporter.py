@@ -5,17 +5,25 @@ Runs on its own thread so a slow or absent root never delays the core loop:
 * registration: ``POST /api/v1/clusters/register`` with the registration token. The
   answer (cluster id + credential) is persisted in the store (``meta`` collection,
   document ``root_registration``) and presented again after a restart, so the
-  cluster keeps its id. A refused re-registration falls back to a fresh one;
-* reports: an instance or capacity change wakes the reporter, which sends a delta
-  report (``full=false``: only the changes) after a 10 ms coalescing delay, but never
-  sooner than ``report_debounce`` (100 ms) after the previous report: a lone change
-  goes out at once, a stream of changes is batched into at most one report per
-  ``report_debounce``; at least every ``report_interval`` (or the
-  root's ``report_interval_s`` if shorter) it sends a full report listing every
-  instance. Each report carries the whole capacity aggregate;
+  cluster keeps its id. What a refusal means decides what happens to that identity
+  (see `root_client`): a refused *registration token* (401) keeps it — the reporter
+  retries with backoff and logs that the token is wrong — while a refused *identity*
+  (403/404/410, or a 401 naming the credential) drops it and registers as a new
+  cluster;
+* reports, latency first: an instance or capacity change wakes the reporter. After a
+  quiet spell the change goes out after a `COALESCE_S` (5 ms) delay, so that changes
+  arriving together (a task's STARTING and RUNNING) share a report. Under load the
+  batching is natural: one report is in flight at a time, and whatever changed
+  meanwhile goes out in the next one as soon as it returns, with no delay.
+  ``report_debounce`` (default 0: off) optionally sets a least time between the
+  starts of two change-triggered reports. A change report is a delta
+  (``full=false``: only the changes); at least every ``report_interval`` (or the
+  root's ``report_interval_s`` if shorter) a full report lists every instance. Each
+  report carries the whole capacity aggregate;
 * failures: changes that could not be sent go back to the front of the buffer
   (bounded: 10,000; a full report heals anything dropped), the reporter backs off
-  (1 s doubling to 30 s) and retries; 401/403 makes it register again.
+  (1 s doubling to 30 s) and retries; a refused credential (401/403 on a report)
+  makes it register again with its stored identity.
 
 ``seq`` is the wall clock in milliseconds, so it keeps increasing across restarts.
 """
@@ -35,12 +43,19 @@ from cluster_orchestrator.core import ClusterCore
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.persister import Persister
 from cluster_orchestrator.records import META
-from cluster_orchestrator.root_client import RootAuthError, RootClient, RootError
+from cluster_orchestrator.root_client import (
+    CredentialRefused,
+    IdentityRefused,
+    RegistrationTokenRefused,
+    RootAuthError,
+    RootClient,
+    RootError,
+)
 from cluster_orchestrator.settings import ClusterSettings
 from schemas.cluster import ClusterRegistration, ClusterRegistrationResponse, InstanceChange
 from store import Store
 
-__all__ = ["REGISTRATION_DOC", "Reporter"]
+__all__ = ["COALESCE_S", "REGISTRATION_DOC", "Reporter", "change_report_at"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +63,36 @@ REGISTRATION_DOC = "root_registration"
 MAX_BACKOFF_S = 30.0
 #: Changes that follow a quiet spell wait this long for their companions (a task's
 #: STARTING and RUNNING arrive together) before the report goes out.
-COALESCE_S = 0.01
+COALESCE_S = 0.005
+
+
+def change_report_at(
+    now: float,
+    *,
+    quiet: bool,
+    last_started: float,
+    min_spacing: float,
+    coalesce: float = COALESCE_S,
+) -> float:
+    """When a change-triggered report should start (monotonic seconds).
+
+    `quiet`: the reporter was idle when the change came (nothing was in flight), so
+    the change waits `coalesce` for companions. Otherwise changes piled up while the
+    previous report was in flight and go at once. `min_spacing` (``report_debounce``)
+    keeps starts at least that far apart (0: no constraint).
+    """
+    at = now + coalesce if quiet else now
+    if min_spacing > 0:
+        at = max(at, last_started + min_spacing)
+    return at
 
 
 class Reporter:
-    """Registers with the root and sends reports; see the module docstring."""
+    """Registers with the root and sends reports; see the module docstring.
+
+    `first_backoff` is the first retry delay after a failure (doubling to 30 s);
+    tests shorten it.
+    """
 
     def __init__(
         self,
@@ -66,6 +106,7 @@ class Reporter:
         api_token: str,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        first_backoff: float = 1.0,
     ) -> None:
         self._settings = settings
         self._core = core
@@ -76,6 +117,7 @@ class Reporter:
         self._api_token = api_token
         self._mono = mono
         self._wall = wall
+        self._first_backoff = first_backoff
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,40 +172,56 @@ class Reporter:
         return interval
 
     def _run(self) -> None:
-        backoff = 1.0
+        backoff = self._first_backoff
         next_full = self._mono()
-        last_sent = -math.inf
+        last_started = -math.inf
         while not self._stop.is_set():
             if self._registration is None:
                 try:
                     self._register()
-                    backoff = 1.0
+                    backoff = self._first_backoff
                     next_full = self._mono()
+                except RegistrationTokenRefused as exc:
+                    self._failed(
+                        f"the root refused our registration token ({exc}); check "
+                        f"--registration-token; keeping cluster id {self.cluster_id or '(none)'}"
+                        f", retrying in {backoff:g} s"
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
                 except RootError as exc:
-                    self._failed(f"registration failed: {exc}")
+                    self._failed(f"registration failed: {exc}; retrying in {backoff:g} s")
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
             now = self._mono()
             full = now >= next_full
             if not full:
-                if not self._wake.wait(max(0.0, next_full - now)):
+                # Set already: changes came while the last report was in flight.
+                quiet = not self._wake.is_set()
+                if quiet and not self._wake.wait(max(0.0, next_full - now)):
                     continue  # timed out: a full report is due
                 if self._stop.is_set():
                     return
-                # Leading edge: after a quiet spell the change goes out after a short
-                # coalescing delay; under load, at most one report per report_debounce.
-                debounce = self._settings.report_debounce
-                send_at = max(self._mono() + min(COALESCE_S, debounce), last_sent + debounce)
-                self._stop.wait(max(0.0, send_at - self._mono()))
+                send_at = change_report_at(
+                    self._mono(),
+                    quiet=quiet,
+                    last_started=last_started,
+                    min_spacing=self._settings.report_debounce,
+                )
+                delay = send_at - self._mono()
+                if delay > 0 and self._stop.wait(delay):
+                    return
                 full = self._mono() >= next_full
             self._wake.clear()
             changes = self._core.take_changes()
+            last_started = self._mono()
             try:
                 self._send(full, changes)
-            except RootAuthError as exc:
+            except CredentialRefused as exc:
                 self._core.requeue_changes(changes)
-                self._failed(f"root refused our credential ({exc}); registering again")
+                self._failed(f"the root refused our credential ({exc}); registering again")
                 self._registration = None
                 continue
             except (RootError, TimeoutError) as exc:
@@ -173,10 +231,9 @@ class Reporter:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 self._wake.set()  # retry the changes after the backoff
                 continue
-            backoff = 1.0
-            last_sent = self._mono()
+            backoff = self._first_backoff
             if full:
-                next_full = last_sent + self._interval()
+                next_full = self._mono() + self._interval()
 
     def _failed(self, text: str) -> None:
         self.last_error = text
@@ -216,6 +273,8 @@ class Reporter:
         )
 
     def _register(self) -> None:
+        """Register with the stored identity if any; a fresh registration only when the
+        root refuses that identity (never because of the registration token)."""
         token = self._settings.registration_token
         if token is None:
             raise RootAuthError("no registration token configured (--registration-token)")
@@ -223,10 +282,15 @@ class Reporter:
             response = self._client.register(
                 self._registration_body(True), token.get_secret_value()
             )
-        except RootAuthError:
+        except IdentityRefused as exc:
             if self._stored is None:
                 raise
-            log.warning("root refused our stored identity; registering as a new cluster")
+            log.warning(
+                "the root refused our stored identity, cluster %s (%s); registering as a "
+                "new cluster",
+                self._stored.get("cluster_id"),
+                exc,
+            )
             self._stored = None
             response = self._client.register(
                 self._registration_body(False), token.get_secret_value()

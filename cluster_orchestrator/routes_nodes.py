@@ -1,4 +1,4 @@
-"""Node API: join, list, get, drain."""
+"""Node API: join (and rejoin), list, get, drain, remove."""
 
 from __future__ import annotations
 
@@ -7,11 +7,24 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from cluster_orchestrator.core import Forbidden, JoinGrant, NotFound
-from cluster_orchestrator.deps import CoreDep, JoinAuth, OperatorAuth, ServicesDep
+from cluster_orchestrator.core import (
+    Forbidden,
+    JoinGrant,
+    JoinUnauthorized,
+    NodeBusy,
+    NodeRemoval,
+    NotFound,
+)
+from cluster_orchestrator.deps import (
+    CoreDep,
+    JoinOrRejoin,
+    OperatorAuth,
+    ServicesDep,
+)
 from cluster_orchestrator.records import new_secret
 from cluster_orchestrator.views import DrainResult, NodeDetail, NodeList
 from schemas.node import JoinRequest, JoinResponse, Liveness, MqttConnectInfo
@@ -23,24 +36,52 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 
 
+_REFUSALS: dict[int | str, dict[str, object]] = {
+    401: {
+        "description": "no accepted join token where one is needed (`reason`: "
+        "`join_token_missing`, `join_token_invalid` or `node_unknown`)"
+    },
+    403: {
+        "description": "wrong node secret (`node_secret_wrong`) or a removed node (`node_removed`)"
+    },
+}
+
+
+def _refusal(code: int, detail: str, reason: str) -> JSONResponse:
+    """A refused join: ``{"detail": why, "reason": machine-readable code}``."""
+    headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=code, headers=headers)
+
+
 @router.post(
     "",
     response_model=JoinResponse,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[JoinAuth],
-    summary="Join a node (bearer: join token)",
+    responses=_REFUSALS,
+    summary="Join a node (bearer: join token) or rejoin it (its node id and secret)",
 )
-async def join(body: JoinRequest, services: ServicesDep) -> JoinResponse:
+async def join(
+    body: JoinRequest, services: ServicesDep, token: JoinOrRejoin
+) -> JoinResponse | JSONResponse:
     """Admit a node: id, identity secret and fresh per-node MQTT credentials.
 
-    A node that joined before sends its `node_id` and `node_secret` and keeps its id;
-    a wrong secret is refused with 403. The MQTT password is new on every join.
+    A new node needs one of the accepted join tokens as bearer token. A node that
+    joined before sends its `node_id` and `node_secret` and keeps its id: the secret
+    alone authenticates it, so a rejoin works after the join tokens were rotated
+    (a join token it sends is then ignored). A wrong secret, or the id of a node the
+    operator removed, is refused with 403. The MQTT password is new on every join.
     """
     core = services.core
+    if body.node_id is None and token != "ok":
+        text = "missing bearer join token" if token == "missing" else "invalid join token"
+        return _refusal(status.HTTP_401_UNAUTHORIZED, text, f"join_token_{token}")
     try:
-        grant: JoinGrant = await core.run(lambda: core.join(body))
+        grant: JoinGrant = await core.run(lambda: core.join(body, join_token_ok=token == "ok"))
     except Forbidden as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+        return _refusal(status.HTTP_403_FORBIDDEN, str(exc), exc.reason)
+    except JoinUnauthorized as exc:
+        reason = exc.reason if exc.reason == "node_unknown" else f"join_token_{token}"
+        return _refusal(status.HTTP_401_UNAUTHORIZED, str(exc), reason)
     if grant.durable is not None:
         try:
             await asyncio.wrap_future(grant.durable)
@@ -58,6 +99,15 @@ async def join(body: JoinRequest, services: ServicesDep) -> JoinResponse:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "could not create MQTT credentials; retry"
         ) from None
+    node_id = grant.node_id
+    if not await core.run(lambda: node_id in core.nodes):  # removed meanwhile
+        try:
+            await run_in_threadpool(dynsec.delete_node_client, node_id)
+        except Exception as exc:
+            log.error("deleting the MQTT client of removed node %s failed: %s", node_id, exc)
+        return _refusal(
+            status.HTTP_403_FORBIDDEN, f"node {node_id} was removed while joining", "node_removed"
+        )
     settings = services.settings
     return JoinResponse(
         node_id=grant.node_id,
@@ -97,6 +147,49 @@ async def get_node(node_id: str, core: CoreDep) -> NodeDetail:
         return await core.run(lambda: core.get_node(node_id))
     except NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.delete(
+    "/{node_id}",
+    response_model=NodeDetail,
+    dependencies=[OperatorAuth],
+    summary="Remove a node for good",
+)
+async def remove_node(node_id: str, services: ServicesDep) -> NodeDetail:
+    """Forget a node and refuse its identity from now on (a lost or stolen device).
+
+    409 while instances are assigned to it: drain it first. Its MQTT client is deleted
+    (the broker drops its connection); a later rejoin with its stored identity is
+    refused with 403 (`reason`: `node_removed`). Tasks already running on the device
+    are not stopped by this. Answers the node as it was.
+    """
+    core = services.core
+    try:
+        removal: NodeRemoval = await core.run(lambda: core.remove_node(node_id))
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except NodeBusy as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if removal.durable is not None:
+        try:
+            await asyncio.wrap_future(removal.durable)
+        except Exception as exc:
+            log.error("could not store the removal of node %s: %s", node_id, exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "node removed, but the store failed: the removal may not survive a restart",
+            ) from None
+    if services.dynsec is not None:
+        try:
+            await run_in_threadpool(services.dynsec.delete_node_client, node_id)
+        except Exception as exc:
+            log.error("deleting the MQTT client of removed node %s failed: %s", node_id, exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"node removed, but its MQTT client could not be deleted; delete it with "
+                f"mosquitto_ctrl dynsec deleteClient node-{node_id}",
+            ) from None
+    return removal.node
 
 
 @router.post(

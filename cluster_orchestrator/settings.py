@@ -9,18 +9,35 @@ builds one :class:`ClusterSettings`.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from schemas.common import Labels, Name
-from schemas.settings_file import FlagsEnvSettings, SettingsFileError, build_settings
+from schemas.common import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS, Labels, Name
+from schemas.settings_file import (
+    FlagsEnvSettings,
+    SettingsFileError,
+    build_settings,
+    read_settings_file,
+)
 
-__all__ = ["ClusterSettings", "SettingsFileError", "build_parser", "load_settings"]
+__all__ = [
+    "ClusterSettings",
+    "InvalidSetting",
+    "SettingsFileError",
+    "build_parser",
+    "load_settings",
+    "parse_labels",
+    "split_tokens",
+    "token_accepted",
+]
 
 ENV_PREFIX = "EDGE_"
 
@@ -35,7 +52,11 @@ class ClusterSettings(FlagsEnvSettings):
     # identity
     name: Name = Field(default="cluster", description="cluster name (DNS label)")
     location: str = Field(default="", max_length=128, description="free text, e.g. a site")
-    labels: Labels = Field(default_factory=dict, description="cluster labels (JSON object)")
+    labels: Annotated[Labels, NoDecode] = Field(
+        default_factory=dict,
+        description="cluster labels, sent to the root and matched by placement under each "
+        "node's own labels",
+    )
 
     # HTTP API
     host: str = Field(default="127.0.0.1", description="listen address of the API")
@@ -51,7 +72,16 @@ class ClusterSettings(FlagsEnvSettings):
     )
     join_token: SecretStr | None = Field(
         default=None,
-        description="bearer token nodes present to join; generated into the data dir when unset",
+        description="bearer token new nodes present to join (a joined node rejoins with its "
+        "node secret); generated into the data dir when neither join_token nor join_tokens "
+        "is set",
+    )
+    join_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="more accepted join tokens (comma-separated or a JSON list, 8+ characters "
+        "each), accepted besides join_token: for a rolling rotation add the new token, move "
+        "the nodes' EDGE_NODE_JOIN_TOKEN to it, then drop the old one. Only a first join "
+        "needs a join token: a joined node rejoins with its own node secret",
     )
 
     # storage
@@ -91,7 +121,12 @@ class ClusterSettings(FlagsEnvSettings):
     lost_grace: float = Field(default=3.0, ge=0, le=3600, description="NOT_READY -> LOST grace")
     report_interval: float = Field(default=10.0, gt=0, le=3600, description="full report period")
     report_debounce: float = Field(
-        default=0.1, ge=0, le=60, description="least time between two change reports"
+        default=0.0,
+        ge=0,
+        le=60,
+        description="optional least time between the starts of two change-triggered reports "
+        "(0: none; one report is in flight at a time and changes made meanwhile go in the "
+        "next one)",
     )
     reconcile_interval: float = Field(default=1.0, gt=0, le=600)
     ack_timeout: float = Field(default=5.0, gt=0, le=600, description="DEPLOY/TERMINATE ack wait")
@@ -100,10 +135,37 @@ class ClusterSettings(FlagsEnvSettings):
         default=5.0, gt=0, le=3600, description="batch period of status writes to the store"
     )
     placement_policy: Literal["spread", "binpack"] = "spread"
+    overload_cpu_percent: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="a node whose last status shows this much CPU use (percent of all cores) "
+        "or more takes no new work (placement reason 'overloaded'); unset: only a node that "
+        "is shedding work is overloaded",
+    )
     terminal_retention: float = Field(
         default=3600.0, ge=0, description="seconds finished instances stay in memory"
     )
     log_level: str = Field(default="INFO")
+
+    @field_validator("join_tokens", mode="before")
+    @classmethod
+    def _split_join_tokens(cls, value: Any) -> Any:
+        return split_tokens(value)
+
+    @field_validator("join_tokens")
+    @classmethod
+    def _join_tokens_length(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for token in value:
+            if len(token.get_secret_value()) < 8:
+                raise ValueError("join tokens must be at least 8 characters long")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_text(cls, value: Any) -> Any:
+        # EDGE_LABELS reaches here undecoded (NoDecode): k=v,k2=v2 or JSON text.
+        return parse_labels(value, "labels")
 
     @field_validator("root_url", "url")
     @classmethod
@@ -115,6 +177,20 @@ class ClusterSettings(FlagsEnvSettings):
         return value.rstrip("/")
 
     # ---------------------------------------------------------------- derived
+
+    def configured_join_tokens(self) -> list[str]:
+        """Every join token set (``join_token`` first, then ``join_tokens``), no duplicates.
+
+        Empty when neither is set: the app then generates (or reads) the ``join-token``
+        file in the data directory.
+        """
+        out: list[str] = []
+        first = [self.join_token] if self.join_token is not None else []
+        for token in [*first, *self.join_tokens]:
+            value = token.get_secret_value()
+            if value and value not in out:
+                out.append(value)
+        return out
 
     @property
     def starts_broker(self) -> bool:
@@ -157,6 +233,24 @@ class ClusterSettings(FlagsEnvSettings):
         return self.broker_data_dir or (self.data_dir / "broker")
 
 
+def split_tokens(value: Any) -> Any:
+    """Accept a list, a JSON list or a comma-separated string of tokens."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def token_accepted(given: str, accepted: Sequence[str]) -> bool:
+    """Whether `given` is one of `accepted`, comparing with every token in constant time."""
+    found = False
+    for token in accepted:
+        found |= hmac.compare_digest(given.encode(), token.encode())
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per settings field (all default to unset)."""
     parser = argparse.ArgumentParser(
@@ -179,25 +273,111 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_labels(value: str) -> dict[str, str]:
-    value = value.strip()
-    if value.startswith("{"):
-        data = json.loads(value)
-        if not isinstance(data, dict):
-            raise ValueError("labels must be a JSON object")
-        return {str(k): str(v) for k, v in data.items()}
+class InvalidSetting(SettingsFileError):
+    """A setting's value cannot be used; the message is one line naming the setting.
+
+    A subclass of `SettingsFileError` so that the program reports it like any other
+    invalid settings (exit status 2, no traceback).
+    """
+
+
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+_LABELS_FORMAT = "expected k=v,k2=v2 or a JSON object"
+
+
+def parse_labels(value: Any, source: str) -> dict[str, str]:
+    """Labels from a mapping, JSON object text or ``k=v,k2=v2`` text, checked key by key.
+
+    Raises `InvalidSetting` (a ValueError) with one line naming `source` (the flag, the
+    environment variable or the settings key) and what is wrong.
+    """
+    pairs: list[tuple[str, Any]]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise InvalidSetting(f"{source}: invalid JSON ({exc}); {_LABELS_FORMAT}") from None
+            if not isinstance(data, dict):
+                raise InvalidSetting(f"{source}: {_LABELS_FORMAT}, got a JSON array")
+            pairs = list(data.items())
+        else:
+            pairs = []
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, sep, val = part.partition("=")
+                if not sep:
+                    raise InvalidSetting(f"{source}: {part!r} is not key=value; {_LABELS_FORMAT}")
+                pairs.append((key.strip(), val.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise InvalidSetting(f"{source}: {_LABELS_FORMAT}, got {type(value).__name__}")
     out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        key, sep, val = part.partition("=")
-        if not sep:
-            raise ValueError(f"label {part!r} is not key=value")
-        out[key.strip()] = val.strip()
+    for key, raw in pairs:
+        if isinstance(raw, dict | list) or raw is None:
+            raise InvalidSetting(f"{source}: the value of label {key!r} must be a string")
+        val = str(raw).lower() if isinstance(raw, bool) else str(raw)
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise InvalidSetting(
+                f"{source}: invalid label key {key!r} (1-63 letters, digits, '-', '_', '.', "
+                "'/', starting and ending with a letter or digit)"
+            )
+        if not _LABEL_VALUE.match(val):
+            raise InvalidSetting(
+                f"{source}: invalid value {val!r} for label {key!r} (at most 63 letters, "
+                "digits, '-', '_', '.', ':', '/')"
+            )
+        if key in out:
+            raise InvalidSetting(f"{source}: label {key!r} given twice")
+        out[key] = val
+    if len(out) > MAX_LABELS:
+        raise InvalidSetting(f"{source}: at most {MAX_LABELS} labels, got {len(out)}")
     return out
 
 
-def load_settings(argv: Sequence[str] | None = None) -> ClusterSettings:
-    """Build settings from flags, ``EDGE_*`` environment and the optional settings file."""
-    args = vars(build_parser().parse_args(argv))
+def _env_value(name: str) -> str | None:
+    """An ``EDGE_*`` variable as pydantic-settings finds it (names are case-insensitive)."""
+    wanted = (ENV_PREFIX + name).lower()
+    for key, value in os.environ.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def _merged_labels(args: dict[str, Any]) -> dict[str, str] | None:
+    """Labels of the file, the environment and the flags merged key by key (higher
+    source wins), each checked with a one-line error; None when no source sets any."""
+    layers: list[dict[str, str]] = []
+    config = args.get("config") or _env_value("CONFIG")
+    if config:
+        file_labels = read_settings_file(Path(config)).get("labels")
+        if file_labels is not None:
+            layers.append(parse_labels(file_labels, f"labels in {config}"))
+    env = _env_value("LABELS")
+    if env is not None:
+        layers.append(parse_labels(env, f"{ENV_PREFIX}LABELS"))
     if "labels" in args:
-        args["labels"] = _parse_labels(args["labels"])
+        layers.append(parse_labels(args["labels"], "--labels"))
+    if not layers:
+        return None
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    if len(merged) > MAX_LABELS:
+        raise InvalidSetting(f"labels: at most {MAX_LABELS} labels, got {len(merged)} merged")
+    return merged
+
+
+def load_settings(argv: Sequence[str] | None = None) -> ClusterSettings:
+    """Build settings from flags, ``EDGE_*`` environment and the optional settings file.
+
+    Labels from several sources are merged key by key (flags > environment > file);
+    an invalid labels value raises `InvalidSetting` with one line naming its source.
+    """
+    args = vars(build_parser().parse_args(argv))
+    labels = _merged_labels(args)
+    if labels is not None:
+        args["labels"] = labels
     return build_settings(ClusterSettings, args, ENV_PREFIX)

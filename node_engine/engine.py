@@ -5,6 +5,18 @@ queue, task supervision, status publishing, the outbox. The MQTT network thread 
 feeds the queue (see `node_engine.mqtt`); signal handlers only put a stop marker on it
 (`queue.SimpleQueue.put` is reentrant, so that is safe from a handler).
 
+Runtime calls that can block (deploy, stop with its grace period) run in a small
+`WorkerPool` of daemon threads; each result comes back on the same queue as an `OpDone`
+item and is applied here (pause and resume, quick, run inline). So the status tick keeps
+its pace while a task that ignores SIGTERM is being stopped, and several deploys run at
+once.
+
+Group commit: the loop handles every item waiting on the queue (bounded), then writes
+what changed once (tasks, seen commands, outbox), then acknowledges the commands to the
+broker (PUBACK), then hands new operations to the pool (their intent, e.g. STARTING,
+is on disk before the runtime acts), then publishes. A command is acknowledged (the
+`AckMessage` and the PUBACK) once its outcome is known, i.e. after its runtime call.
+
 Per tick (every `status_interval` seconds): poll tasks (exits, restarts), sample the
 host, let the shedder (if configured) decide, publish a `StatusMessage` (QoS 0, only
 while connected: a stale status is worthless). Events and acks go through the `Outbox`
@@ -15,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from node_engine.monitor import Monitor, Sample
@@ -31,7 +45,14 @@ from node_engine.mqtt import (
     Transport,
 )
 from node_engine.state import CommandOutcome, Outbox, SeenCommands
-from node_engine.supervisor import ShedDecision, Supervisor, TaskChange
+from node_engine.supervisor import (
+    OpDone,
+    Operation,
+    ShedDecision,
+    Supervisor,
+    TaskChange,
+    run_operation,
+)
 from schemas.common import Runtime
 from schemas.mqtt import (
     AckMessage,
@@ -57,6 +78,18 @@ STOP = object()
 INFLIGHT_WINDOW = 100
 """At most this many outbox messages handed to paho and not yet acknowledged."""
 
+BATCH_MAX = 200
+"""At most this many queue items handled before the state is written (group commit)."""
+
+DEFAULT_WORKERS = 4
+"""Runtime calls running at once (`Engine(workers=...)`; 0 runs them inline)."""
+
+DEFAULT_SHUTDOWN_WAIT = 5.0
+"""Seconds a stopping engine waits for runtime calls in progress before abandoning them."""
+
+Receipt = tuple[int, int, int]
+"""(mid, qos, generation) of one delivery of a command: what `Transport.ack` needs."""
+
 
 class Shedder(Protocol):
     """Hook for local priority shedding (issue 7); the engine calls it once per tick.
@@ -75,6 +108,75 @@ class Shedder(Protocol):
         ...
 
 
+class WorkerPool:
+    """A few daemon threads running `Operation`s; each result goes to `sink` (the inbox).
+
+    Threads start on demand, up to `size`. They are daemons: an engine that stops does
+    not wait for a runtime call beyond its own bounded wait (`Engine.shutdown`); the
+    intent of every operation is persisted first, so the next start recovers it.
+    """
+
+    def __init__(self, size: int, sink: Callable[[OpDone], None], name: str = "runtime") -> None:
+        if size < 1:
+            raise ValueError("a worker pool needs at least one thread")
+        self.size = size
+        self.name = name
+        self._sink = sink
+        self._jobs: queue.SimpleQueue[Operation | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._closed = False
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far."""
+        return len(self._threads)
+
+    def submit(self, op: Operation) -> None:
+        """Run `op` on a worker thread as soon as one is free."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("worker pool closed")
+            self._outstanding += 1
+            if self._outstanding > len(self._threads) and len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._jobs.put(op)
+
+    def _work(self) -> None:
+        while True:
+            op = self._jobs.get()
+            if op is None:
+                return
+            done = run_operation(op)
+            with self._lock:
+                self._outstanding -= 1
+            self._sink(done)
+
+    def close(self) -> None:
+        """Let idle threads end; calls still running are abandoned (daemon threads)."""
+        with self._lock:
+            self._closed = True
+            count = len(self._threads)
+        for _ in range(count):
+            self._jobs.put(None)
+
+
+@dataclass
+class OpenCommand:
+    """A command whose outcome is not known yet (its runtime call runs, or it waits for
+    the one in progress on its instance); every delivery of it is answered at the end."""
+
+    message: DeployMessage | TerminateMessage
+    receipts: list[Receipt]
+    received: float
+    """The engine clock when it was first handled (for the log)."""
+
+
 def offline_presence(node_id: str, engine_version: str, reason: str) -> bytes:
     """The retained offline presence (also the last will)."""
     return encode(
@@ -86,7 +188,11 @@ def offline_presence(node_id: str, engine_version: str, reason: str) -> bytes:
 
 
 class Engine:
-    """Owns the loop; build it with its parts (all injectable) and call `run()`."""
+    """Owns the loop; build it with its parts (all injectable) and call `run()`.
+
+    `workers` runtime calls run at once in a `WorkerPool`; with 0 they run inline in the
+    loop thread (the status waits for them: for tests and the simplest setups).
+    """
 
     def __init__(
         self,
@@ -104,6 +210,8 @@ class Engine:
         shedder: Shedder | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        workers: int = 0,
+        shutdown_wait: float = DEFAULT_SHUTDOWN_WAIT,
     ) -> None:
         self.node_id = node_id
         self.inbox = inbox
@@ -118,6 +226,15 @@ class Engine:
         self._clock = clock
         self._wall = wall
         self.supervisor = supervisor_factory(self._emit)
+        self.store = self.supervisor.store
+        self.pool = WorkerPool(workers, self.inbox.put) if workers > 0 else None
+        self.shutdown_wait = shutdown_wait
+        # the loop commits once per batch; runtime calls go to the pool when there is one
+        self.supervisor.autosave = False
+        self.supervisor.defer = self.pool is not None
+        self._open: dict[str, OpenCommand] = {}  # command id -> command awaiting its outcome
+        self._waiting: dict[str, deque[OpenCommand]] = {}  # instance id -> commands queued
+        self._pubacks: list[Receipt] = []  # PUBACKs to send after the next commit
         self._topics = {ch: topic(node_id, ch) for ch in Channel}
         self._inflight: dict[int, int] = {}  # paho mid -> outbox key
         self._inflight_keys: set[int] = set()
@@ -221,7 +338,9 @@ class Engine:
     # ----- incoming -----
 
     def _handle(self, item: Any) -> None:
-        if isinstance(item, CommandReceived):
+        if isinstance(item, OpDone):
+            self._on_done(item)
+        elif isinstance(item, CommandReceived):
             self._on_command(item)
         elif isinstance(item, CommandRejected):
             self._on_rejected(item)
@@ -248,33 +367,84 @@ class Engine:
     def _on_command(self, item: CommandReceived) -> None:
         message = item.message
         kind = message.kind
+        receipt: Receipt = (item.mid, item.qos, item.generation)
         previous = self.seen.get(message.id)
         if previous is not None:
             log.info("command %s (%s) seen before: acknowledging again", message.id, kind)
             self._ack(message.id, kind, previous, duplicate=True)
-        else:
-            outcome: CommandOutcome
-            if isinstance(message, DeployMessage):
-                cmd = message.payload
-                outcome = self.supervisor.deploy(cmd.instance_id, cmd.job_id, cmd.spec, message.id)
-            elif isinstance(message, TerminateMessage):
-                term = message.payload
-                outcome = self.supervisor.terminate(term.instance_id, term.reason)
-            else:  # pragma: no cover - the transport only queues commands
-                return
-            self.seen.add(message.id, outcome)
-            self.seen.save()
+            self._pubacks.append(receipt)
+            return
+        pending = self._open.get(message.id)
+        if pending is not None:  # redelivered while in progress: answered with the original
+            log.info("command %s (%s) is in progress: answering it when done", message.id, kind)
+            pending.receipts.append(receipt)
+            return
+        command = OpenCommand(message, [receipt], self._clock())
+        self._open[message.id] = command
+        instance_id = message.payload.instance_id
+        waiting = self._waiting.get(instance_id)
+        if waiting is not None or self.supervisor.blocks(kind, instance_id):
             log.info(
-                "command %s %s %s: %s%s",
+                "command %s %s %s waits for the operation in progress on the instance",
                 kind,
-                outcome.instance_id,
+                instance_id,
                 message.id,
-                "accepted" if outcome.accepted else "refused",
-                f" ({outcome.reason})" if outcome.reason else "",
             )
-            self._ack(message.id, kind, outcome)
-        self.outbox.save()
-        self.transport.ack(item.mid, item.qos, item.generation)
+            self._waiting.setdefault(instance_id, deque()).append(command)
+            return
+        self._run_command(command)
+
+    def _run_command(self, command: OpenCommand) -> None:
+        """Hand a command to the supervisor; finish it now if its outcome is known."""
+        message = command.message
+        outcome: CommandOutcome | None
+        if isinstance(message, DeployMessage):
+            cmd = message.payload
+            outcome = self.supervisor.deploy(cmd.instance_id, cmd.job_id, cmd.spec, message.id)
+        else:
+            term = message.payload
+            outcome = self.supervisor.terminate(term.instance_id, term.reason, message.id)
+        if outcome is not None:
+            self._finish(command, outcome)
+
+    def _finish(self, command: OpenCommand, outcome: CommandOutcome) -> None:
+        """Remember the outcome and answer every delivery of the command (PUBACK after the
+        next commit)."""
+        message = command.message
+        self._open.pop(message.id, None)
+        self.seen.add(message.id, outcome)
+        log.info(
+            "command %s %s %s: %s%s (%.0f ms)",
+            message.kind,
+            outcome.instance_id,
+            message.id,
+            "accepted" if outcome.accepted else "refused",
+            f" ({outcome.reason})" if outcome.reason else "",
+            (self._clock() - command.received) * 1000,
+        )
+        for i, receipt in enumerate(command.receipts):
+            self._ack(message.id, message.kind, outcome, duplicate=i > 0)
+            self._pubacks.append(receipt)
+
+    def _on_done(self, done: OpDone) -> None:
+        """A runtime call finished: apply it, answer its command, run what waited for it."""
+        outcome = self.supervisor.complete(done)
+        command = self._open.get(done.op.command_id) if done.op.command_id else None
+        if command is not None and outcome is not None:
+            self._finish(command, outcome)
+        self._run_waiting(done.op.instance_id)
+
+    def _run_waiting(self, instance_id: str) -> None:
+        """Run the commands that waited for the instance's operation, in order, until one
+        starts another operation. Not while stopping: they stay unacknowledged and the
+        broker delivers them again after the restart."""
+        waiting = self._waiting.get(instance_id)
+        if waiting is None or self._stopping:
+            return
+        while waiting and not self.supervisor.blocks(waiting[0].message.kind, instance_id):
+            self._run_command(waiting.popleft())
+        if not waiting:
+            del self._waiting[instance_id]
 
     def _on_rejected(self, item: CommandRejected) -> None:
         self.messages_rejected += 1
@@ -293,8 +463,30 @@ class Engine:
             accepted=False,
             reason=f"{item.reason}: {item.detail}",
         )
+        self._pubacks.append((item.mid, item.qos, item.generation))
+
+    # ----- persistence -----
+
+    def commit(self) -> None:
+        """Group commit: write what changed (tasks, seen commands, outbox), then PUBACK the
+        commands answered since the last commit, then start the operations whose intent
+        is now on disk."""
+        self.store.commit()
+        self.seen.save()
         self.outbox.save()
-        self.transport.ack(item.mid, item.qos, item.generation)
+        pubacks, self._pubacks = self._pubacks, []
+        for mid, qos, generation in pubacks:
+            self.transport.ack(mid, qos, generation)
+        if self.pool is not None and not self._stopping:
+            for op in self.supervisor.take_operations():
+                self.pool.submit(op)
+
+    def process(self, items: Sequence[Any]) -> None:
+        """Handle a batch of queue items, then commit and publish (what the loop does)."""
+        for item in items:
+            self._handle(item)
+        self.commit()
+        self._flush()
 
     # ----- the loop -----
 
@@ -317,6 +509,7 @@ class Engine:
                 self.supervisor.apply_shed(decision)
             if decisions:
                 tasks = self.supervisor.statuses()
+        self.commit()  # state on disk before anything reports it
         # Events first: a status that already shows a change must not overtake the event
         # carrying its reason and data (the cluster applies whichever comes first).
         self._flush()
@@ -325,7 +518,7 @@ class Engine:
     def run(self) -> None:
         """Recover tasks, connect, and loop until `request_stop()`; then go offline cleanly."""
         self.supervisor.recover()
-        self.outbox.save()
+        self.commit()
         self.transport.start()
         next_tick = self._clock()
         try:
@@ -335,39 +528,80 @@ class Engine:
                     item = self.inbox.get(timeout=timeout)
                 except queue.Empty:
                     item = None
-                if item is STOP:
-                    break
-                if item is not None:
+                stop = item is STOP
+                if item is not None and not stop:
                     self._handle(item)
-                    for _ in range(200):  # drain what else is waiting, bounded
+                    for _ in range(BATCH_MAX - 1):  # the rest of the batch, bounded
                         try:
                             item = self.inbox.get_nowait()
                         except queue.Empty:
                             break
                         if item is STOP:
-                            return
+                            stop = True
+                            break
                         self._handle(item)
+                if stop:
+                    break
                 now = self._clock()
                 if now >= next_tick:
-                    self.tick()
+                    self.tick()  # commits and publishes
                     next_tick += self.status_interval
                     if next_tick <= now:  # fell behind (slow tick, suspend): no burst
                         next_tick = now + self.status_interval
-                self._flush()
-                self.outbox.save()
+                else:
+                    self.commit()
+                    self._flush()
         finally:
             self.shutdown()
 
+    def _wait_for_operations(self) -> None:
+        """Stopping: apply the runtime calls that finish within `shutdown_wait`; abandon
+        the rest (their intent is persisted: the next start adopts, starts or stops)."""
+        for op in self.supervisor.take_operations():  # never handed to the pool
+            self.supervisor.abandon(op)
+        deadline = self._clock() + self.shutdown_wait
+        if self.supervisor.in_flight:
+            log.info(
+                "waiting up to %.1f s for %d runtime call(s) in progress",
+                self.shutdown_wait,
+                self.supervisor.in_flight,
+            )
+        while self.supervisor.in_flight:
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            try:
+                item = self.inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(item, (OpDone, Published)):
+                self._handle(item)
+            # commands and the rest stay unanswered: the broker delivers them again
+        if self.supervisor.in_flight:
+            log.warning(
+                "abandoning %d runtime call(s) in progress; the next start recovers them",
+                self.supervisor.in_flight,
+            )
+
     def shutdown(self) -> None:
-        """Persist, publish offline presence and disconnect. Tasks keep running."""
+        """Finish or abandon runtime calls, persist, publish offline presence, disconnect.
+
+        Tasks keep running."""
         if self._stopping:
             return
         self._stopping = True
         log.info("stopping: tasks keep running; publishing offline presence")
         try:
-            self.outbox.save()
+            self._wait_for_operations()
+        except Exception:
+            log.exception("could not apply the runtime calls in progress")
+        try:
+            self.commit()
+            self._flush()
         except OSError:
-            log.exception("could not save the outbox")
+            log.exception("could not save the engine state")
+        if self.pool is not None:
+            self.pool.close()
         final = (
             self._topics[Channel.PRESENCE],
             offline_presence(self.node_id, self.engine_version, "engine stopped"),

@@ -3,8 +3,16 @@
 The node POSTs a `JoinRequest` to ``{cluster_url}/api/v1/nodes`` with the join token as a
 bearer token. The `JoinResponse` (node id, node secret, MQTT credentials) is stored in
 ``identity.json`` (mode 0600) in the state directory; on a restart the node sends the
-stored id and secret so it keeps its id. HTTP goes through the standard library
-(`urllib`) to keep the engine small; the transport is injectable for tests.
+stored id and secret ("rejoin"). The cluster authenticates a rejoin by that secret, not
+by the join token, so rotating the cluster's join tokens does not lock out joined nodes
+(the join token is still sent when configured: a cluster that lost its store admits
+an unknown id only with it). HTTP goes through the standard library (`urllib`) to keep
+the engine small; the transport is injectable for tests.
+
+A refusal (4xx other than 408/429) is final, for a first join and for a rejoin alike:
+the cluster decided (bad join token, wrong node secret, node removed by the operator),
+and retrying cannot change that; `refusal_message` says what to do about it. Only an
+unreachable or unavailable cluster (network error, 5xx, 408, 429) is worth retrying.
 """
 
 from __future__ import annotations
@@ -36,13 +44,70 @@ IDENTITY_FILE = "identity.json"
 JOIN_PATH = "/api/v1/nodes"
 
 
-class JoinRefused(Exception):
-    """The cluster answered the join with a definitive no (401/403/422/other 4xx)."""
+#: ``reason`` codes a cluster puts beside ``detail`` when it refuses a join.
+REASON_JOIN_TOKEN_MISSING = "join_token_missing"
+REASON_JOIN_TOKEN_INVALID = "join_token_invalid"
+REASON_NODE_UNKNOWN = "node_unknown"
+REASON_NODE_SECRET_WRONG = "node_secret_wrong"
+REASON_NODE_REMOVED = "node_removed"
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"join refused (HTTP {status}): {message}")
+
+class JoinRefused(Exception):
+    """The cluster answered the join with a definitive no (401/403/422/other 4xx).
+
+    `reason` is the cluster's machine-readable code when it sent one (``REASON_*``);
+    `node_id` is the stored id the node presented (None for a first join).
+    """
+
+    def __init__(
+        self, status: int, message: str, *, reason: str | None = None, node_id: str | None = None
+    ) -> None:
+        what = "join" if node_id is None else f"rejoin of node {node_id}"
+        super().__init__(f"{what} refused (HTTP {status}): {message}")
         self.status = status
         self.message = message
+        self.reason = reason
+        self.node_id = node_id
+
+    @property
+    def rejoin(self) -> bool:
+        """Whether the node presented a stored identity."""
+        return self.node_id is not None
+
+
+def refusal_message(exc: JoinRefused, cluster_url: str, state_dir: Path) -> str:
+    """One line for the operator: what the cluster said and what to do about it.
+
+    Secrets never appear: only the status, the cluster's detail and the node id.
+    """
+    if not exc.rejoin:
+        msg = f"node-engine: the cluster at {cluster_url} refused the join "
+        msg += f"(HTTP {exc.status}): {exc.message}"
+        if exc.status in (401, 403):
+            msg += " - check the join token"
+        return msg
+    path = identity_path(state_dir)
+    msg = f"node-engine: the cluster at {cluster_url} refused the rejoin of node "
+    msg += f"{exc.node_id} with its stored identity (HTTP {exc.status}): {exc.message}"
+    if exc.reason == REASON_NODE_REMOVED:
+        msg += (
+            " - the operator removed this node from the cluster; to join it again as a new "
+            f"node, delete {path} and restart with a join token"
+        )
+    elif exc.reason == REASON_NODE_UNKNOWN:
+        msg += (
+            " - the cluster does not know this node (its store was reset or restored?) and "
+            "no accepted join token came with the rejoin: set EDGE_NODE_JOIN_TOKEN to one "
+            "of the cluster's join tokens and restart (the node keeps its id)"
+        )
+    elif exc.reason == REASON_NODE_SECRET_WRONG or (exc.status == 403 and exc.reason is None):
+        msg += (
+            f" - the node secret in {path} does not match the cluster's record; to join "
+            "this machine as a new node, delete that file and restart with a join token"
+        )
+    elif exc.status == 401:
+        msg += " - check the join token (this cluster asks for one at every rejoin)"
+    return msg
 
 
 class JoinUnavailable(Exception):
@@ -168,6 +233,16 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(ceiling / 2, ceiling)
 
 
+def _error_reason(body: bytes) -> str | None:
+    """The machine-readable ``reason`` of a refusal body, if any."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason[:64] if isinstance(reason, str) else None
+
+
 def _error_text(body: bytes) -> str:
     try:
         data = json.loads(body)
@@ -211,7 +286,12 @@ class Joiner:
         self.timeout = timeout
 
     def attempt(self, request: JoinRequest) -> JoinResponse:
-        """One join attempt: the response, or `JoinRefused` / `JoinUnavailable`."""
+        """One join attempt: the response, or `JoinRefused` / `JoinUnavailable`.
+
+        The join token goes along whenever one is configured, also on a rejoin (a
+        cluster that lost its store needs it to admit the stored id again); a cluster
+        that knows the node authenticates the rejoin by its node secret alone.
+        """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
@@ -223,7 +303,12 @@ class Joiner:
                 raise JoinUnavailable(f"cluster sent an invalid join response: {exc}") from None
         if result.status >= 500 or result.status in (408, 429):
             raise JoinUnavailable(f"cluster answered HTTP {result.status}")
-        raise JoinRefused(result.status, _error_text(result.body))
+        raise JoinRefused(
+            result.status,
+            _error_text(result.body),
+            reason=_error_reason(result.body),
+            node_id=request.node_id,
+        )
 
     def join(
         self,

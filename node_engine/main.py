@@ -1,7 +1,9 @@
 """``node-engine``: build everything from the settings and run the engine loop.
 
 Exit status: 0 after SIGTERM/SIGINT, 2 for invalid settings or state directory, 3 when
-the cluster refuses the join (bad token 401/403, invalid request 422, ...).
+the cluster refuses the join (bad token 401/403, invalid request 422, ...) or the rejoin
+of the stored identity (wrong node secret, node removed by the operator; see
+`node_engine.identity.refusal_message`).
 
 Imports are kept lean on purpose (the engine targets small devices): no HTTP client
 library (urllib does the one join request), and the Docker SDK is imported only when
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import psutil
 
-    from node_engine.identity import JoinRefused, describe_node, engine_id
+    from node_engine.identity import JoinRefused, describe_node, engine_id, refusal_message
     from node_engine.monitor import Monitor
 
     runtimes, unavailable = build_runtimes(
@@ -233,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         identity = obtain_identity(settings, request_factory, stop)
     except JoinRefused as exc:
-        msg = f"node-engine: the cluster at {settings.cluster_url} refused the join "
-        msg += f"(HTTP {exc.status}): {exc.message}"
-        if exc.status in (401, 403):
-            msg += " - check the join token"
-        print(msg, file=sys.stderr)
+        print(refusal_message(exc, settings.cluster_url, settings.state_dir), file=sys.stderr)
         return EXIT_JOIN_REFUSED
     except ValueError as exc:
         print(f"node-engine: {exc}", file=sys.stderr)
@@ -287,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         status_interval=settings.status_interval or identity.status_interval_s,
         runtimes=list(runtimes),
         engine_version=__version__,
+        workers=settings.runtime_workers,
     )
     if settings.shedding:
         from node_engine.monitor import host_cpu_count

@@ -87,7 +87,9 @@ class NodeEngineSettings(BaseSettings):
     )
     join_token: SecretStr | None = Field(
         default=None,
-        description="join token (sent as Authorization: Bearer); needed for the first join",
+        description="join token (sent as Authorization: Bearer); needed for the first join "
+        "only: a joined node rejoins with its stored node secret (the token is still sent "
+        "when set, so a cluster that lost its store re-admits the node under its id)",
     )
     state_dir: Path = Field(
         default=DEFAULT_STATE_DIR, description="directory for identity, tasks, logs (mode 0700)"
@@ -109,6 +111,13 @@ class NodeEngineSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     stop_timeout: float = Field(
         default=10.0, ge=0, le=300, description="seconds a task gets to stop before SIGKILL"
+    )
+    runtime_workers: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="runtime calls (deploys, stops) running at once off the engine loop; "
+        "0 runs them in the loop",
     )
     mqtt_ca_file: Path | None = Field(
         default=None,
@@ -236,6 +245,7 @@ _FLAG_HELP: dict[str, tuple[str, str | None]] = {
     "status_interval": ("--status-interval", "SECONDS"),
     "log_level": ("--log-level", "LEVEL"),
     "stop_timeout": ("--stop-timeout", "SECONDS"),
+    "runtime_workers": ("--runtime-workers", "N"),
     "join_max_delay": ("--join-max-delay", "SECONDS"),
     "mqtt_ca_file": ("--mqtt-ca-file", "FILE"),
     "shedding": ("--shedding", "on|off"),

@@ -9,6 +9,10 @@ fsync) so that a SIGKILL or a power cut leaves either the old or the new version
 * ``outbox.json``: events not yet acknowledged by the broker (bounded, oldest dropped
   with a counter) and the per-node event sequence number.
 
+Each keeps a `dirty` flag: the engine changes them in memory while it handles a batch of
+queue items and writes what changed once per batch (`commit()` / `save()`), before it
+acknowledges anything to the broker (group commit).
+
 Everything here is plain data and file I/O; no threads, no MQTT.
 """
 
@@ -113,14 +117,36 @@ class TaskRecord(BaseModel):
         default=None, description="wall time of the next restart attempt (backoff)"
     )
     command_id: str = ""
+    stopping: str = Field(
+        default="",
+        description="a stop in progress: 'terminate' or 'shed' (persisted before the "
+        "runtime is asked, so a restarted engine finishes it)",
+    )
+    stop_reason: str = ""
 
 
 class TaskStore:
-    """The desired tasks, persisted to ``tasks.json`` after every change."""
+    """The desired tasks, persisted to ``tasks.json``.
+
+    The records are mutated in place by the supervisor, which calls `mark_changed()`;
+    `commit()` writes the file when something changed, `save()` always does.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / TASKS_FILE
         self.tasks: dict[str, TaskRecord] = {}
+        self.dirty = False
+
+    def mark_changed(self) -> None:
+        """Note that a record changed (written at the next `commit()`)."""
+        self.dirty = True
+
+    def commit(self) -> bool:
+        """Write the records if anything changed since the last write; True if written."""
+        if not self.dirty:
+            return False
+        self.save()
+        return True
 
     def load(self) -> dict[str, TaskRecord]:
         """Read the file (if any) and return the records; bad records are dropped loudly."""
@@ -132,6 +158,7 @@ class TaskStore:
                     self.tasks[key] = TaskRecord.model_validate(raw)
                 except ValidationError as exc:
                     log.error("dropping unreadable task record %s: %s", key, exc)
+        self.dirty = False
         return self.tasks
 
     def save(self) -> None:
@@ -141,6 +168,7 @@ class TaskStore:
             "tasks": {k: r.model_dump(mode="json") for k, r in self.tasks.items()},
         }
         atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        self.dirty = False
 
 
 # ---------------------------------------------------------------- seen commands
@@ -169,6 +197,7 @@ class SeenCommands:
         self.path = path
         self.capacity = capacity
         self._items: OrderedDict[str, CommandOutcome] = OrderedDict()
+        self.dirty = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -189,6 +218,7 @@ class SeenCommands:
         self._items.move_to_end(command_id)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
+        self.dirty = True
 
     def load(self) -> None:
         """Read the persisted ids (oldest first)."""
@@ -209,10 +239,11 @@ class SeenCommands:
                 self.add(str(item["id"]), outcome)
             except (KeyError, TypeError):
                 continue
+        self.dirty = False
 
     def save(self) -> None:
-        """Write the ids atomically."""
-        if self.path is None:
+        """Write the ids atomically (only when one was added since the last write)."""
+        if self.path is None or not self.dirty:
             return
         items = [
             {
@@ -226,6 +257,7 @@ class SeenCommands:
         ]
         body = {"version": STATE_VERSION, "commands": items}
         atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        self.dirty = False
 
 
 # ---------------------------------------------------------------- outbox

@@ -21,6 +21,7 @@ __all__ = [
     "NOT_PINNED",
     "NOT_READY",
     "NO_SINGLE_NODE",
+    "OVERLOADED",
     "THROTTLED",
     "TOO_HOT",
     "FilterFn",
@@ -35,6 +36,7 @@ __all__ = [
     "check_draining",
     "check_labels",
     "check_memory",
+    "check_overloaded",
     "check_pinned",
     "check_ready",
     "check_runtime",
@@ -54,6 +56,7 @@ NOT_READY = "not ready"
 NOT_DRAINING = "draining"
 TOO_HOT = "too hot"
 THROTTLED = "throttled"
+OVERLOADED = "overloaded"
 INSUFFICIENT_CPU = "insufficient cpu"
 INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_DISK = "insufficient disk"
@@ -148,8 +151,19 @@ def check_throttled(request: Request, candidate: Candidate) -> str | None:
     return THROTTLED if candidate.throttled else None
 
 
+def check_overloaded(request: Request, candidate: Candidate) -> str | None:
+    """A device that cannot keep up with the work it has (the adapter's verdict: its
+    node engine is shedding work, or its measured CPU is over the configured limit)
+    takes nothing more, whatever the request asks."""
+    return OVERLOADED if candidate.overloaded else None
+
+
 def check_cpu(request: Request, candidate: Candidate) -> str | None:
-    """Free CPU (cores, aggregate for a cluster) must cover the request."""
+    """Free CPU (cores, aggregate for a cluster) must cover the request.
+
+    Free CPU is capacity minus reservations: measured use does not make a request
+    infeasible (it acts through scoring and the `overloaded` filter).
+    """
     if candidate.free_cpu + CPU_EPSILON < request.cpu:
         return INSUFFICIENT_CPU
     return None
@@ -223,6 +237,7 @@ FILTERS: tuple[tuple[str, FilterFn], ...] = (
     ("accelerator", check_accelerator),
     ("temperature", check_temperature),
     ("throttled", check_throttled),
+    ("overloaded", check_overloaded),
     ("cpu", check_cpu),
     ("memory", check_memory),
     ("disk", check_disk),

@@ -90,8 +90,14 @@ class Unit:
 class Candidate:
     """A node (units is None) or a cluster (units is its per-node summary).
 
-    Free values are what is left after running work and reservations; capacity
-    values are the totals used by the allocation scorers. An accelerator kind that
+    Free values are what feasibility is judged on: capacity minus what is reserved
+    (and, for memory and disk, minus what the device reports in use; see the adapters).
+    Capacity values are the totals used by the allocation scorers. `cpu_used` is the
+    CPU the device measures in use (cores, work the scheduler did not place included;
+    None = unknown): it never makes a request infeasible, but the allocation scorers
+    count it (see `scoring_free_cpu`). `overloaded` says the device cannot keep up
+    with the work it has (the adapter decides: e.g. it is shedding work); the
+    `overloaded` filter rejects it. An accelerator kind that
     the candidate has but that is fully used should still appear in
     `free_accelerators` with a count of 0: presence answers the `accelerator`
     constraint, the count answers the `accelerators` reservation.
@@ -114,6 +120,8 @@ class Candidate:
     draining: bool = False
     ready: bool = True
     units: tuple[Unit, ...] | None = None
+    cpu_used: float | None = None
+    overloaded: bool = False
 
     def __post_init__(self) -> None:
         _check_not_nan(
@@ -121,7 +129,22 @@ class Candidate:
             free_cpu=self.free_cpu,
             capacity_cpu=self.capacity_cpu,
             temperature_c=self.temperature_c,
+            cpu_used=self.cpu_used,
         )
+
+    @property
+    def scoring_free_cpu(self) -> float:
+        """Free CPU as the allocation scorers see it: ``free_cpu``, lowered to what the
+        device measures as idle (``capacity_cpu - cpu_used``) when that is less.
+
+        Feasibility counts reservations only (CPU is compressible: a busy device runs a
+        new task slower, it does not refuse it), but among feasible candidates the
+        one that is really less loaded should rank higher under spread.
+        """
+        used = self.cpu_used
+        if used is None:
+            return self.free_cpu
+        return min(self.free_cpu, self.capacity_cpu - used)
 
     @property
     def display_name(self) -> str:

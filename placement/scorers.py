@@ -50,9 +50,11 @@ def least_allocated(request: Request, candidate: Candidate, replicas: int) -> fl
     """Spread: favour candidates with most CPU and memory left after placement.
 
     Mean over CPU and memory of the free fraction of capacity once the request is
-    placed (Kubernetes' LeastAllocated), scaled to 0-100.
+    placed (Kubernetes' LeastAllocated), scaled to 0-100. Free CPU here is
+    `Candidate.scoring_free_cpu`: what is neither reserved nor measured in use, so a
+    device busy with work the scheduler did not place ranks lower.
     """
-    cpu = _free_fraction_after(candidate.free_cpu, request.cpu, candidate.capacity_cpu)
+    cpu = _free_fraction_after(candidate.scoring_free_cpu, request.cpu, candidate.capacity_cpu)
     mem = _free_fraction_after(
         candidate.free_memory_mib, request.memory_mib, candidate.capacity_memory_mib
     )

@@ -188,7 +188,9 @@ class CandidateTable:
         "index",
         "label",
         "noun",
+        "overloaded",
         "runtime",
+        "score_free_cpu",
         "temperature",
         "throttled",
         "unready",
@@ -207,6 +209,9 @@ class CandidateTable:
         self.noun: str = "cluster" if any(c.units is not None for c in cands) else "node"
         self.free_cpu: FloatArray = np.array([c.free_cpu for c in cands], dtype=np.float64)
         self.free_cpu_eps: FloatArray = self.free_cpu + CPU_EPSILON
+        self.score_free_cpu: FloatArray = np.array(
+            [c.scoring_free_cpu for c in cands], dtype=np.float64
+        )
         self.free_memory: IntArray = np.array([c.free_memory_mib for c in cands], dtype=np.int64)
         self.free_disk: IntArray = np.array([c.free_disk_mib for c in cands], dtype=np.int64)
         self.capacity_cpu: FloatArray = np.array([c.capacity_cpu for c in cands], dtype=np.float64)
@@ -220,6 +225,7 @@ class CandidateTable:
         self.unready: BoolArray = np.array([not c.ready for c in cands], dtype=np.bool_)
         self.draining: BoolArray = np.array([c.draining for c in cands], dtype=np.bool_)
         self.throttled: BoolArray = np.array([c.throttled for c in cands], dtype=np.bool_)
+        self.overloaded: BoolArray = np.array([c.overloaded for c in cands], dtype=np.bool_)
         self.runtime = _bool_columns(n, [c.runtimes for c in cands])
         self.arch = _bool_columns(n, [c.archs for c in cands])
         self.label = _bool_columns(
@@ -256,6 +262,7 @@ class CandidateTable:
         other.noun = self.noun
         other.free_cpu = self.free_cpu.copy()
         other.free_cpu_eps = self.free_cpu_eps.copy()
+        other.score_free_cpu = self.score_free_cpu.copy()
         other.free_memory = self.free_memory.copy()
         other.free_disk = self.free_disk.copy()
         other.capacity_cpu = self.capacity_cpu.copy()
@@ -264,6 +271,7 @@ class CandidateTable:
         other.unready = self.unready.copy()
         other.draining = self.draining.copy()
         other.throttled = self.throttled.copy()
+        other.overloaded = self.overloaded.copy()
         other.has_units = self.has_units
         other.runtime = {k: v.copy() for k, v in self.runtime.items()}
         other.arch = {k: v.copy() for k, v in self.arch.items()}
@@ -271,6 +279,7 @@ class CandidateTable:
         other.accel = {k: v.copy() for k, v in self.accel.items()}
         other.free_cpu[i] = candidate.free_cpu
         other.free_cpu_eps[i] = candidate.free_cpu + CPU_EPSILON
+        other.score_free_cpu[i] = candidate.scoring_free_cpu
         other.free_memory[i] = candidate.free_memory_mib
         other.free_disk[i] = candidate.free_disk_mib
         other.capacity_cpu[i] = candidate.capacity_cpu
@@ -280,6 +289,7 @@ class CandidateTable:
         other.unready[i] = not candidate.ready
         other.draining[i] = candidate.draining
         other.throttled[i] = candidate.throttled
+        other.overloaded[i] = candidate.overloaded
         _set_flags(other.runtime, n, i, candidate.runtimes)
         _set_flags(other.arch, n, i, candidate.archs)
         _set_flags(other.label, n, i, [_label_key(k, v) for k, v in candidate.labels.items()])
@@ -334,6 +344,7 @@ class CandidateTable:
         if request.max_temperature_c is not None:
             checks.append((f.TOO_HOT, self.temperature > request.max_temperature_c))
         checks.append((f.THROTTLED, self.throttled))
+        checks.append((f.OVERLOADED, self.overloaded))
         checks.append((f.INSUFFICIENT_CPU, self.free_cpu_eps < request.cpu))
         checks.append((f.INSUFFICIENT_MEMORY, self.free_memory < request.memory_mib))
         checks.append((f.INSUFFICIENT_DISK, self.free_disk < request.disk_mib))
@@ -378,7 +389,7 @@ class CandidateTable:
         return total / policy.weight_sum, parts
 
     def _least_allocated(self, request: Request, rows: npt.NDArray[np.intp]) -> FloatArray:
-        cpu = _free_fraction_after(self.free_cpu[rows], request.cpu, self.capacity_cpu[rows])
+        cpu = _free_fraction_after(self.score_free_cpu[rows], request.cpu, self.capacity_cpu[rows])
         memory = _free_fraction_after(
             self.free_memory[rows], request.memory_mib, self.capacity_memory[rows]
         )

@@ -29,7 +29,7 @@ from root_orchestrator.deps import Deps
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.reconciler import Reconciler
 from root_orchestrator.routers import clusters, events, health, jobs
-from root_orchestrator.service import Conflict, NotFound, RootService, Unauthorized
+from root_orchestrator.service import Conflict, IdentityRefused, NotFound, RootService, Unauthorized
 from root_orchestrator.settings import RootSettings
 from store import StoreError, open_store
 
@@ -196,9 +196,6 @@ def create_app(
                 reconciler=reconciler,
                 metrics=metrics,
                 operator_tokens=[t.get_secret_value() for t in settings.operator_tokens],
-                registration_token=settings.registration_token.get_secret_value()
-                if settings.registration_token
-                else None,
             )
             reconciler.start()
             yield
@@ -222,6 +219,7 @@ def create_app(
         RequestValidationError: _validation_error,
         NotFound: _service_error(404),
         Conflict: _service_error(409),
+        IdentityRefused: _service_error(403),
         Unauthorized: _unauthorized,
         StoreError: _store_error,
     }

@@ -63,9 +63,8 @@ def require_operator(
 def require_registration(
     deps: Annotated[Deps, Depends(get_deps)], credentials: ClusterCredentials
 ) -> None:
-    """Dependency: the request carries the cluster registration token."""
-    token = deps.registration_token
-    if credentials is None or token is None or not _matches(credentials.credentials, [token]):
+    """Dependency: the request carries one of the cluster registration tokens."""
+    if credentials is None or not deps.settings.registration_token_ok(credentials.credentials):
         raise unauthorized()
 
 

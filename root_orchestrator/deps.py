@@ -26,7 +26,6 @@ class Deps:
     reconciler: Reconciler
     metrics: RootMetrics
     operator_tokens: list[str]
-    registration_token: str | None
 
 
 def get_deps(request: Request) -> Deps:

@@ -29,9 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if settings.registration_token is None:
+    if not settings.accepted_registration_tokens():
         print(
-            "root-orchestrator: warning: no registration token (EDGE_REGISTRATION_TOKEN): "
+            "root-orchestrator: warning: no registration token "
+            "(EDGE_REGISTRATION_TOKEN or EDGE_REGISTRATION_TOKENS): "
             "clusters cannot register",
             file=sys.stderr,
         )

@@ -195,6 +195,12 @@ class RootMetrics:
             "Calls to cluster APIs by operation and outcome.",
             ("operation", "outcome"),
         )
+        self.cluster_call_seconds = Histogram(
+            "edge_root_cluster_request_duration_seconds",
+            "Duration of calls to cluster APIs (a placement runs until the cluster accepts "
+            "or refuses), by operation.",
+            ("operation",),
+        )
         self.reconcile_seconds = Histogram(
             "edge_root_reconcile_duration_seconds", "Duration of one reconcile pass."
         )
@@ -211,6 +217,7 @@ class RootMetrics:
             self.decision_seconds,
             self.placements,
             self.cluster_calls,
+            self.cluster_call_seconds,
             self.reconcile_seconds,
             self.reports,
         ]

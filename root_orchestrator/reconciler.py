@@ -4,6 +4,20 @@ Level-triggered: every pass looks at the whole state and closes the gaps, so a l
 message or a crash never leaves things wrong for longer than one period. A pass runs
 every `reconcile_interval` seconds and at once when the service signals new work
 (a job submitted or scaled, a cluster report with more capacity, a registration).
+Every pass checks liveness and takes the placement and termination work from all
+instances; the replica sweep over every job runs once per interval (the service
+already re-diffs each job it changes, so a kicked pass need not redo them all).
+
+Calls to clusters are pipelined: a pass starts each placement (and each DELETE) as
+an independent task and does not wait for it, so a slow cluster never holds up the
+next pass, nor the placement of a job another cluster can take. At most
+`max_parallel` placement calls (and as many DELETEs) are in flight at once; work
+beyond that waits for the next pass, which a finishing call starts (deferred work
+is taken highest priority first, like all placement work). An instance with a call
+in flight is left out of every pass until that call has ended, so no instance is
+ever sent twice at once, nor placed and deleted at once. `stop()` cancels the calls
+in flight and waits for them; a placement cut short stays SCHEDULED in the store
+and is resumed by the next root.
 
 State changes go through the service (in worker threads: the store is blocking);
 calls to clusters happen here, in the event loop, never under the service's lock.
@@ -14,29 +28,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
 from root_orchestrator.cluster_client import ClusterClient, ClusterUnavailable
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.models import ClusterRejection
-from root_orchestrator.service import PlacementStep, RootService, TerminateStep
+from root_orchestrator.service import PRUNE_BATCH, PlacementStep, RootService, TerminateStep
 
 __all__ = ["Reconciler"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 #: Most clusters one instance is sent to in one attempt (each refusal moves on).
 MAX_TRIES_PER_INSTANCE = 16
+#: How long `stop()` waits for cancelled calls to wind down (their store writes end).
+STOP_TIMEOUT_S = 10.0
 
 
 class Reconciler:
-    """Runs reconcile passes in the event loop it is started in."""
+    """Runs reconcile passes, and the cluster calls they start, in one event loop."""
 
     def __init__(
         self,
@@ -51,15 +69,43 @@ class Reconciler:
         self._client = client
         self._metrics = metrics
         self._interval = interval
-        self._max_parallel = max_parallel
+        self._max_parallel = max(1, max_parallel)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: placement calls in flight, by instance id
+        self._placing: dict[str, asyncio.Task[None]] = {}
+        #: DELETE calls in flight, by (cluster id, instance id)
+        self._terminating: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: deletes the events beyond the retention, apart from the passes
+        self._pruning: asyncio.Task[None] | None = None
+        #: a pass left work for later (no slot free, or its instance was busy with
+        #: another call): the next call to end kicks a pass
+        self._backlog = False
+        #: when the latest full replica sweep started (perf_counter)
+        self._last_sweep = -math.inf
+        #: passes run so far
         self.passes = 0
+        #: placements the latest pass left for later (no slot free, or a DELETE of the
+        #: instance in flight)
+        self.deferred = 0
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        return await anyio.to_thread.run_sync(fn, *args)
+        """Run a service method in a worker thread.
+
+        A thread cannot be interrupted: if the caller is cancelled (shutdown), this
+        still waits for the method to return before re-raising, so the service's
+        store writes complete and the store is never closed under them.
+        """
+        future: asyncio.Future[T] = asyncio.ensure_future(anyio.to_thread.run_sync(fn, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({future})
+            raise
 
     # ------------------------------------------------------------------ loop
 
@@ -78,15 +124,31 @@ class Reconciler:
         with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
             loop.call_soon_threadsafe(wake.set)
 
+    @property
+    def in_flight(self) -> int:
+        """Cluster calls (placements and DELETEs) started and not yet ended."""
+        return len(self._placing) + len(self._terminating)
+
     async def stop(self) -> None:
-        """Stop the loop and wait for the current pass to end."""
+        """Stop the loop, cancel the cluster calls in flight and wait for all to end.
+
+        A placement cut short stays SCHEDULED in the store; the next root sends it
+        again to the same cluster (placement is idempotent by instance id there).
+        """
         self._stopping = True
-        task = self._task
-        if task is None:
+        tasks: list[asyncio.Task[None]] = []
+        if self._task is not None:
+            tasks.append(self._task)
+        if self._pruning is not None:
+            tasks.append(self._pruning)
+        tasks += list(self._placing.values()) + list(self._terminating.values())
+        for task in tasks:
+            task.cancel()
+        if not tasks:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        _done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        if pending:
+            log.warning("%d reconciler tasks did not end within %gs", len(pending), STOP_TIMEOUT_S)
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -104,39 +166,93 @@ class Reconciler:
     # ------------------------------------------------------------------ one pass
 
     async def run_once(self) -> None:
-        """One full pass: liveness, replicas, terminations, placements, pruning."""
+        """One pass: liveness, replicas, terminations, placements, pruning.
+
+        The state is read in one service call (`RootService.pass_work`). The replica
+        sweep over every job and the pruning of old events run at most once per
+        interval; the passes a kick starts in between skip them. The pass starts the
+        cluster calls it finds work for and returns without waiting for them (see the
+        module docstring).
+        """
         started = time.perf_counter()
         service = self._service
-        await self._call(service.check_liveness)
-        await self._call(service.reconcile_all)
-        steps = await self._call(service.termination_work)
-        if steps:
-            await self._bounded([self._terminate(s) for s in steps])
-        work = await self._call(service.placement_work)
-        if work:
-            await self._bounded([self._place(iid) for iid in work])
-            # Placements may have left terminations (an instance deleted while its
-            # placement was in flight): send them now rather than next period.
-            steps = await self._call(service.termination_work)
-            if steps:
-                await self._bounded([self._terminate(s) for s in steps])
-        await self._call(service.prune_events)
+        # The full replica sweep is the safety net: the service re-diffs every job it
+        # changes as it changes it, so the kicked passes in between skip it.
+        sweep = started - self._last_sweep >= self._interval
+        if sweep:
+            self._last_sweep = started
+        work = await self._call(lambda: service.pass_work(sweep=sweep))
+        self._start_terminations(work.terminations)
+        self._start_placements(work.placements)
+        if sweep and (self._pruning is None or self._pruning.done()):
+            self._pruning = asyncio.create_task(self._prune(), name="root-prune-events")
         self.passes += 1
         self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
-    async def _bounded(self, jobs: list[Awaitable[None]]) -> None:
-        semaphore = asyncio.Semaphore(self._max_parallel)
+    def _start_placements(self, work: list[str]) -> None:
+        """Start a placement task per instance (priority order) while slots are free.
 
-        async def run(job: Awaitable[None]) -> None:
-            async with semaphore:
-                try:
-                    await job
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("reconcile step failed")
+        Left for a later pass: instances whose own placement is still running, and
+        (deferred) those for which no slot is free or whose DELETE is in flight; a
+        deferred one makes the next finishing call kick a pass.
+        """
+        deleting = {iid for _cluster, iid in self._terminating}
+        deferred = 0
+        for instance_id in work:
+            if instance_id in self._placing:
+                continue
+            if instance_id in deleting or len(self._placing) >= self._max_parallel:
+                deferred += 1
+                continue
+            self._spawn(self._placing, instance_id, self._place(instance_id), "place")
+        self.deferred = deferred
+        if deferred:
+            self._backlog = True
 
-        await asyncio.gather(*(run(j) for j in jobs))
+    def _start_terminations(self, steps: list[TerminateStep]) -> None:
+        """Start a DELETE task per step while slots are free (same rules as placements:
+        an instance never has a placement and a DELETE in flight at once)."""
+        for step in steps:
+            key = (step.cluster_id, step.instance_id)
+            if key in self._terminating:
+                continue
+            if step.instance_id in self._placing or len(self._terminating) >= self._max_parallel:
+                self._backlog = True
+                continue
+            self._spawn(self._terminating, key, self._terminate(step), "terminate")
+
+    def _spawn(
+        self,
+        registry: dict[K, asyncio.Task[None]],
+        key: K,
+        call: Coroutine[Any, Any, None],
+        what: str,
+    ) -> None:
+        task = asyncio.create_task(call, name=f"root-{what}-{key}")
+        registry[key] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if registry.get(key) is finished:
+                del registry[key]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("%s %s failed", what, key, exc_info=finished.exception())
+            if self._backlog:  # a slot is free again: let a pass take the next work
+                self._backlog = False
+                self.kick()
+
+        task.add_done_callback(done)
+
+    async def _prune(self) -> None:
+        """Delete old events a batch at a time until the log is within its retention."""
+        try:
+            while await self._call(self._service.prune_events) >= PRUNE_BATCH:
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pruning events failed")
+
+    # ------------------------------------------------------------------ cluster calls
 
     async def _place(self, instance_id: str) -> None:
         """Place one instance: choose, ask the cluster, move on to the next on refusal."""
@@ -147,6 +263,7 @@ class Reconciler:
             )
             if step is None:
                 return
+            started = time.perf_counter()
             try:
                 response = await self._client.place(step.url, step.token, step.request)
                 error = None
@@ -156,6 +273,7 @@ class Reconciler:
             except Exception as exc:  # never leave an instance marked in flight
                 response, error, outcome = None, f"{type(exc).__name__}: {exc}", "error"
             self._metrics.cluster_calls.inc("place", outcome)
+            self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "place")
             result, rejection = await self._call(
                 self._service.finish_placement, step, response, error
             )
@@ -164,11 +282,17 @@ class Reconciler:
             rejections[step.cluster_id] = rejection
 
     async def _terminate(self, step: TerminateStep) -> None:
+        """DELETE one instance on its cluster and record the answer."""
+        started = time.perf_counter()
+        error: str | None = None
         try:
             await self._client.terminate(step.url, step.token, step.instance_id)
         except ClusterUnavailable as exc:
-            self._metrics.cluster_calls.inc("terminate", "error")
-            await self._call(self._service.finish_termination, step, False, str(exc))
-            return
-        self._metrics.cluster_calls.inc("terminate", "ok")
-        await self._call(self._service.finish_termination, step, True, None)
+            ok, error = False, str(exc)
+        except Exception as exc:  # recorded as a failure; the next pass tries again
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        else:
+            ok = True
+        self._metrics.cluster_calls.inc("terminate", "ok" if ok else "error")
+        self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "terminate")
+        await self._call(self._service.finish_termination, step, ok, error)

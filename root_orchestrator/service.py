@@ -72,7 +72,9 @@ from store import Store
 
 __all__ = [
     "Conflict",
+    "IdentityRefused",
     "NotFound",
+    "PassWork",
     "PlacementStep",
     "RootService",
     "ServiceError",
@@ -109,7 +111,16 @@ class Conflict(ServiceError):
 
 
 class Unauthorized(ServiceError):
-    """Unknown cluster or wrong credential (401)."""
+    """Unknown cluster or wrong credential on a report (401)."""
+
+
+class IdentityRefused(ServiceError):
+    """A registration named a known cluster id with a wrong credential (403).
+
+    Distinct from a wrong registration token (401, checked before the service): the
+    cluster then knows its stored identity is no longer valid and registers afresh,
+    instead of dropping its identity because of a token typo.
+    """
 
 
 def hash_secret(secret: str) -> str:
@@ -139,6 +150,15 @@ class PlacementStep:
     token: str | None
     request: PlaceInstanceRequest
     pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PassWork:
+    """What a reconcile pass found to do: DELETEs to send, instances to place (ids,
+    highest priority first)."""
+
+    terminations: list[TerminateStep]
+    placements: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,6 +602,9 @@ class RootService:
                     {"_id": key_id, "job_id": job_id, "body_hash": body_hash, "created_at": now},
                     expected_version=0,
                 )
+            # The first instances' generations (replica r gets generation r) are
+            # reserved in the job record as it is created: one write fewer than
+            # reserving them afterwards, and still before any instance exists.
             job = JobRecord(
                 id=job_id,
                 name=spec.name,
@@ -589,6 +612,7 @@ class RootService:
                 state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
                 created_at=now,
                 updated_at=now,
+                next_generation=spec.replicas,
             )
             job = self._save_job(job, None)
             self._emit(
@@ -599,6 +623,8 @@ class RootService:
                 reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
                 data={"replicas": spec.replicas, "priority": spec.priority},
             )
+            for replica in range(spec.replicas):
+                self._create_instance(job, replica, replica, 0, f"replica {replica} created")
             self._dirty.add(job.id)
             self._settle()
             view = self._job_view(self._jobs.get(job.id, job))
@@ -822,7 +848,7 @@ class RootService:
 
         A new cluster gets an id and a credential (only its hash is kept). A cluster
         that sends its `cluster_id` and `credential` keeps its id and credential.
-        Unauthorized if it names a known id with a wrong credential; Conflict if a
+        IdentityRefused if it names a known id with a wrong credential; Conflict if a
         new registration takes the name of a READY cluster.
         """
         with self._lock:
@@ -835,7 +861,7 @@ class RootService:
                 if old is not None:
                     given = reg.credential.get_secret_value() if reg.credential else ""
                     if not hmac.compare_digest(hash_secret(given), old.credential_hash):
-                        raise Unauthorized("wrong credential for this cluster id")
+                        raise IdentityRefused("wrong credential for this cluster id")
                     credential = given
                 cluster_id = reg.cluster_id
             else:
@@ -907,10 +933,13 @@ class RootService:
         )
 
     def authenticate_cluster(self, cluster_id: str, credential: str) -> bool:
-        """True if `credential` is the one issued to `cluster_id`."""
-        with self._lock:
-            rec = self._clusters.get(cluster_id)
-            expected = rec.credential_hash if rec else hash_secret(secrets.token_hex(16))
+        """True if `credential` is the one issued to `cluster_id`.
+
+        Without the lock: records are immutable and replaced whole, and reading one
+        from the dict is atomic, so a report does not queue for the lock twice.
+        """
+        rec = self._clusters.get(cluster_id)
+        expected = rec.credential_hash if rec else hash_secret(secrets.token_hex(16))
         return hmac.compare_digest(hash_secret(credential), expected) and rec is not None
 
     def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
@@ -1150,6 +1179,19 @@ class RootService:
         with self._lock:
             self._dirty.update(self._jobs)
             self._settle()
+
+    def pass_work(self, *, sweep: bool) -> PassWork:
+        """One reconcile pass's look at the state, under one hold of the lock.
+
+        Liveness first, then (with `sweep`) the replica diff of every job, then the
+        DELETEs to send and the instances to place. One call instead of four keeps a
+        pass from queueing for the lock four times behind API calls and reports.
+        """
+        with self._lock:
+            self.check_liveness()
+            if sweep:
+                self.reconcile_all()
+            return PassWork(terminations=self.termination_work(), placements=self.placement_work())
 
     def placement_work(self) -> list[str]:
         """Instances to place now: PENDING, or SCHEDULED but never acknowledged.

@@ -9,6 +9,7 @@ one :class:`RootSettings`. See docs/root-orchestrator.md for the table.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,10 +57,23 @@ class RootSettings(FlagsEnvSettings):
         description="bearer tokens accepted on the operator API (comma-separated or JSON list)",
     )
     registration_token: SecretStr | None = Field(
-        default=None, description="bearer token clusters present to register"
+        default=None,
+        description="bearer token clusters present to register (8+ characters); "
+        "registration_tokens adds more",
+    )
+    registration_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="more accepted cluster registration tokens (comma-separated or a JSON "
+        "list, 8+ characters each), accepted besides registration_token: for a rolling "
+        "rotation add the new token, move the clusters' EDGE_REGISTRATION_TOKEN to it, then "
+        "drop the old one",
     )
     reconcile_interval: float = Field(
-        default=2.0, gt=0, le=600, description="seconds between reconcile passes"
+        default=2.0,
+        gt=0,
+        le=600,
+        description="seconds between reconcile passes (new work also starts one at once); "
+        "the full replica sweep and event pruning run at most this often",
     )
     cluster_unreachable_after: float = Field(
         default=15.0, gt=0, le=86400, description="silence (s) before a cluster is UNREACHABLE"
@@ -83,7 +97,11 @@ class RootSettings(FlagsEnvSettings):
         default=MIB, ge=1024, le=64 * MIB, description="largest accepted request body"
     )
     max_parallel_placements: int = Field(
-        default=32, ge=1, le=1024, description="instances placed concurrently per pass"
+        default=32,
+        ge=1,
+        le=1024,
+        description="placement calls to clusters in flight at once (and as many DELETEs); "
+        "passes do not wait for them, more work waits for a free slot",
     )
     event_retention: int = Field(
         default=100_000, ge=1000, description="events kept in the store (oldest pruned)"
@@ -93,7 +111,7 @@ class RootSettings(FlagsEnvSettings):
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    @field_validator("operator_tokens", mode="before")
+    @field_validator("operator_tokens", "registration_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
         return _split_tokens(value)
@@ -113,11 +131,36 @@ class RootSettings(FlagsEnvSettings):
             raise ValueError("the registration token must be at least 8 characters long")
         return value
 
+    @field_validator("registration_tokens")
+    @classmethod
+    def _registration_tokens_length(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for token in value:
+            if len(token.get_secret_value()) < 8:
+                raise ValueError("registration tokens must be at least 8 characters long")
+        return value
+
     @model_validator(mode="after")
     def _ordered_intervals(self) -> RootSettings:
         if self.cluster_lost_after < self.cluster_unreachable_after:
             raise ValueError("cluster_lost_after must be >= cluster_unreachable_after")
         return self
+
+    def accepted_registration_tokens(self) -> list[str]:
+        """``registration_token`` then ``registration_tokens``, without duplicates."""
+        out: list[str] = []
+        first = [self.registration_token] if self.registration_token is not None else []
+        for token in [*first, *self.registration_tokens]:
+            value = token.get_secret_value()
+            if value and value not in out:
+                out.append(value)
+        return out
+
+    def registration_token_ok(self, token: str) -> bool:
+        """Whether `token` is an accepted registration token (constant time over all)."""
+        found = False
+        for accepted in self.accepted_registration_tokens():
+            found |= hmac.compare_digest(token.encode(), accepted.encode())
+        return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -288,7 +288,12 @@ def test_api_tokens_secrets_and_validation(cluster) -> None:
         invalid = client.post("/api/v1/nodes", json={"info": {**body["info"], "cpu_cores": 0}})
         assert invalid.status_code == 422 and "info.cpu_cores" in invalid.text
     with api(cluster, None) as client:
-        assert client.post("/api/v1/nodes", json=body).status_code == 401
+        # a rejoin is authenticated by the node secret, not the join token ...
+        assert client.post("/api/v1/nodes", json=body).status_code == 201
+        assert client.post("/api/v1/nodes", json={**body, "node_secret": "nope"}).status_code == 403
+        # ... a new node needs the join token
+        new = client.post("/api/v1/nodes", json={"info": body["info"]})
+        assert new.status_code == 401 and new.json()["reason"] == "join_token_missing"
         assert client.get("/api/v1/nodes").status_code == 401
     with api(cluster, "wrong") as client:
         assert client.get("/api/v1/instances").status_code == 401

@@ -282,6 +282,87 @@ def test_burst_is_spread_by_reservations(
     assert "insufficient cpu" in view["reason"]
 
 
+def reconciler_of(client: TestClient) -> Any:
+    return client.app.state.deps.reconciler  # type: ignore[attr-defined]
+
+
+def test_slow_cluster_does_not_delay_placement_elsewhere(
+    tmp_path: Path, clusters: dict[str, FakeCluster], clock: FakeClock
+) -> None:
+    """A placement call a cluster sits on does not hold up a job another cluster takes.
+
+    Cluster a takes the POST and does not answer until released (the root waits up
+    to cluster_timeout, 30 s here); a job that only b can take must be ASSIGNED on b
+    meanwhile, and the held instance must not be sent again by the passes that run
+    while its call is in flight.
+    """
+    a, b = clusters["a"], clusters["b"]
+    a.mode = "hold"
+    a.nodes = [FakeNode("a-n1", cpu=1, memory_mib=512)]
+    b.nodes = [FakeNode("b-n1", cpu=4, memory_mib=4096)]
+    settings = settings_for(tmp_path, cluster_timeout=30.0)
+    with TestClient(create_app(settings, clock=clock)) as root:
+        for c in (a, b):
+            c.register(root)
+            c.report(root)
+        slow = submit(root, job_body("slow", constraints={"cluster": "a"}))
+        wait_for(lambda: a.place_calls, 10, "placement request at a")
+        held = a.place_calls[0]
+
+        started = time.monotonic()
+        fast = submit(root, job_body("fast", resources={"cpu": 1, "memory_mib": 1024}))
+        view = wait_job(root, fast["id"], all_assigned(1, "b"), "fast job on b", timeout=5)
+        elapsed = time.monotonic() - started
+        assert active(view)[0]["placement"]["outcome"] == "scheduled"  # chosen by the root
+        # a still holds its call: the fast job did not wait for it
+        slow_inst = active(job(root, slow["id"]))[0]
+        assert slow_inst["id"] == held and slow_inst["state"] == "SCHEDULED"
+        assert elapsed < 5.0
+
+        # passes keep running while the call is in flight, and never send it twice
+        reconciler = reconciler_of(root)
+        start = reconciler.passes
+        wait_for(lambda: reconciler.passes >= start + 3, 10, "3 passes during the call")
+        assert a.place_calls == [held] and reconciler.in_flight == 1
+
+        a.release()
+        view = wait_job(root, slow["id"], all_assigned(1, "a"), "slow job accepted by a")
+        assert [i["id"] for i in active(view)] == [held]
+        assert a.place_calls == [held] and list(a.placed) == [held]
+        assert b.place_calls == [active(job(root, fast["id"]))[0]["id"]]
+        wait_for(lambda: reconciler.in_flight == 0, 10, "no call in flight")
+        metrics = root.get("/metrics", headers=AUTH).text
+        assert 'edge_root_cluster_request_duration_seconds_count{operation="place"} 2' in metrics
+
+
+def test_placements_in_flight_are_bounded_and_a_finished_call_starts_the_next(
+    tmp_path: Path, clusters: dict[str, FakeCluster], clock: FakeClock
+) -> None:
+    """max_parallel_placements bounds the calls in flight; work left over is started
+    when a call ends (not at the next period: the period here is 60 s)."""
+    a, b = clusters["a"], clusters["b"]
+    a.mode = "hold"
+    settings = settings_for(
+        tmp_path, max_parallel_placements=1, reconcile_interval=60.0, cluster_timeout=30.0
+    )
+    with TestClient(create_app(settings, clock=clock)) as root:
+        reconciler = reconciler_of(root)
+        for c in (a, b):
+            c.register(root)
+            c.report(root)
+        first = submit(root, job_body("first", constraints={"cluster": "a"}))
+        wait_for(lambda: a.place_calls, 10, "placement request at a")
+        second = submit(root, job_body("second", constraints={"cluster": "b"}))
+        wait_for(lambda: reconciler.deferred == 1, 10, "a pass deferring the second job")
+        assert b.place_calls == [] and reconciler.in_flight == 1  # the only slot is taken
+        assert active(job(root, second["id"]))[0]["state"] == "PENDING"
+
+        a.release()
+        wait_job(root, first["id"], all_assigned(1, "a"), "first on a")
+        wait_job(root, second["id"], all_assigned(1, "b"), "second on b", timeout=5)
+        assert len(a.place_calls) == 1 and len(b.place_calls) == 1
+
+
 # ---------------------------------------------------------------------- reconcile
 
 

@@ -648,3 +648,45 @@ def test_status_calls_of_one_tick_share_one_proc_scan(
     assert rt.status(handles[0]).state is TaskState.TERMINATED
     os.killpg(handles[1].pid or 0, signal.SIGKILL)
     wait_for(lambda: rt.status(handles[1]).state.terminal, what="killed task seen finished")
+
+
+def test_concurrent_deploys_and_stops_from_worker_threads(rt: NativeRuntime) -> None:
+    """The engine calls deploy/stop from its worker pool while its loop thread calls
+    status() on other tasks: one runtime object must take that."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    steady = [rt.deploy(f"t-steady{i}", spec("sleep", "60")) for i in range(2)]
+    specs = {
+        f"t-par{i}": spec("sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done")
+        if i % 2
+        else spec("sleep", "60")
+        for i in range(12)
+    }
+
+    def watch_steady_while(futures: list) -> int:  # type: ignore[type-arg]
+        looks = 0
+        while not all(f.done() for f in futures):
+            for h in steady:
+                assert rt.status(h).state is TaskState.RUNNING
+            looks += 1
+        return looks
+
+    with ThreadPoolExecutor(4) as pool:
+        deploys = [pool.submit(rt.deploy, iid, s) for iid, s in specs.items()]
+        assert watch_steady_while(deploys) > 0
+        handles = [f.result() for f in deploys]
+        assert len({h.pid for h in handles}) == 12
+        for h in handles:
+            assert rt.status(h).state is TaskState.RUNNING
+        for h in handles[1::2]:
+            wait_for(lambda h=h: "ready" in rt.logs(h), what="trap installed")
+        started = time.monotonic()
+        stops = [pool.submit(rt.stop, h, 0.5) for h in handles]
+        assert watch_steady_while(stops) > 0
+        for f in stops:
+            f.result()
+    assert time.monotonic() - started < 10  # 0.5 s grace each, 4 at a time
+    for h in handles:
+        assert h.pid is not None and not _group(h.pid)
+        assert rt.status(h).state is TaskState.TERMINATED
+    assert {h.instance_id for h in rt.adopt()} == {h.instance_id for h in steady}

@@ -16,7 +16,7 @@ from cluster_orchestrator.candidates import (
     reported_usage,
     reservations,
 )
-from placement import place
+from placement import Request, place
 from schemas.cluster import MAX_NODE_SUMMARIES, InstanceChange
 from schemas.common import Arch, Runtime
 from schemas.job import Constraints, InstanceState, TaskSpec
@@ -62,6 +62,8 @@ def cand(
     liveness: Liveness = Liveness.READY,
     draining: bool = False,
     node_id: str = "id1",
+    cluster_labels: dict[str, str] | None = None,
+    overload_cpu_percent: float | None = None,
 ):
     return build_candidate(
         node_id=node_id,
@@ -70,6 +72,8 @@ def cand(
         liveness=liveness,
         draining=draining,
         reserved=reserved,
+        cluster_labels=cluster_labels,
+        overload_cpu_percent=overload_cpu_percent,
     )
 
 
@@ -82,20 +86,103 @@ def test_no_status_no_reservation_means_everything_free() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cpu_percent", "reserved_cpu", "free_cpu"),
+    ("cpu_percent", "reserved_cpu", "free_cpu", "scoring_free_cpu"),
     [
-        (50.0, 0.0, 2.0),  # usage wins
-        (10.0, 3.0, 1.0),  # reservation wins (burst before the next status)
-        (25.0, 1.0, 3.0),  # equal: counted once, not twice
-        (100.0, 0.0, 0.0),
-        (0.0, 10.0, 0.0),  # never negative
+        pytest.param(50.0, 0.0, 4.0, 2.0, id="busy-host-load-not-reserved"),
+        pytest.param(10.0, 3.0, 1.0, 1.0, id="reservation-above-measured"),
+        pytest.param(25.0, 1.0, 3.0, 3.0, id="equal-counted-once"),
+        pytest.param(100.0, 0.0, 4.0, 0.0, id="saturated-host-still-feasible"),
+        pytest.param(0.0, 10.0, 0.0, 0.0, id="over-reserved-never-negative"),
     ],
 )
-def test_free_cpu_is_capacity_minus_max_of_usage_and_reservations(
-    cpu_percent: float, reserved_cpu: float, free_cpu: float
+def test_free_cpu_counts_reservations_measured_use_only_scores(
+    cpu_percent: float, reserved_cpu: float, free_cpu: float, scoring_free_cpu: float
 ) -> None:
     c = cand(info(cores=4), status(cpu_percent=cpu_percent), Usage(cpu=reserved_cpu))
     assert c.free_cpu == pytest.approx(free_cpu)
+    assert c.cpu_used == pytest.approx(cpu_percent / 100 * 4)
+    assert c.scoring_free_cpu == pytest.approx(scoring_free_cpu)
+    assert not c.overloaded
+
+
+def test_no_status_means_cpu_use_unknown() -> None:
+    c = cand(info(cores=4), None, Usage(cpu=1.0))
+    assert c.cpu_used is None and c.free_cpu == 3.0 and c.scoring_free_cpu == 3.0
+
+
+def test_busy_host_takes_a_cpu_request_and_spread_prefers_the_idle_node() -> None:
+    """The bug: 90% non-orchestrated load made a 1-core request PENDING 'insufficient cpu'."""
+    spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"], resources=Resources(cpu=1.0))
+    request = placement_request(spec, Constraints(), policy=None)
+    busy = cand(info("busy", cores=2), status(cpu_percent=90.0), node_id="busy")
+    decision = place(request, [busy], "spread", random.Random(0))
+    assert decision.chosen is not None and decision.chosen.id == "busy"
+    idle = cand(info("idle", cores=2), status(cpu_percent=5.0), node_id="idle")
+    for order in ([busy, idle], [idle, busy]):
+        decision = place(request, order, "spread", random.Random(0))
+        assert decision.chosen is not None and decision.chosen.id == "idle"
+
+
+@pytest.mark.parametrize(
+    ("shedding", "cpu_percent", "limit", "overloaded"),
+    [
+        pytest.param(False, 99.0, None, False, id="busy-but-no-limit-set"),
+        pytest.param(True, 10.0, None, True, id="shedding-is-overloaded"),
+        pytest.param(False, 95.0, 95.0, True, id="at-the-limit"),
+        pytest.param(False, 94.9, 95.0, False, id="below-the-limit"),
+        pytest.param(True, 0.0, 95.0, True, id="shedding-whatever-the-limit"),
+    ],
+)
+def test_overloaded_node(
+    shedding: bool, cpu_percent: float, limit: float | None, overloaded: bool
+) -> None:
+    c = cand(info(), status(cpu_percent=cpu_percent, shedding=shedding), overload_cpu_percent=limit)
+    assert c.overloaded is overloaded
+    decision = place(Request(runtime="native"), [c], "spread", random.Random(0))
+    if overloaded:
+        assert decision.chosen is None and decision.rejections == {"overloaded": 1}
+        assert decision.explain() == "no candidate fits: 1 node: overloaded"
+    else:
+        assert decision.chosen is not None
+
+
+def test_no_status_is_never_overloaded() -> None:
+    assert not cand(info(), None, overload_cpu_percent=1.0).overloaded
+
+
+@pytest.mark.parametrize(
+    ("cluster_labels", "node_labels", "required", "fits"),
+    [
+        pytest.param({"region": "eu"}, {}, {"region": "eu"}, True, id="cluster-label-only"),
+        pytest.param(
+            {"region": "eu"},
+            {"zone": "a"},
+            {"region": "eu", "zone": "a"},
+            True,
+            id="cluster-and-node-label",
+        ),
+        pytest.param(
+            {"region": "eu"}, {"region": "us"}, {"region": "eu"}, False, id="node-overrides-cluster"
+        ),
+        pytest.param(
+            {"region": "eu"}, {"region": "us"}, {"region": "us"}, True, id="node-value-wins"
+        ),
+        pytest.param({}, {"zone": "a"}, {"region": "eu"}, False, id="label-nowhere"),
+        pytest.param({"region": "eu"}, {}, {}, True, id="no-constraint"),
+    ],
+)
+def test_effective_labels_are_cluster_labels_overlaid_by_node_labels(
+    cluster_labels: dict[str, str],
+    node_labels: dict[str, str],
+    required: dict[str, str],
+    fits: bool,
+) -> None:
+    c = cand(info(labels=node_labels), status(), cluster_labels=cluster_labels)
+    assert dict(c.labels) == {**cluster_labels, **node_labels}
+    spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"])
+    request = placement_request(spec, Constraints(labels=required), policy=None)
+    decision = place(request, [c], "spread", random.Random(0))
+    assert (decision.chosen is not None) is fits
 
 
 def test_memory_and_disk_use_status_and_reservations() -> None:
@@ -259,8 +346,9 @@ def test_report_counts_every_node_but_capacity_only_of_schedulable_ones() -> Non
     report = aggregate(nodes, ts=10.0, seq=3, full=False, instances=changes)
     assert report.nodes_by_liveness == {Liveness.READY: 3, Liveness.NOT_READY: 1, Liveness.LOST: 1}
     assert report.total.cpu == 6 and report.total.memory_mib == 4096 + 8192
-    assert report.free.cpu == pytest.approx(2 + 2) and report.free.memory_mib == 3072 + 8192
-    assert report.largest_free_cpu == 2.0 and report.largest_free_memory_mib == 8192
+    # CPU free by reservations (a's 50% measured use is not reserved), memory by max()
+    assert report.free.cpu == pytest.approx(4 + 2) and report.free.memory_mib == 3072 + 8192
+    assert report.largest_free_cpu == 4.0 and report.largest_free_memory_mib == 8192
     assert [n.free.memory_mib for n in report.nodes] == [8192, 3072]  # largest first
     assert report.runtimes == [Runtime.DOCKER, Runtime.NATIVE]
     assert report.archs == [Arch.AMD64, Arch.ARM64]
@@ -325,3 +413,83 @@ def test_free_never_exceeds_total_and_largest_is_a_max(rows) -> None:
     if sched:
         assert report.largest_free_memory_mib == max(n.candidate.free_memory_mib for n in sched)
     assert len(report.nodes) == len(sched)
+
+
+def test_overloaded_node_is_not_schedulable_in_the_report() -> None:
+    """The cluster refuses an overloaded node, so the root must not count it either."""
+    node_info = info(name="busy", cores=8, mem=8192)
+    busy = NodeSnapshot(
+        Liveness.READY,
+        node_info,
+        cand(node_info, status(mem_total=8192, mem_avail=8192, shedding=True), node_id="busy"),
+    )
+    report = aggregate([busy, snap("ok", cores=2, mem=1024)], ts=1.0, seq=1, full=True)
+    assert report.nodes_by_liveness == {Liveness.READY: 2}
+    assert report.total.cpu == 2 and report.largest_free_memory_mib == 1024
+    assert [n.free.cpu for n in report.nodes] == [2.0]
+
+
+def test_report_labels_are_effective_and_summaries_carry_the_nodes_own() -> None:
+    eu = {"region": "eu", "tier": "edge"}
+    a_info = info(name="a", labels={"zone": "x"})
+    b_info = info(name="b", labels={"region": "us"})
+    nodes = [
+        NodeSnapshot(Liveness.READY, i, cand(i, status(), node_id=i.name, cluster_labels=eu))
+        for i in (a_info, b_info)
+    ]
+    report = aggregate(nodes, ts=1.0, seq=1, full=True)
+    assert report.labels == {"region": ["eu", "us"], "tier": ["edge"], "zone": ["x"]}
+    assert sorted(sorted(n.labels.items()) for n in report.nodes) == [
+        [("region", "us")],
+        [("zone", "x")],
+    ]
+
+
+CLUSTER_LABELS = {"region": "eu", "tier": "edge"}
+
+
+@pytest.mark.parametrize(
+    "required",
+    [
+        pytest.param({"region": "eu"}, id="cluster-label"),
+        pytest.param({"region": "us"}, id="node-override-value"),
+        pytest.param({"region": "eu", "zone": "x"}, id="cluster-plus-node-label"),
+        pytest.param({"region": "us", "tier": "edge"}, id="override-plus-cluster-label"),
+        pytest.param({"region": "us", "zone": "x"}, id="on-different-nodes"),
+        pytest.param({"region": "ap"}, id="nowhere"),
+        pytest.param({"tier": "core"}, id="cluster-label-other-value"),
+    ],
+)
+@pytest.mark.parametrize("busy", [False, True], ids=["idle-host", "busy-host"])
+def test_root_and_cluster_agree_on_labels_and_cpu(required: dict[str, str], busy: bool) -> None:
+    """What the root decides from the cluster's report is what the cluster then accepts."""
+    from root_orchestrator.scheduler import ClusterSnapshot, request_for
+    from root_orchestrator.scheduler import build_candidate as root_candidate
+
+    infos = [
+        info(name="a", cores=2, labels={"zone": "x"}),
+        info(name="b", cores=2, labels={"region": "us"}),
+    ]
+    cpu = 95.0 if busy else 0.0
+    cands = [
+        cand(i, status(cpu_percent=cpu), node_id=i.name, cluster_labels=CLUSTER_LABELS)
+        for i in infos
+    ]
+    report = aggregate(
+        [NodeSnapshot(Liveness.READY, i, c) for i, c in zip(infos, cands, strict=True)],
+        ts=1.0,
+        seq=1,
+        full=True,
+    )
+    spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"], resources=Resources(cpu=1.5))
+    constraints = Constraints(labels=required)
+    at_cluster = place(
+        placement_request(spec, constraints, policy=None), cands, "spread", random.Random(0)
+    )
+    snapshot = ClusterSnapshot(id="c1", name="c1", ready=True, report=report, labels=CLUSTER_LABELS)
+    request = request_for(spec, constraints)
+    at_root = place(request, [root_candidate(request, snapshot)], "spread", random.Random(0))
+    assert (at_root.chosen is not None) == (at_cluster.chosen is not None), (
+        at_root.explain(),
+        at_cluster.explain(),
+    )

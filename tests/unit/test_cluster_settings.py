@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cluster_orchestrator.settings import ClusterSettings, SettingsFileError, load_settings
+from cluster_orchestrator.settings import (
+    ClusterSettings,
+    InvalidSetting,
+    SettingsFileError,
+    load_settings,
+)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,3 +87,102 @@ def test_advertised_broker_defaults_to_broker() -> None:
     )
     assert (s.node_broker_host, s.node_broker_port) == ("gw.example", 8883)
     assert ClusterSettings(host="0.0.0.0", port=9).effective_url == "http://127.0.0.1:9"
+
+
+# ------------------------------------------------------------------ labels
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in ("EDGE_LABELS", "EDGE_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("value", "labels"),
+    [
+        pytest.param("region=eu,tier=edge", {"region": "eu", "tier": "edge"}, id="k=v-list"),
+        pytest.param(" region = eu , tier=edge ,", {"region": "eu", "tier": "edge"}, id="spaces"),
+        pytest.param('{"region": "eu"}', {"region": "eu"}, id="json-object"),
+        pytest.param('{"gpu": true, "rev": 2}', {"gpu": "true", "rev": "2"}, id="json-scalars"),
+        pytest.param("", {}, id="empty"),
+        pytest.param("k8s.io/zone=a:b", {"k8s.io/zone": "a:b"}, id="path-key-colon-value"),
+    ],
+)
+def test_env_labels_accept_kv_and_json(
+    clean_env: pytest.MonkeyPatch, value: str, labels: dict[str, str]
+) -> None:
+    clean_env.setenv("EDGE_LABELS", value)
+    assert load_settings([]).labels == labels
+    assert ClusterSettings().labels == labels  # also without load_settings
+
+
+BAD_LABELS = [
+    pytest.param("region", "'region' is not key=value", id="no-equals"),
+    pytest.param("{bad", "invalid JSON", id="broken-json"),
+    pytest.param('["a=b"]', "or a JSON object, got a JSON array", id="json-array"),
+    pytest.param('{"a": {"b": "c"}}', "value of label 'a' must be a string", id="nested"),
+    pytest.param("A B=c", "invalid label key 'A B'", id="bad-key"),
+    pytest.param("=eu", "invalid label key ''", id="empty-key"),
+    pytest.param("a=b c", "invalid value 'b c' for label 'a'", id="bad-value"),
+    pytest.param("a=1,a=2", "label 'a' given twice", id="duplicate"),
+    pytest.param(",".join(f"k{i}=v" for i in range(33)), "at most 32 labels", id="too-many"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_LABELS)
+def test_invalid_env_labels_name_the_variable(
+    clean_env: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    clean_env.setenv("EDGE_LABELS", value)
+    with pytest.raises(InvalidSetting) as info:
+        load_settings([])
+    text = str(info.value)
+    assert text.startswith("EDGE_LABELS: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_LABELS)
+def test_invalid_flag_labels_name_the_flag(
+    clean_env: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    with pytest.raises(InvalidSetting) as info:
+        load_settings(["--labels", value])
+    text = str(info.value)
+    assert text.startswith("--labels: ") and message in text and "\n" not in text
+
+
+def test_main_exits_2_with_one_clear_line(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cluster_orchestrator.main import main
+
+    clean_env.setenv("EDGE_LABELS", "region")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "EDGE_LABELS" in line]
+    assert lines == ["EDGE_LABELS: 'region' is not key=value; expected k=v,k2=v2 or a JSON object"]
+
+
+def test_labels_merge_across_file_env_and_flags(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("labels: site=f,region=file,tier=file\n")  # the k=v form in a file too
+    clean_env.setenv("EDGE_LABELS", "region=env,tier=env")
+    s = load_settings(["--config", str(cfg), "--labels", "tier=flag"])
+    assert s.labels == {"site": "f", "region": "env", "tier": "flag"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: nope\n")
+    with pytest.raises(InvalidSetting, match=r"^labels in .*bad\.yaml: 'nope' is not key=value"):
+        load_settings(["--config", str(bad)])
+
+
+def test_latency_first_reporting_and_overload_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    s = load_settings([])
+    assert s.report_debounce == 0.0 and s.overload_cpu_percent is None
+    s = load_settings(["--report-debounce", "0.05", "--overload-cpu-percent", "90"])
+    assert s.report_debounce == 0.05 and s.overload_cpu_percent == 90.0
+    with pytest.raises(ValidationError):
+        load_settings(["--overload-cpu-percent", "120"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -103,9 +104,7 @@ def test_repeated_command_is_acked_again_not_run_twice(engine):
     eng, transport = engine
     go_online(eng, transport)
     msg = deploy_msg()
-    eng._handle(CommandReceived(msg, 1, 1, 1))
-    eng._handle(CommandReceived(msg, 2, 1, 1))
-    eng._flush()
+    eng.process([CommandReceived(msg, 1, 1, 1), CommandReceived(msg, 2, 1, 1)])
     assert eng.rt.deploys == ["i1"]
     acks = [m for m in transport.decoded("events") if m.kind == "ack"]
     assert [(a.payload.accepted, a.payload.duplicate) for a in acks] == [
@@ -121,9 +120,12 @@ def test_repeated_command_is_acked_again_not_run_twice(engine):
 def test_rejected_message_is_counted_and_refused(engine):
     eng, transport = engine
     go_online(eng, transport)
-    eng._handle(CommandRejected("invalid", "payload.spec: bad", "abc", "deploy", 5, 1, 1))
-    eng._handle(CommandRejected("bad_json", "Expecting value", "unknown", "unknown", 6, 1, 1))
-    eng._flush()
+    eng.process(
+        [
+            CommandRejected("invalid", "payload.spec: bad", "abc", "deploy", 5, 1, 1),
+            CommandRejected("bad_json", "Expecting value", "unknown", "unknown", 6, 1, 1),
+        ]
+    )
     assert eng.messages_rejected == 2 and eng.rejected_by_reason == {"invalid": 1, "bad_json": 1}
     acks = [m.payload for m in transport.decoded("events")]
     assert [(a.command_id, a.accepted) for a in acks] == [("abc", False), ("unknown", False)]
@@ -136,8 +138,7 @@ def test_rejected_message_is_counted_and_refused(engine):
 
 def test_outbox_buffers_while_disconnected_and_drains_on_puback(engine, tmp_path):
     eng, transport = engine
-    eng._handle(CommandReceived(deploy_msg(), 1, 1, 1))
-    eng._flush()
+    eng.process([CommandReceived(deploy_msg(), 1, 1, 1)])
     assert transport.published == []  # disconnected: nothing handed to paho
     assert len(eng.outbox) == 3  # STARTING, RUNNING, ack
     saved = json.loads((tmp_path / "outbox.json").read_text())
@@ -198,3 +199,283 @@ def test_run_loop_stops_on_request_and_goes_offline(engine):
     presence = decode(payload)
     assert isinstance(presence, PresenceMessage)
     assert topic_name.endswith("/presence") and presence.payload.online is False
+
+
+# ---------------------------------------------------------------- worker pool
+
+
+class GatedRuntime(FakeRuntime):
+    """FakeRuntime whose deploy / stop of chosen instances block until released.
+
+    A gated stop first makes the task look exited (a process that died of SIGTERM while
+    the stop still waits), so a poll that looked at it would see an exit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.gates: dict[tuple[str, str], threading.Event] = {}
+        self.entered: dict[tuple[str, str], threading.Event] = {}
+        self.threads: set[str] = set()
+
+    def gate(self, action: str, instance_id: str) -> threading.Event:
+        self.entered[(action, instance_id)] = threading.Event()
+        gate = self.gates[(action, instance_id)] = threading.Event()
+        return gate
+
+    def wait_entered(self, action: str, instance_id: str) -> None:
+        assert self.entered[(action, instance_id)].wait(5), f"{action} {instance_id} not called"
+
+    def _pass(self, action: str, instance_id: str) -> None:
+        self.threads.add(threading.current_thread().name)
+        key = (action, instance_id)
+        if key in self.gates:
+            self.entered[key].set()
+            assert self.gates[key].wait(10)
+
+    def deploy(self, instance_id, spec):
+        self._pass("deploy", instance_id)
+        with self.lock:
+            return super().deploy(instance_id, spec)
+
+    def stop(self, handle, timeout_s=10.0):
+        with self.lock:
+            if ("stop", handle.instance_id) in self.gates and handle.instance_id in self.running:
+                self.exit(handle.instance_id, -15)
+        self._pass("stop", handle.instance_id)
+        with self.lock:
+            super().stop(handle, timeout_s)
+
+    def status(self, handle):
+        with self.lock:
+            return super().status(handle)
+
+
+def pooled_engine(tmp_path, *, workers: int = 2, shutdown_wait: float = 5.0, rt=None):
+    """An engine with a worker pool on the state in `tmp_path` (loaded, as at a start)."""
+    transport = FakeTransport()
+    rt = rt or GatedRuntime()
+    store = TaskStore(tmp_path)
+    store.load()
+    eng = Engine(
+        node_id=NODE,
+        inbox=queue.SimpleQueue(),
+        transport=transport,
+        monitor=_monitor(tmp_path, FakePsutil()),
+        supervisor_factory=lambda emit: Supervisor({Runtime.NATIVE: rt}, {}, store, emit),
+        outbox=Outbox(tmp_path / "outbox.json"),
+        seen=SeenCommands(tmp_path / "commands.json"),
+        status_interval=1.0,
+        runtimes=[Runtime.NATIVE],
+        workers=workers,
+        shutdown_wait=shutdown_wait,
+    )
+    go_online(eng, transport)
+    return eng, transport, rt
+
+
+def pump(eng: Any, predicate: Any, timeout: float = 5.0, what: str = "") -> None:
+    """Run the loop's batch handling on what arrives until `predicate()` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {what or predicate}"
+        try:
+            items = [eng.inbox.get(timeout=min(left, 0.05))]
+        except queue.Empty:
+            continue
+        while True:
+            try:
+                items.append(eng.inbox.get_nowait())
+            except queue.Empty:
+                break
+        eng.process(items)
+
+
+def acks(transport: FakeTransport, command_id: str | None = None) -> list[Any]:
+    out = [m.payload for m in transport.decoded("events") if m.kind == "ack"]
+    return [a for a in out if command_id is None or a.command_id == command_id]
+
+
+def task_events(transport: FakeTransport, instance_id: str) -> list[TaskState]:
+    return [
+        m.payload.state
+        for m in transport.decoded("events")
+        if m.kind == "task_event" and m.payload.instance_id == instance_id
+    ]
+
+
+def terminate_msg(cid: str, instance: str = "i1") -> TerminateMessage:
+    return TerminateMessage(id=cid, node_id=NODE, payload=TerminateCommand(instance_id=instance))
+
+
+def test_slow_stop_runs_off_the_loop_while_ticks_and_deploys_go_on(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path)
+    spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"], restart_policy="always")
+    slow = DeployMessage(
+        id="c1", node_id=NODE, payload=DeployCommand(instance_id="slow", job_id="j", spec=spec)
+    )
+    eng.process([CommandReceived(slow, 1, 1, 1)])
+    pump(eng, lambda: acks(transport, "c1"), what="deploy ack")
+    release = rt.gate("stop", "slow")
+    eng.process([CommandReceived(terminate_msg("t1", "slow"), 2, 1, 1)])
+    rt.wait_entered("stop", "slow")
+    for _ in range(3):  # the status keeps going, and the stopping task is not restarted
+        eng.tick()
+    statuses = transport.decoded("status")
+    assert len(statuses) == 3
+    assert [t.state for t in statuses[-1].payload.tasks] == [TaskState.RUNNING]
+    eng.process([CommandReceived(deploy_msg("c2", "other"), 3, 1, 1)])
+    pump(eng, lambda: acks(transport, "c2"), what="the other deploy's ack")
+    assert acks(transport, "c2")[0].accepted and acks(transport, "t1") == []
+    assert 2 not in transport.acked  # the TERMINATE is not acknowledged before its outcome
+    release.set()
+    pump(eng, lambda: acks(transport, "t1"), what="terminate ack")
+    assert acks(transport, "t1")[0].accepted and 2 in transport.acked
+    assert task_events(transport, "slow") == [
+        TaskState.STARTING,
+        TaskState.RUNNING,
+        TaskState.TERMINATED,
+    ]
+    assert rt.deploys == ["slow", "other"]  # the exit seen during the stop restarted nothing
+    assert "slow" not in eng.supervisor.tasks
+    assert rt.threads and threading.current_thread().name not in rt.threads
+
+
+def test_terminate_during_deploy_waits_then_stops(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path)
+    release = rt.gate("deploy", "i1")
+    eng.process([CommandReceived(deploy_msg("c1"), 1, 1, 1)])
+    rt.wait_entered("deploy", "i1")
+    # a second DEPLOY (new id) for the STARTING instance is answered at once
+    eng.process([CommandReceived(deploy_msg("c2"), 2, 1, 1)])
+    (dup,) = acks(transport, "c2")
+    assert dup.accepted and dup.reason == "instance already present (STARTING)"
+    assert transport.acked == [2]
+    eng.process([CommandReceived(terminate_msg("t1"), 3, 1, 1)])
+    assert acks(transport, "c1") == [] and acks(transport, "t1") == []
+    release.set()
+    pump(eng, lambda: acks(transport, "t1"), what="terminate ack")
+    assert acks(transport, "c1")[0].accepted and acks(transport, "t1")[0].accepted
+    assert sorted(transport.acked) == [1, 2, 3]
+    assert task_events(transport, "i1") == [
+        TaskState.STARTING,
+        TaskState.RUNNING,
+        TaskState.TERMINATED,
+    ]
+    assert rt.running == {} and rt.stops == ["i1"] and rt.deploys == ["i1"]
+
+
+def test_duplicate_delivery_while_in_progress_runs_once_and_is_answered_twice(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path)
+    release = rt.gate("deploy", "i1")
+    msg = deploy_msg("c1")
+    eng.process([CommandReceived(msg, 1, 1, 1)])
+    rt.wait_entered("deploy", "i1")
+    eng.process([CommandReceived(msg, 2, 1, 2)])  # redelivered (after a reconnect)
+    assert acks(transport) == [] and transport.acked == []
+    release.set()
+    pump(eng, lambda: len(transport.acked) == 2, what="both deliveries answered")
+    assert [(a.accepted, a.duplicate) for a in acks(transport, "c1")] == [
+        (True, False),
+        (True, True),
+    ]
+    assert rt.deploys == ["i1"]
+
+
+def test_deploy_refused_by_the_runtime_in_the_pool(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path)
+    rt.fail_next = "executable not found: x"
+    eng.process([CommandReceived(deploy_msg("c1"), 1, 1, 1)])
+    pump(eng, lambda: acks(transport, "c1"), what="ack")
+    (ack,) = acks(transport, "c1")
+    assert not ack.accepted and ack.reason == "executable not found: x"
+    assert task_events(transport, "i1") == [TaskState.STARTING, TaskState.FAILED]
+
+
+def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk(
+    tmp_path, monkeypatch
+):
+    import node_engine.state as state_mod
+
+    writes: list[str] = []
+    real_write = state_mod.atomic_write
+
+    def counting_write(path, data, mode=0o600):
+        writes.append(path.name)
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(state_mod, "atomic_write", counting_write)
+    eng, transport, rt = pooled_engine(tmp_path, workers=16)
+    real_ack = transport.ack
+
+    def checked_ack(mid, qos, generation):  # what a PUBACK acknowledges is already on disk
+        seen = json.loads((tmp_path / "commands.json").read_text())["commands"]
+        assert f"c{mid}" in {c["id"] for c in seen}
+        outbox = (tmp_path / "outbox.json").read_text()
+        assert f'\\"command_id\\":\\"c{mid}\\"' in outbox
+        real_ack(mid, qos, generation)
+
+    transport.ack = checked_ack  # type: ignore[method-assign]
+    gates = [rt.gate("deploy", f"i{n}") for n in range(16)]
+    eng.process([CommandReceived(deploy_msg(f"c{n}", f"i{n}"), n, 1, 1) for n in range(16)])
+    assert writes == ["tasks.json", "outbox.json"]  # 16 STARTING records, 16 events: once
+    for n in range(16):
+        rt.wait_entered("deploy", f"i{n}")  # 16 runtime calls at once
+    assert transport.acked == []
+    for gate in gates:
+        gate.set()
+    wait = time.monotonic() + 5
+    while eng.inbox.qsize() < 16:
+        assert time.monotonic() < wait, "the 16 results did not arrive"
+        time.sleep(0.01)
+    pump(eng, lambda: len(transport.acked) == 16, what="16 acks")
+    assert writes == ["tasks.json", "outbox.json", "tasks.json", "commands.json", "outbox.json"]
+    assert all(a.accepted for a in acks(transport)) and len(acks(transport)) == 16
+
+
+def test_shutdown_abandons_a_stuck_deploy_and_the_next_start_adopts_it(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path, workers=1, shutdown_wait=0.2)
+    release = rt.gate("deploy", "i1")
+    thread = threading.Thread(target=eng.run)
+    thread.start()
+    eng.inbox.put(CommandReceived(deploy_msg("c1"), 1, 1, 1))
+    rt.wait_entered("deploy", "i1")
+    started = time.monotonic()
+    eng.request_stop()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 3
+    assert transport.acked == [] and acks(transport) == []  # the broker will redeliver
+    assert transport.stopped_with is not None
+    saved = json.loads((tmp_path / "tasks.json").read_text())["tasks"]["i1"]
+    assert saved["state"] == "STARTING" and saved["handle"] is None
+    release.set()  # the abandoned call finishes: nobody applies it
+    wait_until = time.monotonic() + 5
+    while "i1" not in rt.running:
+        assert time.monotonic() < wait_until
+        time.sleep(0.01)
+    # the next start: the task is adopted, not started twice, and the command answered
+    eng2, transport2, _ = pooled_engine(tmp_path, rt=rt)
+    eng2.supervisor.recover()
+    eng2.process([CommandReceived(deploy_msg("c1"), 1, 1, 2)])
+    assert task_events(transport2, "i1") == [TaskState.RUNNING]  # adopted: no STARTING
+    (ack,) = acks(transport2, "c1")
+    assert ack.accepted and ack.reason == "instance already present (RUNNING)"
+    assert rt.deploys == ["i1"]
+
+
+def test_shutdown_applies_calls_that_finish_within_the_wait(tmp_path):
+    eng, transport, rt = pooled_engine(tmp_path, workers=1, shutdown_wait=10.0)
+    release = rt.gate("deploy", "i1")
+    thread = threading.Thread(target=eng.run)
+    thread.start()
+    eng.inbox.put(CommandReceived(deploy_msg("c1"), 1, 1, 1))
+    rt.wait_entered("deploy", "i1")
+    eng.request_stop()
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert transport.acked == [1] and acks(transport, "c1")[0].accepted
+    saved = json.loads((tmp_path / "tasks.json").read_text())["tasks"]["i1"]
+    assert saved["state"] == "RUNNING" and saved["handle"]["pid"]

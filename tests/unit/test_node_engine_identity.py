@@ -6,6 +6,7 @@ import json
 import os
 import random
 import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from node_engine.identity import (
     backoff_delay,
     engine_id,
     load_identity,
+    refusal_message,
     save_identity,
 )
 from schemas.common import Arch
@@ -144,3 +146,70 @@ def test_identity_round_trip_mode_0600(tmp_path):
 def test_engine_id_is_stable(tmp_path):
     first = engine_id(tmp_path)
     assert first == engine_id(tmp_path) and first.startswith("e")
+
+
+# ---------------------------------------------------------------- rejoin and refusals
+
+
+def refusal(status: int, detail: str, reason: str | None = None) -> HttpResult:
+    body: dict[str, Any] = {"detail": detail}
+    if reason is not None:
+        body["reason"] = reason
+    return HttpResult(status, json.dumps(body).encode())
+
+
+def stored_request() -> JoinRequest:
+    return JoinRequest(info=INFO, node_id="node1", node_secret=SecretStr("s3cret"))
+
+
+def test_rejoin_sends_the_stored_identity_and_the_token_only_when_set():
+    post = ScriptedPost([ok(), ok()])
+    Joiner("http://c", SecretStr("tok"), post=post).attempt(stored_request())
+    Joiner("http://c", None, post=post).attempt(stored_request())
+    (_, with_token, headers), (_, without_token, bare) = post.calls
+    assert with_token["node_id"] == "node1" and with_token["node_secret"] == "s3cret"
+    assert headers["Authorization"] == "Bearer tok"
+    assert without_token == with_token and "Authorization" not in bare
+
+
+def test_refusal_carries_reason_and_presented_node_id():
+    post = ScriptedPost([refusal(403, "node node1 was removed", "node_removed")])
+    with pytest.raises(JoinRefused) as info:
+        Joiner("http://c", None, post=post, sleep=lambda s: None).join(stored_request())
+    exc = info.value
+    assert (exc.status, exc.reason, exc.node_id, exc.rejoin) == (403, "node_removed", "node1", True)
+    assert exc.message == "node node1 was removed" and "rejoin of node node1" in str(exc)
+    assert len(post.calls) == 1  # a refused rejoin is final, not retried
+    post = ScriptedPost([HttpResult(401, b"not json")])
+    with pytest.raises(JoinRefused) as info:
+        Joiner("http://c", SecretStr("t"), post=post).attempt(JoinRequest(info=INFO))
+    assert (info.value.reason, info.value.node_id, info.value.rejoin) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "node_id", "expect"),
+    [
+        (401, "join_token_invalid", None, ["refused the join (HTTP 401)", "check the join token"]),
+        (422, None, None, ["refused the join (HTTP 422)"]),
+        (
+            403,
+            "node_removed",
+            "node1",
+            ["refused the rejoin of node node1", "removed this node", "delete /s/identity.json"],
+        ),
+        (403, "node_secret_wrong", "node1", ["does not match", "delete that file"]),
+        (403, None, "node1", ["does not match"]),
+        (401, "node_unknown", "node1", ["does not know this node", "EDGE_NODE_JOIN_TOKEN"]),
+        (401, None, "node1", ["check the join token"]),
+        (422, None, "node1", ["refused the rejoin of node node1 with its stored identity"]),
+    ],
+)
+def test_refusal_message_says_what_to_do(status, reason, node_id, expect):
+    exc = JoinRefused(status, "the detail", reason=reason, node_id=node_id)
+    text = refusal_message(exc, "http://c:8100", Path("/s"))
+    assert text.startswith("node-engine: the cluster at http://c:8100 refused the ")
+    assert f"(HTTP {status}): the detail" in text
+    for part in expect:
+        assert part in text, (part, text)
+    if status == 422:
+        assert " - " not in text  # no advice invented for a validation error

@@ -106,3 +106,9 @@ def test_help_mentions_every_option_and_env():
         ("--config", "EDGE_NODE_CONFIG"),
     ]:
         assert flag in text and env in text
+
+
+def test_help_says_the_join_token_is_for_the_first_join_only():
+    text = " ".join(build_parser().format_help().split())
+    assert "needed for the first join only" in text
+    assert "rejoins with its stored node secret" in text

@@ -141,3 +141,35 @@ def test_task_store_drops_unreadable_records(tmp_path):
         json.dumps({"version": 1, "tasks": {"bad": {"instance_id": "bad"}}})
     )
     assert TaskStore(tmp_path).load() == {}
+
+
+def test_task_store_commit_writes_only_when_changed(tmp_path):
+    store = TaskStore(tmp_path)
+    path = tmp_path / "tasks.json"
+    assert store.commit() is False and not path.exists()
+    spec = TaskSpec(runtime=Runtime.NATIVE, command=["true"])
+    store.tasks["i1"] = TaskRecord(instance_id="i1", job_id="j", spec=spec, stopping="terminate")
+    store.mark_changed()
+    assert store.commit() is True and path.exists()
+    path.unlink()
+    assert store.commit() is False and not path.exists()  # nothing changed since
+    loaded = TaskStore(tmp_path)
+    store.save()
+    assert loaded.load()["i1"].stopping == "terminate" and loaded.dirty is False
+
+
+def test_seen_commands_save_only_after_a_change(tmp_path):
+    path = tmp_path / "commands.json"
+    seen = SeenCommands(path)
+    seen.save()
+    assert not path.exists()
+    seen.add("c1", CommandOutcome("deploy", True, instance_id="i1"))
+    seen.save()
+    path.unlink()
+    seen.save()
+    assert not path.exists()
+    again = SeenCommands(path)
+    seen.dirty = True
+    seen.save()
+    again.load()
+    assert "c1" in again and again.dirty is False

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
 from node_engine.state import TaskStore
-from node_engine.supervisor import Supervisor, TaskChange, restart_delay, wants_restart
+from node_engine.supervisor import (
+    ShedDecision,
+    Supervisor,
+    TaskChange,
+    restart_delay,
+    run_operation,
+    wants_restart,
+)
 from schemas.common import Runtime
 from schemas.job import RestartPolicy, TaskSpec, TaskState
 
@@ -294,3 +302,86 @@ def test_statuses_carry_usage(env):
     (status,) = sup.statuses()
     assert status.priority == 7 and status.cpu_percent == 1.5 and status.memory_mib == 3.0
     assert status.pid == rt.running["i1"].pid
+
+
+# ---------------------------------------------------------------- deferred operations
+
+
+def test_deferred_deploy_is_busy_until_completed(env):
+    sup, rt, events, _, _ = env
+    sup.defer = True
+    assert sup.deploy("i1", "j1", spec(), "c1") is None  # the outcome comes later
+    assert rt.deploys == [] and sup.tasks["i1"].state is TaskState.STARTING
+    assert sup.busy("i1") is not None and sup.in_flight == 1
+    assert sup.blocks("terminate", "i1") and not sup.blocks("deploy", "i1")
+    again = sup.deploy("i1", "j1", spec(), "c2")  # answered at once, nothing started
+    assert again is not None and again.reason == "instance already present (STARTING)"
+    (op,) = sup.take_operations()
+    assert sup.take_operations() == [] and op.command_id == "c1"
+    outcome = sup.complete(run_operation(op))
+    assert outcome is not None and outcome.accepted and rt.deploys == ["i1"]
+    assert sup.busy("i1") is None and states(events) == [TaskState.STARTING, TaskState.RUNNING]
+    assert sup.complete(run_operation(op)) is None  # a second result is ignored
+
+
+def test_task_being_stopped_is_not_seen_as_exited_nor_restarted(env):
+    sup, rt, events, wall, tmp_path = env
+    sup.deploy("i1", "j1", spec(restart_policy=RestartPolicy.ALWAYS, max_restarts=5))
+    sup.defer = True
+    assert sup.terminate("i1", "scale down", "t1") is None
+    saved = json.loads((tmp_path / "tasks.json").read_text())["tasks"]["i1"]
+    assert saved["stopping"] == "terminate" and saved["stop_reason"] == "scale down"
+    assert sup.blocks("deploy", "i1") and sup.blocks("terminate", "i1")
+    refused = sup.deploy("i1", "j1", spec(restart_policy=RestartPolicy.ALWAYS, max_restarts=5))
+    assert refused is not None and not refused.accepted  # the engine queues it instead
+    rt.exit("i1", 143)  # the process is gone while the stop still waits
+    wall.now += 100
+    sup.poll()
+    sup.apply_shed(ShedDecision("i1", "pause", "hot", {}))
+    assert states(events) == [TaskState.STARTING, TaskState.RUNNING]
+    assert rt.deploys == ["i1"]  # not restarted
+    (op,) = sup.take_operations()
+    outcome = sup.complete(run_operation(op))
+    assert outcome is not None and outcome.accepted
+    assert events[-1].state is TaskState.TERMINATED and events[-1].reason == "scale down"
+    assert "i1" not in sup.tasks
+
+
+def test_failed_stop_is_refused_and_the_task_kept(env):
+    sup, rt, _events, _, _ = env
+    sup.deploy("i1", "j1", spec())
+
+    def broken_stop(handle, timeout_s=10.0):
+        raise RuntimeFailure("docker daemon gone")
+
+    rt.stop = broken_stop
+    outcome = sup.terminate("i1")
+    assert outcome is not None and not outcome.accepted
+    assert outcome.reason == "stop failed: docker daemon gone"
+    assert sup.tasks["i1"].stopping == "" and sup.busy("i1") is None
+
+
+@pytest.mark.parametrize("purpose", ["terminate", "shed"])
+def test_recover_finishes_a_stop_interrupted_by_an_engine_crash(env, purpose):
+    sup, rt, _events, wall, tmp_path = env
+    sup.deploy("i1", "j1", spec())
+    sup.tasks["i1"].stopping = purpose
+    sup.tasks["i1"].stop_reason = "why"
+    sup.store.save()  # what a crash after persisting the intent leaves
+    events2: list[TaskChange] = []
+    store = TaskStore(tmp_path)
+    store.load()
+    sup2 = Supervisor({Runtime.NATIVE: rt}, {}, store, events2.append, wall=wall)
+    sup2.recover()
+    assert rt.stops == ["i1"] and "i1" not in rt.running
+    assert rt.deploys == ["i1"]  # not started again
+    if purpose == "terminate":
+        assert "i1" not in sup2.tasks
+        assert [(e.state, e.reason) for e in events2] == [(TaskState.TERMINATED, "why")]
+    else:
+        assert sup2.tasks["i1"].state is TaskState.SHED and not sup2.tasks["i1"].desired
+        assert [e.state for e in events2] == [TaskState.SHED]
+    assert (
+        json.loads((tmp_path / "tasks.json").read_text())["tasks"].get("i1", {}).get("stopping", "")
+        == ""
+    )

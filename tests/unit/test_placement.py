@@ -169,7 +169,12 @@ FILTER_CASES: list[tuple[str, Request, Candidate, str | None]] = [
     ("temperature-unknown", Request(max_temperature_c=70.0), node(temperature_c=None), None),
     ("hot-without-limit", Request(), node(temperature_c=95.0), None),
     ("throttled", Request(), node(throttled=True), "throttled"),
+    ("overloaded", Request(), node(overloaded=True), "overloaded"),
+    ("overloaded-even-without-cpu-request", Request(cpu=0.0), node(overloaded=True), "overloaded"),
     ("insufficient-cpu", Request(cpu=2.5), node(), "insufficient cpu"),
+    # measured use is not a reservation: a busy device still takes a request that fits
+    ("busy-device-fits-by-reservations", Request(cpu=2.0), node(cpu_used=4.0), None),
+    ("busy-device-over-reservations", Request(cpu=2.5), node(cpu_used=0.0), "insufficient cpu"),
     ("cpu-exact", Request(cpu=2.0), node(), None),
     ("cpu-float-drift", Request(cpu=0.1), node(free_cpu=0.3 - 0.1 - 0.1), None),
     ("insufficient-memory", Request(memory_mib=2049), node(), "insufficient memory"),
@@ -207,6 +212,18 @@ FILTER_CASES: list[tuple[str, Request, Candidate, str | None]] = [
         Request(pinned_id="x"),
         node(ready=False, draining=True),
         "not the pinned candidate",
+    ),
+    (
+        "order-throttled-before-overloaded",
+        Request(),
+        node(throttled=True, overloaded=True),
+        "throttled",
+    ),
+    (
+        "order-overloaded-before-cpu",
+        Request(cpu=99.0),
+        node(overloaded=True),
+        "overloaded",
     ),
     (
         "order-too-hot-before-throttled",
@@ -327,6 +344,12 @@ SCORER_CASES: list[tuple[str, Any, Request, Candidate, int, float]] = [
         0,
         100.0,
     ),
+    # measured use counts in scoring (not in feasibility): capacity 4, 2 reserved
+    ("least-measured-below-reservations", least_allocated, Request(), node(cpu_used=1.0), 0, 50.0),
+    ("least-measured-above-reservations", least_allocated, Request(), node(cpu_used=3.0), 0, 37.5),
+    ("least-measured-saturated", least_allocated, Request(), node(cpu_used=4.0), 0, 25.0),
+    ("least-measured-unknown", least_allocated, Request(), node(cpu_used=None), 0, 50.0),
+    ("most-measured-busy", most_allocated, Request(), node(cpu_used=3.0), 0, 62.5),
     ("most-half-loaded", most_allocated, Request(cpu=1.0, memory_mib=1024), node(), 0, 75.0),
     (
         "most-empty-node",
@@ -414,6 +437,15 @@ def test_request_policy_overrides_caller_policy() -> None:
     )
     assert (spread.chosen, binpack.chosen) == (empty, busy)
     assert (spread.policy, binpack.policy) == ("spread", "binpack")
+
+
+def test_measured_load_steers_spread_away_from_and_binpack_onto_a_busy_node() -> None:
+    """Equal reservations: spread picks the node whose measured CPU is lower."""
+    idle = node("idle", cpu_used=0.5)
+    busy = node("busy", cpu_used=3.5)
+    for order in ([idle, busy], [busy, idle]):
+        assert both_paths(Request(cpu=1.0), order, "spread").chosen == idle
+        assert both_paths(Request(cpu=1.0), order, "binpack").chosen == busy
 
 
 def test_spread_prefers_cooler_among_equal_load() -> None:
@@ -567,7 +599,12 @@ def test_request_validation(kwargs: dict[str, Any]) -> None:
 
 def test_nan_is_refused_where_it_would_poison_scores() -> None:
     nan = float("nan")
-    for overrides in ({"free_cpu": nan}, {"capacity_cpu": nan}, {"temperature_c": nan}):
+    for overrides in (
+        {"free_cpu": nan},
+        {"capacity_cpu": nan},
+        {"temperature_c": nan},
+        {"cpu_used": nan},
+    ):
         with pytest.raises(ValueError, match="NaN"):
             node(**overrides)
     with pytest.raises(ValueError, match="NaN"):

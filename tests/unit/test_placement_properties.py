@@ -83,11 +83,14 @@ def candidates(draw: st.DrawFn) -> list[Candidate]:
             "labels": draw(labels),
             "temperature_c": draw(temperatures),
             "throttled": draw(rarely),
+            "overloaded": draw(rarely),
             "draining": draw(rarely),
             "ready": not draw(rarely),
         }
         if draw(st.booleans()):
             free_cpu, free_mem = draw(cpus), draw(memories)
+            # measured use: unknown, or anywhere from idle to beyond the reservations
+            common["cpu_used"] = draw(st.one_of(st.none(), cpus))
             candidate = Candidate(
                 free_cpu=free_cpu,
                 free_memory_mib=free_mem,
@@ -303,3 +306,24 @@ def test_ties_broken_by_seed_not_by_position(
     assert again.chosen == first.chosen and again.tied == first.tied
     if first.chosen is not None and first.chosen.id.startswith("clone"):
         assert first.tied >= copies
+
+
+@given(requests, candidates(), st.one_of(st.none(), cpus))
+def test_measured_cpu_use_never_changes_feasibility(
+    request: Request, cands: list[Candidate], used: float | None
+) -> None:
+    """Feasibility counts reservations; measured use only moves scores."""
+    for candidate in cands:
+        loaded = dataclasses.replace(candidate, cpu_used=used)
+        assert first_failure(request, loaded) == first_failure(request, candidate)
+
+
+@given(requests, candidates(), policies, seeds)
+def test_overloaded_candidates_are_never_chosen(
+    request: Request, cands: list[Candidate], policy: str, seed: int
+) -> None:
+    decision = both(request, cands, policy, seed)
+    assert decision.chosen is None or not decision.chosen.overloaded
+    for candidate in cands:
+        if candidate.overloaded and candidate.id in decision.scores:
+            raise AssertionError(f"{candidate.id} is overloaded but was scored")

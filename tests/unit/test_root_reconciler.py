@@ -1,0 +1,203 @@
+"""The root's reconciler in one event loop: a real `RootService` on an in-memory SQLite
+store, and clusters played by an httpx `MockTransport` whose answers the test gates.
+
+Covers what the pipelined placements promise beyond test_root_scheduling.py: deferred
+work is started highest priority first, shutdown cancels the calls in flight and
+waits for the service calls under way, and old events are pruned in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from root_orchestrator.bus import EventBus
+from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.metrics import RootMetrics
+from root_orchestrator.reconciler import Reconciler
+from root_orchestrator.records import EVENTS, INSTANCES
+from root_orchestrator.service import RootService
+from root_orchestrator.settings import RootSettings
+from schemas.cluster import ClusterRegistration, ClusterReport, PlaceInstanceResponse
+from schemas.job import JobSpec
+from store import Store, open_store
+from tests.integration.test_root_support import FakeCluster
+
+
+class GatedCluster:
+    """A cluster API on a MockTransport: records every placement, answers it (accepted,
+    on node n1) once `gate` is set."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.placed: list[str] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/api/v1/instances":
+            iid = json.loads(request.content)["instance_id"]
+            self.placed.append(iid)
+            await self.gate.wait()
+            answer = PlaceInstanceResponse(
+                accepted=True, instance_id=iid, node_id="n1", node_name="n1"
+            )
+            return httpx.Response(200, json=answer.model_dump(mode="json"))
+        return httpx.Response(404, json={"detail": "unknown"})
+
+
+def make_service(store: Store, **settings: Any) -> RootService:
+    values: dict[str, Any] = {
+        "store_url": "sqlite://:memory:",
+        "operator_tokens": ["operator-token-1"],
+        "registration_token": "registration-token-1",
+        **settings,
+    }
+    service = RootService(store, RootSettings(**values), bus=EventBus(), metrics=RootMetrics())
+    service.start()
+    return service
+
+
+def add_cluster(service: RootService) -> str:
+    """Register cluster "a" (one roomy node) and take its first report."""
+    fake = FakeCluster("a")  # only builds bodies; its server is never started
+    fake.nodes[0].cpu, fake.nodes[0].memory_mib = 64.0, 65536
+    reg = service.register_cluster(
+        ClusterRegistration(name="a", url="http://cluster-a.test", api_token="cluster-a-token")
+    )
+    service.apply_report(reg.cluster_id, ClusterReport.model_validate(fake.report_body()))
+    return reg.cluster_id
+
+
+def spec(name: str, priority: int = 0, replicas: int = 1) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "runtime": "native",
+            "command": ["sleep", "600"],
+            "replicas": replicas,
+            "priority": priority,
+            "resources": {"cpu": 0.1, "memory_mib": 16},
+        }
+    )
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` in the event loop until it holds, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.fixture
+def store() -> Store:
+    return open_store("sqlite://:memory:")
+
+
+def test_deferred_placements_start_highest_priority_first(store: Store) -> None:
+    """With one slot, work waiting for it is started by priority, not by arrival."""
+
+    async def scenario() -> None:
+        service = make_service(store)
+        add_cluster(service)
+        cluster = GatedCluster()
+        client = ClusterClient(transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=60.0, max_parallel=1)
+        reconciler.start()
+        try:
+            first, _ = service.submit_job(spec("first"))
+            await until(lambda: cluster.placed, what="first placement call")
+            low, _ = service.submit_job(spec("low", priority=1))
+            high, _ = service.submit_job(spec("high", priority=50))
+            await until(lambda: reconciler.deferred == 2, what="a pass deferring both")
+            assert len(cluster.placed) == 1 and reconciler.in_flight == 1
+            cluster.gate.set()  # answers from now on; the freed slot starts the rest
+            await until(lambda: len(cluster.placed) == 3, 5, what="all placement calls")
+            order = [iid.split("-", 1)[0] for iid in cluster.placed]
+            assert order == [first.id, high.id, low.id]
+            await until(lambda: reconciler.in_flight == 0, what="no call in flight")
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_stop_cancels_calls_in_flight_and_the_instance_stays_scheduled(store: Store) -> None:
+    async def scenario() -> None:
+        service = make_service(store)
+        cluster_id = add_cluster(service)
+        cluster = GatedCluster()  # never answers
+        client = ClusterClient(timeout=30.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        reconciler.start()
+        job, _ = service.submit_job(spec("held", replicas=3))
+        await until(lambda: len(cluster.placed) == 3, what="3 placement calls")
+        started = time.monotonic()
+        await reconciler.stop()
+        assert time.monotonic() - started < 5.0  # not the 30 s cluster timeout
+        assert reconciler.in_flight == 0
+        await client.aclose()
+        # the decision was stored before the call: a restarted root resumes it
+        docs = store.find(INSTANCES, {"job_id": job.id})
+        assert sorted(d["_id"] for d in docs) == sorted(cluster.placed)
+        assert {(d["state"], d["cluster_id"]) for d in docs} == {("SCHEDULED", cluster_id)}
+
+    run(scenario)
+
+
+def test_a_cancelled_service_call_still_runs_to_its_end(store: Store) -> None:
+    """Shutdown must not return (and close the store) while a service method runs."""
+
+    async def scenario() -> None:
+        reconciler = Reconciler(make_service(store), ClusterClient(), RootMetrics(), interval=60.0)
+        entered, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+        def slow_service_method() -> None:
+            entered.set()
+            release.wait(10)
+            ended.set()
+
+        task = asyncio.create_task(reconciler._call(slow_service_method))
+        await until(entered.is_set, what="the method to start")
+        task.cancel()
+        for _ in range(10):  # loop iterations in which a wrong implementation would end
+            await asyncio.sleep(0)
+        assert not task.done(), "the call ended while its method was still running"
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended.is_set()
+
+    run(scenario)
+
+
+def test_old_events_are_pruned_in_the_background(store: Store) -> None:
+    async def scenario() -> None:
+        service = make_service(store, event_retention=1000)
+        for n in range(1200):  # one event each (job.submitted); no instance, no cluster
+            service.submit_job(spec(f"j{n}", replicas=0))
+        assert store.count(EVENTS) == 1200
+        client = ClusterClient()
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        reconciler.start()
+        try:
+            await until(lambda: store.count(EVENTS) == 1000, what="events pruned to 1000")
+            newest = store.find(EVENTS, order_by="seq", descending=True, limit=1)
+            assert newest[0]["seq"] == service.latest_seq()  # the newest are kept
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+
+    run(scenario)
