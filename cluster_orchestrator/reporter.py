@@ -8,8 +8,8 @@ Runs on its own thread so a slow or absent root never delays the core loop:
   cluster keeps its id. What a refusal means decides what happens to that identity
   (see `root_client`): a refused *registration token* (401) keeps it — the reporter
   retries with backoff and logs that the token is wrong — while a refused *identity*
-  (403/404/410, or a 401 naming the credential) drops it and registers as a new
-  cluster;
+  (403/404/410; the root answers 403 to a known id with a wrong credential) drops
+  it and registers as a new cluster;
 * reports, latency first: an instance or capacity change wakes the reporter. After a
   quiet spell the change goes out after a `COALESCE_S` (5 ms) delay, so that changes
   arriving together (a task's STARTING and RUNNING) share a report. Under load the

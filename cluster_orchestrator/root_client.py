@@ -16,9 +16,8 @@ The transport is injectable (``httpx.MockTransport`` in tests). Errors:
     missing or wrong. The stored cluster identity is *not* at fault: keep it, retry
     with backoff, tell the operator;
   - `IdentityRefused`: ``register`` refused the cluster id and credential we
-    presented (403, 404 or 410; and, until the root says 403, a 401 whose detail
-    names the credential, which is how the root answers a known id with a wrong
-    credential today). Only then register as a new cluster;
+    presented (403, 404 or 410; the root answers 403 to a known id with a wrong
+    credential). Only then register as a new cluster;
   - `CredentialRefused`: a report answered 401/403, the credential is not (or no
     longer) accepted: register again, with the stored identity;
 

@@ -38,7 +38,11 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 @cluster_api.post(
     "/register",
     dependencies=[Depends(require_registration)],
-    responses={401: _ERRORS[401], 409: {"description": "name taken by a READY cluster"}},
+    responses={
+        401: _ERRORS[401],
+        403: {"description": "a known cluster id with a wrong credential: register afresh"},
+        409: {"description": "name taken by a READY cluster"},
+    },
 )
 async def register_cluster(
     registration: ClusterRegistration, service: ServiceDep
