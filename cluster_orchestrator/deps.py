@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BearerDep",
     "CoreDep",
-    "JoinAuth",
     "JoinOrRejoin",
     "OperatorAuth",
     "Services",
@@ -105,17 +104,6 @@ def join_token_state(
     return "invalid"
 
 
-def require_join(services: ServicesDep, credentials: BearerDep) -> None:
-    """One of the join tokens of this cluster."""
-    state = join_token_state(services, credentials)
-    if state != "ok":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            f"{state} bearer join token" if state == "missing" else "invalid join token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 async def join_or_rejoin(
     request: Request, services: ServicesDep, credentials: BearerDep
 ) -> JoinTokenState:
@@ -147,4 +135,3 @@ async def join_or_rejoin(
 
 JoinOrRejoin = Annotated[JoinTokenState, Depends(join_or_rejoin)]
 OperatorAuth = Depends(require_operator)
-JoinAuth = Depends(require_join)

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 from cluster_orchestrator.core import (
     Forbidden,
     JoinGrant,
-    JoinUnauthorized,
     NodeBusy,
     NodeRemoval,
     NotFound,
@@ -48,9 +47,9 @@ _REFUSALS: dict[int | str, dict[str, object]] = {
 
 
 def _refusal(code: int, detail: str, reason: str) -> JSONResponse:
-    """A refused join: ``{"detail": why, "reason": machine-readable code}``."""
-    headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
-    return JSONResponse({"detail": detail, "reason": reason}, status_code=code, headers=headers)
+    """A refused join: ``{"detail": why, "reason": machine-readable code}`` (401s are
+    raised as `JoinUnauthorized` and rendered the same way by the app's handler)."""
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=code)
 
 
 @router.post(
@@ -69,19 +68,15 @@ async def join(
     joined before sends its `node_id` and `node_secret` and keeps its id: the secret
     alone authenticates it, so a rejoin works after the join tokens were rotated
     (a join token it sends is then ignored). A wrong secret, or the id of a node the
-    operator removed, is refused with 403. The MQTT password is new on every join.
+    operator removed, is refused with 403; an unknown id without a join token raises
+    `JoinUnauthorized` (``node_unknown``), which the app answers with 401. The MQTT
+    password is new on every join.
     """
     core = services.core
-    if body.node_id is None and token != "ok":
-        text = "missing bearer join token" if token == "missing" else "invalid join token"
-        return _refusal(status.HTTP_401_UNAUTHORIZED, text, f"join_token_{token}")
     try:
         grant: JoinGrant = await core.run(lambda: core.join(body, join_token_ok=token == "ok"))
     except Forbidden as exc:
         return _refusal(status.HTTP_403_FORBIDDEN, str(exc), exc.reason)
-    except JoinUnauthorized as exc:
-        reason = exc.reason if exc.reason == "node_unknown" else f"join_token_{token}"
-        return _refusal(status.HTTP_401_UNAUTHORIZED, str(exc), reason)
     if grant.durable is not None:
         try:
             await asyncio.wrap_future(grant.durable)

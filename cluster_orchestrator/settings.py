@@ -9,7 +9,6 @@ builds one :class:`ClusterSettings`.
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import os
 import re
@@ -25,7 +24,10 @@ from schemas.settings_file import (
     FlagsEnvSettings,
     SettingsFileError,
     build_settings,
+    check_token_lengths,
     read_settings_file,
+    split_tokens,
+    token_accepted,
 )
 
 __all__ = [
@@ -156,10 +158,7 @@ class ClusterSettings(FlagsEnvSettings):
     @field_validator("join_tokens")
     @classmethod
     def _join_tokens_length(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for token in value:
-            if len(token.get_secret_value()) < 8:
-                raise ValueError("join tokens must be at least 8 characters long")
-        return value
+        return check_token_lengths(value, "join tokens")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -231,24 +230,6 @@ class ClusterSettings(FlagsEnvSettings):
     def effective_broker_data_dir(self) -> Path:
         """mosquitto's directory when this process starts the broker."""
         return self.broker_data_dir or (self.data_dir / "broker")
-
-
-def split_tokens(value: Any) -> Any:
-    """Accept a list, a JSON list or a comma-separated string of tokens."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-def token_accepted(given: str, accepted: Sequence[str]) -> bool:
-    """Whether `given` is one of `accepted`, comparing with every token in constant time."""
-    found = False
-    for token in accepted:
-        found |= hmac.compare_digest(given.encode(), token.encode())
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

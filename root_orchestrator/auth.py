@@ -6,13 +6,13 @@ whether the token was missing, unknown or belonged to someone else.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from root_orchestrator.deps import Deps, get_deps
+from schemas.settings_file import token_accepted
 
 __all__ = [
     "ClusterCredential",
@@ -44,19 +44,11 @@ def unauthorized(detail: str = "missing or invalid bearer token") -> HTTPExcepti
     )
 
 
-def _matches(given: str, accepted: list[str]) -> bool:
-    """Constant-time comparison against every accepted token."""
-    found = False
-    for token in accepted:
-        found |= hmac.compare_digest(given.encode(), token.encode())
-    return found
-
-
 def require_operator(
     deps: Annotated[Deps, Depends(get_deps)], credentials: BearerCredentials
 ) -> None:
     """Dependency: the request carries one of the operator tokens."""
-    if credentials is None or not _matches(credentials.credentials, deps.operator_tokens):
+    if credentials is None or not token_accepted(credentials.credentials, deps.operator_tokens):
         raise unauthorized()
 
 

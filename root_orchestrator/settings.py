@@ -9,8 +9,6 @@ one :class:`RootSettings`. See docs/root-orchestrator.md for the table.
 from __future__ import annotations
 
 import argparse
-import hmac
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,22 +19,19 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from schemas.settings_file import FlagsEnvSettings, SettingsFileError, build_settings
+from schemas.settings_file import (
+    FlagsEnvSettings,
+    SettingsFileError,
+    build_settings,
+    check_token_lengths,
+    split_tokens,
+    token_accepted,
+)
 
 __all__ = ["ENV_PREFIX", "RootSettings", "SettingsFileError", "build_parser", "load_settings"]
 
 ENV_PREFIX = "EDGE_"
 MIB = 1024 * 1024
-
-
-def _split_tokens(value: Any) -> Any:
-    """Accept a list, a JSON list or a comma-separated string of tokens."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
 
 
 class RootSettings(FlagsEnvSettings):
@@ -114,15 +109,12 @@ class RootSettings(FlagsEnvSettings):
     @field_validator("operator_tokens", "registration_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
-        return _split_tokens(value)
+        return split_tokens(value)
 
     @field_validator("operator_tokens")
     @classmethod
     def _non_empty_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for token in value:
-            if len(token.get_secret_value()) < 8:
-                raise ValueError("operator tokens must be at least 8 characters long")
-        return value
+        return check_token_lengths(value, "operator tokens")
 
     @field_validator("registration_token")
     @classmethod
@@ -134,10 +126,7 @@ class RootSettings(FlagsEnvSettings):
     @field_validator("registration_tokens")
     @classmethod
     def _registration_tokens_length(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for token in value:
-            if len(token.get_secret_value()) < 8:
-                raise ValueError("registration tokens must be at least 8 characters long")
-        return value
+        return check_token_lengths(value, "registration tokens")
 
     @model_validator(mode="after")
     def _ordered_intervals(self) -> RootSettings:
@@ -157,10 +146,7 @@ class RootSettings(FlagsEnvSettings):
 
     def registration_token_ok(self, token: str) -> bool:
         """Whether `token` is an accepted registration token (constant time over all)."""
-        found = False
-        for accepted in self.accepted_registration_tokens():
-            found |= hmac.compare_digest(token.encode(), accepted.encode())
-        return found
+        return token_accepted(token, self.accepted_registration_tokens())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,18 +7,50 @@ module holds that mechanism once; each program keeps only its own settings class
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 S = TypeVar("S", bound="FlagsEnvSettings")
+
+
+#: Shortest token (operator, registration, join) the programs accept.
+MIN_TOKEN_LENGTH = 8
+
+
+def split_tokens(value: Any) -> Any:
+    """Accept a list, a JSON list or a comma-separated string of tokens."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def check_token_lengths(value: list[SecretStr], what: str) -> list[SecretStr]:
+    """Refuse tokens shorter than `MIN_TOKEN_LENGTH`; `what` names them in the error."""
+    for token in value:
+        if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"{what} must be at least {MIN_TOKEN_LENGTH} characters long")
+    return value
+
+
+def token_accepted(given: str, accepted: Sequence[str]) -> bool:
+    """Whether `given` is one of `accepted`, comparing with every token in constant time."""
+    found = False
+    for token in accepted:
+        found |= hmac.compare_digest(given.encode(), token.encode())
+    return found
 
 
 class SettingsFileError(ValueError):
