@@ -73,7 +73,14 @@ def test_docker_reported_deploy_and_terminate(
     assert ack.payload.accepted, ack.payload.reason
     cluster.wait_state(engine, "web", TaskState.RUNNING, timeout=60)
     (container,) = containers(docker_client, docker_engine_id, "web")
-    status = wait_status(cluster, engine, lambda st: task_in(st, "web") is not None)
+    # a status built before the RUNNING event may still be on its way: wait for one
+    # that shows the task running
+    status = wait_status(
+        cluster,
+        engine,
+        lambda st: getattr(task_in(st, "web"), "state", None) is TaskState.RUNNING,
+        what="a status listing web RUNNING",
+    )
     task = task_in(status.payload, "web")
     assert task.runtime is Runtime.DOCKER and task.state is TaskState.RUNNING
     assert task.container_id and container.id.startswith(task.container_id[:12])
