@@ -457,3 +457,82 @@ def test_restart_keeps_nodes_and_instances(cluster, engines, sleepers) -> None:
     assert count_processes(args) == 1
     text = json.dumps(inst)
     assert "SCHEDULED" in text  # history survived the restart
+
+
+def test_returning_engine_stops_what_moved_away(cluster, engines, sleepers) -> None:
+    engine_a = engines("a")
+    wait_ready(cluster, "a")
+    commands = {f"m{i}": sleepers() for i in range(2)}
+    for iid, args in commands.items():
+        assert place(cluster, iid, args)["accepted"]
+    for iid in commands:
+        wait_instance(cluster, iid, "RUNNING", "a")
+    engines("b")
+    wait_ready(cluster, "a", "b")
+    engine_a.kill()
+    for iid in commands:
+        wait_instance(cluster, iid, "RUNNING", "b", timeout=30)
+    for args in commands.values():  # a's copies keep running while its engine is dead
+        wait_until(lambda args=args: count_processes(args) == 2, 15, "copy on b")
+    engine_a.start()
+    wait_ready(cluster, "a", "b")
+    for args in commands.values():  # the returning engine stops them
+        wait_until(lambda args=args: count_processes(args) == 1, 30, "a's copy stopped")
+    for iid in commands:
+        assert instance(cluster, iid)["node_name"] == "b"
+
+
+@pytest.mark.docker
+def test_returning_engine_stops_the_docker_container_that_moved_away(
+    cluster, tmp_path, busybox_image, docker_client
+) -> None:
+    started: list[NodeEngineProcess] = []
+
+    def engine(name: str) -> NodeEngineProcess:
+        proc = NodeEngineProcess(
+            tmp_path / f"node-{name}",
+            cluster.url,
+            join_token=JOIN,
+            name=name,
+            runtimes=("native", "docker"),
+            status_interval=None,
+        )
+        proc.start()
+        started.append(proc)
+        return proc
+
+    def containers(iid: str) -> list[Any]:
+        return [
+            c
+            for c in docker_client.containers.list(filters={"label": f"edge.instance={iid}"})
+            if c.status == "running"
+        ]
+
+    try:
+        engine_a = engine("a")
+        wait_ready(cluster, "a")
+        body = {
+            "instance_id": "dk1",
+            "job_id": "job-dk",
+            "job_name": "sleeper",
+            "spec": {"runtime": "docker", "image": busybox_image, "command": ["sleep", "900"]},
+        }
+        with api(cluster) as client:
+            assert client.post("/api/v1/instances", json=body).json()["accepted"]
+        wait_instance(cluster, "dk1", "RUNNING", "a", timeout=60)
+        engine("b")
+        wait_ready(cluster, "a", "b")
+        engine_a.kill()
+        wait_instance(cluster, "dk1", "RUNNING", "b", timeout=60)
+        wait_until(lambda: len(containers("dk1")) == 2, 30, "a's container and b's")
+        engine_a.start()
+        wait_ready(cluster, "a", "b")
+        wait_until(lambda: len(containers("dk1")) == 1, 60, "a's container stopped")
+        assert instance(cluster, "dk1")["node_name"] == "b"
+    finally:
+        for proc in started:
+            with contextlib.suppress(Exception):
+                proc.stop_quietly()
+        for c in docker_client.containers.list(all=True, filters={"label": "edge.instance=dk1"}):
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
