@@ -252,7 +252,7 @@ class ClusterCore:
             self.removed_nodes[str(doc["_id"])] = dict(doc)
         for doc in self._store.find(NODES):
             try:
-                node = NodeRecord.from_doc(doc, now)
+                node = NodeRecord.from_doc(doc, now, hold=self.settings.restart_grace)
             except (KeyError, ValueError) as exc:
                 log.error("skipping unreadable node document %s: %s", doc.get("_id"), exc)
                 continue
@@ -959,7 +959,7 @@ class ClusterCore:
             if not ids:
                 continue
             node = self.nodes.get(node_id)
-            if node is None or node.liveness.state is Liveness.READY:
+            if node is None or node.liveness.state is Liveness.READY or node.liveness.held(now):
                 continue
             unhealthy = node.liveness.unhealthy_for(now)
             for inst in self._instances_on(node_id):

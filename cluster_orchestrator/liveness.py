@@ -9,7 +9,12 @@ Rules, with ``interval`` = the status interval and ``grace`` = the lost grace:
   unhealthy since the moment its status became overdue;
 * a node unhealthy (NOT_READY or OFFLINE) for ``grace`` seconds is LOST;
 * presence ``online`` alone does not make a node READY: capacity is only known from a
-  status, which follows within one interval.
+  status, which follows within one interval;
+* a node loaded from the store by a restarted orchestrator is *held* until
+  ``lost_not_before`` (the restart grace): it is unhealthy and not schedulable, but it
+  cannot become LOST, and its instances are not moved, before it had a fair chance to
+  report (Nomad gives nodes a fresh, longer heartbeat TTL after a leader failover for
+  the same reason). Its first status ends the hold.
 
 Times are monotonic seconds of the orchestrator's clock (receipt times), never the
 node's own timestamps, so skewed device clocks cannot confuse liveness.
@@ -44,13 +49,26 @@ class LivenessTracker:
     state: Liveness = Liveness.NOT_READY
     last_status_at: float | None = None
     unhealthy_since: float | None = None
+    #: no LOST (and no rescheduling of its instances) before this time; None: no hold
+    lost_not_before: float | None = None
 
     @classmethod
-    def new(cls, now: float, state: Liveness = Liveness.NOT_READY) -> LivenessTracker:
-        """A tracker for a node that was just created or loaded (unhealthy from ``now``)."""
+    def new(
+        cls, now: float, state: Liveness = Liveness.NOT_READY, *, hold: float = 0.0
+    ) -> LivenessTracker:
+        """A tracker for a node that was just created or loaded (unhealthy from ``now``).
+
+        `hold` > 0 holds a node that is not LOST for that many seconds (see the module
+        docstring: the restart grace of a loaded node).
+        """
         if state is Liveness.READY:
             return cls(state=state, last_status_at=now, unhealthy_since=None)
-        return cls(state=state, last_status_at=None, unhealthy_since=now)
+        held = now + hold if hold > 0 and state is not Liveness.LOST else None
+        return cls(state=state, last_status_at=None, unhealthy_since=now, lost_not_before=held)
+
+    def held(self, now: float) -> bool:
+        """True while the node may not become LOST nor lose its instances (restart grace)."""
+        return self.lost_not_before is not None and now < self.lost_not_before
 
     def _move(self, new: Liveness, now: float, reason: str) -> Transition | None:
         if new is self.state:
@@ -66,6 +84,7 @@ class LivenessTracker:
     def on_status(self, now: float) -> Transition | None:
         """A status arrived: the node is alive and READY."""
         self.last_status_at = now
+        self.lost_not_before = None
         return self._move(Liveness.READY, now, "status received")
 
     def on_presence(self, online: bool, now: float, reason: str = "") -> Transition | None:
@@ -99,7 +118,7 @@ class LivenessTracker:
             if self.unhealthy_since is None:
                 self.unhealthy_since = now
             since = self.unhealthy_since
-            if now - since >= grace:
+            if now - since >= grace and not self.held(now):
                 previous = self.state
                 self.state = Liveness.LOST
                 out.append(

@@ -116,8 +116,9 @@ class NodeRecord:
         }
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any], now_mono: float) -> NodeRecord:
-        """Rebuild a node from its document after a restart (unhealthy until it speaks)."""
+    def from_doc(cls, doc: dict[str, Any], now_mono: float, hold: float = 0.0) -> NodeRecord:
+        """Rebuild a node from its document after a restart (unhealthy until it speaks;
+        held for `hold` seconds: see `LivenessTracker.new`)."""
         stored = Liveness(doc.get("liveness", Liveness.NOT_READY.value))
         start = Liveness.LOST if stored is Liveness.LOST else Liveness.NOT_READY
         return cls(
@@ -125,7 +126,7 @@ class NodeRecord:
             info=NodeInfo.model_validate(doc["info"]),
             secret_hash=doc["secret_hash"],
             joined_at=float(doc.get("joined_at", 0.0)),
-            liveness=LivenessTracker.new(now_mono, start),
+            liveness=LivenessTracker.new(now_mono, start, hold=hold),
             draining=bool(doc.get("draining", False)),
             reason=str(doc.get("reason", "")),
             last_seen=doc.get("last_seen"),

@@ -121,6 +121,13 @@ class ClusterSettings(FlagsEnvSettings):
     # timing and scheduling
     status_interval: float = Field(default=1.0, gt=0, le=3600, description="node status period")
     lost_grace: float = Field(default=3.0, ge=0, le=3600, description="NOT_READY -> LOST grace")
+    restart_grace: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="after a restart, how long the nodes loaded from the store have to send "
+        "a first status before they can become LOST and their instances move",
+    )
     report_interval: float = Field(default=10.0, gt=0, le=3600, description="full report period")
     report_debounce: float = Field(
         default=0.0,

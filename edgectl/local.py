@@ -496,6 +496,14 @@ def terminate_records(
     return killed
 
 
+def _still_runs(runtime: Any, handle: Any) -> bool:
+    """Whether a task found in a node engine's state still runs (not ended by itself)."""
+    try:
+        return not runtime.status(handle).state.terminal
+    except Exception:
+        return False
+
+
 def stop_tasks(node_dirs: Sequence[Path], timeout: float = TASK_STOP_TIMEOUT_S) -> list[str]:
     """Stop every task the node engines of these state directories started.
 
@@ -508,6 +516,7 @@ def stop_tasks(node_dirs: Sequence[Path], timeout: float = TASK_STOP_TIMEOUT_S) 
         return []
     from node_engine.identity import engine_id
     from node_engine.main import build_runtimes
+    from node_engine.state import record_system_stop
     from schemas.common import Runtime
 
     lines: list[str] = []
@@ -525,6 +534,13 @@ def stop_tasks(node_dirs: Sequence[Path], timeout: float = TASK_STOP_TIMEOUT_S) 
                 lines.append(f"{state_dir.name}: cannot list {kind.value} tasks: {exc}")
                 continue
             work += [(state_dir.name, runtime, handle) for handle in handles]
+        # Tell the engine's next start which tasks still ran and are stopped with the
+        # system, not by failing: it runs them again in place (docs/edgectl.md).
+        ids = [
+            h.instance_id for name, rt, h in work if name == state_dir.name and _still_runs(rt, h)
+        ]
+        if ids:
+            record_system_stop(state_dir, ids, at=time.time(), by="edgectl local down")
 
     def stop_one(item: tuple[str, Any, Any]) -> str:
         node, runtime, handle = item

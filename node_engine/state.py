@@ -8,6 +8,10 @@ fsync) so that a SIGKILL or a power cut leaves either the old or the new version
   each got, so a repeated command is acknowledged again and not run twice.
 * ``outbox.json``: events not yet acknowledged by the broker (bounded, oldest dropped
   with a counter) and the per-node event sequence number.
+* ``system-stop.json`` (only now and then): the instances that were stopped while the
+  engine was down because the whole system was stopped (``edgectl local down``), written
+  by `record_system_stop`. The next start runs them again in place instead of treating
+  them as failed; the file goes once the new ``tasks.json`` is written.
 
 Each keeps a `dirty` flag: the engine changes them in memory while it handles a batch of
 queue items and writes what changed once per batch (`commit()` / `save()`), before it
@@ -24,7 +28,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 TASKS_FILE = "tasks.json"
 COMMANDS_FILE = "commands.json"
 OUTBOX_FILE = "outbox.json"
+SYSTEM_STOP_FILE = "system-stop.json"
 STATE_VERSION = 1
 
 
@@ -134,8 +139,21 @@ class TaskStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / TASKS_FILE
+        self.system_stop_path = state_dir / SYSTEM_STOP_FILE
         self.tasks: dict[str, TaskRecord] = {}
         self.dirty = False
+        self._drop_system_stop = False
+
+    def take_system_stop(self) -> set[str]:
+        """The instances a system stop ended while the engine was down (see
+        `record_system_stop`); the record is deleted with the next write of the tasks,
+        so a crash before that write finds it again."""
+        data = read_json(self.system_stop_path)
+        if not isinstance(data, dict):
+            return set()
+        self._drop_system_stop = True
+        self.dirty = True
+        return {str(i) for i in data.get("instances") or [] if isinstance(i, str)}
 
     def mark_changed(self) -> None:
         """Note that a record changed (written at the next `commit()`)."""
@@ -169,6 +187,26 @@ class TaskStore:
         }
         atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
         self.dirty = False
+        if self._drop_system_stop:
+            self._drop_system_stop = False
+            with contextlib.suppress(FileNotFoundError):
+                self.system_stop_path.unlink()
+
+
+def record_system_stop(state_dir: Path, instance_ids: Iterable[str], *, at: float, by: str) -> None:
+    """Note, for the engine's next start, that these instances are being stopped because
+    the whole system stops (not because they failed): it runs them again in place, with
+    their instance ids, whatever their restart policy, without counting a restart.
+
+    Called by `edgectl local down` before it stops the tasks of an engine that is down;
+    adds to a record that is still there (two stops before one start).
+    """
+    path = state_dir / SYSTEM_STOP_FILE
+    old = read_json(path)
+    ids = set(old.get("instances") or []) if isinstance(old, dict) else set()
+    ids.update(instance_ids)
+    body = {"at": at, "by": by, "instances": sorted(ids)}
+    atomic_write(path, json.dumps(body).encode())
 
 
 # ---------------------------------------------------------------- seen commands

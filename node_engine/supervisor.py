@@ -605,6 +605,7 @@ class Supervisor:
                 continue
             for handle in handles:
                 found.setdefault(handle.instance_id, []).append(handle)
+        system_stopped = self.store.take_system_stop()
         for rec in list(self.tasks.values()):
             live = found.pop(rec.instance_id, [])
             if rec.stopping:
@@ -616,7 +617,7 @@ class Supervisor:
                 continue
             keep = self._pick(rec, live)
             self._stop_handles(rec.instance_id, [h for h in live if h is not keep], "duplicate")
-            self._recover_one(rec, keep)
+            self._recover_one(rec, keep, system_stopped=rec.instance_id in system_stopped)
         for instance_id, handles in found.items():
             log.warning("found task %s that is not desired: stopping it", instance_id)
             self._stop_handles(instance_id, handles, "not desired")
@@ -661,10 +662,26 @@ class Supervisor:
         call = functools.partial(_stop_each, self._stops(live), self.stop_timeout)
         self._begin(Operation(rec.instance_id, "stop", purpose, call, reason=reason))
 
-    def _recover_one(self, rec: TaskRecord, live: TaskHandle | None) -> None:
+    def _recover_one(
+        self, rec: TaskRecord, live: TaskHandle | None, *, system_stopped: bool = False
+    ) -> None:
         rt, why = self._runtime_for(rec.spec.runtime)
         if rt is None:
             log.warning("task %s kept as is: %s", rec.instance_id, why)
+            return
+        if live is None and system_stopped and rec.restart_at is None:
+            # Stopped with the whole system (edgectl local down), not by itself: it runs
+            # again in place, same instance id, whatever its restart policy, no restart
+            # counted.
+            if rec.handle is not None:
+                try:  # release what is left of the old run (exit files, cgroup)
+                    rt.stop(rec.handle, 0.0)
+                except Exception as exc:
+                    log.debug("cleanup of %s: %s", rec.instance_id, exc)
+            rec.handle = None
+            log.info("task %s was stopped with the system: starting it again", rec.instance_id)
+            self._change(rec, TaskState.STARTING, "started again after the system was stopped")
+            self._start(rec, rt, "recover")
             return
         if live is not None:
             rec.handle = live

@@ -536,3 +536,34 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
         for c in docker_client.containers.list(all=True, filters={"label": "edge.instance=dk1"}):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
+
+
+def test_restarted_cluster_waits_for_nodes_that_come_back_late(cluster, engines, sleepers) -> None:
+    """A restarted cluster gives the nodes in its store `restart_grace` (30 s) to report:
+    engines that come back long after `lost_grace` (3 s) keep their instances in place."""
+    engine_a, engine_b = engines("a"), engines("b")
+    ids = wait_ready(cluster, "a", "b")
+    commands = {f"g{i}": sleepers() for i in range(2)}
+    for iid, args in commands.items():
+        assert place(cluster, iid, args)["accepted"]
+    where = {iid: wait_instance(cluster, iid, "RUNNING")["node_name"] for iid in commands}
+    engine_a.terminate()
+    engine_b.terminate()  # engines stop, their tasks keep running
+    cluster.stop()
+    cluster.start()
+
+    def silent_long() -> bool:
+        nodes = nodes_by_name(cluster)
+        return all(nodes[n]["unhealthy_for_s"] > 3.0 + 1.0 for n in ("a", "b"))
+
+    wait_until(silent_long, 30, "both nodes silent for longer than lost_grace")
+    assert {n["liveness"] for n in nodes_by_name(cluster).values()} <= {"NOT_READY", "OFFLINE"}
+    engine_a.start()
+    engine_b.start()
+    assert wait_ready(cluster, "a", "b") == ids
+    for iid, node in where.items():
+        inst = wait_instance(cluster, iid, "RUNNING", node)
+        reasons = " ".join(e["reason"] for e in inst["events"])
+        assert "rescheduled" not in reasons and "LOST" not in reasons, inst["events"]
+    for args in commands.values():
+        assert count_processes(args) == 1

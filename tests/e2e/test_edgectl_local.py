@@ -259,3 +259,56 @@ def test_local_down_after_local_up_was_killed_removes_a_docker_task(
         assert system_processes(edgectl.data_dir) == []
     finally:
         client.close()
+
+
+@pytest.mark.docker
+def test_local_down_then_up_runs_every_job_again_in_place(
+    edgectl: Edgectl, busybox_image: str, tmp_path: Path
+) -> None:
+    """`local down` + `local up`: same instance ids on the same nodes, whatever the restart
+    policy (a system stop is not a failure), no restart counted, nothing LOST or moved."""
+    edgectl("local", "up", "--detach", "--clusters", "1", "--nodes-per-cluster", "2")
+    native = tmp_path / "never-native.yaml"
+    native.write_text(
+        "name: keeper\nruntime: native\nreplicas: 2\nplacement_policy: spread\n"
+        'command: ["/bin/sh", "-c", "while true; do sleep 1; done"]\n'
+        "resources: {cpu: 0.1, memory_mib: 16}\nrestart_policy: never\n"
+    )
+    docker_job = tmp_path / "never-docker.yaml"
+    docker_job.write_text(
+        f"name: boxer\nruntime: docker\nimage: {busybox_image}\n"
+        'command: ["sleep", "3600"]\nresources: {cpu: 0.1, memory_mib: 32}\n'
+        "restart_policy: never\n"
+    )
+    for path in (native, docker_job):
+        edgectl("jobs", "submit", "-f", str(path), "--wait")
+
+    def placed(name: str) -> dict[str, tuple[str, str]]:
+        view = edgectl.json("jobs", "get", name)
+        return {i["id"]: (i["state"], i["node_name"]) for i in view["instances"]}
+
+    before = {name: placed(name) for name in ("keeper", "boxer")}
+    assert all(s == "RUNNING" for job in before.values() for s, _n in job.values()), before
+    assert len({n for _s, n in before["keeper"].values()}) == 2  # spread over both nodes
+
+    edgectl("local", "down")
+    assert system_processes(edgectl.data_dir) == []
+    edgectl("local", "up", "--detach")
+
+    def all_running() -> dict[str, dict[str, tuple[str, str]]] | None:
+        now = {name: placed(name) for name in ("keeper", "boxer")}
+        ok = all(s == "RUNNING" for job in now.values() for s, _n in job.values())
+        return now if ok else None
+
+    after = wait_for(all_running, 120, "every instance RUNNING again after local up")
+    assert after == before  # same instance ids, same nodes, nothing new
+    for name in ("keeper", "boxer"):
+        view = edgectl.json("jobs", "get", name)
+        assert view["state"] == "RUNNING"
+        assert all(i["restarts"] == 0 for i in view["instances"]), view["instances"]
+    out = edgectl("events", "--tail", "0", "-o", "json").stdout
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    lost = [e for e in events if e.get("state") in ("LOST", "FAILED")]
+    assert lost == [], lost
+    again = [e for e in events if "again after the system was stopped" in e.get("reason", "")]
+    assert len(again) >= 3, [e["reason"] for e in events]

@@ -551,3 +551,62 @@ def test_restart_reloads_state(h: Harness) -> None:
     assert fresh.nodes[a].status is not None
     assert fresh.instances["i1"].state is InstanceState.RUNNING
     assert [e.state for e in fresh.instances["i1"].events][-1] == "RUNNING"
+
+
+def _restarted(h: Harness, **settings: object) -> ClusterCore:
+    """A new core over the same store, as after a restart of the orchestrator."""
+    h.core._flush_snapshots()
+    assert h.persister.flush(5)
+    sent: list[CommandMessage] = []
+    fresh = ClusterCore(
+        settings=h.core.settings.model_copy(update=settings),
+        store=h.store,
+        persister=h.persister,
+        metrics=h.metrics,
+        publish=lambda m: sent.append(m) or True,
+        mono=h.clock.mono,
+        wall=h.clock.wall,
+    )
+    fresh.load()
+    h.core = fresh
+    h.sent = sent
+    return fresh
+
+
+def test_restart_grace_keeps_instances_on_nodes_that_report_late(h: Harness) -> None:
+    a, b = h.join("a"), h.join("b")
+    h.place("i1")
+    h.run("i1")
+    on = h.inst("i1").node_id
+    _restarted(h, restart_grace=20.0)
+    h.advance(15.0)  # far beyond lost_grace (3 s): the nodes have not spoken yet
+    assert {n.state for n in h.core.nodes.values()} == {Liveness.NOT_READY}
+    assert h.inst("i1").state is InstanceState.RUNNING and h.inst("i1").node_id == on
+    assert h.deploys() == [] and h.terminates() == []
+    for _ in range(10):  # both report again: nothing moves, ever
+        h.status(on, [("i1", TaskState.RUNNING)])
+        h.status(a if on == b else b)
+        h.advance(1.0)
+    assert {n.state for n in h.core.nodes.values()} == {Liveness.READY}
+    assert h.inst("i1").node_id == on and h.inst("i1").state is InstanceState.RUNNING
+    assert h.deploys() == []
+
+
+def test_restart_grace_ends_and_a_node_that_never_returns_loses_its_instances(
+    h: Harness,
+) -> None:
+    h.join("a")
+    h.join("b")
+    h.place("i1")
+    h.run("i1")
+    on = h.inst("i1").node_id
+    other = next(n for n in h.core.nodes if n != on)
+    _restarted(h, restart_grace=10.0)
+    h.status(other)
+    h.advance(9.5)
+    h.status(other)
+    assert h.inst("i1").node_id == on
+    h.advance(1.0)  # the hold of `on` ends: it is LOST and i1 moves to the node that spoke
+    assert h.core.nodes[on].state is Liveness.LOST
+    assert h.inst("i1").node_id == other
+    assert "rescheduled" in h.inst("i1").reason

@@ -123,3 +123,26 @@ def test_invariants_under_any_sequence(events) -> None:
             assert last_status is not None
             if kind == "tick":  # time only acts through ticks
                 assert now - last_status < SILENCE_FACTOR * INTERVAL
+
+
+def test_loaded_node_is_held_from_lost_until_the_restart_grace_ends() -> None:
+    tracker = LivenessTracker.new(0.0, hold=30.0)
+    assert tracker.state is Liveness.NOT_READY and tracker.held(29.9)
+    tracker.on_presence(False, 0.1, "engine stopped")  # an old retained goodbye
+    assert tracker.state is Liveness.OFFLINE
+    assert tracker.tick(29.9, INTERVAL, GRACE) == []  # beyond GRACE, still held
+    assert not tracker.held(30.0)
+    assert states(tracker.tick(30.0, INTERVAL, GRACE)) == [(Liveness.OFFLINE, Liveness.LOST)]
+
+
+def test_first_status_ends_the_hold_and_normal_rules_apply() -> None:
+    tracker = LivenessTracker.new(0.0, hold=30.0)
+    tracker.on_status(1.0)
+    assert not tracker.held(2.0)
+    tracker.tick(4.0, INTERVAL, GRACE)  # NOT_READY since 4.0
+    assert states(tracker.tick(7.0, INTERVAL, GRACE)) == [(Liveness.NOT_READY, Liveness.LOST)]
+
+
+def test_a_node_stored_lost_is_not_held() -> None:
+    tracker = LivenessTracker.new(0.0, Liveness.LOST, hold=30.0)
+    assert tracker.state is Liveness.LOST and not tracker.held(1.0)

@@ -385,3 +385,57 @@ def test_recover_finishes_a_stop_interrupted_by_an_engine_crash(env, purpose):
         json.loads((tmp_path / "tasks.json").read_text())["tasks"].get("i1", {}).get("stopping", "")
         == ""
     )
+
+
+def test_recover_runs_tasks_stopped_with_the_system_again_in_place(env):
+    sup, rt, _events, wall, tmp_path = env
+    from node_engine.state import SYSTEM_STOP_FILE, record_system_stop
+
+    sup.deploy("never", "j1", spec())  # restart_policy never: would end FAILED
+    sup.deploy("capped", "j1", spec(restart_policy=RestartPolicy.ON_FAILURE, max_restarts=0))
+    sup.deploy("crashed", "j1", spec())  # died by itself before the system stop
+    sup.store.save()
+    rt.exit("crashed", 3)
+    # `edgectl local down` while the engine is down marks the tasks that still ran (two
+    # stops before one start add up), then stops them
+    record_system_stop(tmp_path, ["never"], at=wall.now, by="test")
+    record_system_stop(tmp_path, ["capped"], at=wall.now, by="test")
+    for iid in ("never", "capped"):
+        rt.stop(rt.running[iid])
+    events2: list[TaskChange] = []
+    store = TaskStore(tmp_path)
+    store.load()
+    # as the engine runs it: one commit per batch, not a write per change
+    sup2 = Supervisor({Runtime.NATIVE: rt}, {}, store, events2.append, wall=wall, autosave=False)
+    sup2.recover()
+    for iid in ("never", "capped"):
+        rec = sup2.tasks[iid]
+        assert rec.state is TaskState.RUNNING and rec.restarts == 0, rec
+        assert [e.state for e in events2 if e.instance_id == iid] == [
+            TaskState.STARTING,
+            TaskState.RUNNING,
+        ]
+        assert "system was stopped" in next(e.reason for e in events2 if e.instance_id == iid)
+    assert rt.deploys.count("never") == 2 and rt.deploys.count("capped") == 2
+    # a task that had already failed on its own (not marked) follows its restart policy
+    assert sup2.tasks["crashed"].state is TaskState.FAILED
+    assert "crashed" not in rt.running
+    # the marker goes with the write of the new task state (the restart's intent is on
+    # disk first: a crash after it starts the task again as an unfinished deploy)
+    assert not (tmp_path / SYSTEM_STOP_FILE).exists()
+    on_disk = json.loads((tmp_path / "tasks.json").read_text())["tasks"]
+    assert on_disk["never"]["restarts"] == 0 and on_disk["never"]["desired"] is True
+
+
+def test_without_a_system_stop_a_stopped_task_follows_its_restart_policy(env):
+    sup, rt, _events, wall, tmp_path = env
+    sup.deploy("never", "j1", spec())
+    sup.store.save()
+    rt.stop(rt.running["never"])
+    events2: list[TaskChange] = []
+    store = TaskStore(tmp_path)
+    store.load()
+    sup2 = Supervisor({Runtime.NATIVE: rt}, {}, store, events2.append, wall=wall)
+    sup2.recover()
+    assert sup2.tasks["never"].state is TaskState.FAILED
+    assert rt.deploys.count("never") == 1
