@@ -41,6 +41,7 @@ from cluster_orchestrator.liveness import LivenessTracker, Transition
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
+from cluster_orchestrator.rebalance import Placed, rebalance_moves
 from cluster_orchestrator.records import (
     EVENTS,
     INSTANCES,
@@ -99,6 +100,9 @@ T = TypeVar("T")
 TICK_S = 0.1
 GAUGE_EVERY_S = 1.0
 BATCH = 500
+#: a rebalancing pass that moved a replica (or waited for one on its way) looks again
+#: this much later, until every spread job is even
+REBALANCE_RETRY_S = 2.0
 
 _TASK_TO_INSTANCE: dict[TaskState, InstanceState] = {
     TaskState.STARTING: InstanceState.STARTING,
@@ -234,6 +238,8 @@ class ClusterCore:
         self._next_reconcile = 0.0
         self._next_snapshot = 0.0
         self._next_gauges = 0.0
+        #: monotonic time of the next rebalancing pass (None: nothing to look at)
+        self._rebalance_at: float | None = None
         # instance changes and capacity changes for the reporter (any thread)
         self._changes_lock = threading.Lock()
         self._changes: list[InstanceChange] = []
@@ -417,6 +423,9 @@ class ClusterCore:
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.settings.reconcile_interval
             self.reconcile()
+        if self._rebalance_at is not None and now >= self._rebalance_at:
+            self._rebalance_at = None
+            self.rebalance(now)
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.settings.status_snapshot_interval
             self._flush_snapshots()
@@ -734,6 +743,8 @@ class ClusterCore:
         transition = node.liveness.on_status(now)
         if transition is not None:
             self._on_node_transition(node, transition)
+            if prev is not None:  # it reported before: a node that returns
+                self._arm_rebalance(now + self.settings.rebalance_after)
         for task in status.tasks:
             inst = self.instances.get(task.instance_id)
             if inst is None or inst.node_id != node.id:
@@ -1502,6 +1513,89 @@ class ClusterCore:
         ]:
             inst = self.instances.pop(iid)
             self._set_node(inst, None)
+
+    # ================================================================ rebalancing
+
+    def _arm_rebalance(self, at: float) -> None:
+        if self.settings.rebalance and (self._rebalance_at is None or at < self._rebalance_at):
+            self._rebalance_at = at
+
+    def rebalance(self, now: float) -> list[str]:
+        """Move replicas of spread jobs onto nodes that returned (core thread).
+
+        Runs `rebalance_after` seconds after a node came back. Targets are READY nodes
+        that have been READY that long and are not draining; per job at most one replica
+        moves per pass, from its fullest node to a node holding two or more fewer, chosen
+        by the placement pipeline among those (so every filter applies). Until all spread
+        jobs are even, it looks again `REBALANCE_RETRY_S` later. Returns the moved ids.
+        """
+        wait = self.settings.rebalance_after
+        targets = {
+            n.id
+            for n in self.nodes.values()
+            if n.liveness.state is Liveness.READY
+            and not n.draining
+            and n.liveness.ready_since is not None
+            and now - n.liveness.ready_since >= wait
+        }
+        if len(targets) < 2:
+            return []
+        placed = []
+        for inst in self.instances.values():
+            if inst.state.terminal or inst.desired != "running" or inst.node_id is None:
+                continue
+            policy = (
+                inst.placement_policy.value
+                if inst.placement_policy
+                else self.settings.placement_policy
+            )
+            if policy != "spread":
+                continue
+            placed.append(
+                Placed(
+                    inst.id,
+                    inst.job_id,
+                    inst.node_id,
+                    running=inst.state is InstanceState.RUNNING,
+                    movable=inst.constraints.node is None,
+                )
+            )
+        busy = {p.job_id for p in placed if not p.running}
+        moved: list[str] = []
+        for move in rebalance_moves(placed, targets):
+            inst = self.instances[move.instance_id]
+            kept = inst.placement
+            decision = self._decide(inst, exclude=set(self.nodes) - move.allowed)
+            if decision.chosen is None:
+                inst.placement = kept  # a running instance keeps its explanation
+                continue
+            spread = ", ".join(
+                f"{self._node_name(n)} {c}" for n, c in sorted(move.counts.items()) if c
+            )
+            why = (
+                f"rebalanced: spread job had {move.counts[move.source]} replicas on "
+                f"{self._node_name(move.source)} and "
+                f"{move.counts.get(decision.chosen.id, 0)} on {decision.chosen.name} ({spread})"
+            )
+            self._record_event(
+                inst,
+                kind="instance.rebalance",
+                subject=inst.id,
+                job_id=inst.job_id,
+                instance_id=inst.id,
+                node_id=move.source,
+                state=inst.state.value,
+                reason=why,
+                data={"from": move.source, "to": decision.chosen.id, "counts": move.counts},
+            )
+            self._send_terminate(move.source, inst.id, why, orphan=True)
+            inst.tried = []
+            self._assign(inst, decision, why)
+            self._metrics.inc("edge_cluster_rebalance_moves_total")
+            moved.append(inst.id)
+        if moved or busy:
+            self._arm_rebalance(now + REBALANCE_RETRY_S)
+        return moved
 
     # ================================================================ snapshots, gauges
 

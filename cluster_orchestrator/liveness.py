@@ -51,6 +51,8 @@ class LivenessTracker:
     unhealthy_since: float | None = None
     #: no LOST (and no rescheduling of its instances) before this time; None: no hold
     lost_not_before: float | None = None
+    #: when the node last became READY (None: not READY)
+    ready_since: float | None = None
 
     @classmethod
     def new(
@@ -62,7 +64,7 @@ class LivenessTracker:
         docstring: the restart grace of a loaded node).
         """
         if state is Liveness.READY:
-            return cls(state=state, last_status_at=now, unhealthy_since=None)
+            return cls(state=state, last_status_at=now, unhealthy_since=None, ready_since=now)
         held = now + hold if hold > 0 and state is not Liveness.LOST else None
         return cls(state=state, last_status_at=None, unhealthy_since=now, lost_not_before=held)
 
@@ -77,8 +79,11 @@ class LivenessTracker:
         self.state = new
         if new is Liveness.READY:
             self.unhealthy_since = None
-        elif previous is Liveness.READY:
-            self.unhealthy_since = now
+            self.ready_since = now
+        else:
+            self.ready_since = None
+            if previous is Liveness.READY:
+                self.unhealthy_since = now
         return Transition(previous, new, now, reason)
 
     def on_status(self, now: float) -> Transition | None:
@@ -109,6 +114,7 @@ class LivenessTracker:
                 return out
             self.state = Liveness.NOT_READY
             self.unhealthy_since = overdue_at
+            self.ready_since = None
             out.append(
                 Transition(
                     Liveness.READY, Liveness.NOT_READY, now, f"no status for {now - last:.1f}s"

@@ -41,6 +41,10 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_placements_total": ("counter", "placement decisions, by result"),
     "edge_cluster_instance_transitions_total": ("counter", "instance state changes, by state"),
     "edge_cluster_node_transitions_total": ("counter", "node liveness changes, by state"),
+    "edge_cluster_rebalance_moves_total": (
+        "counter",
+        "replicas of spread jobs moved onto a returning node",
+    ),
     "edge_cluster_joins_total": ("counter", "node joins, by result"),
     "edge_cluster_reports_total": ("counter", "reports sent to the root, by result"),
     "edge_cluster_store_errors_total": ("counter", "failed store writes"),

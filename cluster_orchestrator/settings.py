@@ -138,6 +138,17 @@ class ClusterSettings(FlagsEnvSettings):
         "next one)",
     )
     reconcile_interval: float = Field(default=1.0, gt=0, le=600)
+    rebalance: bool = Field(
+        default=True,
+        description="move replicas of spread jobs back onto a node that returns (one per job "
+        "at a time)",
+    )
+    rebalance_after: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="a returning node must stay READY this long before replicas move to it",
+    )
     ack_timeout: float = Field(default=5.0, gt=0, le=600, description="DEPLOY/TERMINATE ack wait")
     dispatch_attempts: int = Field(default=3, ge=1, le=20, description="nodes tried per deploy")
     status_snapshot_interval: float = Field(

@@ -936,7 +936,12 @@ def local_down(
 @local_app.command("status")
 @handles_errors
 def local_status(data_dir: DataDirOpt = None, fmt: OutputOpt = OutputFormat.TABLE) -> None:
-    """Show a local system: state, URLs, processes."""
+    """Show a local system: state, URLs, processes.
+
+    Exit status: 0 when it runs and every process is alive; 1 when a process is down
+    (or its `local up` is gone) although the system was not stopped; 3 when it is
+    stopped (like `systemctl status`).
+    """
     from edgectl import local
     from edgectl.config import read_local_file
 
@@ -951,11 +956,24 @@ def local_status(data_dir: DataDirOpt = None, fmt: OutputOpt = OutputFormat.TABL
         alive = local._same_process(record) is not None
         rows.append({**record, "alive": alive})
     sup = doc.get("supervisor") or {}
-    running = doc.get("state") != "stopped" and local._same_process(sup) is not None
+    stopped = doc.get("state") == "stopped"
+    running = not stopped and local._same_process(sup) is not None
+    down = [str(r.get("name")) for r in rows if not r["alive"]]
+    if not stopped and not running:
+        down.insert(0, "edgectl local up")
+    healthy = running and not down
     if fmt is OutputFormat.JSON:
-        output.print_json({**doc, "processes": rows, "running": running})
-        return
-    _print(output.local_view(doc, rows, running))
+        output.print_json({**doc, "processes": rows, "running": running, "down": down})
+    else:
+        _print(output.local_view(doc, rows, running))
+    if stopped:
+        raise typer.Exit(3)
+    if not healthy:
+        _err(
+            f"error: {len(down)} process(es) of the local system are down: {', '.join(down)}"
+            + (f" (logs in {directory / 'logs'})" if down else ""),
+        )
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ run() { printf '$ %s\n' "edgectl $*"; "$EDGECTL" "$@"; }
 bash scripts/build_test_image.sh >/dev/null 2>&1 || echo "demo: no Docker test image (docker example unavailable)"
 
 step "a local system: Mosquitto per cluster, root, 2 clusters x 2 node engines"
-if "$EDGECTL" local status --data-dir "$DATA_DIR" -o json 2>/dev/null | grep -q '"running": true'; then
+status_json="$("$EDGECTL" local status --data-dir "$DATA_DIR" -o json 2>/dev/null || true)"
+if printf '%s' "$status_json" | grep -q '"running": true'; then
   echo "already running in $DATA_DIR"
 elif [ -f "$DATA_DIR/system.json" ]; then
   run local up --detach --data-dir "$DATA_DIR"

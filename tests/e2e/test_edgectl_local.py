@@ -291,8 +291,11 @@ def test_local_down_then_up_runs_every_job_again_in_place(
     assert all(s == "RUNNING" for job in before.values() for s, _n in job.values()), before
     assert len({n for _s, n in before["keeper"].values()}) == 2  # spread over both nodes
 
+    assert edgectl("local", "status").returncode == 0
     edgectl("local", "down")
     assert system_processes(edgectl.data_dir) == []
+    stopped = edgectl("local", "status", check=False)
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     edgectl("local", "up", "--detach")
 
     def all_running() -> dict[str, dict[str, tuple[str, str]]] | None:
@@ -312,3 +315,20 @@ def test_local_down_then_up_runs_every_job_again_in_place(
     assert lost == [], lost
     again = [e for e in events if "again after the system was stopped" in e.get("reason", "")]
     assert len(again) >= 3, [e["reason"] for e in events]
+
+    # a node engine that dies makes `local status` fail, naming it
+    (engine,) = [p for p in _local(edgectl.data_dir)["processes"] if p["name"] == "node-c1-n2"]
+    psutil.Process(engine["pid"]).kill()
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(engine["pid"])
+            or psutil.Process(engine["pid"]).status() == psutil.STATUS_ZOMBIE
+        ),
+        10,
+        "the engine gone",
+    )
+    down = edgectl("local", "status", check=False)
+    assert down.returncode == 1, down.stdout + down.stderr
+    assert "node-c1-n2" in down.stderr and "down" in down.stderr
+    as_json = json.loads(edgectl("local", "status", "-o", "json", check=False).stdout)
+    assert as_json["down"] == ["node-c1-n2"]

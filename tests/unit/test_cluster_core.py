@@ -7,7 +7,7 @@ so dispatch retries, liveness, rescheduling and reconcile are checked exactly.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -610,3 +610,84 @@ def test_restart_grace_ends_and_a_node_that_never_returns_loses_its_instances(
     assert h.core.nodes[on].state is Liveness.LOST
     assert h.inst("i1").node_id == other
     assert "rescheduled" in h.inst("i1").reason
+
+
+def _run_assigned(h: Harness) -> None:
+    """Ack every DEPLOY sent so far and report its task RUNNING."""
+    for deploy in [m for m in h.take() if isinstance(m, DeployMessage)]:
+        h.ack(deploy)
+        h.task_event(deploy.node_id, deploy.payload.instance_id, TaskState.RUNNING)
+
+
+def _heartbeat(
+    h: Harness, seconds: float, *nodes: str, until: Callable[[], bool] = lambda: False
+) -> None:
+    """Let time pass (at most `seconds`, or until `until()`) while `nodes` send a status
+    every 0.5 s listing what they start or run."""
+    for _ in range(int(seconds / 0.5)):
+        if until():
+            return
+        for n in nodes:
+            tasks = [
+                (i.id, TaskState(i.state.value))
+                for i in h.core.instances.values()
+                if i.node_id == n and i.state in (InstanceState.STARTING, InstanceState.RUNNING)
+            ]
+            h.status(n, tasks)
+        h.advance(0.5)
+
+
+def test_returning_node_gets_replicas_of_spread_jobs_back_one_at_a_time(h: Harness) -> None:
+    a, b = h.join("a"), h.join("b")
+    for iid in ("s0", "s1", "s2", "s3"):
+        h.place(iid, job_id="spread", cpu=0.1, mem=16)
+        h.run(iid)
+    h.place("packed", job_id="bin", cpu=0.1, mem=16, placement_policy="binpack")
+    h.run("packed")
+    assert sorted(h.inst(i).node_id == a for i in ("s0", "s1", "s2", "s3")) == [0, 0, 1, 1]
+    h.offline(a)
+    _heartbeat(h, 4.0, b)
+    _run_assigned(h)
+    assert {h.inst(i).node_id for i in ("s0", "s1", "s2", "s3")} == {b}
+    h.take()
+    # a returns; nothing moves before it has been READY for rebalance_after (10 s)
+    _heartbeat(h, 9.5, a, b)
+    assert h.deploys() == []
+    _heartbeat(h, 1.0, a, b)
+    (first,) = h.deploys()
+    assert first.node_id == a
+    moved = h.inst(first.payload.instance_id)
+    assert moved.state is InstanceState.ASSIGNED and "rebalanced" in moved.reason
+    # the copy on b is stopped (a still gets the terminates of its old copies re-sent)
+    assert [t.payload.instance_id for t in h.terminates() if t.node_id == b] == [moved.id]
+    # the next replica waits until the moved one runs (acked: STARTING, for a while)
+    h.ack(first)
+    assert moved.state is InstanceState.STARTING
+    h.take()
+    _heartbeat(h, 3.0, a, b)
+    assert h.deploys() == []
+    h.task_event(a, moved.id, TaskState.RUNNING)
+    _heartbeat(h, 3.0, a, b, until=lambda: bool(h.deploys()))
+    second = h.deploys()
+    assert [d.node_id for d in second] == [a]
+    h.run(second[0].payload.instance_id)
+    h.take()
+    _heartbeat(h, 6.0, a, b)  # 2 and 2: even, nothing more moves
+    assert h.deploys() == []
+    spread = [h.inst(i).node_id for i in ("s0", "s1", "s2", "s3")]
+    assert sorted(spread.count(n) for n in (a, b)) == [2, 2]
+    assert h.inst("packed").node_id == b  # binpack jobs are left where they are
+    assert h.metrics.counter("edge_cluster_rebalance_moves_total") == 2
+
+
+def test_rebalance_can_be_turned_off(h: Harness) -> None:
+    h.core.settings = h.core.settings.model_copy(update={"rebalance": False})
+    a, b = h.join("a"), h.join("b")
+    for iid in ("s0", "s1"):
+        h.place(iid, job_id="spread", cpu=0.1, mem=16)
+        h.run(iid)
+    h.offline(a)
+    _heartbeat(h, 4.0, b)
+    _run_assigned(h)
+    _heartbeat(h, 15.0, a, b)
+    assert h.deploys() == []
