@@ -164,6 +164,7 @@ class ClusterClient:
         tail: int = 100,
         cursor: str | None = None,
         wait_s: float = 0.0,
+        max_bytes: int | None = None,
     ) -> InstanceLogs:
         """Read an instance's output through its cluster (which asks the node over MQTT).
 
@@ -173,6 +174,8 @@ class ClusterClient:
         """
         url = f"{base_url}{API}/instances/{quote(instance_id, safe='')}/logs"
         params: dict[str, Any] = {"tail": tail}
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
         if cursor:
             params["cursor"] = cursor
             params["wait_s"] = wait_s

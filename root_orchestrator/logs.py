@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from root_orchestrator.cluster_client import ClusterClient, ClusterRefused, ClusterUnavailable
 from schemas.cluster import ClusterLiveness, InstanceLogs
 from schemas.job import InstanceState
+from schemas.mqtt import MAX_LOGS_BYTES
 
 __all__ = ["FOLLOW_WAIT_S", "LogTarget", "LogsUnavailable", "end_line", "follow", "read_first"]
 
@@ -71,7 +72,13 @@ async def read_first(client: ClusterClient, target: LogTarget, tail: int) -> Ins
             503, f"{_where(target)} is LOST: the logs of {target.instance_id} cannot be read"
         )
     try:
-        return await client.logs(target.cluster_url, target.token, target.instance_id, tail=tail)
+        return await client.logs(
+            target.cluster_url,
+            target.token,
+            target.instance_id,
+            tail=tail,
+            max_bytes=MAX_LOGS_BYTES,
+        )
     except ClusterRefused as exc:
         status = exc.status if exc.status in (404, 409, 503) else 502
         raise LogsUnavailable(status, f"{_where(target)}: {exc.detail}") from None

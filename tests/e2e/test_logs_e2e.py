@@ -223,6 +223,22 @@ def test_native_tail_and_the_stderr_of_a_failed_task(system: LocalSystem) -> Non
     ]
 
 
+def test_a_large_tail_arrives_whole(system: LocalSystem) -> None:
+    """10,000 lines (~0.5 MB) come in many MQTT chunks and are put together in order."""
+    script = (
+        'i=0; while [ $i -lt 20000 ]; do printf "row-%05d %s\\n" $i '
+        "0123456789abcdefghijklmnopqrstuvwxyz0123; i=$((i+1)); done; echo done; exec sleep 3600"
+    )
+    submit(system, "bulk", command=["sh", "-c", script])
+    bulk = instance_in(system, "bulk", "RUNNING")
+    wait_for(lambda: logs_text(system, "bulk", bulk, tail=1) == "done\n", DEADLINE, "all rows")
+    lines = logs_text(system, "bulk", bulk, tail=10_000).splitlines()
+    assert len(lines) == 10_000
+    assert lines[0].startswith("row-10001 ") and lines[-2].startswith("row-19999 ")
+    assert lines[-1] == "done"
+    assert [int(line[4:9]) for line in lines[:-1]] == list(range(10_001, 20_000))
+
+
 def test_native_follow_streams_lines_printed_later(system: LocalSystem, trigger: Path) -> None:
     second = trigger.with_name("go2")
     script = (
