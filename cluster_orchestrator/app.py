@@ -10,14 +10,19 @@ Nothing is created at import time. The lifespan, in order:
    client with a fresh random password and the ``cluster-service`` role;
 4. opens the store, starts the persister (the single writer) and the core loop
    (after loading nodes and unfinished instances);
-5. connects the MQTT adapter (messages flow into the core);
+5. connects the MQTT adapter (messages flow into the core; log replies to the
+   pending log requests, which live on the HTTP event loop);
 6. starts the root reporter when a root URL is configured.
+
+Step 3 also brings the broker roles of nodes that joined under an older version to
+today's ACLs (`DynsecAdmin.upgrade_node_roles`).
 
 Shutdown runs the same steps backwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -31,9 +36,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from cluster_orchestrator import routes_events, routes_health, routes_instances, routes_nodes
+from cluster_orchestrator import (
+    routes_events,
+    routes_health,
+    routes_instances,
+    routes_logs,
+    routes_nodes,
+)
 from cluster_orchestrator.core import ClusterCore, JoinUnauthorized
 from cluster_orchestrator.deps import Services
+from cluster_orchestrator.logs import LogRequests
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import MqttAdapter
 from cluster_orchestrator.persister import Persister
@@ -190,6 +202,9 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
     stack.append(dynsec.close)
     service_password = new_secret()
     dynsec.ensure_service_client(settings.service_username, service_password)
+    upgraded = dynsec.upgrade_node_roles()
+    if upgraded:
+        log.info("brought the broker roles of %d node(s) up to date", len(upgraded))
 
     store = open_store(settings.effective_store_url)
     stack.append(store.close)
@@ -205,6 +220,7 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
     core.start()
     stack.append(core.stop)
 
+    logs = LogRequests(lambda _m: False, metrics)
     mqtt = MqttAdapter(
         host=connect_host,
         port=settings.broker_port,
@@ -213,8 +229,10 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         client_id=f"{settings.service_username}-orchestrator",
         deliver=core.deliver,
         metrics=metrics,
+        deliver_logs=logs.deliver,
     )
     core.set_publisher(mqtt.publish_command)
+    logs.set_publisher(mqtt.publish_logs_request)
     mqtt.start()
     stack.append(mqtt.stop)
 
@@ -245,6 +263,7 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         reporter=reporter,
         store=store,
         started_at=time.time(),
+        logs=logs,
     )
 
 
@@ -266,6 +285,8 @@ def create_app(settings: ClusterSettings) -> FastAPI:
         async with AsyncExitStack() as exit_stack:
             exit_stack.push_async_callback(run_in_threadpool, _close, closers)
             services = await run_in_threadpool(_build, settings, closers)
+            if services.logs is not None:
+                services.logs.bind(asyncio.get_running_loop())
             app.state.services = services
             log.info(
                 "cluster %s ready: API %s, broker %s:%d",
@@ -310,6 +331,7 @@ def create_app(settings: ClusterSettings) -> FastAPI:
 
     app.include_router(routes_nodes.router)
     app.include_router(routes_instances.router)
+    app.include_router(routes_logs.router)
     app.include_router(routes_events.router)
     app.include_router(routes_health.router)
     return app

@@ -10,10 +10,14 @@ hands replies over through a queue; all work happens in the caller's thread.
 Roles and clients for the edge protocol (see ``docs/broker.md``):
 
 * ``node-<id>`` (role and username): publish only ``edge/v1/nodes/<id>/status``,
-  ``/events`` and ``/presence`` (also its last will), subscribe to and receive only
-  ``edge/v1/nodes/<id>/commands``.
+  ``/events``, ``/presence`` (also its last will) and ``/logs``, subscribe to and
+  receive only ``edge/v1/nodes/<id>/commands``.
 * ``cluster-service`` (role): subscribe to and receive
-  ``edge/v1/nodes/+/status|events|presence``, publish ``edge/v1/nodes/+/commands``.
+  ``edge/v1/nodes/+/status|events|presence|logs``, publish ``edge/v1/nodes/+/commands``.
+
+Node roles are written at every join; `DynsecAdmin.upgrade_node_roles` brings the roles
+of nodes that joined under an older version to today's ACLs (the cluster orchestrator
+calls it at start), without touching their passwords or connections.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "DynsecTimeout",
     "NodeCredentials",
     "ServiceCredentials",
+    "acl_changes",
     "node_acls",
     "node_client_id",
     "node_role_name",
@@ -75,7 +80,9 @@ AclType = Literal[
     "unsubscribeLiteral",
     "unsubscribePattern",
 ]
-NodeTopicKind = Literal["status", "events", "presence", "commands"]
+NodeTopicKind = Literal["status", "events", "presence", "commands", "logs"]
+NODE_PUBLISHES: Final = ("status", "events", "presence", "logs")
+"""The topics of its own a node publishes on (and the service subscribes to)."""
 
 
 class DynsecError(RuntimeError):
@@ -168,7 +175,7 @@ def validate_node_id(node_id: str) -> str:
 
 def node_topic(node_id: str, kind: NodeTopicKind) -> str:
     """Return ``edge/v1/nodes/<node_id>/<kind>`` after validating ``node_id``."""
-    if kind not in ("status", "events", "presence", "commands"):
+    if kind not in ("status", "events", "presence", "commands", "logs"):
         raise ValueError(f"unknown node topic kind {kind!r}")
     return f"{NODE_TOPIC_PREFIX}/{validate_node_id(node_id)}/{kind}"
 
@@ -189,11 +196,8 @@ def node_role_name(node_id: str) -> str:
 
 
 def node_acls(node_id: str) -> list[Acl]:
-    """The ACLs of a node's role: its own status/events/presence out, its commands in."""
-    acls = [
-        Acl("publishClientSend", node_topic(node_id, kind))
-        for kind in ("status", "events", "presence")
-    ]
+    """The ACLs of a node's role: its own status/events/presence/logs out, its commands in."""
+    acls = [Acl("publishClientSend", node_topic(node_id, kind)) for kind in NODE_PUBLISHES]
     commands = node_topic(node_id, "commands")
     acls += [
         Acl("subscribeLiteral", commands),
@@ -205,7 +209,7 @@ def node_acls(node_id: str) -> list[Acl]:
 def service_acls() -> list[Acl]:
     """The ACLs of the ``cluster-service`` role."""
     acls: list[Acl] = []
-    for kind in ("status", "events", "presence"):
+    for kind in NODE_PUBLISHES:
         pattern = f"{NODE_TOPIC_PREFIX}/+/{kind}"
         acls += [Acl("subscribePattern", pattern), Acl("publishClientReceive", pattern)]
     acls.append(Acl("publishClientSend", f"{NODE_TOPIC_PREFIX}/+/commands"))
@@ -214,6 +218,22 @@ def service_acls() -> list[Acl]:
 
 def _acl_key(acl: Acl) -> tuple[str, str]:
     return (acl.acltype, acl.topic)
+
+
+def acl_changes(name: str, current: Iterable[Acl], wanted: Iterable[Acl]) -> list[dict[str, Any]]:
+    """The dynsec commands that bring role `name` from `current` to exactly `wanted`."""
+    have = {_acl_key(a): a for a in current}
+    want = {_acl_key(a): a for a in wanted}
+    commands: list[dict[str, Any]] = []
+    for key, acl in have.items():
+        if want.get(key) != acl:
+            commands.append(
+                {"command": "removeRoleACL", "rolename": name, "acltype": key[0], "topic": key[1]}
+            )
+    for key, acl in want.items():
+        if have.get(key) != acl:
+            commands.append({"command": "addRoleACL", "rolename": name, **acl.to_json()})
+    return commands
 
 
 class DynsecAdmin:
@@ -507,25 +527,35 @@ class DynsecAdmin:
                 if not exc.already_exists:
                     raise
                 role = self.get_role(name) or {}
-        current = {_acl_key(a): a for a in map(Acl.from_json, role.get("acls", []))}
-        wanted = {_acl_key(a): a for a in acls}
-        commands: list[dict[str, Any]] = []
-        for key, acl in current.items():
-            if wanted.get(key) != acl:
-                commands.append(
-                    {
-                        "command": "removeRoleACL",
-                        "rolename": name,
-                        "acltype": key[0],
-                        "topic": key[1],
-                    }
-                )
-        for key, acl in wanted.items():
-            if current.get(key) != acl:
-                commands.append({"command": "addRoleACL", "rolename": name, **acl.to_json()})
-        for response in self.execute(commands):
+        current = [Acl.from_json(a) for a in role.get("acls", [])]
+        for response in self.execute(acl_changes(name, current, acls)):
             if response.get("error"):
                 raise DynsecError(str(response.get("command")), str(response["error"]))
+
+    def upgrade_node_roles(self, batch: int = 200) -> list[str]:
+        """Bring every ``node-<id>`` role to exactly `node_acls(id)` (roles of nodes that
+        joined under an older version lack newer topics, e.g. ``logs``). Passwords and
+        live connections are left alone. Returns the roles that changed."""
+        data = self.command("listRoles", verbose=True, count=-1, offset=0)
+        commands: list[dict[str, Any]] = []
+        changed: list[str] = []
+        for role in data.get("roles", []):
+            if not isinstance(role, dict):
+                continue
+            name = str(role.get("rolename", ""))
+            node_id = name.removeprefix("node-")
+            if name == node_id or NODE_ID_PATTERN.fullmatch(node_id) is None:
+                continue
+            current = [Acl.from_json(a) for a in role.get("acls", []) if isinstance(a, dict)]
+            fixes = acl_changes(name, current, node_acls(node_id))
+            if fixes:
+                changed.append(name)
+                commands += fixes
+        for start in range(0, len(commands), batch):
+            for response in self.execute(commands[start : start + batch]):
+                if response.get("error"):
+                    raise DynsecError(str(response.get("command")), str(response["error"]))
+        return changed
 
     # ----- clients -----
 

@@ -15,6 +15,7 @@ from cluster_orchestrator.settings import ClusterSettings, token_accepted
 
 if TYPE_CHECKING:
     from cluster_orchestrator.broker import DynsecAdmin
+    from cluster_orchestrator.logs import LogRequests
     from cluster_orchestrator.mqtt_adapter import MqttAdapter
     from cluster_orchestrator.reporter import Reporter
     from store import Store
@@ -46,6 +47,7 @@ class Services:
     reporter: Reporter | None = None
     store: Store | None = None
     started_at: float = 0.0
+    logs: LogRequests | None = None
 
 
 def get_services(request: Request) -> Services:

@@ -49,6 +49,11 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_reports_total": ("counter", "reports sent to the root, by result"),
     "edge_cluster_store_errors_total": ("counter", "failed store writes"),
     "edge_cluster_status_snapshots_total": ("counter", "node status documents written"),
+    "edge_cluster_logs_requests_total": ("counter", "log reads from nodes, by outcome"),
+    "edge_cluster_logs_late_replies_total": (
+        "counter",
+        "logs_chunk replies that came after their request gave up",
+    ),
     "edge_cluster_nodes": ("gauge", "nodes, by liveness"),
     "edge_cluster_instances": ("gauge", "instances in memory, by state"),
     "edge_cluster_core_queue_depth": ("gauge", "items waiting for the core loop"),

@@ -9,11 +9,17 @@ through its inbox. Messages that do not validate are counted by reason (visible 
 The session is persistent (clean start off, a fixed client id per cluster, a session
 expiry), so task events and acks published while the orchestrator restarts are
 delivered when it comes back.
+
+Logs: `logs_chunk` replies (`edge/v1/nodes/+/logs`, QoS 0) are decoded the same way and
+go to `deliver_logs` (the owner of pending log requests, `cluster_orchestrator.logs`)
+instead of the core; `publish_logs_request` sends a `logs_request` at QoS 0 with an MQTT
+message expiry equal to its validity.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +35,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cluster_orchestrator.metrics import Metrics
 from schemas.mqtt import (
     CHANNEL_QOS,
+    LOGS_REQUEST_QOS,
     Channel,
     CommandMessage,
+    LogsChunkMessage,
+    LogsRequestMessage,
     Message,
     MessageError,
     decode,
@@ -70,10 +79,12 @@ class MqttAdapter:
         deliver: Callable[[Inbound], None],
         metrics: Metrics,
         on_connected: Callable[[], None] | None = None,
+        deliver_logs: Callable[[LogsChunkMessage], None] | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._deliver = deliver
+        self._deliver_logs = deliver_logs
         self._metrics = metrics
         self._on_connected_cb = on_connected
         self._client = mqtt.Client(
@@ -148,6 +159,27 @@ class MqttAdapter:
         self._metrics.inc("edge_cluster_commands_total", {"kind": message.kind})
         return True
 
+    def publish_logs_request(self, message: LogsRequestMessage) -> bool:
+        """Publish a `logs_request` to its node at QoS 0, expiring (MQTT v5 message
+        expiry) with its validity; False if not connected or paho refused it."""
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.MessageExpiryInterval = max(1, math.ceil(message.ttl_s))
+        info = self._client.publish(
+            topic(message.node_id, Channel.COMMANDS),
+            encode(message),
+            qos=LOGS_REQUEST_QOS,
+            properties=props,
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info(
+                "publishing a logs request to node %s failed: %s",
+                message.node_id,
+                mqtt.error_string(info.rc),
+            )
+            return False
+        self._metrics.inc("edge_cluster_commands_total", {"kind": message.kind})
+        return True
+
     # ---------------------------------------------------------------- callbacks
 
     def _on_connect(
@@ -166,6 +198,7 @@ class MqttAdapter:
             (subscription(Channel.STATUS), CHANNEL_QOS[Channel.STATUS]),
             (subscription(Channel.EVENTS), CHANNEL_QOS[Channel.EVENTS]),
             (subscription(Channel.PRESENCE), CHANNEL_QOS[Channel.PRESENCE]),
+            (subscription(Channel.LOGS), CHANNEL_QOS[Channel.LOGS]),
         ]
         client.subscribe(subs)
         log.info("connected to the broker at %s:%s", self._host, self._port)
@@ -193,9 +226,15 @@ class MqttAdapter:
             self.reject(exc.reason, msg.topic, exc.detail)
             return
         self._metrics.inc("edge_cluster_mqtt_messages_total", {"kind": message.kind})
-        if message.kind in ("deploy", "terminate"):
+        if message.kind in ("deploy", "terminate", "logs_request"):
             # decode() already refuses commands on node channels; this is a safety net
             self.reject("wrong_channel", msg.topic, f"{message.kind} from a node")
+            return
+        if isinstance(message, LogsChunkMessage):
+            if self._deliver_logs is None:
+                self.reject("unexpected_logs", msg.topic, "no log requests are served here")
+            else:
+                self._deliver_logs(message)
             return
         self._deliver(Inbound(message=message, retained=bool(msg.retain), received_at=now))
 

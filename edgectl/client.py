@@ -281,6 +281,53 @@ class RootClient:
         """``DELETE /jobs/{job}``: the job, now TERMINATING."""
         return self.request("DELETE", f"/api/v1/jobs/{self._ref(job)}")
 
+    # ----- logs -----
+
+    def _logs_path(self, job: str, instance_id: str) -> str:
+        return f"/api/v1/jobs/{self._ref(job)}/instances/{self._ref(instance_id)}/logs"
+
+    def instance_logs(self, job: str, instance_id: str, *, tail: int = 100) -> str:
+        """``GET /jobs/{job}/instances/{id}/logs``: the last `tail` lines as text."""
+        try:
+            response = self._http.get(self._logs_path(job, instance_id), params={"tail": tail})
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise ApiError(
+                response.status_code, error_message(response), hint=_hint(response.status_code)
+            )
+        return response.text
+
+    def follow_logs(
+        self, job: str, instance_id: str, *, tail: int = 100, lines: bool = False
+    ) -> Iterator[str]:
+        """``...?follow=1``: the text as it comes (whole lines with `lines`), until the
+        instance ends (the root's last line says how) or the connection is lost
+        (EdgectlError). No read timeout: a task may be silent for a long time."""
+        timeout = httpx.Timeout(10.0, read=None)
+        params = {"tail": tail, "follow": 1}
+        try:
+            with self._http.stream(
+                "GET", self._logs_path(job, instance_id), params=params, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(
+                        response.status_code,
+                        error_message(response),
+                        hint=_hint(response.status_code),
+                    )
+                if lines:
+                    yield from response.iter_lines()
+                else:
+                    yield from response.iter_text()
+        except httpx.ConnectError as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TransportError as exc:
+            raise EdgectlError(
+                f"log stream of {instance_id} lost ({self._unreachable(exc).message})"
+            ) from exc
+
     # ----- clusters and nodes -----
 
     def list_clusters(self) -> list[Any]:

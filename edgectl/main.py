@@ -36,6 +36,7 @@ from edgectl import output
 from edgectl.client import EdgectlError, RootClient
 from edgectl.config import Target, resolve_data_dir, resolve_target
 from edgectl.jobs import load_job_file, wait_verdict
+from edgectl.logs import Source, choose_instances, label_width, prefixed
 
 __all__ = ["app", "main", "make_client"]
 
@@ -974,6 +975,119 @@ def local_status(data_dir: DataDirOpt = None, fmt: OutputOpt = OutputFormat.TABL
             + (f" (logs in {directory / 'logs'})" if down else ""),
         )
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+@app.command("logs")
+@handles_errors
+def logs(
+    job: Annotated[str, typer.Argument(help="the job (id or name).", show_default=False)],
+    instance: Annotated[
+        str | None,
+        typer.Option("--instance", "-i", help="only this instance (id); default: the active ones."),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="keep printing new output until the task ends."),
+    ] = False,
+    tail: Annotated[
+        int,
+        typer.Option("--tail", "-n", help="lines from the end to show first.", min=0, max=10000),
+    ] = 100,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Show the output (stdout and stderr) of a job's tasks; -f follows it.
+
+    One active instance: its output as it is. Several: every line prefixed with its
+    replica (`NAME-REPLICA | ...`), like `docker compose logs`. A job with no active
+    instance shows its last one (e.g. why it failed). The output is read from the node
+    through its cluster; with --follow the stream ends with a line saying how the task
+    ended. Exits 1 if the job, the instance, its cluster or its node cannot be reached.
+    """
+    with _client(root_url, token, data_dir) as client:
+        view = client.get_job(job)
+        sources, note = choose_instances(view, instance)
+        if note:
+            _err(note, style="dim")
+        job_ref = str(view.get("id") or job)
+        if len(sources) == 1:
+            _single_logs(client, job_ref, sources[0].instance_id, tail=tail, follow=follow)
+            return
+        width = label_width(sources)
+        if follow:
+            failed = _follow_many(client, job_ref, sources, width, tail)
+        else:
+            failed = _print_many(client, job_ref, sources, width, tail)
+        if failed:
+            raise typer.Exit(1)
+
+
+def _single_logs(
+    client: RootClient, job: str, instance_id: str, *, tail: int, follow: bool
+) -> None:
+    if not follow:
+        sys.stdout.write(client.instance_logs(job, instance_id, tail=tail))
+        sys.stdout.flush()
+        return
+    with _interrupt_quietly():
+        for text in client.follow_logs(job, instance_id, tail=tail):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
+def _print_many(client: RootClient, job: str, sources: list[Source], width: int, tail: int) -> bool:
+    failed = False
+    for source in sources:
+        try:
+            text = client.instance_logs(job, source.instance_id, tail=tail)
+        except EdgectlError as exc:
+            _err(f"error: {source.label}: {exc.message}", style="red")
+            failed = True
+            continue
+        for line in prefixed(source.label, width, text):
+            sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    return failed
+
+
+def _follow_many(
+    client: RootClient, job: str, sources: list[Source], width: int, tail: int
+) -> bool:
+    """Follow several instances at once (a thread each), printing whole lines as they come."""
+    import queue
+
+    lines: queue.SimpleQueue[tuple[str, str | None, str | None]] = queue.SimpleQueue()
+
+    def pump(source: Source) -> None:
+        try:
+            for line in client.follow_logs(job, source.instance_id, tail=tail, lines=True):
+                lines.put((source.label, line, None))
+        except EdgectlError as exc:
+            lines.put((source.label, None, exc.message))
+        except Exception as exc:  # a thread must report, never die silently
+            lines.put((source.label, None, str(exc)))
+        lines.put((source.label, None, None))
+
+    for source in sources:
+        threading.Thread(target=pump, args=(source,), daemon=True).start()
+    running = len(sources)
+    failed = False
+    with _interrupt_quietly():
+        while running:
+            label, line, error = lines.get()
+            if line is not None:
+                sys.stdout.write(f"{label.ljust(width)} | {line}\n")
+                sys.stdout.flush()
+            elif error is not None:
+                _err(f"error: {label}: {error}", style="red")
+                failed = True
+            else:
+                running -= 1
+    return failed
 
 
 def main() -> None:

@@ -21,6 +21,10 @@ Per tick (every `status_interval` seconds): poll tasks (exits, restarts), sample
 host, let the shedder (if configured) decide, publish a `StatusMessage` (QoS 0, only
 while connected: a stale status is worthless). Events and acks go through the `Outbox`
 (QoS 1, persisted, delivered after reconnects and restarts).
+
+Logs requests are not commands: the loop only looks the task up and hands the read to
+the `LogServer` (`node_engine.logs`, its own threads), which answers on the `logs`
+topic; no seen-command entry, no outbox, no PUBACK after a commit.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from node_engine.logs import DEFAULT_READERS, LogJob, LogServer, TaskSnapshot, error_chunk
 from node_engine.monitor import Monitor, Sample
 from node_engine.mqtt import (
     CommandReceived,
@@ -41,6 +46,8 @@ from node_engine.mqtt import (
     Connected,
     ConnectFailed,
     Disconnected,
+    LogsRejected,
+    LogsRequested,
     Published,
     Transport,
 )
@@ -54,6 +61,7 @@ from node_engine.supervisor import (
     run_operation,
 )
 from schemas.common import Runtime
+from schemas.job import TaskState
 from schemas.mqtt import (
     AckMessage,
     Channel,
@@ -212,6 +220,7 @@ class Engine:
         wall: Callable[[], float] = time.time,
         workers: int = 0,
         shutdown_wait: float = DEFAULT_SHUTDOWN_WAIT,
+        log_readers: int = DEFAULT_READERS,
     ) -> None:
         self.node_id = node_id
         self.inbox = inbox
@@ -244,6 +253,7 @@ class Engine:
         self._last_connect_error = ""
         self._stopping = False
         self._online = False  # set once the Connected item was handled (presence went first)
+        self.log_server = LogServer(node_id, self._publish_logs, threads=log_readers)
 
     # ----- outgoing -----
 
@@ -311,6 +321,11 @@ class Engine:
         )
         self.transport.publish(self._topics[Channel.PRESENCE], encode(message), 1, retain=True)
 
+    def _publish_logs(self, payload: bytes) -> None:
+        """Send one `logs_chunk` (any thread; QoS 0, dropped while disconnected)."""
+        if self.transport.connected:
+            self.transport.publish(self._topics[Channel.LOGS], payload, 0)
+
     def _publish_status(self, sample: Sample, tasks: list[TaskStatus]) -> None:
         self._status_seq += 1
         status = NodeStatus(
@@ -344,6 +359,10 @@ class Engine:
             self._on_command(item)
         elif isinstance(item, CommandRejected):
             self._on_rejected(item)
+        elif isinstance(item, LogsRequested):
+            self._on_logs(item)
+        elif isinstance(item, LogsRejected):
+            self._on_logs_rejected(item)
         elif isinstance(item, Published):
             key = self._inflight.pop(item.mid, None)
             if key is not None:
@@ -464,6 +483,42 @@ class Engine:
             reason=f"{item.reason}: {item.detail}",
         )
         self._pubacks.append((item.mid, item.qos, item.generation))
+
+    def _on_logs(self, item: LogsRequested) -> None:
+        """Look the task up and hand the read to the log server (never read here)."""
+        message = item.message
+        request = message.payload
+        deadline = item.received + message.ttl_s
+        if time.monotonic() > deadline:
+            self.log_server.expired += 1
+            log.info("logs request %s expired before it was handled", message.id)
+            return
+        rec = self.supervisor.tasks.get(request.instance_id)
+        if rec is None:
+            why = f"instance {request.instance_id} is not on this node (or was forgotten)"
+            self.log_server.send(
+                error_chunk(message.id, request.instance_id, "unknown_instance", why)
+            )
+            return
+        runtime = self.supervisor.runtimes.get(rec.spec.runtime)
+        if runtime is None:
+            why = f"runtime {rec.spec.runtime.value} is not available on this node"
+            self.log_server.send(error_chunk(message.id, request.instance_id, "runtime", why))
+            return
+        ended = rec.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TERMINATED)
+        task = TaskSnapshot(rec.state, rec.exit_code, ended and rec.restart_at is None)
+        job = LogJob(message, runtime, rec.handle, task, deadline)
+        if not self.log_server.submit(job):
+            why = "node busy: too many log reads in progress; try again"
+            self.log_server.send(error_chunk(message.id, request.instance_id, "busy", why))
+
+    def _on_logs_rejected(self, item: LogsRejected) -> None:
+        self.messages_rejected += 1
+        self.rejected_by_reason[item.reason] += 1
+        log.warning("rejected logs request %s: %s: %s", item.request_id, item.reason, item.detail)
+        if item.request_id != "unknown":
+            why = f"invalid logs request: {item.reason}: {item.detail}"
+            self.log_server.send(error_chunk(item.request_id, item.instance_id, "invalid", why))
 
     # ----- persistence -----
 
@@ -602,6 +657,7 @@ class Engine:
             log.exception("could not save the engine state")
         if self.pool is not None:
             self.pool.close()
+        self.log_server.close()
         final = (
             self._topics[Channel.PRESENCE],
             offline_presence(self.node_id, self.engine_version, "engine stopped"),

@@ -77,7 +77,7 @@ def build_runtimes(
                     continue
                 from node_engine.runtimes.docker import DockerRuntime
 
-                runtime = DockerRuntime(_docker_client, engine_id)
+                runtime = DockerRuntime(_docker_client, engine_id, state_dir=state_dir / "docker")
             else:  # pragma: no cover - enum is exhaustive
                 continue
             ok, why = runtime.available()

@@ -10,6 +10,9 @@ retained offline `PresenceMessage` as last will, automatic reconnect with backof
 ``connect_async`` so a broker that is down at start is not an error. Commands arrive at
 QoS 1 with manual acknowledgement: the PUBACK goes out only after the engine handled
 (and persisted) the command, so a crash in between makes the broker deliver it again.
+A `logs_request` on the same topic is not a command: it becomes a `LogsRequested` item
+stamped with its arrival time (acknowledged at once should it come at QoS 1), and never
+touches the command path.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ from schemas.common import ID_PATTERN
 from schemas.mqtt import (
     Channel,
     DeployMessage,
+    LogsRequestMessage,
     MessageError,
     TerminateMessage,
     decode,
@@ -97,6 +102,24 @@ class CommandRejected:
 
 
 @dataclass(frozen=True)
+class LogsRequested:
+    """A valid logs request; `received` is time.monotonic() at its arrival."""
+
+    message: LogsRequestMessage
+    received: float
+
+
+@dataclass(frozen=True)
+class LogsRejected:
+    """A `logs_request` that did not validate (answered with an error, if it has an id)."""
+
+    reason: str
+    detail: str
+    request_id: str
+    instance_id: str
+
+
+@dataclass(frozen=True)
 class Published:
     """The broker acknowledged a QoS 1 publish with this message id."""
 
@@ -104,7 +127,14 @@ class Published:
 
 
 TransportItem = (
-    Connected | ConnectFailed | Disconnected | CommandReceived | CommandRejected | Published
+    Connected
+    | ConnectFailed
+    | Disconnected
+    | CommandReceived
+    | CommandRejected
+    | LogsRequested
+    | LogsRejected
+    | Published
 )
 
 
@@ -135,21 +165,25 @@ class Transport(Protocol):
         ...
 
 
-def _envelope_fields(raw: bytes) -> tuple[str, str]:
-    """Best-effort envelope id and kind of a message that failed validation."""
+def _envelope_fields(raw: bytes) -> tuple[str, str, str]:
+    """Best-effort envelope id, kind and payload instance id of a message that failed
+    validation ("unknown" for what cannot be read)."""
     import re
 
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return "unknown", "unknown"
+        return "unknown", "unknown", "unknown"
     if not isinstance(data, dict):
-        return "unknown", "unknown"
+        return "unknown", "unknown", "unknown"
     cid = data.get("id")
     kind = data.get("kind")
+    payload = data.get("payload")
+    iid = payload.get("instance_id") if isinstance(payload, dict) else None
     command_id = cid if isinstance(cid, str) and re.fullmatch(ID_PATTERN, cid) else "unknown"
     kind_text = kind[:64] if isinstance(kind, str) and kind else "unknown"
-    return command_id, kind_text
+    instance_id = iid if isinstance(iid, str) and re.fullmatch(ID_PATTERN, iid) else "unknown"
+    return command_id, kind_text, instance_id
 
 
 class MqttTransport:
@@ -235,7 +269,11 @@ class MqttTransport:
         try:
             decoded = decode(message.payload, topic_name=message.topic)
         except MessageError as exc:
-            command_id, kind = _envelope_fields(message.payload)
+            command_id, kind, instance_id = _envelope_fields(message.payload)
+            if kind == "logs_request":
+                self._ack_now(message)
+                self._sink.put(LogsRejected(exc.reason, exc.detail, command_id, instance_id))
+                return
             self._sink.put(
                 CommandRejected(
                     exc.reason, exc.detail, command_id, kind, message.mid, message.qos, generation
@@ -255,7 +293,10 @@ class MqttTransport:
                 )
             )
             return
-        if isinstance(decoded, DeployMessage | TerminateMessage):
+        if isinstance(decoded, LogsRequestMessage):
+            self._ack_now(message)
+            self._sink.put(LogsRequested(decoded, time.monotonic()))
+        elif isinstance(decoded, DeployMessage | TerminateMessage):
             self._sink.put(CommandReceived(decoded, message.mid, message.qos, generation))
         else:  # decode() with topic_name already refuses other kinds; belt and braces
             self._sink.put(
@@ -269,6 +310,13 @@ class MqttTransport:
                     generation,
                 )
             )
+
+    def _ack_now(self, message: Any) -> None:
+        """PUBACK a message that is not a command (a logs request sent at QoS 1 by
+        mistake must not hold one of the session's receive slots)."""
+        if message.qos > 0:
+            with contextlib.suppress(Exception):
+                self._client.ack(message.mid, message.qos)
 
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any

@@ -339,7 +339,18 @@ class Supervisor:
             self.tasks.pop(rec.instance_id, None)
             self._obs.pop(rec.instance_id, None)
             self._forget_inference(rec)
+            self._discard_logs(rec)
         self._persist()
+
+    def _discard_logs(self, rec: TaskRecord) -> None:
+        """The task is forgotten: so is its output (a few unlinks)."""
+        rt = self.runtimes.get(rec.spec.runtime)
+        if rt is None:
+            return
+        try:
+            rt.discard_logs(rec.instance_id)
+        except Exception as exc:
+            log.warning("could not delete the logs of %s: %s", rec.instance_id, exc)
 
     def _deploy_op(
         self,
@@ -477,6 +488,7 @@ class Supervisor:
         del self.tasks[instance_id]
         self._obs.pop(instance_id, None)
         self._forget_inference(rec)
+        self._discard_logs(rec)
         self._persist()
         if was_active:
             previous = rec.state

@@ -29,6 +29,7 @@ from root_orchestrator.deps import Deps
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.reconciler import Reconciler
 from root_orchestrator.routers import clusters, events, health, jobs
+from root_orchestrator.routers import logs as logs_router
 from root_orchestrator.service import Conflict, IdentityRefused, NotFound, RootService, Unauthorized
 from root_orchestrator.settings import RootSettings
 from store import StoreError, open_store
@@ -227,6 +228,7 @@ def create_app(
         app.add_exception_handler(exc_class, handler)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(logs_router.router, prefix=API_PREFIX)
     app.include_router(clusters.cluster_api, prefix=API_PREFIX)
     app.include_router(clusters.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)

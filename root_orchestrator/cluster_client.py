@@ -1,11 +1,13 @@
 """HTTP client for cluster orchestrator APIs (root -> cluster).
 
-Three calls, each with the cluster's API token as bearer:
+Four calls, each with the cluster's API token as bearer:
 
 * ``POST {cluster}/api/v1/instances`` with a `PlaceInstanceRequest` ->
   `PlaceInstanceResponse` (accepted with a node, or rejected with reasons);
 * ``DELETE {cluster}/api/v1/instances/{id}`` (2xx or 404: the instance is gone);
-* ``GET {cluster}/api/v1/nodes``.
+* ``GET {cluster}/api/v1/nodes``;
+* ``GET {cluster}/api/v1/instances/{id}/logs`` -> `InstanceLogs` (read from the node;
+  the cluster's 404/409/422/503 answers raise `ClusterRefused` with its text).
 
 The transport is injectable (encode/httpx style) so tests can route calls anywhere.
 Transport failures, timeouts, 5xx answers and answers that do not validate raise
@@ -15,19 +17,32 @@ Transport failures, timeouts, 5xx answers and answers that do not validate raise
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import ValidationError
 
-from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
+from schemas.cluster import InstanceLogs, PlaceInstanceRequest, PlaceInstanceResponse
 
-__all__ = ["ClusterClient", "ClusterUnavailable"]
+__all__ = ["ClusterClient", "ClusterRefused", "ClusterUnavailable"]
+
+LOGS_NODE_TIMEOUT_S = 5.0
+"""How long a cluster may wait for its node's answer to a logs request (plus margin)."""
 
 API = "/api/v1"
 
 
 class ClusterUnavailable(Exception):
     """The cluster could not be reached or did not answer sensibly."""
+
+
+class ClusterRefused(Exception):
+    """The cluster answered with a meaningful error (`status`, `detail`)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
 
 
 def _detail(response: httpx.Response) -> str:
@@ -67,10 +82,20 @@ class ClusterClient:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _request(
-        self, method: str, url: str, token: str | None, json: Any | None = None
+        self,
+        method: str,
+        url: str,
+        token: str | None,
+        json: Any | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
+        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         try:
-            return await self._client.request(method, url, headers=self._headers(token), json=json)
+            return await self._client.request(
+                method, url, headers=self._headers(token), json=json, params=params, **extra
+            )
         except httpx.TimeoutException as exc:
             raise ClusterUnavailable(f"{method} {url}: timed out") from exc
         except httpx.HTTPError as exc:
@@ -129,3 +154,40 @@ class ClusterClient:
         if isinstance(body, list):
             return body
         raise ClusterUnavailable(f"GET {url}: expected a list of nodes")
+
+    async def logs(
+        self,
+        base_url: str,
+        token: str | None,
+        instance_id: str,
+        *,
+        tail: int = 100,
+        cursor: str | None = None,
+        wait_s: float = 0.0,
+        max_bytes: int | None = None,
+    ) -> InstanceLogs:
+        """Read an instance's output through its cluster (which asks the node over MQTT).
+
+        The read timeout covers the cluster's long poll (`wait_s`) and its wait for the
+        node. `ClusterRefused` for the cluster's 404, 409, 422 and 503 answers (their
+        text says what is wrong), `ClusterUnavailable` when it cannot be reached.
+        """
+        url = f"{base_url}{API}/instances/{quote(instance_id, safe='')}/logs"
+        params: dict[str, Any] = {"tail": tail}
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
+        if cursor:
+            params["cursor"] = cursor
+            params["wait_s"] = wait_s
+        timeout = httpx.Timeout(5.0, read=wait_s + LOGS_NODE_TIMEOUT_S + 5.0)
+        response = await self._request("GET", url, token, params=params, timeout=timeout)
+        if response.status_code in (404, 409, 422, 503):
+            raise ClusterRefused(response.status_code, _detail(response))
+        if not response.is_success:
+            raise ClusterUnavailable(f"GET {url}: HTTP {response.status_code}: {_detail(response)}")
+        try:
+            return InstanceLogs.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ClusterUnavailable(
+                f"GET {url}: invalid answer: {exc.error_count()} errors"
+            ) from exc

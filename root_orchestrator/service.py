@@ -30,6 +30,7 @@ from pydantic import SecretStr, ValidationError
 
 from placement import Decision, Request, place
 from root_orchestrator.bus import EventBus
+from root_orchestrator.logs import LogTarget
 from root_orchestrator.metrics import GaugeFamily, RootMetrics
 from root_orchestrator.models import (
     ClusterList,
@@ -1072,6 +1073,33 @@ class RootService:
             if rec is None:
                 raise NotFound(f"no cluster {ref!r}")
             return rec, rec.api_token
+
+    def log_target(self, job_ref: str, instance_id: str) -> LogTarget:
+        """Where an instance of a job (by id or name) runs, to read its logs there.
+
+        NotFound for an unknown job, or an instance that is not one of the job's.
+        """
+        with self._lock:
+            job = self._resolve_job(job_ref)
+            inst = self._instances.get(instance_id)
+            if inst is None:
+                doc = self._store.get(INSTANCES, instance_id)
+                inst = InstanceRecord.from_doc(doc) if doc else None
+            if inst is None or inst.job_id != job.id:
+                raise NotFound(f"job {job.name} has no instance {instance_id!r}")
+            cluster = self._clusters.get(inst.cluster_id) if inst.cluster_id else None
+            return LogTarget(
+                job_id=job.id,
+                job_name=job.name,
+                instance_id=inst.id,
+                replica=inst.replica,
+                state=inst.state,
+                cluster_id=cluster.id if cluster else None,
+                cluster_name=cluster.name if cluster else "",
+                cluster_url=cluster.url if cluster else "",
+                token=cluster.api_token if cluster else None,
+                liveness=cluster.liveness if cluster else None,
+            )
 
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
         now = self._clock()

@@ -1,4 +1,4 @@
-"""Cluster <-> root contract: registration, aggregated reports, instance placement."""
+"""Cluster <-> root contract: registration, aggregated reports, instance placement, logs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from schemas.common import (
     Text,
     Timestamp,
 )
-from schemas.job import Constraints, InstanceState, PlacementPolicy, TaskSpec
+from schemas.job import Constraints, InstanceState, PlacementPolicy, TaskSpec, TaskState
+from schemas.mqtt import CURSOR_PATTERN, MAX_LOGS_BYTES
 from schemas.node import Liveness
 from schemas.resources import AcceleratorCounts, Resources
 
@@ -144,3 +145,28 @@ class PlaceInstanceResponse(StrictModel):
     node_name: Name | None = None
     reasons: dict[ShortText, int] = Field(default_factory=dict)
     explanation: Text = ""
+
+
+class InstanceLogs(StrictModel):
+    """Cluster `GET /api/v1/instances/{id}/logs`: a piece of an instance's output, read
+    from its node over MQTT (`logs_request` / `logs_chunk`, docs/protocol.md).
+
+    `text` is the output as the task wrote it (UTF-8, undecodable bytes replaced), in
+    whole lines where possible. Continue with `cursor`; `eof` says there is nothing more
+    to wait for (the instance ended and everything was read). `incomplete`: part of the
+    node's answer was lost on the way (the text is what arrived in order; `cursor`
+    continues right after it).
+    """
+
+    instance_id: Id
+    node_id: Id
+    node_name: str = Field(default="", max_length=128)
+    text: str = Field(default="", max_length=MAX_LOGS_BYTES)
+    cursor: str = Field(default="", pattern=CURSOR_PATTERN)
+    eof: bool = False
+    more: bool = False
+    skipped: bool = False
+    incomplete: bool = False
+    state: InstanceState
+    task_state: TaskState | None = None
+    exit_code: int | None = None

@@ -4,6 +4,11 @@ Every message is an envelope `{v, kind, id, ts, node_id, payload}`. The payload 
 chosen by `kind` through a discriminated union, so a decoded message is a typed object
 (`StatusMessage`, `DeployMessage`, ...) and a bad one fails with the field at fault named.
 Which kinds may appear on which channel is part of the contract (`CHANNEL_KINDS`).
+
+Besides commands and reports there is one request/response exchange: a `logs_request`
+(cluster -> node, on the node's commands topic, QoS 0, with an expiry) answered by
+`logs_chunk` messages on the node's `logs` topic (QoS 0, bounded chunks). Neither is
+persisted or deduplicated: a lost one costs a retry by the asker, never a wrong state.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from schemas.common import ID_PATTERN, Id, ShortText, StrictModel, Text, Timestamp, new_id, now
 from schemas.job import TaskSpec, TaskState
@@ -31,6 +36,7 @@ class Channel(StrEnum):
     EVENTS = "events"
     COMMANDS = "commands"
     PRESENCE = "presence"
+    LOGS = "logs"
 
 
 CHANNEL_QOS: dict[Channel, int] = {
@@ -38,7 +44,25 @@ CHANNEL_QOS: dict[Channel, int] = {
     Channel.EVENTS: 1,
     Channel.COMMANDS: 1,
     Channel.PRESENCE: 1,
+    Channel.LOGS: 0,
 }
+"""QoS per channel. Exception: a `logs_request` goes on `commands` at `LOGS_REQUEST_QOS`."""
+
+LOGS_REQUEST_QOS = 0
+"""A logs request is QoS 0: Mosquitto does not queue QoS 0 messages for a node that is
+away, so a node coming back never finds a stale request waiting for it."""
+LOGS_CHUNK_BYTES = 64 * 1024
+"""At most this many bytes of JSON-encoded text in one `logs_chunk` (well under
+`MAX_MESSAGE_BYTES`, whatever the escaping)."""
+MAX_LOGS_BYTES = 1024 * 1024
+"""Upper bound of a logs request's `max_bytes` (the whole answer, over all chunks)."""
+MAX_LOGS_TAIL = 10_000
+"""Upper bound of a logs request's `tail` (lines)."""
+MAX_LOGS_TTL_S = 60.0
+"""A logs request may be valid for at most this long (`expires_at - ts`)."""
+MAX_LOGS_CHUNKS = 4096
+CURSOR_PATTERN = r"^[A-Za-z0-9:._-]{0,128}$"
+"""Log cursors are opaque to everyone but the node that made them."""
 
 
 # ---------------------------------------------------------------- payloads
@@ -88,6 +112,58 @@ class TaskEvent(StrictModel):
     exit_code: int | None = None
     seq: int = Field(default=0, ge=0, description="per-node event counter")
     data: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+class LogsRequest(StrictModel):
+    """Read a task's output. Without `cursor`: the last `tail` lines; with one: what
+    follows it. The whole answer is at most `max_bytes` of output.
+
+    Not a command: no ack, no idempotency, no persistence. The node drops it once it is
+    older than `expires_at - ts` (counted from its arrival, so clock skew does not
+    matter) and answers it with `logs_chunk` messages on its `logs` topic.
+    """
+
+    instance_id: Id
+    tail: int = Field(default=100, ge=0, le=MAX_LOGS_TAIL)
+    cursor: Annotated[str, Field(pattern=CURSOR_PATTERN)] | None = None
+    max_bytes: int = Field(default=256 * 1024, ge=1024, le=MAX_LOGS_BYTES)
+    expires_at: Timestamp = Field(description="sender's wall clock; validity = expires_at - ts")
+
+
+class LogsChunk(StrictModel):
+    """One part of the answer to a `logs_request` (the envelope id of which is
+    `request_id`). Chunks are numbered from 0; the one with `last` ends the answer.
+
+    `cursor` continues after this chunk's text. `more`: output past the answer's end was
+    left out (`max_bytes`); `skipped`: output between the request's cursor and the text
+    is gone (rotated away). `ended`: the task finished and will not run again. `error`
+    says why the node cannot serve the request, `error_code` what kind of failure it is
+    (`LOGS_ERROR_CODES`).
+    """
+
+    request_id: Annotated[str, Field(pattern=ID_PATTERN)]
+    instance_id: Id
+    seq: int = Field(default=0, ge=0, lt=MAX_LOGS_CHUNKS)
+    last: bool = True
+    text: str = Field(default="", max_length=LOGS_CHUNK_BYTES)
+    cursor: Annotated[str, Field(pattern=CURSOR_PATTERN)] = ""
+    more: bool = False
+    skipped: bool = False
+    state: TaskState | None = None
+    exit_code: int | None = None
+    ended: bool = False
+    error: Text = ""
+    error_code: ShortText = ""
+
+
+LOGS_ERROR_CODES = {
+    "unknown_instance": "the node does not have the task (never had it, or forgot it)",
+    "bad_cursor": "the cursor was not made by this task's runtime",
+    "busy": "too many log reads in progress on the node",
+    "invalid": "the request did not validate",
+    "runtime": "the runtime could not read the output",
+}
+"""`LogsChunk.error_code` values (a newer node may send others: treat them as `runtime`)."""
 
 
 # ---------------------------------------------------------------- envelopes
@@ -142,22 +218,64 @@ class TerminateMessage(_Envelope):
     payload: TerminateCommand
 
 
+class LogsRequestMessage(_Envelope):
+    """`logs_request` on `.../commands` (QoS 0); the envelope id is the request id."""
+
+    kind: Literal["logs_request"] = "logs_request"
+    payload: LogsRequest
+
+    @model_validator(mode="after")
+    def _bounded_validity(self) -> LogsRequestMessage:
+        ttl = self.payload.expires_at - self.ts
+        if not 0 < ttl <= MAX_LOGS_TTL_S:
+            raise ValueError(
+                f"payload.expires_at must be after ts and at most {MAX_LOGS_TTL_S:.0f} s "
+                f"after it (got {ttl:.3f} s)"
+            )
+        return self
+
+    @property
+    def ttl_s(self) -> float:
+        """How long the request stays valid after it was sent."""
+        return self.payload.expires_at - self.ts
+
+
+class LogsChunkMessage(_Envelope):
+    """`logs_chunk` on `.../logs` (QoS 0)."""
+
+    kind: Literal["logs_chunk"] = "logs_chunk"
+    payload: LogsChunk
+
+
 Message = Annotated[
     StatusMessage
     | PresenceMessage
     | AckMessage
     | TaskEventMessage
     | DeployMessage
-    | TerminateMessage,
+    | TerminateMessage
+    | LogsRequestMessage
+    | LogsChunkMessage,
     Field(discriminator="kind"),
 ]
 CommandMessage = DeployMessage | TerminateMessage
+AnyMessage = (
+    StatusMessage
+    | PresenceMessage
+    | AckMessage
+    | TaskEventMessage
+    | DeployMessage
+    | TerminateMessage
+    | LogsRequestMessage
+    | LogsChunkMessage
+)
 
 CHANNEL_KINDS: dict[Channel, frozenset[str]] = {
     Channel.STATUS: frozenset({"status"}),
     Channel.PRESENCE: frozenset({"presence"}),
     Channel.EVENTS: frozenset({"ack", "task_event"}),
-    Channel.COMMANDS: frozenset({"deploy", "terminate"}),
+    Channel.COMMANDS: frozenset({"deploy", "terminate", "logs_request"}),
+    Channel.LOGS: frozenset({"logs_chunk"}),
 }
 KINDS: frozenset[str] = frozenset().union(*CHANNEL_KINDS.values())
 
@@ -213,14 +331,7 @@ class MessageError(ValueError):
         self.detail = detail
 
 
-def encode(
-    message: StatusMessage
-    | PresenceMessage
-    | AckMessage
-    | TaskEventMessage
-    | DeployMessage
-    | TerminateMessage,
-) -> bytes:
+def encode(message: AnyMessage) -> bytes:
     """Serialise a message to compact JSON bytes."""
     return message.model_dump_json().encode()
 

@@ -3,10 +3,17 @@
 A runtime starts and stops one task per instance and answers questions about it. It
 keeps no state of its own that matters: everything needed to find a task again after
 the engine restarts is in the `TaskHandle`, which the engine persists.
+
+Output is read with `read_logs`: the last lines, or what follows a cursor. A cursor is
+an opaque string made by the runtime (`CURSOR_PATTERN` of `schemas.mqtt`); each
+`LogPiece` carries the cursor right after it, so a reader that keeps only part of a
+read (bounded messages) still knows where to continue. `read_logs` may run on another
+thread than the engine loop, at the same time as the other calls.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +63,63 @@ class TaskObservation(BaseModel):
     memory_mib: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class LogPiece:
+    """A run of output as the task wrote it (usually one line, with its newline) and the
+    cursor that continues right after it."""
+
+    data: bytes
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogRead:
+    """The answer of `read_logs`.
+
+    `cursor` continues after the last piece (or where reading would go on when there is
+    none). `more`: output past the end of this read was left out (the byte bound);
+    `skipped`: output between the cursor asked for and the first piece is gone (rotated
+    away).
+    """
+
+    pieces: list[LogPiece] = field(default_factory=list)
+    cursor: str = ""
+    more: bool = False
+    skipped: bool = False
+
+    @property
+    def data(self) -> bytes:
+        """All pieces joined."""
+        return b"".join(p.data for p in self.pieces)
+
+
+class BadCursor(ValueError):
+    """A cursor this runtime did not make (or cannot read)."""
+
+
+def _sequence_length(lead: int) -> int:
+    """Bytes of the UTF-8 sequence that `lead` starts (1 for ASCII and invalid bytes)."""
+    if lead >= 0xF0:
+        return 4
+    if lead >= 0xE0:
+        return 3
+    if lead >= 0xC0:
+        return 2
+    return 1
+
+
+def utf8_prefix(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence
+    (at least 1 byte when `data` is not empty, so a reader always makes progress)."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        byte = data[n - back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: where the last sequence starts
+            cut = n - back if _sequence_length(byte) > back else n
+            return cut or n
+    return n
+
+
 @runtime_checkable
 class TaskRuntime(Protocol):
     """deploy, stop, pause, resume, status, logs, plus adoption after an engine restart."""
@@ -88,6 +152,25 @@ class TaskRuntime(Protocol):
 
     def logs(self, handle: TaskHandle, tail: int = 100) -> str:
         """The last `tail` lines of the task's output."""
+        ...
+
+    def read_logs(
+        self,
+        instance_id: str,
+        handle: TaskHandle | None,
+        *,
+        tail: int = 100,
+        cursor: str | None = None,
+        max_bytes: int = 256 * 1024,
+    ) -> LogRead:
+        """Without `cursor`: the last `tail` lines; with one: the output after it, in
+        whole lines where possible. At most `max_bytes` of output either way. Works after
+        the task ended (its output is kept until `discard_logs`); `handle` is None when
+        the last start failed. Raises `BadCursor` or `RuntimeFailure`."""
+        ...
+
+    def discard_logs(self, instance_id: str) -> None:
+        """Delete the output kept of a task (the engine forgets it)."""
         ...
 
     def adopt(self) -> list[TaskHandle]:

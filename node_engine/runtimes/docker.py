@@ -13,6 +13,16 @@ runtime's bound. `spec.command`, when given, replaces both the image's ENTRYPOIN
 (`argv[0]` becomes the entrypoint), so it means the same "program and args" as for native
 tasks; an empty command keeps the image's own.
 
+Logs: read with `timestamps=True`; a cursor is `d<ns>.<k>`, the docker timestamp (in
+nanoseconds) of the last entry delivered and how many entries with exactly that
+timestamp were delivered (`since` is inclusive and has microsecond precision, so the
+entries at the boundary are skipped by count). A container is removed once its task has
+ended (the engine's cleanup): just before that, with a `state_dir`, its last output
+(`SAVED_LOG_BYTES`, 64 KiB, newest first) is appended to `<state_dir>/logs/<instance>.log`
+(kept at 64 KiB), so a failed task's output stays readable, and a restarted instance
+shows its earlier runs too. `discard_logs()` deletes the file when the engine forgets
+the task.
+
 Redeploying an instance whose container still exists removes the old container first
 (running or not): a deploy means "run this spec now", and the engine adopts running
 containers through `adopt()` after a restart rather than through `deploy()`.
@@ -26,21 +36,31 @@ the engine should call rarely, and never part of `status()`.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import logging
 import math
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import docker
 import docker.errors
 import requests
 
 from node_engine import cgroups
-from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
+from node_engine.runtimes.base import (
+    BadCursor,
+    LogPiece,
+    LogRead,
+    RuntimeFailure,
+    TaskHandle,
+    TaskObservation,
+)
 from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
 
@@ -48,7 +68,16 @@ LABEL_MANAGED = "edge.managed"
 LABEL_ENGINE = "edge.engine"
 LABEL_INSTANCE = "edge.instance"
 
+SAVED_LOG_BYTES = 64 * 1024
+"""Output kept per instance once its container is removed (newest bytes)."""
+SAVED_LOG_LINES = 4000
+"""At most this many entries are read from a container when saving its output."""
+
+log = logging.getLogger(__name__)
+
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+_CURSOR = re.compile(r"^d(\d{1,24})\.(\d{1,9})$")
+_DOCKER_TS = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
 def container_name(engine_id: str, instance_id: str) -> str:
@@ -70,6 +99,125 @@ def _parse_time(value: str | None) -> float:
         return datetime.fromisoformat(m.group(1) + frac + tz).timestamp()
     except ValueError:
         return 0.0
+
+
+class LogEntry(NamedTuple):
+    """One log message of a container: its docker timestamp (ns) and its bytes."""
+
+    ns: int
+    data: bytes
+
+
+def docker_ts_ns(stamp: bytes) -> int | None:
+    """A docker log timestamp (RFC 3339, up to nanoseconds) as epoch nanoseconds."""
+    m = _DOCKER_TS.match(stamp)
+    if m is None:
+        return None
+    try:
+        seconds = calendar.timegm(time.strptime(m.group(1).decode(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    zone = m.group(3)
+    if zone != b"Z":
+        sign = 1 if zone[:1] == b"+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds * 1_000_000_000 + int((m.group(2) or b"0").ljust(9, b"0"))
+
+
+def parse_frame(frame: bytes, previous_ns: int = 0) -> LogEntry:
+    """One frame of `docker logs --timestamps` (`<timestamp> <bytes>`) as an entry; a
+    frame without a readable stamp keeps the previous entry's time."""
+    stamp, sep, data = frame.partition(b" ")
+    ns = docker_ts_ns(stamp) if sep else None
+    if ns is None:
+        return LogEntry(previous_ns, frame)
+    return LogEntry(ns, data)
+
+
+def parse_log_cursor(cursor: str | None) -> tuple[int, int] | None:
+    """(ns, entries at ns already delivered) of a docker log cursor; None for none."""
+    if cursor is None or cursor == "":
+        return None
+    m = _CURSOR.match(cursor)
+    if m is None:
+        raise BadCursor(f"not a docker log cursor: {cursor[:40]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def log_cursor(ns: int, count: int) -> str:
+    """The cursor after the `count`-th entry with timestamp `ns`."""
+    return f"d{ns}.{count}"
+
+
+def select_entries(
+    entries: Iterable[LogEntry],
+    *,
+    tail: int,
+    cursor: tuple[int, int] | None,
+    max_bytes: int,
+) -> LogRead:
+    """Pick what a read returns from entries in time order (pure: unit-tested).
+
+    With a cursor: the entries after it (skipping those at the cursor's timestamp that
+    were delivered), up to `max_bytes` (at least one entry). Without: the last `tail`
+    entries that fit in `max_bytes`. Each piece carries the cursor after it.
+    """
+    items = list(entries)
+    if cursor is None:
+        kept: list[LogEntry] = []
+        size = 0
+        for entry in reversed(items):
+            if len(kept) >= tail or (kept and size + len(entry.data) > max_bytes):
+                break
+            kept.append(entry)
+            size += len(entry.data)
+        kept.reverse()
+        start = (0, 0)
+        if kept:  # the cursor of the entry before the first one kept
+            first = len(items) - len(kept)
+            before = [e for e in items[:first] if e.ns == kept[0].ns]
+            start = (kept[0].ns, len(before))
+        pieces = _with_cursors(kept, start)
+        end = _cursor_after(items)
+        return LogRead(pieces, log_cursor(*end) if items else log_cursor(0, 0))
+    ns, seen = cursor
+    after: list[LogEntry] = []
+    at_cursor = 0
+    for entry in items:
+        if entry.ns < ns:
+            continue
+        if entry.ns == ns and at_cursor < seen:
+            at_cursor += 1
+            continue
+        after.append(entry)
+    out: list[LogEntry] = []
+    size = 0
+    for entry in after:
+        if out and size + len(entry.data) > max_bytes:
+            break
+        out.append(entry)
+        size += len(entry.data)
+    pieces = _with_cursors(out, (ns, seen))
+    return LogRead(
+        pieces, pieces[-1].cursor if pieces else log_cursor(ns, seen), more=len(out) < len(after)
+    )
+
+
+def _with_cursors(entries: list[LogEntry], start: tuple[int, int]) -> list[LogPiece]:
+    ns, count = start
+    pieces = []
+    for entry in entries:
+        count = count + 1 if entry.ns == ns else 1
+        ns = entry.ns
+        pieces.append(LogPiece(entry.data, log_cursor(ns, count)))
+    return pieces
+
+
+def _cursor_after(entries: list[LogEntry]) -> tuple[int, int]:
+    if not entries:
+        return 0, 0
+    last = entries[-1].ns
+    return last, sum(1 for e in entries if e.ns == last)
 
 
 def _explain(exc: Exception) -> str:
@@ -144,11 +292,14 @@ class DockerRuntime:
         ping_timeout_s: float = 2.0,
         log_max_size: str = "4m",
         log_max_files: int = 2,
+        state_dir: Path | None = None,
     ) -> None:
         """`client_factory` returns a `docker.DockerClient` (called lazily, once);
-        `engine_id` scopes labels and names so adoption finds only this engine's tasks."""
+        `engine_id` scopes labels and names so adoption finds only this engine's tasks;
+        `state_dir` keeps the last output of removed containers (none without it)."""
         self.client_factory = client_factory
         self.engine_id = engine_id
+        self.logs_dir = Path(state_dir) / "logs" if state_dir is not None else None
         self.ping_timeout_s = ping_timeout_s
         self.log_max_size = log_max_size
         self.log_max_files = log_max_files
@@ -219,6 +370,9 @@ class DockerRuntime:
             return
         if (old.labels or {}).get(LABEL_ENGINE) != self.engine_id:
             raise RuntimeFailure(f"container name {name} is taken by a container of another owner")
+        instance_id = (old.labels or {}).get(LABEL_INSTANCE)
+        if instance_id:
+            self._save_output(old, instance_id)
         with contextlib.suppress(docker.errors.NotFound):
             old.remove(force=True)
 
@@ -292,6 +446,7 @@ class DockerRuntime:
                 container.unpause()
             if container.status in ("running", "paused", "restarting"):
                 container.stop(timeout=max(0, math.ceil(timeout_s)))
+            self._save_output(container, handle.instance_id)
             container.remove(force=True)
         except docker.errors.NotFound:
             return
@@ -410,6 +565,133 @@ class DockerRuntime:
         text: str = raw.decode(errors="replace")
         return text.rstrip("\n")
 
+    # ------------------------------------------------------------------ log reads
+
+    def _saved_path(self, instance_id: str) -> Path | None:
+        if self.logs_dir is None:
+            return None
+        if not instance_id or "/" in instance_id or instance_id in (".", ".."):
+            raise RuntimeFailure(f"invalid instance id {instance_id!r}")
+        return self.logs_dir / f"{instance_id}.log"
+
+    def _saved_entries(self, instance_id: str) -> list[LogEntry]:
+        """The saved output of removed containers of the instance, oldest first."""
+        path = self._saved_path(instance_id)
+        if path is None:
+            return []
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return []
+        return decode_saved(raw)
+
+    def _frames(self, container: Any, **kwargs: Any) -> Iterable[bytes]:
+        """Frames of `docker logs --timestamps` (stdout and stderr), one per entry."""
+        try:
+            stream = container.logs(
+                stdout=True, stderr=True, timestamps=True, stream=True, follow=False, **kwargs
+            )
+        except docker.errors.NotFound:
+            return []
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            raise RuntimeFailure(f"docker logs failed: {_explain(exc)}") from exc
+        return _closing(stream)
+
+    def _live_entries(
+        self, handle: TaskHandle | None, *, tail: int | None, since_ns: int, max_bytes: int
+    ) -> tuple[list[LogEntry], bool]:
+        """Entries of the instance's container (if it still exists): the last `tail`,
+        or those from `since_ns` on, read until `max_bytes` (plus one entry) are in.
+        Also whether the read stopped early."""
+        if handle is None or not handle.container_id:
+            return [], False
+        container = self._container(handle)
+        if container is None:
+            return [], False
+        kwargs: dict[str, Any] = {"tail": tail if tail is not None else "all"}
+        if since_ns > 1000:
+            kwargs["since"] = (since_ns // 1000 - 1) / 1e6  # microseconds, inclusive
+        out: list[LogEntry] = []
+        size = 0
+        previous = since_ns
+        stopped = False
+        try:
+            for frame in self._frames(container, **kwargs):
+                entry = parse_frame(frame, previous)
+                previous = entry.ns
+                out.append(entry)
+                size += len(entry.data)
+                if tail is None and size > max_bytes + 65536:
+                    stopped = True
+                    break
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            raise RuntimeFailure(f"docker logs failed: {_explain(exc)}") from exc
+        return out, stopped
+
+    def read_logs(
+        self,
+        instance_id: str,
+        handle: TaskHandle | None,
+        *,
+        tail: int = 100,
+        cursor: str | None = None,
+        max_bytes: int = 256 * 1024,
+    ) -> LogRead:
+        """The last `tail` entries or those after `cursor` (see the module docstring),
+        from the container if it exists and from the saved output of earlier ones."""
+        position = parse_log_cursor(cursor)
+        max_bytes = max(1, max_bytes)
+        since = position[0] if position is not None else 0
+        # The container first, then the saved file: output saved in between (the
+        # container removed meanwhile) is then in the file and is not lost.
+        live, stopped = self._live_entries(
+            handle,
+            tail=None if position is not None else max(1, tail),
+            since_ns=since,
+            max_bytes=max_bytes,
+        )
+        saved = self._saved_entries(instance_id)
+        newest_saved = saved[-1].ns if saved else -1
+        entries = [e for e in saved if e.ns >= since] + [e for e in live if e.ns > newest_saved]
+        read = select_entries(entries, tail=tail, cursor=position, max_bytes=max_bytes)
+        if stopped and not read.more:
+            read = LogRead(read.pieces, read.cursor, more=True, skipped=read.skipped)
+        return read
+
+    def _save_output(self, container: Any, instance_id: str) -> None:
+        """Append the container's last output to the instance's saved log (bounded);
+        errors are logged: they never keep a container from being removed."""
+        path = self._saved_path(instance_id)
+        if path is None:
+            return
+        try:
+            entries: list[LogEntry] = []
+            previous = 0
+            for frame in self._frames(container, tail=SAVED_LOG_LINES):
+                entry = parse_frame(frame, previous)
+                previous = entry.ns
+                entries.append(entry)
+            saved = self._saved_entries(instance_id)
+            newest = saved[-1].ns if saved else -1
+            merged = saved + [e for e in entries if e.ns > newest]
+            if not merged:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = encode_saved(merged, SAVED_LOG_BYTES)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except Exception as exc:
+            log.warning("could not save the output of %s: %s", instance_id, exc)
+
+    def discard_logs(self, instance_id: str) -> None:
+        """Delete the saved output of the instance (the engine forgot the task)."""
+        path = self._saved_path(instance_id)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def adopt(self) -> list[TaskHandle]:
         """Handles of every container (any state) labelled with this engine id: running and
         paused ones to keep watching, exited ones so the engine reads their exit code
@@ -435,3 +717,46 @@ class DockerRuntime:
                 )
             )
         return sorted(out, key=lambda h: h.instance_id)
+
+
+def _closing(stream: Any) -> Iterable[bytes]:
+    """Iterate a docker log stream and close its connection when done or abandoned."""
+    try:
+        yield from stream
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def encode_saved(entries: list[LogEntry], limit: int) -> bytes:
+    """The saved-log file: `<ns> <bytes>` per entry (`<ns>p` when the entry had no
+    newline), the newest entries that fit in `limit` bytes."""
+    lines: list[bytes] = []
+    size = 0
+    for entry in reversed(entries):
+        if entry.data.endswith(b"\n"):
+            line = b"%d %s" % (entry.ns, entry.data)
+        else:
+            line = b"%dp %s\n" % (entry.ns, entry.data)
+        if lines and size + len(line) > limit:
+            break
+        lines.append(line)
+        size += len(line)
+    return b"".join(reversed(lines))
+
+
+def decode_saved(raw: bytes) -> list[LogEntry]:
+    """Entries of a saved-log file (lines that do not parse are skipped)."""
+    out = []
+    for line in raw.split(b"\n"):
+        stamp, sep, data = line.partition(b" ")
+        if not sep:
+            continue
+        partial = stamp.endswith(b"p")
+        digits = stamp[:-1] if partial else stamp
+        if not digits.isdigit():
+            continue
+        out.append(LogEntry(int(digits), data if partial else data + b"\n"))
+    return out

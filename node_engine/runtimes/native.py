@@ -19,7 +19,11 @@ State on disk, per task, in `<state_dir>/tasks/<instance_id>/`:
 
 - `handle.json`   the `TaskHandle` (pid + psutil create time, log and exit-code paths,
                   cgroup paths); written at deploy, deleted by `stop()`. `adopt()` scans it.
-- `output.log`    stdout and stderr (O_APPEND), `output.log.1` the previous chunk.
+- `output.log`    stdout and stderr (O_APPEND), `output.log.1` the previous chunk,
+                  `output.log.offset` where `output.log` starts in the task's whole
+                  output (bytes written before it, rotated away or into `.1`). Kept
+                  across restarts of the instance (each run appends) and deleted by
+                  `discard_logs()` when the engine forgets the task.
 - `exit_code`     written by the wrapper when the program exits.
 - `result.json`   the final observation, written once the task is seen finished (so OOM
                   counters survive the removal of the cgroup).
@@ -35,6 +39,12 @@ task's descriptor is O_APPEND so it goes on writing at the new end). The check r
 every `status()` and `logs()` call, so the disk used is at most 2 x max_log_bytes plus
 what the task writes between two polls (unbounded only while no engine polls). Bytes
 written between the last read and the truncation (two syscalls apart) can be lost.
+
+Log cursors (`read_logs`): `n<position>`, a byte position in the task's whole output
+(`output.log.offset` + the offset in `output.log`), so a cursor stays valid across a
+rotation; one that points at output rotated away reads on from the oldest byte kept
+(`skipped`). Rotation and reads take one lock, so a reader on another thread never sees
+a half-rotated log.
 
 Limits: memory and CPU through a per-task cgroup (v1 or v2, see `node_engine.cgroups`),
 `<root>/edge-tasks/<engine scope>/<instance_id>`, when the hierarchy is writable. The
@@ -60,6 +70,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -67,7 +78,15 @@ from typing import NamedTuple
 import psutil
 
 from node_engine import cgroups
-from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
+from node_engine.runtimes.base import (
+    BadCursor,
+    LogPiece,
+    LogRead,
+    RuntimeFailure,
+    TaskHandle,
+    TaskObservation,
+    utf8_prefix,
+)
 from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
 
@@ -75,6 +94,7 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH given to every native task unless its spec sets one."""
 
 DEFAULT_MAX_LOG_BYTES = 4 * 1024 * 1024
+LOG_FILES = ("output.log", "output.log.1", "output.log.offset")
 WRAPPER_SHELL = "/bin/sh"
 CREATE_TIME_TOLERANCE_S = 0.05
 """psutil create times come from clock ticks (1/100 s): equal within this means same process."""
@@ -144,6 +164,130 @@ def _tail_lines(path: Path, n: int, limit: int) -> list[bytes]:
         return []
     lines = data.splitlines()
     return lines[-n:] if n > 0 else []
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    """The byte position of a native log cursor (`n<position>`); None for no cursor."""
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.startswith("n") or not cursor[1:].isdigit():
+        raise BadCursor(f"not a native log cursor: {cursor[:40]!r}")
+    return int(cursor[1:])
+
+
+def _cursor(position: int) -> str:
+    return f"n{position}"
+
+
+class _LogFiles:
+    """A task's log as one stream of positions: `output.log.1` then `output.log`.
+
+    `output.log` starts at `base` (from `output.log.offset`); `output.log.1` holds the
+    bytes just before it. Read under the runtime's log lock.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.old = log.with_name(log.name + ".1")
+        self.size = _file_size(log)
+        old_size = _file_size(self.old)
+        base = _read_int(log.with_name(log.name + ".offset")) or 0
+        self.base = max(base, old_size)  # a log rotated before offsets were kept
+        self.start = self.base - old_size
+        self.end = self.base + self.size
+
+    def range(self, begin: int, end: int) -> bytes:
+        """The bytes at positions [begin, end) (clipped to what is kept)."""
+        begin, end = max(begin, self.start), min(end, self.end)
+        out = b""
+        if begin < self.base and begin < end:
+            out += _read_at(self.old, begin - self.start, min(end, self.base) - begin)
+        if end > self.base:
+            at = max(begin, self.base)
+            out += _read_at(self.log, at - self.base, end - at)
+        return out
+
+    def read(self, tail: int, position: int | None, max_bytes: int) -> LogRead:
+        """A tail read (position None) or a read from `position`."""
+        if position is None:
+            return self._tail(tail, max_bytes)
+        skipped = position < self.start
+        if position > self.end:  # the log was reset under this cursor: from the start
+            position, skipped = self.start, True
+        position = max(position, self.start)
+        data = self.range(position, min(self.end, position + max_bytes))
+        reached_end = position + len(data) >= self.end
+        lines = _split_lines(data)
+        if skipped and position > 0 and len(lines) > 1:
+            position += len(lines.pop(0))  # the kept output starts inside a line
+        if lines and not lines[-1].endswith(b"\n"):
+            if len(lines) > 1:
+                lines.pop()  # an incomplete line: the next read gets it whole
+            elif not reached_end:
+                lines[-1] = lines[-1][: utf8_prefix(lines[-1])]  # a line over max_bytes
+        pieces = _pieces(lines, position)
+        cursor = pieces[-1].cursor if pieces else _cursor(position)
+        return LogRead(pieces, cursor, more=_parse_pos(cursor) < self.end, skipped=skipped)
+
+    def _tail(self, tail: int, max_bytes: int) -> LogRead:
+        if tail <= 0 or self.end == self.start:
+            return LogRead([], _cursor(self.end))
+        # One byte more than max_bytes: the first (partial) line is dropped below, and
+        # with that byte a line that starts exactly at the bound is kept.
+        begin = max(self.start, self.end - max_bytes - 1)
+        data = self.range(begin, self.end)
+        lines = _split_lines(data)
+        if (begin > self.start or self.start > 0) and len(lines) > 1:
+            begin += len(lines.pop(0))  # starts inside a line (cut by us or by rotation)
+        elif begin > self.start:  # one line longer than max_bytes: its newest bytes
+            keep = lines[0][-max_bytes:] if lines else b""
+            skip = len(keep) - len(keep.lstrip(bytes(range(0x80, 0xC0))))  # no half char
+            keep = keep[skip:]
+            begin = self.end - len(keep)
+            lines = [keep] if keep else []
+        if len(lines) > tail:
+            begin += sum(len(line) for line in lines[: len(lines) - tail])
+            lines = lines[len(lines) - tail :]
+        return LogRead(_pieces(lines, begin), _cursor(self.end))
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """Lines with their newline (only b"\\n" ends a line; a last one may lack it)."""
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _pieces(lines: list[bytes], position: int) -> list[LogPiece]:
+    out = []
+    for line in lines:
+        position += len(line)
+        out.append(LogPiece(line, _cursor(position)))
+    return out
+
+
+def _parse_pos(cursor: str) -> int:
+    return int(cursor[1:])
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_at(path: Path, offset: int, length: int) -> bytes:
+    if length <= 0:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    except OSError:
+        return b""
 
 
 class _Stat(NamedTuple):
@@ -277,6 +421,8 @@ class NativeRuntime:
         else:
             self.cgroup_support = cgroups.CgroupSupport(0, reason="cgroups disabled")
         self._popen: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_lock = threading.Lock()
+        """Held by log rotation and log reads (which may run on another thread)."""
         self._scan: _ProcScan | None = None
         self._cpu: dict[int, tuple[int, int, float, float]] = {}
         """pid -> (start ticks, cpu ticks, monotonic time, last percent) of the last sample."""
@@ -421,19 +567,32 @@ class NativeRuntime:
         try:
             if log.stat().st_size <= self.max_log_bytes:
                 return
+        except OSError:
+            return
+        with self._log_lock:
+            self._rotate(log)
+
+    def _rotate(self, log: Path) -> None:
+        offset_path = log.with_name(log.name + ".offset")
+        try:
             # Read from the newest max_log_bytes up to EOF, re-reading what the task
             # appends meanwhile, and truncate right after a read found EOF: only bytes
             # written between that read and the truncate (two syscalls) can be lost.
             with open(log, "rb+") as f:
                 size = f.seek(0, os.SEEK_END)
+                if size <= self.max_log_bytes:
+                    return
                 f.seek(max(0, size - self.max_log_bytes))
                 data = bytearray()
                 while chunk := f.read(1024 * 1024):
                     data += chunk
                     if len(data) > self.max_log_bytes + 1024 * 1024:
                         del data[: len(data) - self.max_log_bytes]
+                total = f.tell()
                 f.truncate(0)
             _atomic_write_bytes(log.with_name(log.name + ".1"), data[-self.max_log_bytes :])
+            base = _read_int(offset_path) or 0
+            _atomic_write(offset_path, str(base + total))
         except OSError:
             return
 
@@ -499,7 +658,8 @@ class NativeRuntime:
         if old is not None:
             self.stop(old, timeout_s=5.0)
         d.mkdir(parents=True, exist_ok=True)
-        for name in ("exit_code", "result.json", "stopped", "paused", "output.log", "output.log.1"):
+        # The log files stay: a restart of the instance appends to its output.
+        for name in ("exit_code", "result.json", "stopped", "paused"):
             with contextlib.suppress(FileNotFoundError):
                 (d / name).unlink()
 
@@ -770,6 +930,30 @@ class NativeRuntime:
             )
             lines = older + lines
         return b"\n".join(lines).decode(errors="replace")
+
+    def read_logs(
+        self,
+        instance_id: str,
+        handle: TaskHandle | None,
+        *,
+        tail: int = 100,
+        cursor: str | None = None,
+        max_bytes: int = 256 * 1024,
+    ) -> LogRead:
+        """The last `tail` lines, or the output after `cursor` (`n<position>`), at most
+        `max_bytes`; see the module docstring. Safe on any thread."""
+        position = _parse_cursor(cursor)
+        d = self.task_dir(instance_id)
+        with self._log_lock:
+            return _LogFiles(d / "output.log").read(tail, position, max(1, max_bytes))
+
+    def discard_logs(self, instance_id: str) -> None:
+        """Delete the task's log files (the engine forgot the task)."""
+        d = self.task_dir(instance_id)
+        with self._log_lock:
+            for name in LOG_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (d / name).unlink()
 
     @staticmethod
     def _load(path: Path) -> TaskHandle | None:

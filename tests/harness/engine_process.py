@@ -168,8 +168,31 @@ class NodeEngineProcess:
                 continue
         return killed
 
+    def engine_id(self) -> str | None:
+        """The engine id docker containers are labelled with (`edge.engine`), once made."""
+        try:
+            return (self.state_dir / "engine-id").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def remove_docker_containers(self) -> int:
+        """Force-remove the containers this engine started (cleanup: containers outlive
+        the engine by design). Returns how many; 0 without the docker runtime."""
+        engine_id = self.engine_id()
+        if "docker" not in self.runtimes or engine_id is None:
+            return 0
+        import docker
+
+        from tests.fixtures.images import remove_engine_containers
+
+        client = docker.from_env(timeout=30)
+        try:
+            return remove_engine_containers(client, engine_id)
+        finally:
+            client.close()
+
     def stop_quietly(self) -> None:
-        """Best-effort cleanup for fixtures: SIGTERM, then SIGKILL."""
+        """Best-effort cleanup for fixtures: SIGTERM, then SIGKILL; then the tasks."""
         if self.proc is None:
             return
         try:
@@ -178,3 +201,4 @@ class NodeEngineProcess:
             self.kill()
         self._close()
         self.kill_native_tasks()
+        self.remove_docker_containers()

@@ -112,7 +112,7 @@ class ServiceClient:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             return
-        for channel in (Channel.STATUS, Channel.EVENTS, Channel.PRESENCE):
+        for channel in (Channel.STATUS, Channel.EVENTS, Channel.PRESENCE, Channel.LOGS):
             client.subscribe(subscription(channel), qos=1)
         self._connected.set()
 

@@ -14,7 +14,9 @@ Processes:
   its own process group;
 * cluster: `cluster_orchestrator.process.ClusterProcess` with ``--start-broker`` (the
   orchestrator starts and owns its Mosquitto with dynsec) and ``--root-url``;
-* node engine: `tests.harness.engine_process.NodeEngineProcess` (native runtime).
+* node engine: `tests.harness.engine_process.NodeEngineProcess` (native runtime; also
+  docker with ``add_node(..., runtimes=("native", "docker"))``, whose containers are
+  removed at `close()`).
 
 Every program gets the environment variable ``EDGE_TEST_SYSTEM=<random id>`` and runs
 in (or is told about) a directory under the system's work directory, so `leftovers()`
@@ -391,10 +393,12 @@ class LocalSystem:
         name: str,
         *,
         labels: Mapping[str, str] | None = None,
+        runtimes: Sequence[str] = ("native",),
         wait: bool = True,
         timeout: float = 60.0,
     ) -> NodeEngineProcess:
-        """Start a node engine (native runtime) that joins `cluster`."""
+        """Start a node engine that joins `cluster` (native runtime unless `runtimes`
+        says otherwise, e.g. ``("native", "docker")``)."""
         target = self.clusters[cluster]
         extra: list[str] = []
         for key, value in (labels or {}).items():
@@ -404,7 +408,7 @@ class LocalSystem:
             target.url,
             join_token=JOIN_TOKEN,
             name=name,
-            runtimes=("native",),
+            runtimes=tuple(runtimes),
             status_interval=self.node_status_interval,
             extra_args=extra,
             env={MARKER_ENV: self.marker},
@@ -431,6 +435,8 @@ class LocalSystem:
         for engine in cluster.engines:
             engine.kill()
             engine.kill_native_tasks()
+            with contextlib.suppress(Exception):
+                engine.remove_docker_containers()
         psutil.wait_procs(brokers, timeout=10)
         cluster.killed = True
 

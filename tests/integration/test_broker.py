@@ -236,6 +236,71 @@ def test_service_cannot_publish_status_or_subscribe_commands(
     assert svc.subscribe("#")[0].is_failure
 
 
+# ---------------------------------------------------------------- logs
+
+
+def test_node_logs_reach_service_only_from_their_own_node(
+    cluster: Cluster, connect: Connect
+) -> None:
+    svc = service(connect, cluster, "edge/v1/nodes/+/logs")
+    a = node(connect, cluster.a)
+    assert a.publish(node_topic("A", "logs"), b"chunk-of-A", qos=0) is None
+    msg = svc.next_message()
+    assert (msg.topic, msg.payload, msg.qos) == ("edge/v1/nodes/A/logs", b"chunk-of-A", 0)
+    # B cannot answer for A (QoS 1 so the broker's refusal is visible) ...
+    b = node(connect, cluster.b)
+    rc = b.publish(node_topic("A", "logs"), b"forged-by-B", qos=1)
+    assert rc is not None and rc.is_failure and rc.getName() == "Not authorized", rc
+    # ... nor can the service forge replies
+    rc = svc.publish(node_topic("A", "logs"), b"forged-by-service", qos=1)
+    assert rc is not None and rc.is_failure
+    b.publish(node_topic("B", "logs"), b"barrier", qos=1)
+    seen = svc.messages_until(node_topic("B", "logs"), b"barrier")
+    assert [m.payload for m in seen] == [b"barrier"]
+
+
+def test_another_node_cannot_read_a_nodes_logs_requests(cluster: Cluster, connect: Connect) -> None:
+    a = node(connect, cluster.a)
+    assert not a.subscribe(node_topic("A", "commands"))[0].is_failure
+    b = node(connect, cluster.b)
+    for pattern in (
+        node_topic("A", "commands"),
+        "edge/v1/nodes/+/commands",
+        "edge/v1/nodes/+/logs",
+    ):
+        assert b.subscribe(pattern)[0].is_failure, pattern
+    assert not b.subscribe(node_topic("B", "commands"))[0].is_failure
+    svc = service(connect, cluster)
+    request = b'{"kind": "logs_request", "for": "A"}'
+    assert svc.publish(node_topic("A", "commands"), request, qos=0) is None
+    assert svc.publish(node_topic("B", "commands"), b"barrier", qos=1) is not None
+    assert [m.payload for m in b.messages_until(node_topic("B", "commands"), b"barrier")] == [
+        b"barrier"
+    ]
+    assert a.next_message().payload == request
+
+
+def test_roles_of_nodes_joined_before_logs_existed_are_upgraded(
+    mosquitto_broker: BrokerHandle, cluster: Cluster, connect: Connect
+) -> None:
+    admin = mosquitto_broker.admin
+    old_acls = [acl for acl in node_acls("A") if not acl.topic.endswith("/logs")]
+    admin.ensure_role("node-A", old_acls)  # what an older cluster version wrote
+    svc = service(connect, cluster, "edge/v1/nodes/+/logs", "edge/v1/nodes/+/status")
+    a = node(connect, cluster.a)
+    rc = a.publish(node_topic("A", "logs"), b"refused", qos=1)
+    assert rc is not None and rc.is_failure
+    assert admin.upgrade_node_roles() == ["node-A"]
+    role = admin.get_role("node-A")
+    assert role is not None and {Acl.from_json(x) for x in role["acls"]} == set(node_acls("A"))
+    # the same live connection (no new password, no reconnect) may now answer
+    rc = a.publish(node_topic("A", "logs"), b"answered", qos=1)
+    assert rc is not None and not rc.is_failure
+    assert svc.next_message().payload == b"answered"
+    assert admin.upgrade_node_roles() == []  # idempotent; other roles untouched
+    assert admin.get_role("admin") is not None
+
+
 # ---------------------------------------------------------------- last will
 
 

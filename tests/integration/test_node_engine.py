@@ -19,7 +19,7 @@ import pytest
 
 from schemas.common import Runtime
 from schemas.job import RestartPolicy, TaskSpec, TaskState
-from schemas.mqtt import DeployCommand, DeployMessage
+from schemas.mqtt import DeployCommand, DeployMessage, LogsChunkMessage
 from schemas.resources import Resources
 from tests.harness import FakeCluster
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args, wait_until
@@ -283,6 +283,53 @@ def test_malformed_commands_refused_counted_engine_keeps_running(cluster, tmp_pa
     cleanup_procs.append(argv)
     svc.deploy(node_id, "after", native(argv))
     cluster.wait_state(engine, "after", TaskState.RUNNING)
+
+
+def test_logs_requests_are_answered_on_the_logs_topic(cluster, tmp_path, cleanup_procs):
+    """A real engine answers logs requests (valid, invalid, at QoS 1 by mistake) on its
+    logs topic; none of them is treated as a command (no ack)."""
+    engine = cluster.engine(tmp_path / "node")
+    svc, node_id = cluster.service, engine.node_id
+    argv = unique_sleep_args()
+    cleanup_procs.append(argv)
+    script = 'for i in 1 2 3; do echo "out $i"; done; echo "err é" >&2; exec "$@"'
+    svc.deploy(node_id, "talker", native(["sh", "-c", script, "sh", *argv]))
+    cluster.wait_state(engine, "talker", TaskState.RUNNING)
+
+    def request(rid: str, qos: int = 0, **payload: Any) -> None:
+        now = time.time()
+        body = {"instance_id": "talker", "expires_at": now + 6, **payload}
+        message = {"v": 1, "kind": "logs_request", "id": rid, "ts": now, "node_id": node_id,
+                   "payload": body}  # fmt: skip
+        svc.publish(node_id, json.dumps(message).encode(), qos=qos)
+
+    def answer(rid: str) -> Any:
+        def done(s: Any) -> Any:
+            chunks = [m.payload for m in s.messages(node_id, LogsChunkMessage)
+                      if m.payload.request_id == rid]  # fmt: skip
+            return chunks if chunks and chunks[-1].last else None
+
+        return svc.wait_for(done, 15, f"logs answer {rid}")
+
+    deadline = time.monotonic() + 15
+    while True:  # the task may not have written everything yet: ask until it has
+        rid = f"poll{int(time.monotonic() * 1000)}"
+        request(rid, tail=2)
+        if "".join(c.text for c in answer(rid)) == "out 3\nerr é\n":
+            break
+        assert time.monotonic() < deadline, "the task's output never showed"
+    request("q1", qos=1, tail=1)  # QoS 1 by mistake: acknowledged and answered all the same
+    (chunk,) = answer("q1")
+    assert chunk.text == "err é\n" and chunk.state is TaskState.RUNNING and chunk.cursor
+    request("bad", tail=-1)
+    (bad,) = answer("bad")
+    assert bad.error_code == "invalid" and "tail" in bad.error
+    request("gone", instance_id="no-such-task")
+    (gone,) = answer("gone")
+    assert gone.error_code == "unknown_instance"
+    assert all(svc.ack_for(node_id, r) is None for r in ("q1", "bad", "gone", rid))
+    wait_status(cluster, engine, lambda st: st.messages_rejected == 1, what="1 rejection")
+    assert engine.running()
 
 
 # ---------------------------------------------------------------- autonomy

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from node_engine.engine import Engine
-from node_engine.mqtt import CommandReceived, CommandRejected, Connected, Published
+from node_engine.mqtt import (
+    CommandReceived,
+    CommandRejected,
+    Connected,
+    LogsRejected,
+    LogsRequested,
+    Published,
+)
+from node_engine.runtimes.base import LogPiece, LogRead
 from node_engine.state import Outbox, SeenCommands, TaskStore
 from node_engine.supervisor import ShedDecision, Supervisor
 from schemas.common import Runtime
@@ -19,6 +27,8 @@ from schemas.job import TaskSpec, TaskState
 from schemas.mqtt import (
     DeployCommand,
     DeployMessage,
+    LogsRequest,
+    LogsRequestMessage,
     PresenceMessage,
     TerminateCommand,
     TerminateMessage,
@@ -479,3 +489,71 @@ def test_shutdown_applies_calls_that_finish_within_the_wait(tmp_path):
     assert transport.acked == [1] and acks(transport, "c1")[0].accepted
     saved = json.loads((tmp_path / "tasks.json").read_text())["tasks"]["i1"]
     assert saved["state"] == "RUNNING" and saved["handle"]["pid"]
+
+
+# ------------------------------------------------------------------ logs requests
+
+
+def logs_request(instance: str = "i1", *, rid: str = "r1", age: float = 0.0) -> LogsRequested:
+    now = time.time()
+    message = LogsRequestMessage(
+        id=rid, node_id=NODE, ts=now, payload=LogsRequest(instance_id=instance, expires_at=now + 6)
+    )
+    return LogsRequested(message, time.monotonic() - age)
+
+
+def logs_replies(transport: Any, deadline: float = 5.0) -> list[Any]:
+    """Wait for the logs answer the log server publishes (from its own thread)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        chunks = [m.payload for m in transport.decoded("logs")]
+        if chunks and chunks[-1].last:
+            return chunks
+        time.sleep(0.01)
+    raise AssertionError(f"no logs answer: {transport.published}")
+
+
+def test_logs_request_is_read_off_the_loop_and_is_not_a_command(engine):
+    eng, transport = engine
+    go_online(eng, transport)
+    eng.process([CommandReceived(deploy_msg(), 1, 1, 1)])
+    readers: list[str] = []
+
+    def read_logs(instance_id, handle, *, tail=100, cursor=None, max_bytes=262144):
+        readers.append(threading.current_thread().name)
+        assert instance_id == "i1" and handle is not None and tail == 100
+        return LogRead([LogPiece(b"hello\n", "n6")], "n6")
+
+    eng.rt.read_logs = read_logs
+    events_before = len(transport.decoded("events"))
+    outbox_before = len(eng.outbox)
+    acked_before = list(transport.acked)
+    eng.process([logs_request()])
+    (chunk,) = logs_replies(transport)
+    assert (chunk.request_id, chunk.text, chunk.cursor, chunk.state) == (
+        "r1",
+        "hello\n",
+        "n6",
+        TaskState.RUNNING,
+    )
+    assert readers and readers[0].startswith("logs-")  # not the loop thread
+    assert eng.seen.get("r1") is None  # never in the command idempotency list
+    assert len(transport.decoded("events")) == events_before  # no ack, nothing in the outbox
+    assert len(eng.outbox) == outbox_before and transport.acked == acked_before
+    topic_name, _, qos, retain = transport.published[-1]
+    assert topic_name == f"edge/v1/nodes/{NODE}/logs" and qos == 0 and not retain
+
+
+def test_logs_request_for_an_unknown_instance_expired_or_invalid(engine):
+    eng, transport = engine
+    go_online(eng, transport)
+    eng.process([logs_request("nope", rid="r2")])
+    (chunk,) = logs_replies(transport)
+    assert chunk.error_code == "unknown_instance" and "nope" in chunk.error
+    before = len(transport.published)
+    eng.process([logs_request("nope", rid="r3", age=30.0)])  # older than its validity
+    assert len(transport.published) == before and eng.log_server.expired == 1
+    eng.process([LogsRejected("invalid", "payload.tail: too big", "r4", "i1")])
+    chunk = transport.decoded("logs")[-1].payload
+    assert (chunk.request_id, chunk.error_code) == ("r4", "invalid")
+    assert eng.messages_rejected == 1 and not transport.decoded("events")

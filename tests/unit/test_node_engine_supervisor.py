@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
+from node_engine.runtimes.base import LogRead, RuntimeFailure, TaskHandle, TaskObservation
 from node_engine.state import TaskStore
 from node_engine.supervisor import (
     ShedDecision,
@@ -32,6 +32,7 @@ class FakeRuntime:
         self.deploys: list[str] = []
         self.stops: list[str] = []
         self.fail_next: str | None = None
+        self.discarded: list[str] = []
         self._pid = 1000
 
     def available(self):
@@ -71,6 +72,12 @@ class FakeRuntime:
 
     def logs(self, handle, tail=100):
         return ""
+
+    def read_logs(self, instance_id, handle, *, tail=100, cursor=None, max_bytes=262144):
+        return LogRead([], "")
+
+    def discard_logs(self, instance_id):
+        self.discarded.append(instance_id)
 
     def adopt(self):
         return (
@@ -236,6 +243,7 @@ def test_terminate(env):
     assert out.accepted and rt.stops == ["i1"]
     assert events[-1].state is TaskState.TERMINATED and events[-1].reason == "scale down"
     assert "i1" not in sup.tasks
+    assert rt.discarded == ["i1"]  # a forgotten task's output goes with it
     again = sup.terminate("i1")
     assert again.accepted and "unknown instance" in again.reason
 

@@ -20,6 +20,7 @@ from schemas.cluster import (
     ClusterRegistrationResponse,
     ClusterReport,
     InstanceChange,
+    InstanceLogs,
     NodeCapacity,
     PlaceInstanceRequest,
     PlaceInstanceResponse,
@@ -33,6 +34,10 @@ from schemas.mqtt import (
     CommandAck,
     DeployCommand,
     DeployMessage,
+    LogsChunk,
+    LogsChunkMessage,
+    LogsRequest,
+    LogsRequestMessage,
     MessageError,
     Presence,
     PresenceMessage,
@@ -168,6 +173,17 @@ EXAMPLES: list[BaseModel] = [
     TaskEventMessage(node_id="n1", payload=TaskEvent(instance_id="i", state=TaskState.RUNNING)),
     DeployMessage(node_id="n1", payload=DeployCommand(instance_id="i", job_id="j", spec=NATIVE)),
     TerminateMessage(node_id="n1", payload=TerminateCommand(instance_id="i")),
+    LogsRequest(instance_id="i1", tail=10, cursor="n42", expires_at=106.0),
+    LogsRequestMessage(
+        node_id="n1", ts=100.0, payload=LogsRequest(instance_id="i", expires_at=106.0)
+    ),
+    LogsChunk(request_id="r1", instance_id="i1", text="a\u00e9\n", cursor="d17.1", ended=True),
+    LogsChunkMessage(
+        node_id="n1", payload=LogsChunk(request_id="r", instance_id="i", seq=2, last=False)
+    ),
+    InstanceLogs(
+        instance_id="i1", node_id="n1", text="x\n", cursor="n2", state=InstanceState.RUNNING
+    ),
 ]
 
 
@@ -375,7 +391,9 @@ def test_decode_returns_typed_messages() -> None:
             | AckMessage
             | TaskEventMessage
             | PresenceMessage
-            | TerminateMessage,
+            | TerminateMessage
+            | LogsRequestMessage
+            | LogsChunkMessage,
         ):
             got = decode(encode(example))
             assert type(got) is type(example) and got == example
