@@ -130,15 +130,19 @@ def _docs_router(openapi_url: str, title: str) -> APIRouter:
 def _ui_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
+    def to_ui(request: Request) -> RedirectResponse:
+        base = str(request.scope.get("root_path", "")).rstrip("/")
+        return RedirectResponse(base + UI_PATH + "/", status_code=307)
+
     @router.get("/")
-    async def root() -> RedirectResponse:
+    async def root(request: Request) -> RedirectResponse:
         """The root URL opens the dashboard."""
-        return RedirectResponse(UI_PATH + "/", status_code=307)
+        return to_ui(request)
 
     @router.get(UI_PATH)
-    async def ui_no_slash() -> RedirectResponse:
+    async def ui_no_slash(request: Request) -> RedirectResponse:
         """`/ui` -> `/ui/`, so the page's relative URLs resolve under it."""
-        return RedirectResponse(UI_PATH + "/", status_code=307)
+        return to_ui(request)
 
     return router
 
