@@ -234,8 +234,12 @@ def test_dashboard_runs_scales_and_deletes_a_job(
     args = sleepers()
     job_id = submit(system, "ui-demo", args, replicas=2)
     page.get(f"{system.root.url}/ui/#/jobs")
-    wait(page, lambda d: "2 / 2" in text_of(d, 'tr[data-job="ui-demo"] .replicas'), "2 / 2 shown")
-    assert "RUNNING" in text_of(page, 'tr[data-job="ui-demo"]')
+
+    def listed_running(d: Any) -> bool:
+        row = text_of(d, 'tr[data-job="ui-demo"]')
+        return "2 / 2" in row and "RUNNING" in row
+
+    wait(page, listed_running, "ui-demo listed RUNNING with 2 / 2")
     css(page, 'tr[data-job="ui-demo"] a')[0].click()
     wait(page, lambda d: running_rows(d) == 2, "two RUNNING instance rows")
     detail = text_of(page, "#job-view")
@@ -253,7 +257,8 @@ def test_dashboard_runs_scales_and_deletes_a_job(
         lambda d: any("replicas 2 -> 3" in t for t in event_texts(d, "job.scaled")),
         "the job.scaled event in the live panel",
     )
-    assert "Scaled ui-demo to 3" in text_of(page, "#action-notice")
+    # the PATCH answer and the event race each other: wait for both
+    wait(page, lambda d: "Scaled ui-demo to 3" in text_of(d, "#action-notice"), "the notice")
     wait(page, lambda d: text_of(d, "#job-replicas") == "3 / 3", "3 / 3 running")
     wait(page, lambda d: running_rows(d) == 3, "three RUNNING instance rows")
     screenshot(page, tmp_path, "dashboard.png")
