@@ -32,6 +32,7 @@ from root_orchestrator.routers import clusters, events, health, jobs
 from root_orchestrator.routers import logs as logs_router
 from root_orchestrator.service import Conflict, IdentityRefused, NotFound, RootService, Unauthorized
 from root_orchestrator.settings import RootSettings
+from root_orchestrator.web import install_web
 from store import StoreError, open_store
 
 __all__ = ["API_PREFIX", "BodyLimitAndMetrics", "create_app"]
@@ -212,7 +213,8 @@ def create_app(
         description="Operator API (jobs, clusters, nodes, events) and cluster API "
         "(register, report). Every /api/v1 route needs a bearer token; see docs/api.md.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc come from install_web, with local assets
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
@@ -232,4 +234,5 @@ def create_app(
     app.include_router(clusters.cluster_api, prefix=API_PREFIX)
     app.include_router(clusters.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)
+    install_web(app)  # the dashboard at /ui and the offline API docs
     return app

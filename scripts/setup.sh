@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the system and its tests need on a fresh Debian/Ubuntu machine:
-# Debian packages (mosquitto, docker.io, busybox-static, ...), a running Docker engine,
+# Debian packages (mosquitto, docker.io, busybox-static, chromium, ...), a running Docker engine,
 # and a virtualenv in .venv with the project and its test extras. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # ---- Debian packages ---------------------------------------------------------------
 APT_PACKAGES=(mosquitto mosquitto-clients docker.io busybox-static docker-compose iproute2)
+# headless browser for the dashboard tests (tests/e2e/test_dashboard_browser.py)
+APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -144,6 +144,10 @@ async def list_events(
         int | None, Query(ge=0, description="only events with seq > since (the cursor)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    tail: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="only the newest N events of the log (overrides since)"),
+    ] = None,
     follow: Annotated[bool, Query(description="stream (SSE) instead of one page")] = False,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> EventList | StreamingResponse:
@@ -151,6 +155,8 @@ async def list_events(
     if follow:
         start = _since(since, last_event_id, await run_in_threadpool(service.latest_seq))
         return _stream_response(service, filters, start, request)
+    if tail is not None:  # the newest events: where a dashboard starts its panel
+        since, limit = max(0, await run_in_threadpool(service.latest_seq) - tail), tail
     return await run_in_threadpool(
         lambda: service.list_events(since=since or 0, limit=limit, **filters.as_kwargs())
     )
