@@ -175,20 +175,30 @@ def _job_file(tmp_path: Path, **spec: Any) -> str:
 
 
 def test_submit_wait_then_json(fake: FakeRoot, tmp_path: Path) -> None:
-    result = run("jobs", "submit", "-f", _job_file(tmp_path, replicas=2), "--wait", "-o", "json")
+    result = run(
+        "jobs",
+        "submit",
+        "-f",
+        _job_file(tmp_path, replicas=2),
+        "--wait",
+        "--settle",
+        "0.5",
+        "-o",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["state"] == "RUNNING"
     assert [i["state"] for i in job["instances"]] == ["RUNNING", "RUNNING"]
     # progress goes to stderr, stdout stays machine-readable
-    assert "every replica is running" in result.stderr
+    assert "every replica is running; settling" in result.stderr
 
 
 def test_submit_wait_reports_a_clear_failure(fake: FakeRoot, tmp_path: Path) -> None:
     fake.fail_replica = True
     result = run("jobs", "submit", "-f", _job_file(tmp_path), "--wait")
     assert result.exit_code == 1
-    assert "error: job web FAILED: replica 0 FAILED: executable not found: nope" in result.stderr
+    assert "error: job web: replica 0 FAILED: executable not found: nope" in result.stderr
 
 
 def test_api_error_is_one_line_and_non_zero(fake: FakeRoot) -> None:
