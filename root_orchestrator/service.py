@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -65,7 +66,7 @@ from schemas.cluster import (
     PlaceInstanceRequest,
     PlaceInstanceResponse,
 )
-from schemas.common import MAX_TEXT
+from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
 from store import Store
@@ -645,10 +646,18 @@ class RootService:
         return JobRecord.from_doc(doc) if doc else None
 
     def _resolve_job(self, ref: str) -> JobRecord:
-        """A job by id, else by name (the active one, else the newest)."""
-        job = self._load_job(ref)
-        if job is not None:
-            return job
+        """A job by id, else by name (the active one, else the newest).
+
+        A reference that can be neither an id nor a name (too long, other characters)
+        is not found, without asking the store (whose keys it could not be anyway).
+        """
+        if not _ID_RE.fullmatch(ref):
+            if not _NAME_RE.fullmatch(ref):
+                raise NotFound(f"no job {_shown(ref)}")
+        else:
+            job = self._load_job(ref)
+            if job is not None:
+                return job
         for candidate in self._jobs.values():
             if candidate.name == ref and candidate.deleted_at is None:
                 return candidate
@@ -657,7 +666,7 @@ class RootService:
         )
         if docs:
             return self._jobs.get(docs[0]["_id"]) or JobRecord.from_doc(docs[0])
-        raise NotFound(f"no job {ref!r}")
+        raise NotFound(f"no job {_shown(ref)}")
 
     def get_job(self, ref: str) -> JobView:
         """One job with its instances and placement explanation (by id or name)."""
@@ -1070,7 +1079,7 @@ class RootService:
         with self._lock:
             rec = self._cluster_by_ref(ref)
             if rec is None:
-                raise NotFound(f"no cluster {ref!r}")
+                raise NotFound(f"no cluster {_shown(ref)}")
             return rec, rec.api_token
 
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
@@ -1107,7 +1116,7 @@ class RootService:
         with self._lock:
             rec = self._cluster_by_ref(ref)
             if rec is None:
-                raise NotFound(f"no cluster {ref!r}")
+                raise NotFound(f"no cluster {_shown(ref)}")
             return self._cluster_view(rec)
 
     # ------------------------------------------------------------------ liveness
@@ -1752,3 +1761,14 @@ def _capacity_grew(old: ClusterReport, new: ClusterReport) -> bool:
         new.free.accelerators.get(k, 0) > old.free.accelerators.get(k, 0)
         for k in new.free.accelerators
     )
+
+
+_ID_RE = re.compile(ID_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _shown(ref: str, limit: int = 80) -> str:
+    """A reference quoted for an error message, shortened when it is long."""
+    if len(ref) <= limit:
+        return repr(ref)
+    return f"{ref[:limit]!r}... ({len(ref)} characters)"

@@ -34,6 +34,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     404: {"description": "no such cluster"},
 }
 
+#: A cluster id or name in a path: anything else is a 422 naming the parameter.
+ClusterRef = Annotated[str, Path(pattern=ID_PATTERN, description="cluster id or name")]
+
 
 @cluster_api.post(
     "/register",
@@ -84,7 +87,7 @@ async def list_clusters(service: ServiceDep) -> ClusterList:
 
 
 @router.get("/{cluster}", responses=_ERRORS)
-async def get_cluster(cluster: str, service: ServiceDep) -> ClusterView:
+async def get_cluster(cluster: ClusterRef, service: ServiceDep) -> ClusterView:
     """One cluster (by id or name): latest aggregated report and liveness."""
     return await run_in_threadpool(service.get_cluster, cluster)
 
@@ -96,7 +99,7 @@ async def get_cluster(cluster: str, service: ServiceDep) -> ClusterView:
         502: {"description": "the cluster did not answer sensibly"},
     },
 )
-async def list_nodes(cluster: str, deps: DepsDep) -> NodeList:
+async def list_nodes(cluster: ClusterRef, deps: DepsDep) -> NodeList:
     """The cluster's nodes, fetched from the cluster's own API."""
     rec, token = await run_in_threadpool(deps.service.cluster_endpoint, cluster)
     try:
