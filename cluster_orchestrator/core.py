@@ -1139,7 +1139,7 @@ class ClusterCore:
             info=node.info,
             status=node.status,
             liveness=node.liveness.state,
-            draining=node.draining,
+            draining=node.draining or node.cordoned,  # placement: neither takes new work
             reserved=reserved,
             cluster_labels=self.settings.labels,
             overload_cpu_percent=self.settings.overload_cpu_percent,
@@ -1372,6 +1372,7 @@ class ClusterCore:
             info=node.info,
             liveness=node.liveness.state,
             draining=node.draining,
+            cordoned=node.cordoned,
             last_seen=node.last_seen,
             status=node.status if with_status else None,
             reason=node.reason[:1024],
@@ -1427,6 +1428,29 @@ class ClusterCore:
                 else:
                     stuck[inst.id] = inst.reason
         return DrainResult(node=self.node_detail(node), moved=moved, stuck=stuck)
+
+    def set_cordoned(self, node_id: str, cordoned: bool) -> DrainResult:
+        """Cordon a node (no new placements; what runs there stays), or uncordon it,
+        which ends a drain too. Persisted like draining, so it survives a restart."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        if node.cordoned != cordoned or (not cordoned and node.draining):
+            node.cordoned = cordoned
+            if not cordoned:
+                node.draining = False
+            node.reason = "cordoned" if cordoned else "uncordoned"
+            self._persist_node(node)
+            self._record_event(
+                None,
+                kind="node.cordon" if cordoned else "node.uncordon",
+                subject=node.id,
+                node_id=node.id,
+                state=node.state.value,
+                reason=node.reason,
+            )
+            self._notify_report()
+        return DrainResult(node=self.node_detail(node))
 
     # ================================================================ reconcile
 

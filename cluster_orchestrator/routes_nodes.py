@@ -1,4 +1,4 @@
-"""Node API: join (and rejoin), list, get, drain, remove."""
+"""Node API: join (and rejoin), list, get, drain, cordon, uncordon, remove."""
 
 from __future__ import annotations
 
@@ -215,5 +215,34 @@ async def undrain(node_id: NodeId, core: CoreDep) -> DrainResult:
     """The node takes new placements again (moved instances stay where they are)."""
     try:
         return await core.run(lambda: core.set_draining(node_id, False))
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.post(
+    "/{node_id}/cordon",
+    response_model=DrainResult,
+    dependencies=[OperatorAuth],
+    summary="Cordon a node",
+)
+async def cordon(node_id: NodeId, core: CoreDep) -> DrainResult:
+    """No new placements on the node; what runs there stays (persisted)."""
+    try:
+        return await core.run(lambda: core.set_cordoned(node_id, True))
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.post(
+    "/{node_id}/uncordon",
+    response_model=DrainResult,
+    dependencies=[OperatorAuth],
+    summary="Uncordon a node (ends a drain too)",
+)
+async def uncordon(node_id: NodeId, core: CoreDep) -> DrainResult:
+    """The node takes new placements again: clears cordon and drain (moved instances
+    stay where they are)."""
+    try:
+        return await core.run(lambda: core.set_cordoned(node_id, False))
     except NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

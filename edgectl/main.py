@@ -62,7 +62,10 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="Submit, list, inspect, scale and delete jobs.", no_args_is_help=True)
 clusters_app = typer.Typer(help="Clusters registered with the root.", no_args_is_help=True)
-nodes_app = typer.Typer(help="Nodes of the clusters (fetched live).", no_args_is_help=True)
+nodes_app = typer.Typer(
+    help="Nodes of the clusters (fetched live): list, drain, cordon, uncordon.",
+    no_args_is_help=True,
+)
 local_app = typer.Typer(
     help="Run a whole system on this machine (local processes).",
     no_args_is_help=True,
@@ -553,6 +556,109 @@ def nodes_ls(
         raise typer.Exit(1)
 
 
+NodeArg = Annotated[str, typer.Argument(help="node id or name.", metavar="NODE")]
+NodeClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        "-c",
+        help="the node's cluster (id or name); without it the node is looked up in every "
+        "cluster by id, then by name.",
+        show_default=False,
+    ),
+]
+
+
+def _node_action(
+    action: str,
+    node: str,
+    cluster: str | None,
+    root_url: str | None,
+    token: str | None,
+    data_dir: Path | None,
+    fmt: OutputFormat,
+) -> None:
+    """Find the node (unless --cluster names its cluster), act on it through the root."""
+    from edgectl.nodes import find_node
+
+    with _client(root_url, token, data_dir) as client:
+        if cluster is None:
+            found: list[tuple[str, str, Mapping[str, Any]]] = []
+            unreachable: list[str] = []
+            for c in client.list_clusters():
+                name = str(c.get("name"))
+                try:
+                    doc = client.cluster_nodes(name)
+                except EdgectlError as exc:
+                    unreachable.append(name)
+                    _err(f"warning: cluster {name}: {exc.message}", style="yellow")
+                    continue
+                found.extend(
+                    (str(c.get("id")), name, n)
+                    for n in doc.get("nodes") or []
+                    if isinstance(n, dict)
+                )
+            hit = find_node(found, node, unreachable=unreachable)
+            cluster, node = hit.cluster_id, hit.node_id
+        result = client.node_action(cluster, node, action)
+    if fmt is OutputFormat.JSON:
+        output.print_json(result)
+    else:
+        _print(output.node_action_view(result))
+
+
+@nodes_app.command("drain")
+@handles_errors
+def nodes_drain(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Drain a node: no new placements, its instances move to other nodes now.
+
+    Prints what moved (and where) and what is stuck (and why: such instances stay
+    and are retried on every reconcile of the cluster). `uncordon` ends it.
+    """
+    _node_action("drain", node, cluster, root_url, token, data_dir, fmt)
+
+
+@nodes_app.command("cordon")
+@handles_errors
+def nodes_cordon(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Cordon a node: no new placements on it; what runs there stays.
+
+    Its capacity leaves the cluster's reports, so the root sends new work elsewhere.
+    """
+    _node_action("cordon", node, cluster, root_url, token, data_dir, fmt)
+
+
+@nodes_app.command("uncordon")
+@handles_errors
+def nodes_uncordon(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Uncordon a node: it takes new placements again (ends a drain too).
+
+    Instances a drain moved stay where they are now.
+    """
+    _node_action("uncordon", node, cluster, root_url, token, data_dir, fmt)
+
+
 # ----------------------------------------------------------------------------- events
 
 
@@ -577,7 +683,7 @@ def events(
     ] = None,
     category: Annotated[
         str | None,
-        typer.Option("--category", help="only job, instance, cluster or scheduling events."),
+        typer.Option("--category", help="only job, instance, cluster, node or scheduling events."),
     ] = None,
     root_url: RootUrlOpt = None,
     token: TokenOpt = None,
@@ -607,7 +713,7 @@ def events(
                 sys.stdout.write(json.dumps(event) + "\n")
                 sys.stdout.flush()
             else:
-                console.print(output.event_line(event, names), soft_wrap=True)
+                console.print(output.event_view(event, names))
 
         from collections import deque
 

@@ -1,11 +1,12 @@
 """HTTP client for cluster orchestrator APIs (root -> cluster).
 
-Three calls, each with the cluster's API token as bearer:
+The calls, each with the cluster's API token as bearer:
 
 * ``POST {cluster}/api/v1/instances`` with a `PlaceInstanceRequest` ->
   `PlaceInstanceResponse` (accepted with a node, or rejected with reasons);
 * ``DELETE {cluster}/api/v1/instances/{id}`` (2xx or 404: the instance is gone);
-* ``GET {cluster}/api/v1/nodes``.
+* ``GET {cluster}/api/v1/nodes``;
+* ``POST {cluster}/api/v1/nodes/{id}/drain|cordon|uncordon`` (operator actions).
 
 The transport is injectable (encode/httpx style) so tests can route calls anywhere.
 Transport failures, timeouts, 5xx answers and answers that do not validate raise
@@ -21,13 +22,22 @@ from pydantic import ValidationError
 
 from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
 
-__all__ = ["ClusterClient", "ClusterUnavailable"]
+__all__ = ["ClusterClient", "ClusterRefused", "ClusterUnavailable"]
 
 API = "/api/v1"
 
 
 class ClusterUnavailable(Exception):
     """The cluster could not be reached or did not answer sensibly."""
+
+
+class ClusterRefused(Exception):
+    """The cluster answered an operator action with a 4xx (`status`, its `detail`)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
 
 
 def _detail(response: httpx.Response) -> str:
@@ -129,3 +139,24 @@ class ClusterClient:
         if isinstance(body, list):
             return body
         raise ClusterUnavailable(f"GET {url}: expected a list of nodes")
+
+    async def node_action(
+        self, base_url: str, token: str | None, node_id: str, action: str
+    ) -> dict[str, Any]:
+        """``POST /nodes/{id}/{action}`` (drain, cordon, uncordon): the cluster's answer
+        (``{"node": ..., "moved": ..., "stuck": ...}``); ClusterRefused for a 4xx."""
+        url = f"{base_url}{API}/nodes/{node_id}/{action}"
+        response = await self._request("POST", url, token)
+        if 400 <= response.status_code < 500:
+            raise ClusterRefused(response.status_code, _detail(response))
+        if not response.is_success:
+            raise ClusterUnavailable(
+                f"POST {url}: HTTP {response.status_code}: {_detail(response)}"
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ClusterUnavailable(f"POST {url}: answer is not JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("node"), dict):
+            raise ClusterUnavailable(f"POST {url}: expected a node in the answer")
+        return body

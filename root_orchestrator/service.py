@@ -1082,6 +1082,30 @@ class RootService:
                 raise NotFound(f"no cluster {_shown(ref)}")
             return rec, rec.api_token
 
+    def record_node_action(
+        self,
+        cluster: ClusterRecord,
+        node_id: str,
+        node_name: str,
+        action: str,
+        *,
+        moved: int = 0,
+        stuck: int = 0,
+    ) -> None:
+        """Record an operator's drain, cordon or uncordon of a node (event ``node.<action>``)."""
+        reason = f"{action} of node {node_name} on cluster {cluster.name} by an operator"
+        if action == "drain":
+            reason += f": {moved} instance(s) moved, {stuck} stuck"
+        with self._lock:
+            self._emit(
+                f"node.{action}",
+                node_id,
+                reason=reason,
+                cluster_id=cluster.id,
+                node_id=node_id,
+                data={"node_name": node_name, "moved": moved, "stuck": stuck},
+            )
+
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
         now = self._clock()
         counts: dict[str, int] = {}
