@@ -295,8 +295,9 @@ def startup_problem(settings: ClusterSettings) -> str | None:
     """
     if settings.broker_admin_password is None and not settings.starts_broker:
         return (
-            "--broker-admin-password (EDGE_BROKER_ADMIN_PASSWORD) is required unless this "
-            "process starts the broker (--start-broker or --broker-data-dir)"
+            "broker_admin_password (--broker-admin-password, EDGE_BROKER_ADMIN_PASSWORD) is "
+            "required unless this process starts the broker (--start-broker or "
+            "--broker-data-dir)"
         )
     return None
 

@@ -183,8 +183,10 @@ def settings_error(
     overrides = dict(flags or {})
 
     def names(field: str) -> str:
+        # the settings-file key, the flag and the environment variable: whichever the
+        # operator used, the line names it
         flag = overrides.get(field, flag_name(field))
-        return f"{flag} ({env_name(field, env_prefix)})"
+        return f"{field} ({flag}, {env_name(field, env_prefix)})"
 
     file = str(config_file) if config_file else None
     if isinstance(exc, ValidationError):
