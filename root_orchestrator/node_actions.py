@@ -14,10 +14,7 @@ from typing import Any
 from root_orchestrator.models import MovedInstance, StuckInstance
 from root_orchestrator.service import Conflict, NotFound
 
-__all__ = ["ACTIONS", "moved_and_stuck", "node_name", "resolve_node"]
-
-#: The actions, as they appear in the URL of the root and of the cluster.
-ACTIONS = ("drain", "cordon", "uncordon")
+__all__ = ["moved_and_stuck", "node_name", "resolve_node"]
 
 
 def node_name(node: Mapping[str, Any]) -> str:
