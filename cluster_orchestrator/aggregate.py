@@ -2,7 +2,8 @@
 
 What counts (DESIGN.md section 4):
 
-* ``nodes_by_liveness`` counts every joined node;
+* ``nodes_by_liveness`` counts every joined node; ``nodes_cordoned`` those an operator
+  cordoned or is draining;
 * ``total``, ``free``, ``largest_free_*``, ``nodes`` (the per-node summary), runtimes,
   archs, accelerators and labels describe the *schedulable* nodes only: READY, not
   draining and not overloaded (the cluster's own placement refuses the others, so a
@@ -105,11 +106,12 @@ def aggregate(
     labels: dict[str, set[str]] = {}
     summaries: list[tuple[int, float, str, NodeCapacity]] = []
     max_temp: float | None = None
-    hot = throttled = 0
+    hot = throttled = cordoned = 0
 
     for node in nodes:
         by_liveness[node.liveness] = by_liveness.get(node.liveness, 0) + 1
         cand = node.candidate
+        cordoned += int(cand.draining)
         if node.liveness is Liveness.READY:
             temp = cand.temperature_c
             if temp is not None:
@@ -156,6 +158,7 @@ def aggregate(
         seq=seq,
         full=full,
         nodes_by_liveness=by_liveness,
+        nodes_cordoned=cordoned,
         total=_resources(total_cpu, total_mem, total_disk, total_acc),
         free=_resources(free_cpu, free_mem, free_disk, free_acc),
         largest_free_cpu=round(largest_cpu, 6),

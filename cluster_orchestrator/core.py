@@ -1150,7 +1150,7 @@ class ClusterCore:
             info=node.info,
             status=node.status,
             liveness=node.liveness.state,
-            draining=node.draining,
+            draining=node.draining or node.cordoned,  # placement: neither takes new work
             reserved=reserved,
             cluster_labels=self.settings.labels,
             overload_cpu_percent=self.settings.overload_cpu_percent,
@@ -1383,6 +1383,7 @@ class ClusterCore:
             info=node.info,
             liveness=node.liveness.state,
             draining=node.draining,
+            cordoned=node.cordoned,
             last_seen=node.last_seen,
             status=node.status if with_status else None,
             reason=node.reason[:1024],
@@ -1438,6 +1439,29 @@ class ClusterCore:
                 else:
                     stuck[inst.id] = inst.reason
         return DrainResult(node=self.node_detail(node), moved=moved, stuck=stuck)
+
+    def set_cordoned(self, node_id: str, cordoned: bool) -> DrainResult:
+        """Cordon a node (no new placements; what runs there stays), or uncordon it,
+        which ends a drain too. Persisted like draining, so it survives a restart."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        if node.cordoned != cordoned or (not cordoned and node.draining):
+            node.cordoned = cordoned
+            if not cordoned:
+                node.draining = False
+            node.reason = "cordoned" if cordoned else "uncordoned"
+            self._persist_node(node)
+            self._record_event(
+                None,
+                kind="node.cordon" if cordoned else "node.uncordon",
+                subject=node.id,
+                node_id=node.id,
+                state=node.state.value,
+                reason=node.reason,
+            )
+            self._notify_report()
+        return DrainResult(node=self.node_detail(node))
 
     # ================================================================ reconcile
 
@@ -1524,7 +1548,7 @@ class ClusterCore:
         """Move replicas of spread jobs onto nodes that returned (core thread).
 
         Runs `rebalance_after` seconds after a node came back. Targets are READY nodes
-        that have been READY that long and are not draining; per job at most one replica
+        that have been READY that long and are neither draining nor cordoned; per job at most one replica
         moves per pass, from its fullest node to a node holding two or more fewer, chosen
         by the placement pipeline among those (so every filter applies). Until all spread
         jobs are even, it looks again `REBALANCE_RETRY_S` later. Returns the moved ids.
@@ -1535,6 +1559,7 @@ class ClusterCore:
             for n in self.nodes.values()
             if n.liveness.state is Liveness.READY
             and not n.draining
+            and not n.cordoned
             and n.liveness.ready_since is not None
             and now - n.liveness.ready_since >= wait
         }

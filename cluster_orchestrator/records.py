@@ -5,8 +5,8 @@ everything else sees copies (views) or store documents.
 
 Store collections (one document per object, ``_id`` = the object's id):
 
-* ``nodes``: static info, secret hash, draining flag, liveness (written on join,
-  drain and liveness transitions);
+* ``nodes``: static info, secret hash, draining and cordoned flags, liveness (written
+  on join, drain, cordon and liveness transitions);
 * ``node_status``: the latest status of each node (written in batches, at most every
   ``status_snapshot_interval`` seconds);
 * ``instances``: spec, state, node, reason (written on every state change);
@@ -86,6 +86,8 @@ class NodeRecord:
     joined_at: float
     liveness: LivenessTracker
     draining: bool = False
+    #: cordoned by an operator: no new placements, what runs there stays
+    cordoned: bool = False
     reason: str = ""
     status: NodeStatus | None = None
     #: wall time at which the last status was received (what the API calls last_seen)
@@ -109,6 +111,7 @@ class NodeRecord:
             "secret_hash": self.secret_hash,
             "joined_at": self.joined_at,
             "draining": self.draining,
+            "cordoned": self.cordoned,
             "liveness": self.liveness.state.value,
             "reason": self.reason,
             "last_seen": self.last_seen,
@@ -128,6 +131,7 @@ class NodeRecord:
             joined_at=float(doc.get("joined_at", 0.0)),
             liveness=LivenessTracker.new(now_mono, start, hold=hold),
             draining=bool(doc.get("draining", False)),
+            cordoned=bool(doc.get("cordoned", False)),
             reason=str(doc.get("reason", "")),
             last_seen=doc.get("last_seen"),
             credentials_issued=int(doc.get("credentials_issued", 0)),

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import CoreDep, OperatorAuth
 from cluster_orchestrator.views import InstanceList, InstanceView
 from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
+from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/instances", tags=["instances"], dependencies=[OperatorAuth])
+
+#: An instance id in a path: anything else is a 422 naming the parameter.
+InstanceId = Annotated[str, Path(pattern=ID_PATTERN, description="instance id")]
 
 
 @router.post(
@@ -53,7 +57,7 @@ async def list_instances(
 
 
 @router.get("/{instance_id}", response_model=InstanceView, summary="Get an instance")
-async def get_instance(instance_id: str, core: CoreDep) -> InstanceView:
+async def get_instance(instance_id: InstanceId, core: CoreDep) -> InstanceView:
     """State, node, placement explanation and recent events of one instance."""
     try:
         return await core.run(lambda: core.get_instance(instance_id))
@@ -67,7 +71,7 @@ async def get_instance(instance_id: str, core: CoreDep) -> InstanceView:
     status_code=status.HTTP_202_ACCEPTED,
     summary="Terminate an instance",
 )
-async def delete_instance(instance_id: str, core: CoreDep) -> InstanceView:
+async def delete_instance(instance_id: InstanceId, core: CoreDep) -> InstanceView:
     """Send TERMINATE to its node; the state becomes TERMINATED once the node acks."""
     try:
         return await core.run(lambda: core.delete_instance(instance_id))

@@ -1,4 +1,4 @@
-"""Node API: join (and rejoin), list, get, drain, remove."""
+"""Node API: join (and rejoin), list, get, drain, cordon, uncordon, remove."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ from cluster_orchestrator.deps import (
 )
 from cluster_orchestrator.records import new_secret
 from cluster_orchestrator.views import DrainResult, NodeDetail, NodeList
+from schemas.common import ID_PATTERN
 from schemas.node import JoinRequest, JoinResponse, Liveness, MqttConnectInfo
 
 __all__ = ["router"]
@@ -33,6 +34,9 @@ __all__ = ["router"]
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+
+#: A node id in a path: anything else is a 422 naming the parameter.
+NodeId = Annotated[str, Path(pattern=ID_PATTERN, description="node id")]
 
 
 _REFUSALS: dict[int | str, dict[str, object]] = {
@@ -136,7 +140,7 @@ async def list_nodes(
 @router.get(
     "/{node_id}", response_model=NodeDetail, dependencies=[OperatorAuth], summary="Get a node"
 )
-async def get_node(node_id: str, core: CoreDep) -> NodeDetail:
+async def get_node(node_id: NodeId, core: CoreDep) -> NodeDetail:
     """Static description, latest status (with its task list), liveness, instances."""
     try:
         return await core.run(lambda: core.get_node(node_id))
@@ -150,7 +154,7 @@ async def get_node(node_id: str, core: CoreDep) -> NodeDetail:
     dependencies=[OperatorAuth],
     summary="Remove a node for good",
 )
-async def remove_node(node_id: str, services: ServicesDep) -> NodeDetail:
+async def remove_node(node_id: NodeId, services: ServicesDep) -> NodeDetail:
     """Forget a node and refuse its identity from now on (a lost or stolen device).
 
     409 while instances are assigned to it: drain it first. Its MQTT client is deleted
@@ -193,7 +197,7 @@ async def remove_node(node_id: str, services: ServicesDep) -> NodeDetail:
     dependencies=[OperatorAuth],
     summary="Drain a node",
 )
-async def drain(node_id: str, core: CoreDep) -> DrainResult:
+async def drain(node_id: NodeId, core: CoreDep) -> DrainResult:
     """No new placements on the node; its instances are moved to other nodes now."""
     try:
         return await core.run(lambda: core.set_draining(node_id, True))
@@ -207,9 +211,38 @@ async def drain(node_id: str, core: CoreDep) -> DrainResult:
     dependencies=[OperatorAuth],
     summary="Stop draining a node",
 )
-async def undrain(node_id: str, core: CoreDep) -> DrainResult:
+async def undrain(node_id: NodeId, core: CoreDep) -> DrainResult:
     """The node takes new placements again (moved instances stay where they are)."""
     try:
         return await core.run(lambda: core.set_draining(node_id, False))
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.post(
+    "/{node_id}/cordon",
+    response_model=DrainResult,
+    dependencies=[OperatorAuth],
+    summary="Cordon a node",
+)
+async def cordon(node_id: NodeId, core: CoreDep) -> DrainResult:
+    """No new placements on the node; what runs there stays (persisted)."""
+    try:
+        return await core.run(lambda: core.set_cordoned(node_id, True))
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.post(
+    "/{node_id}/uncordon",
+    response_model=DrainResult,
+    dependencies=[OperatorAuth],
+    summary="Uncordon a node (ends a drain too)",
+)
+async def uncordon(node_id: NodeId, core: CoreDep) -> DrainResult:
+    """The node takes new placements again: clears cordon and drain (moved instances
+    stay where they are)."""
+    try:
+        return await core.run(lambda: core.set_cordoned(node_id, False))
     except NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

@@ -20,10 +20,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from schemas.common import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS, Labels, Name
+from schemas.settings_cli import OneLineParser, default_text, env_name, option_help
 from schemas.settings_file import (
     FlagsEnvSettings,
     SettingsFileError,
     build_settings,
+    check_log_level,
+    check_store_url,
     check_token_lengths,
     read_settings_file,
     split_tokens,
@@ -38,6 +41,7 @@ __all__ = [
     "load_settings",
     "parse_labels",
     "split_tokens",
+    "startup_problem",
     "token_accepted",
 ]
 
@@ -95,7 +99,7 @@ class ClusterSettings(FlagsEnvSettings):
 
     # broker
     broker_host: str = Field(default="127.0.0.1", description="broker address (for us)")
-    broker_port: int = Field(default=1883, ge=1, le=65535)
+    broker_port: int = Field(default=1883, ge=1, le=65535, description="broker port (for us)")
     broker_admin_username: str = Field(default="admin", description="dynsec admin user")
     broker_admin_password: SecretStr | None = Field(
         default=None, description="dynsec admin password (generated when we start the broker)"
@@ -106,7 +110,12 @@ class ClusterSettings(FlagsEnvSettings):
     advertised_broker_host: str | None = Field(
         default=None, description="broker host handed to nodes (default broker_host)"
     )
-    advertised_broker_port: int | None = Field(default=None, ge=1, le=65535)
+    advertised_broker_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="broker port handed to nodes (default broker_port)",
+    )
     start_broker: bool = Field(default=False, description="start our own mosquitto")
     broker_data_dir: Path | None = Field(
         default=None, description="mosquitto's directory when started by us (implies start)"
@@ -137,7 +146,9 @@ class ClusterSettings(FlagsEnvSettings):
         "(0: none; one report is in flight at a time and changes made meanwhile go in the "
         "next one)",
     )
-    reconcile_interval: float = Field(default=1.0, gt=0, le=600)
+    reconcile_interval: float = Field(
+        default=1.0, gt=0, le=600, description="seconds between reconcile passes"
+    )
     rebalance: bool = Field(
         default=True,
         description="move replicas of spread jobs back onto a node that returns (one per job "
@@ -154,7 +165,9 @@ class ClusterSettings(FlagsEnvSettings):
     status_snapshot_interval: float = Field(
         default=5.0, gt=0, le=3600, description="batch period of status writes to the store"
     )
-    placement_policy: Literal["spread", "binpack"] = "spread"
+    placement_policy: Literal["spread", "binpack"] = Field(
+        default="spread", description="scoring policy for choosing nodes: spread or binpack"
+    )
     overload_cpu_percent: float | None = Field(
         default=None,
         gt=0,
@@ -166,7 +179,7 @@ class ClusterSettings(FlagsEnvSettings):
     terminal_retention: float = Field(
         default=3600.0, ge=0, description="seconds finished instances stay in memory"
     )
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("join_tokens", mode="before")
     @classmethod
@@ -183,6 +196,16 @@ class ClusterSettings(FlagsEnvSettings):
     def _labels_text(cls, value: Any) -> Any:
         # EDGE_LABELS reaches here undecoded (NoDecode): k=v,k2=v2 or JSON text.
         return parse_labels(value, "labels")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return check_log_level(value)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        return None if value is None or value == "" else check_store_url(value)
 
     @field_validator("root_url", "url")
     @classmethod
@@ -251,25 +274,50 @@ class ClusterSettings(FlagsEnvSettings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per settings field (all default to unset)."""
-    parser = argparse.ArgumentParser(
+    """An argparse parser with one flag per settings field (all default to unset); the
+    help of each names its environment variable and its default."""
+    parser = OneLineParser(
         prog="cluster-orchestrator",
-        description="Edge cluster orchestrator: node join, MQTT ingestion, scheduling.",
+        description="Edge cluster orchestrator: node join, MQTT ingestion, scheduling. "
+        f"Every option can also be set as an environment variable {ENV_PREFIX}<NAME> "
+        f"(e.g. {ENV_PREFIX}BROKER_PORT) or in the settings file (keys are the names with "
+        "underscores); flags win over the environment, which wins over the file.",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", type=Path, help="settings file (JSON, YAML or TOML)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=option_help("settings file (JSON, YAML or TOML)", f"{ENV_PREFIX}CONFIG", None),
+    )
     for name, info in ClusterSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = info.description or name
+        description = info.description or name
+        if name == "labels":
+            description += "; JSON or k=v,k2=v2"
+        help_text = option_help(description, env_name(name, ENV_PREFIX), default_text(info))
         if info.annotation is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
-        elif name == "labels":
-            parser.add_argument(flag, dest=name, help=help_text + "; JSON or k=v,k2=v2")
         else:
-            parser.add_argument(flag, dest=name, help=help_text)
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
     return parser
+
+
+def startup_problem(settings: ClusterSettings) -> str | None:
+    """A setting the program cannot start without, as one line (None: none missing).
+
+    Checked before anything is written: the broker admin password is needed unless
+    this process starts the broker itself (it then generates one).
+    """
+    if settings.broker_admin_password is None and not settings.starts_broker:
+        return (
+            "broker_admin_password (--broker-admin-password, EDGE_BROKER_ADMIN_PASSWORD) is "
+            "required unless this process starts the broker (--start-broker or "
+            "--broker-data-dir)"
+        )
+    return None
 
 
 class InvalidSetting(SettingsFileError):
@@ -353,19 +401,23 @@ def _merged_labels(args: dict[str, Any]) -> dict[str, str] | None:
     if config:
         file_labels = read_settings_file(Path(config)).get("labels")
         if file_labels is not None:
-            layers.append(parse_labels(file_labels, f"labels in {config}"))
+            layers.append(
+                parse_labels(file_labels, f"labels in {config} (--labels, {ENV_PREFIX}LABELS)")
+            )
     env = _env_value("LABELS")
     if env is not None:
-        layers.append(parse_labels(env, f"{ENV_PREFIX}LABELS"))
+        layers.append(parse_labels(env, f"{ENV_PREFIX}LABELS (--labels)"))
     if "labels" in args:
-        layers.append(parse_labels(args["labels"], "--labels"))
+        layers.append(parse_labels(args["labels"], f"--labels ({ENV_PREFIX}LABELS)"))
     if not layers:
         return None
     merged: dict[str, str] = {}
     for layer in layers:
         merged.update(layer)
     if len(merged) > MAX_LABELS:
-        raise InvalidSetting(f"labels: at most {MAX_LABELS} labels, got {len(merged)} merged")
+        raise InvalidSetting(
+            f"--labels ({ENV_PREFIX}LABELS): at most {MAX_LABELS} labels, got {len(merged)} merged"
+        )
     return merged
 
 

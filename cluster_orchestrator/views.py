@@ -69,7 +69,8 @@ class InstanceList(BaseModel):
 
 
 class DrainResult(BaseModel):
-    """`POST /api/v1/nodes/{id}/drain`: the node and what happened to its instances."""
+    """`POST /api/v1/nodes/{id}/drain` (and cordon, uncordon): the node and, for a drain,
+    what happened to its instances."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -338,6 +338,12 @@ class RootClient:
         """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
         return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")
 
+    def node_action(self, cluster: str, node: str, action: str) -> Any:
+        """``POST /clusters/{cluster}/nodes/{node}/{action}`` (drain, cordon, uncordon)."""
+        return self.request(
+            "POST", f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}"
+        )
+
     # ----- events -----
 
     def events(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,11 +12,22 @@ import yaml
 
 from edgectl.client import EdgectlError
 
-__all__ = ["Verdict", "load_job_file", "wait_verdict"]
+__all__ = [
+    "DEFAULT_SETTLE_S",
+    "Verdict",
+    "WaitMemo",
+    "WaitStep",
+    "failed_ids",
+    "load_job_file",
+    "wait_verdict",
+]
 
 Verdict = Literal["done", "failed", "waiting"]
 
 _ENDED = frozenset({"SUCCEEDED", "FAILED", "TERMINATED", "LOST"})
+
+#: Seconds every replica must stay RUNNING before `--wait` calls a job up.
+DEFAULT_SETTLE_S = 5.0
 
 
 def load_job_file(path: str) -> dict[str, Any]:
@@ -47,30 +59,67 @@ def load_job_file(path: str) -> dict[str, Any]:
     return doc
 
 
-def _replica_failure(job: Mapping[str, Any]) -> str | None:
-    """A desired replica that failed for good (no active instance, no retry left)."""
+def _latest_by_replica(job: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    """Per replica number, its newest instance (an active one wins over ended ones)."""
+    latest: dict[int, Mapping[str, Any]] = {}
+    for inst in job.get("instances") or []:
+        replica = int(inst.get("replica", 0))
+        key = (_active(inst), float(inst.get("created_at", 0)), int(inst.get("restarts", 0)))
+        best = latest.get(replica)
+        if best is None or key >= (
+            _active(best),
+            float(best.get("created_at", 0)),
+            int(best.get("restarts", 0)),
+        ):
+            latest[replica] = inst
+    return latest
+
+
+def _active(inst: Mapping[str, Any]) -> bool:
+    return str(inst.get("state")) not in _ENDED or bool(inst.get("terminating"))
+
+
+def _failure_text(inst: Mapping[str, Any]) -> str:
+    reason = str(inst.get("reason") or "failed")
+    if inst.get("exit_code") is not None and "exit" not in reason:
+        reason += f" (exit code {inst['exit_code']})"
+    return reason
+
+
+def _replica_failure(job: Mapping[str, Any], known: frozenset[str]) -> str | None:
+    """The newest FAILED instance of a desired replica, unless in `known` (failures
+    that were there before the wait began), as ``replica N FAILED: reason``.
+
+    Any FAILED instance counts, retries left or not: the job did not come up healthy,
+    which is what `--wait` answers. When the restart policy starts it again, the
+    message says so.
+    """
     spec = job.get("spec") or {}
     policy = spec.get("restart_policy", "never")
     max_restarts = int(spec.get("max_restarts", 5))
     desired = int(job.get("desired_replicas", 0))
-    latest: dict[int, Mapping[str, Any]] = {}
-    active: set[int] = set()
-    for inst in job.get("instances") or []:
-        replica = int(inst.get("replica", 0))
-        if str(inst.get("state")) not in _ENDED or inst.get("terminating"):
-            active.add(replica)
-        best = latest.get(replica)
-        if best is None or float(inst.get("created_at", 0)) >= float(best.get("created_at", 0)):
-            latest[replica] = inst
-    for replica, inst in sorted(latest.items()):
-        if replica >= desired or replica in active or inst.get("state") != "FAILED":
-            continue
-        if policy == "never" or int(inst.get("restarts", 0)) >= max_restarts:
-            reason = str(inst.get("reason") or "failed")
-            if inst.get("exit_code") is not None and "exit" not in reason:
-                reason += f" (exit code {inst['exit_code']})"
-            return f"replica {replica} FAILED: {reason}"
-    return None
+    failed = [
+        i
+        for i in job.get("instances") or []
+        if i.get("state") == "FAILED"
+        and int(i.get("replica", 0)) < desired
+        and str(i.get("id", "")) not in known
+    ]
+    if not failed:
+        return None
+    inst = max(failed, key=lambda i: float(i.get("updated_at", i.get("created_at", 0)) or 0))
+    text = f"replica {inst.get('replica', 0)} FAILED: {_failure_text(inst)}"
+    restarts = int(inst.get("restarts", 0))
+    if policy in ("on-failure", "always") and restarts < max_restarts:
+        text += f" (restart policy {policy}: restart {restarts + 1} of {max_restarts} follows)"
+    return text
+
+
+def failed_ids(job: Mapping[str, Any]) -> frozenset[str]:
+    """Ids of the job's FAILED instances (the failures a later wait must not count)."""
+    return frozenset(
+        str(i.get("id", "")) for i in job.get("instances") or [] if i.get("state") == "FAILED"
+    )
 
 
 def _progress(job: Mapping[str, Any]) -> str:
@@ -81,37 +130,118 @@ def _progress(job: Mapping[str, Any]) -> str:
     return text
 
 
-def wait_verdict(job: Mapping[str, Any], goal: str) -> tuple[Verdict, str]:
+def _steady_key(job: Mapping[str, Any]) -> tuple[tuple[int, str, str, int], ...] | None:
+    """What must not change during the settle window, or None when not every desired
+    replica is RUNNING (or finished with success for good) with nothing extra running."""
+    desired = int(job.get("desired_replicas", 0))
+    spec = job.get("spec") or {}
+    policy = spec.get("restart_policy", "never")
+    for inst in job.get("instances") or []:
+        if _active(inst) and (inst.get("terminating") or int(inst.get("replica", 0)) >= desired):
+            return None
+    latest = _latest_by_replica(job)
+    key: list[tuple[int, str, str, int]] = []
+    for replica in range(desired):
+        inst = latest.get(replica)
+        if inst is None:
+            return None
+        state = str(inst.get("state"))
+        ok = state == "RUNNING" or (
+            state == "SUCCEEDED" and not inst.get("terminating") and policy != "always"
+        )
+        if not ok:
+            return None
+        key.append((replica, str(inst.get("id", "")), state, int(inst.get("restarts", 0))))
+    return tuple(key)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitMemo:
+    """What the verdict remembers between two polls of the same wait."""
+
+    started: float
+    known_failures: frozenset[str] = frozenset()
+    steady_since: float | None = None
+    steady_key: tuple[tuple[int, str, str, int], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitStep:
+    """One verdict: done, failed or waiting; why; and the memo for the next poll."""
+
+    verdict: Verdict
+    message: str
+    memo: WaitMemo
+
+
+def wait_verdict(
+    job: Mapping[str, Any],
+    goal: str,
+    *,
+    now: float,
+    memo: WaitMemo | None = None,
+    settle: float = DEFAULT_SETTLE_S,
+    timeout: float | None = None,
+) -> WaitStep:
     """Whether a job reached `goal` (``running`` or ``terminated``), failed, or is on its way.
 
-    ``running``: done when the job is RUNNING or SUCCEEDED (or STOPPED at 0 replicas);
-    failed when it is FAILED or a desired replica failed for good (restart policy
-    ``never``, or its restarts used up). ``terminated``: done when TERMINATED.
-    The message says why, or what is still missing.
+    Pure: `now` is the caller's clock (any monotonic seconds), `memo` what the previous
+    call returned (None on the first poll; a wait on a job that already ran starts
+    with ``WaitMemo(now, failed_ids(job))`` so that old failures do not count).
+
+    ``running``: done once every desired replica has been RUNNING, the same instances
+    without a restart, for `settle` seconds (a job that finished with success for
+    good, or one scaled to 0 with nothing left, is done at once); failed as soon as
+    the job is FAILED or deleted, or an instance of a desired replica FAILED (its
+    reason and exit code in the message), or when `timeout` seconds passed since the
+    first poll (with the pending reason). ``terminated``: done when TERMINATED.
     """
+    memo = memo or WaitMemo(started=now)
     state = str(job.get("state", ""))
+
+    def step(verdict: Verdict, message: str, **changes: Any) -> WaitStep:
+        return WaitStep(verdict, message, replace(memo, **changes) if changes else memo)
+
+    def late(message: str) -> WaitStep | None:
+        if timeout is not None and now - memo.started >= timeout:
+            return step("failed", f"not {goal} after {timeout:g}s: {message}")
+        return None
+
     if goal == "terminated":
         if state == "TERMINATED":
-            return "done", "every instance has ended"
-        return "waiting", _progress(job)
+            return step("done", "every instance has ended")
+        return late(_progress(job)) or step("waiting", _progress(job))
     desired = int(job.get("desired_replicas", 0))
-    surplus = [
-        i
-        for i in job.get("instances") or []
-        if (str(i.get("state")) not in _ENDED or i.get("terminating"))
-        and (i.get("terminating") or int(i.get("replica", 0)) >= desired)
-    ]
-    if surplus and state in ("RUNNING", "SUCCEEDED", "STOPPED", "DEGRADED"):
-        return "waiting", f"{len(surplus)} instance(s) being stopped"
-    if state in ("RUNNING", "SUCCEEDED"):
-        return "done", "every replica is running" if state == "RUNNING" else "finished"
-    if state == "STOPPED" and desired == 0:
-        return "done", "scaled to 0, nothing runs"
-    if state in ("TERMINATING", "TERMINATED"):
-        return "failed", f"is {state} (deleted)"
-    failure = _replica_failure(job)
-    if state == "FAILED":
-        return "failed", f"FAILED: {failure or job.get('reason') or 'replicas failed'}"
+    deleted = job.get("deleted_at") is not None or (
+        state in ("TERMINATING", "TERMINATED") and desired > 0
+    )
+    if deleted:
+        return step("failed", f"is {state} (deleted)")
+    failure = _replica_failure(job, memo.known_failures)
     if failure:
-        return "failed", failure
-    return "waiting", _progress(job)
+        return step("failed", failure)
+    if state == "FAILED":
+        return step("failed", f"FAILED: {job.get('reason') or 'its replicas failed'}")
+    active = [i for i in job.get("instances") or [] if _active(i)]
+    if desired == 0 and not active and state in ("STOPPED", ""):
+        return step("done", "scaled to 0, nothing runs")
+    if state == "SUCCEEDED" and not active:
+        return step("done", "every replica finished with success")
+    key = _steady_key(job) if desired > 0 else None
+    if key is None:
+        surplus = [i for i in active if i.get("terminating") or int(i.get("replica", 0)) >= desired]
+        message = (
+            f"{len(surplus)} instance(s) being stopped" if surplus and desired else _progress(job)
+        )
+        return late(message) or step("waiting", message, steady_since=None, steady_key=None)
+    since = memo.steady_since if memo.steady_key == key and memo.steady_since is not None else now
+    steady = now - since
+    if steady >= settle:
+        return step(
+            "done",
+            f"every replica is running (steady for {steady:.1f}s)",
+            steady_since=since,
+            steady_key=key,
+        )
+    message = f"every replica is running; settling ({steady:.1f}s of {settle:g}s)"
+    return late(message) or step("waiting", message, steady_since=since, steady_key=key)

@@ -35,7 +35,7 @@ from rich.text import Text
 from edgectl import output
 from edgectl.client import EdgectlError, RootClient
 from edgectl.config import Target, resolve_data_dir, resolve_target
-from edgectl.jobs import load_job_file, wait_verdict
+from edgectl.jobs import DEFAULT_SETTLE_S, WaitMemo, failed_ids, load_job_file, wait_verdict
 from edgectl.logs import Source, choose_instances, label_width, prefixed
 
 __all__ = ["app", "main", "make_client"]
@@ -63,7 +63,10 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="Submit, list, inspect, scale and delete jobs.", no_args_is_help=True)
 clusters_app = typer.Typer(help="Clusters registered with the root.", no_args_is_help=True)
-nodes_app = typer.Typer(help="Nodes of the clusters (fetched live).", no_args_is_help=True)
+nodes_app = typer.Typer(
+    help="Nodes of the clusters (fetched live): list, drain, cordon, uncordon.",
+    no_args_is_help=True,
+)
 local_app = typer.Typer(
     help="Run a whole system on this machine (local processes).",
     no_args_is_help=True,
@@ -183,12 +186,19 @@ def _print(renderable: Any) -> None:
 
 
 def _wait_job(
-    client: RootClient, job_id: str, *, goal: str, timeout: float, interval: float = 0.5
+    client: RootClient,
+    job_id: str,
+    *,
+    goal: str,
+    timeout: float,
+    settle: float = DEFAULT_SETTLE_S,
+    known_failures: frozenset[str] = frozenset(),
+    interval: float = 0.5,
 ) -> Mapping[str, Any]:
     """Poll the job until `wait_verdict` says done (returned) or failed (raised)."""
     console = _console(stderr=True)
-    deadline = time.monotonic() + timeout
     start = time.monotonic()
+    memo = WaitMemo(started=start, known_failures=known_failures)
     job: Mapping[str, Any] = client.get_job(job_id)
     last_line = ""
 
@@ -211,24 +221,29 @@ def _wait_job(
         if live is not None:
             live.start()
         while True:
-            verdict, message = wait_verdict(job, goal)
+            now = time.monotonic()
+            verdict = wait_verdict(job, goal, now=now, memo=memo, settle=settle, timeout=timeout)
+            memo = verdict.memo
+            message = verdict.message
             if live is not None:
                 live.update(render(job, message))
             else:
                 line = f"{job.get('state')} {job.get('actual_replicas', 0)}/" + (
                     f"{job.get('desired_replicas', 0)} running: {message}"
                 )
+                if "settling (" in line:
+                    line = line.split("settling (", 1)[0] + "settling"
                 if line != last_line:
-                    console.print(f"[{time.monotonic() - start:5.1f}s] {line}", markup=False)
+                    console.print(f"[{now - start:5.1f}s] {line}", markup=False)
                     last_line = line
-            if verdict == "done":
+            if verdict.verdict == "done":
                 return job
-            if verdict == "failed":
-                raise EdgectlError(f"job {job.get('name')} {message}")
-            if time.monotonic() >= deadline:
+            if verdict.verdict == "failed":
                 raise EdgectlError(
-                    f"job {job.get('name')} not {goal} after {timeout:.0f}s: {message}",
-                    hint=f"`edgectl jobs explain {job.get('name')}` shows why",
+                    f"job {job.get('name')}: {message}",
+                    hint=f"`edgectl jobs explain {job.get('name')}` shows why"
+                    if message.startswith("not ")
+                    else f"`edgectl jobs get {job.get('name')} --all` shows every instance",
                 )
             time.sleep(interval)
             job = client.get_job(job_id)
@@ -252,6 +267,16 @@ WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="wait until it is do
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="seconds --wait waits before giving up.", min=1)
 ]
+SettleOpt = Annotated[
+    float,
+    typer.Option(
+        "--settle",
+        help="with --wait: seconds every replica must stay RUNNING (same instances, no "
+        "restart) before the job counts as up.",
+        min=0,
+        max=3600,
+    ),
+]
 
 
 @jobs_app.command("submit")
@@ -265,6 +290,7 @@ def jobs_submit(
     ],
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
+    settle: SettleOpt = DEFAULT_SETTLE_S,
     root_url: RootUrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
@@ -272,8 +298,10 @@ def jobs_submit(
 ) -> None:
     """Submit a job from a YAML or JSON file.
 
-    With --wait, show the replicas live until every one is RUNNING (or finished with
-    success); exit 1 on a clear failure (a replica FAILED for good) or after --timeout.
+    With --wait, show the replicas live and exit 0 once every replica has been RUNNING
+    for --settle seconds (or the job finished with success). Exit 1 with the reason as
+    soon as the job or a replica FAILED (e.g. `replica 0 FAILED: exited with code 3`),
+    or when it still is not up after --timeout (with why it is pending).
     """
     spec = load_job_file(file)
     with _client(root_url, token, data_dir) as client:
@@ -281,7 +309,7 @@ def jobs_submit(
         if fmt is OutputFormat.TABLE:
             _err(f"job {job.get('name')} submitted: {job.get('id')}")
         if wait:
-            job = _wait_job(client, str(job["id"]), goal="running", timeout=timeout)
+            job = _wait_job(client, str(job["id"]), goal="running", timeout=timeout, settle=settle)
         _show_job(job, fmt)
 
 
@@ -348,6 +376,7 @@ def jobs_scale(
     ],
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 300.0,
+    settle: SettleOpt = DEFAULT_SETTLE_S,
     root_url: RootUrlOpt = None,
     token: TokenOpt = None,
     data_dir: DataDirOpt = None,
@@ -357,14 +386,23 @@ def jobs_scale(
 
     Scaling down stops the highest replica numbers.
 
-    With --wait, wait until the new count runs (or, for 0, until nothing runs).
+    With --wait, wait until the new count has been RUNNING for --settle seconds (for 0,
+    until nothing runs); exit 1 with the reason as soon as a replica FAILED (failures
+    from before the scale do not count), or after --timeout.
     """
     with _client(root_url, token, data_dir) as client:
         view = client.scale_job(job, replicas)
         if fmt is OutputFormat.TABLE:
             _err(f"job {view.get('name')} scaled to {replicas} replica(s)")
         if wait:
-            view = _wait_job(client, str(view["id"]), goal="running", timeout=timeout)
+            view = _wait_job(
+                client,
+                str(view["id"]),
+                goal="running",
+                timeout=timeout,
+                settle=settle,
+                known_failures=failed_ids(view),
+            )
         _show_job(view, fmt)
 
 
@@ -519,6 +557,109 @@ def nodes_ls(
         raise typer.Exit(1)
 
 
+NodeArg = Annotated[str, typer.Argument(help="node id or name.", metavar="NODE")]
+NodeClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        "-c",
+        help="the node's cluster (id or name); without it the node is looked up in every "
+        "cluster by id, then by name.",
+        show_default=False,
+    ),
+]
+
+
+def _node_action(
+    action: str,
+    node: str,
+    cluster: str | None,
+    root_url: str | None,
+    token: str | None,
+    data_dir: Path | None,
+    fmt: OutputFormat,
+) -> None:
+    """Find the node (unless --cluster names its cluster), act on it through the root."""
+    from edgectl.nodes import find_node
+
+    with _client(root_url, token, data_dir) as client:
+        if cluster is None:
+            found: list[tuple[str, str, Mapping[str, Any]]] = []
+            unreachable: list[str] = []
+            for c in client.list_clusters():
+                name = str(c.get("name"))
+                try:
+                    doc = client.cluster_nodes(name)
+                except EdgectlError as exc:
+                    unreachable.append(name)
+                    _err(f"warning: cluster {name}: {exc.message}", style="yellow")
+                    continue
+                found.extend(
+                    (str(c.get("id")), name, n)
+                    for n in doc.get("nodes") or []
+                    if isinstance(n, dict)
+                )
+            hit = find_node(found, node, unreachable=unreachable)
+            cluster, node = hit.cluster_id, hit.node_id
+        result = client.node_action(cluster, node, action)
+    if fmt is OutputFormat.JSON:
+        output.print_json(result)
+    else:
+        _print(output.node_action_view(result))
+
+
+@nodes_app.command("drain")
+@handles_errors
+def nodes_drain(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Drain a node: no new placements, its instances move to other nodes now.
+
+    Prints what moved (and where) and what is stuck (and why: such instances stay
+    and are retried on every reconcile of the cluster). `uncordon` ends it.
+    """
+    _node_action("drain", node, cluster, root_url, token, data_dir, fmt)
+
+
+@nodes_app.command("cordon")
+@handles_errors
+def nodes_cordon(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Cordon a node: no new placements on it; what runs there stays.
+
+    Its capacity leaves the cluster's reports, so the root sends new work elsewhere.
+    """
+    _node_action("cordon", node, cluster, root_url, token, data_dir, fmt)
+
+
+@nodes_app.command("uncordon")
+@handles_errors
+def nodes_uncordon(
+    node: NodeArg,
+    cluster: NodeClusterOpt = None,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Uncordon a node: it takes new placements again (ends a drain too).
+
+    Instances a drain moved stay where they are now.
+    """
+    _node_action("uncordon", node, cluster, root_url, token, data_dir, fmt)
+
+
 # ----------------------------------------------------------------------------- events
 
 
@@ -543,7 +684,7 @@ def events(
     ] = None,
     category: Annotated[
         str | None,
-        typer.Option("--category", help="only job, instance, cluster or scheduling events."),
+        typer.Option("--category", help="only job, instance, cluster, node or scheduling events."),
     ] = None,
     root_url: RootUrlOpt = None,
     token: TokenOpt = None,
@@ -573,7 +714,7 @@ def events(
                 sys.stdout.write(json.dumps(event) + "\n")
                 sys.stdout.flush()
             else:
-                console.print(output.event_line(event, names), soft_wrap=True)
+                console.print(output.event_view(event, names))
 
         from collections import deque
 

@@ -10,24 +10,30 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Literal
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "Col",
+    "FitTable",
     "age",
     "cluster_names",
     "clusters_table",
     "event_line",
+    "event_view",
     "explain_view",
     "is_ended",
     "job_view",
     "jobs_table",
     "local_view",
+    "node_action_view",
     "nodes_table",
     "print_json",
     "replicas_table",
@@ -128,9 +134,142 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float) -> Table:
-    """`edgectl jobs ls`."""
-    table = _table("NAME", "ID", "STATE", "READY", "PRIO", "RUNTIME", "AGE", "REASON")
+#: Columns between two cells of a table: padding, divider, padding.
+_GAP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Col:
+    """A column of a `FitTable`.
+
+    ``kind``: ``id`` (identifiers: never wrapped nor cut, so they stay copyable),
+    ``short`` (small values such as a state or an age: kept on one line), ``text``
+    (wraps at words, long words fold; never narrower than ``min_width``).
+    ``drop``: 0 = always shown; otherwise columns go highest number first when the
+    terminal is too narrow for every column.
+    """
+
+    header: str
+    kind: Literal["id", "short", "text"] = "short"
+    drop: int = 0
+    min_width: int = 12
+    justify: Literal["left", "right"] = "left"
+
+
+class FitTable:
+    """A table that fits the width it is rendered at (an 80-column terminal too).
+
+    When every column does not fit, the least important columns are left out (ids
+    never: they are kept whole on one line, so they can be copied), and text columns
+    wrap. At a wide terminal it is the plain table with every column.
+    """
+
+    def __init__(self, columns: Sequence[Col]) -> None:
+        self.columns = list(columns)
+        self.rows: list[list[RenderableType]] = []
+
+    def add_row(self, *cells: RenderableType) -> None:
+        """One row, a cell per column (str or rich Text)."""
+        self.rows.append(list(cells))
+
+    @property
+    def row_count(self) -> int:
+        """Rows added so far."""
+        return len(self.rows)
+
+    def _natural(self, i: int) -> int:
+        width = cell_len(self.columns[i].header)
+        for row in self.rows:
+            cell = row[i]
+            text = cell.plain if isinstance(cell, Text) else str(cell)
+            width = max(width, *(cell_len(line) for line in text.splitlines() or [""]))
+        return width
+
+    def _floor(self, i: int, natural: int) -> int:
+        col = self.columns[i]
+        return min(natural, col.min_width) if col.kind == "text" else natural
+
+    def widths(self, width: int) -> dict[int, int]:
+        """Column index -> width for the columns shown at `width` terminal columns."""
+        natural = [self._natural(i) for i in range(len(self.columns))]
+        floor = [self._floor(i, natural[i]) for i in range(len(self.columns))]
+        keep = list(range(len(self.columns)))
+
+        def gaps() -> int:
+            return _GAP * max(0, len(keep) - 1)
+
+        while sum(floor[i] for i in keep) + gaps() > width:
+            droppable = [i for i in keep if self.columns[i].drop > 0]
+            if not droppable:
+                break
+            keep.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
+        out = {i: natural[i] for i in keep}
+        if sum(out.values()) + gaps() <= width:
+            return out
+        # text columns share what the others leave, each at least its floor, the
+        # room above the floors in proportion to what each would like to have
+        texts = [i for i in keep if self.columns[i].kind == "text"]
+        room = width - gaps() - sum(out[i] for i in keep if i not in texts)
+        for i in texts:
+            out[i] = floor[i]
+        spare = room - sum(floor[i] for i in texts)
+        wants = {i: natural[i] - floor[i] for i in texts}
+        total_wants = sum(wants.values())
+        if spare > 0 and total_wants > 0:
+            given = 0
+            for i in texts:
+                share = min(wants[i], spare * wants[i] // total_wants)
+                out[i] += share
+                given += share
+            for i in sorted(texts, key=lambda i: -wants[i]):  # the rounding remainder
+                if given >= spare:
+                    break
+                if out[i] < natural[i]:
+                    out[i] += 1
+                    given += 1
+        return out
+
+    def kept(self, width: int) -> list[int]:
+        """Indexes of the columns shown at `width` columns."""
+        return sorted(self.widths(width))
+
+    def table(self, width: int) -> Table:
+        """The rich Table for `width` columns (every column at an exact width)."""
+        widths = self.widths(width)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+        keep = sorted(widths)
+        for i in keep:
+            col = self.columns[i]
+            table.add_column(
+                col.header,
+                width=widths[i],
+                no_wrap=col.kind != "text",
+                overflow="fold",
+                justify=col.justify,
+            )
+        for row in self.rows:
+            table.add_row(*(row[i] for i in keep))
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        """Render for the width the console gives."""
+        yield self.table(options.max_width)
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+    """`edgectl jobs ls` (on a narrow terminal: no RUNTIME, PRIO, then REASON)."""
+    table = FitTable(
+        [
+            Col("NAME", "text", min_width=16),
+            Col("ID", "id"),
+            Col("STATE"),
+            Col("READY"),
+            Col("PRIO", drop=4, justify="right"),
+            Col("RUNTIME", drop=5),
+            Col("AGE", drop=3),
+            Col("REASON", "text", drop=2, min_width=16),
+        ]
+    )
     for job in jobs:
         table.add_row(
             str(job.get("name", "")),
@@ -153,9 +292,20 @@ def _where(inst: Mapping[str, Any]) -> str:
     return str(cluster or node or "-")
 
 
-def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> Table:
-    """The instances of a job: replica, state, where, restarts, reason."""
-    table = _table("REPLICA", "INSTANCE", "STATE", "WHERE", "RESTARTS", "AGE", "REASON")
+def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+    """The instances of a job: replica, state, where, restarts, reason (on a narrow
+    terminal: no RESTARTS, AGE, then REPLICA, which the instance id holds too)."""
+    table = FitTable(
+        [
+            Col("REPLICA", drop=3, justify="right"),
+            Col("INSTANCE", "id"),
+            Col("STATE"),
+            Col("WHERE", "text", min_width=12),
+            Col("RESTARTS", drop=5, justify="right"),
+            Col("AGE", drop=4),
+            Col("REASON", "text", drop=2, min_width=14),
+        ]
+    )
     for inst in sorted(instances, key=lambda i: (i.get("replica", 0), i.get("created_at", 0))):
         reason = str(inst.get("reason") or "")
         code = inst.get("exit_code")
@@ -340,10 +490,24 @@ def explain_view(job: Mapping[str, Any], names: Mapping[str, str]) -> Group:
     return Group(*parts)
 
 
-def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> Table:
-    """`edgectl clusters ls`."""
-    table = _table(
-        "NAME", "ID", "LIVENESS", "NODES", "CPU FREE", "MEM FREE", "RUNNING", "REPORT", "URL"
+def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+    """`edgectl clusters ls` (on a narrow terminal: no URL, REPORT, RUNNING, ...).
+
+    NODES is READY/all, with the cordoned (or draining) ones, whose capacity the
+    cluster leaves out of its report, counted after it.
+    """
+    table = FitTable(
+        [
+            Col("NAME", "text", min_width=12),
+            Col("ID", "id"),
+            Col("LIVENESS"),
+            Col("NODES", "text", min_width=10),
+            Col("CPU FREE", drop=2),
+            Col("MEM FREE", drop=3),
+            Col("RUNNING", drop=4, justify="right"),
+            Col("REPORT", drop=5),
+            Col("URL", "text", drop=6, min_width=20),
+        ]
     )
     for c in clusters:
         report = c.get("report") or {}
@@ -352,11 +516,14 @@ def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> Table:
         total = report.get("total") or {}
         free = report.get("free") or {}
         since = c.get("seconds_since_report")
+        nodes = f"{by_liveness.get('READY', 0)}/{total_nodes}" if report else "-"
+        if report.get("nodes_cordoned"):
+            nodes += f" ({report['nodes_cordoned']} cordoned)"
         table.add_row(
             str(c.get("name", "")),
             str(c.get("id", "")),
             state_text(c.get("liveness")),
-            f"{by_liveness.get('READY', 0)}/{total_nodes}" if report else "-",
+            nodes,
             f"{_cpu(free.get('cpu'))}/{_cpu(total.get('cpu'))}" if report else "-",
             f"{_mem(free.get('memory_mib'))}/{_mem(total.get('memory_mib'))}" if report else "-",
             str((c.get("instances") or {}).get("RUNNING", 0)),
@@ -366,26 +533,33 @@ def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> Table:
     return table
 
 
-def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> Table:
-    """`edgectl nodes ls`: (cluster name, node document of the cluster API) pairs."""
-    table = _table(
-        "CLUSTER",
-        "NAME",
-        "ID",
-        "LIVENESS",
-        "ARCH",
-        "CPU",
-        "MEMORY",
-        "TEMP",
-        "TASKS",
-        "RUNTIMES",
-        "LABELS",
+def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> FitTable:
+    """`edgectl nodes ls`: (cluster name, node document of the cluster API) pairs.
+
+    On a narrow terminal LABELS, RUNTIMES, ARCH, TEMP, then the load columns go.
+    """
+    table = FitTable(
+        [
+            Col("CLUSTER", "text", drop=1, min_width=8),
+            Col("NAME", "text", min_width=12),
+            Col("ID", "id"),
+            Col("LIVENESS", "text", min_width=9),
+            Col("ARCH", drop=6),
+            Col("CPU", drop=3),
+            Col("MEMORY", drop=4),
+            Col("TEMP", drop=5),
+            Col("TASKS", drop=2),
+            Col("RUNTIMES", drop=7),
+            Col("LABELS", "text", drop=8, min_width=12),
+        ]
     )
     for cluster, node in rows:
         info = node.get("info") or {}
         status = node.get("status") or {}
         memory = status.get("memory") or {}
         liveness = state_text(node.get("liveness"))
+        if node.get("cordoned"):
+            liveness.append(" cordoned", style="magenta")
         if node.get("draining"):
             liveness.append(" draining", style="magenta")
         tasks = status.get("tasks") or []
@@ -413,18 +587,60 @@ def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> Table:
     return table
 
 
-def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Text:
-    """One event on one line: time, kind, subject, state, where, reason."""
-    names = names or {}
+def node_action_view(result: Mapping[str, Any]) -> Group:
+    """`edgectl nodes drain|cordon|uncordon`: the node now, what moved, what is stuck."""
+    node = result.get("node") or {}
+    info = node.get("info") or {}
+    action = str(result.get("action", ""))
+    flags = [f for f in ("cordoned", "draining") if node.get(f)]
+    done = {"drain": "draining", "cordon": "cordoned", "uncordon": "uncordoned"}.get(action, action)
+    head = Text()
+    head.append(f"node {info.get('name', node.get('id', ''))} ", style="bold")
+    head.append(f"({node.get('id', '')}) in cluster {result.get('cluster_name', '')}: {done}")
+    parts: list[RenderableType] = [head]
+    state = state_text(node.get("liveness"))
+    state.append(f"  {', '.join(flags) or 'schedulable'}", style="magenta" if flags else "green")
+    parts.append(_fields([("liveness", state)]))
+    moved = result.get("moved") or []
+    stuck = result.get("stuck") or []
+    if action == "drain":
+        if moved:
+            table = FitTable([Col("MOVED", "id"), Col("NOW ON", "text", min_width=12)])
+            for m in moved:
+                where = m.get("node_name") or m.get("node_id") or "?"
+                if m.get("node_name") and m.get("node_id"):
+                    where = f"{m['node_name']} ({m['node_id']})"
+                table.add_row(str(m.get("instance_id", "")), str(where))
+            parts.append(table)
+        if stuck:
+            table = FitTable([Col("STUCK", "id"), Col("WHY", "text", min_width=16)])
+            for m in stuck:
+                table.add_row(str(m.get("instance_id", "")), str(m.get("reason", "")))
+            parts.append(table)
+            parts.append(
+                Text(
+                    "stuck instances stay where they are; the cluster retries moving them on "
+                    "every reconcile pass",
+                    style="dim",
+                )
+            )
+        if not moved and not stuck:
+            parts.append(Text("nothing ran there: nothing to move", style="dim"))
+    return Group(*parts)
+
+
+def _event_prefix(event: Mapping[str, Any]) -> Text:
     ts = event.get("ts")
     when = (
         dt.datetime.fromtimestamp(float(ts)).strftime("%H:%M:%S.%f")[:-3]
         if isinstance(ts, int | float)
         else "--:--:--.---"
     )
+    return Text(f"{event.get('seq', ''):>6} {when}", style="dim")
+
+
+def _event_body(event: Mapping[str, Any], names: Mapping[str, str]) -> Text:
     line = Text()
-    line.append(f"{event.get('seq', ''):>6} ", style="dim")
-    line.append(when + " ", style="dim")
     line.append(f"{event.get('kind', ''):<20} ", style="bold")
     line.append(str(event.get("subject", "")))
     if event.get("state"):
@@ -440,6 +656,24 @@ def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None)
     if event.get("reason"):
         line.append(f"  {event['reason']}", style="dim" if event.get("state") else "")
     return line
+
+
+def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Text:
+    """One event on one line: seq, time, kind, subject, state, where, reason."""
+    line = _event_prefix(event)
+    line.append(" ")
+    line.append_text(_event_body(event, names or {}))
+    return line
+
+
+def event_view(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Table:
+    """One event for a terminal: `event_line`, its text wrapped under itself (hanging
+    after the seq and time) when it is wider than the terminal."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(_event_prefix(event), _event_body(event, names or {}))
+    return grid
 
 
 def local_view(
@@ -468,7 +702,15 @@ def local_view(
     parts: list[RenderableType] = [_fields(rows)]
     procs = list(processes)
     if procs:
-        table = _table("PROCESS", "KIND", "PID", "ALIVE", "LOG")
+        table = FitTable(
+            [
+                Col("PROCESS", "text", min_width=10),
+                Col("KIND", drop=2),
+                Col("PID", "id", justify="right"),
+                Col("ALIVE"),
+                Col("LOG", "text", drop=1, min_width=20),
+            ]
+        )
         for p in procs:
             table.add_row(
                 str(p.get("name", "")),

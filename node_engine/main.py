@@ -167,11 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     lean.import_pydantic_settings()
     from pydantic import ValidationError
 
-    from node_engine.settings import load_settings
+    from node_engine.settings import ENV_PREFIX, FLAG_NAMES, NodeEngineSettings, load_settings
+    from schemas.settings_cli import settings_error
 
     try:
         settings = load_settings(argv)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        line = settings_error(
+            exc, model=NodeEngineSettings, env_prefix=ENV_PREFIX, flags=FLAG_NAMES
+        )
+        print(f"node-engine: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
         print(f"node-engine: invalid settings: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if needs_tls_at_start(settings):

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from schemas.common import NAME_PATTERN, Labels, Name, Runtime
+from schemas.settings_cli import OneLineParser, default_text, env_name, option_help
 
 ENV_PREFIX = "EDGE_NODE_"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
@@ -228,6 +229,13 @@ class NodeEngineSettings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}")
         return level
 
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @field_validator("cluster_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -267,9 +275,17 @@ _FLAG_HELP: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: Flags that differ from the field name (for error messages).
+FLAG_NAMES = {"labels": "--label", "runtimes": "--runtime"}
+
+#: Defaults help shows in words rather than as a value.
+_DEFAULTS = {"name": "the host name", "shedding": "on"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser; help texts come from the settings fields."""
-    parser = argparse.ArgumentParser(
+    """The command-line parser; help texts come from the settings fields, each with its
+    environment variable and default (`schemas.settings_cli.option_help`)."""
+    parser = OneLineParser(
         prog="node-engine",
         description=(
             "Edge node engine: joins a cluster over outbound HTTP, then runs the tasks it is "
@@ -282,14 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     fields = NodeEngineSettings.model_fields
     for name, (flag, metavar) in _FLAG_HELP.items():
         info = fields[name]
-        env = ENV_PREFIX + name.upper()
-        default = "" if info.is_required() else _default_text(name)
         parser.add_argument(
             flag,
             dest=name,
             metavar=metavar,
             default=None,
-            help=f"{info.description} [env {env}]{default}",
+            help=option_help(
+                info.description,
+                env_name(name, ENV_PREFIX),
+                _DEFAULTS.get(name, default_text(info)),
+                required=info.is_required(),
+            ),
         )
     parser.add_argument(
         "--label",
@@ -297,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         action="append",
         default=None,
-        help=f"a node label; repeat for more [env {ENV_PREFIX}LABELS=k=v,k2=v2]",
+        help=option_help("a node label; repeat for more", f"{ENV_PREFIX}LABELS=k=v,k2=v2", None),
     )
     parser.add_argument(
         "--runtime",
@@ -305,9 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUNTIME",
         action="append",
         default=None,
-        help=(
-            "a runtime to enable (native, docker); repeat or comma-separate "
-            f"[env {ENV_PREFIX}RUNTIMES] (default: native,docker)"
+        help=option_help(
+            "a runtime to enable (native, docker); repeat or comma-separate",
+            f"{ENV_PREFIX}RUNTIMES",
+            default_text(fields["runtimes"]),
         ),
     )
     parser.add_argument(
@@ -315,24 +335,34 @@ def build_parser() -> argparse.ArgumentParser:
         dest="config",
         metavar="FILE",
         default=None,
-        help=f"JSON or TOML file with the same keys as the options [env {ENV_PREFIX}CONFIG]",
+        help=option_help(
+            "JSON or TOML file with the same keys as the options", f"{ENV_PREFIX}CONFIG", None
+        ),
     )
     return parser
 
 
-def _default_text(name: str) -> str:
-    if name == "name":
-        return " (default: the host name)"
-    if name == "status_interval":
-        return ""
-    if name in ("join_token", "mqtt_ca_file"):
-        return ""
-    if name == "shedding_signals":
-        return f" (default: {','.join(SHEDDING_SIGNALS)})"
-    if name == "shedding":
-        return " (default: on)"
-    default = NodeEngineSettings.model_fields[name].default
-    return f" (default: {default})"
+def _check_config_file(path: Path) -> None:
+    """ValueError naming --config and the file when it cannot be read or parsed."""
+    where = f"--config ({ENV_PREFIX}CONFIG): config file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{where} cannot be read: {why}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where} cannot be parsed: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must hold a mapping of settings")
 
 
 def load_settings(
@@ -352,8 +382,7 @@ def load_settings(
     if config is None:
         return NodeEngineSettings(**flags)
     path = Path(config)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
+    _check_config_file(path)
 
     class _WithFile(NodeEngineSettings):
         @classmethod
@@ -378,6 +407,7 @@ def load_settings(
 __all__ = [
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
+    "FLAG_NAMES",
     "SHEDDING_SIGNALS",
     "NodeEngineSettings",
     "build_parser",

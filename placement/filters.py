@@ -53,7 +53,7 @@ FilterFn = Callable[[Request, Candidate], str | None]
 
 NOT_PINNED = "not the pinned candidate"
 NOT_READY = "not ready"
-NOT_DRAINING = "draining"
+NOT_DRAINING = "cordoned or draining"
 TOO_HOT = "too hot"
 THROTTLED = "throttled"
 OVERLOADED = "overloaded"
@@ -101,7 +101,7 @@ def check_ready(request: Request, candidate: Candidate) -> str | None:
 
 
 def check_draining(request: Request, candidate: Candidate) -> str | None:
-    """Draining candidates are being emptied by an operator and take no new work."""
+    """Cordoned or draining candidates (an operator said so) take no new work."""
     return NOT_DRAINING if candidate.draining else None
 
 

@@ -33,7 +33,7 @@ from root_orchestrator.routers import logs as logs_router
 from root_orchestrator.service import Conflict, IdentityRefused, NotFound, RootService, Unauthorized
 from root_orchestrator.settings import RootSettings
 from root_orchestrator.web import install_web
-from store import StoreError, open_store
+from store import InvalidInput, StoreError, open_store
 
 __all__ = ["API_PREFIX", "BodyLimitAndMetrics", "create_app"]
 
@@ -155,6 +155,9 @@ def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, InvalidInput):  # a bug (the routes validate input first), not an outage
+        log.error("invalid store input on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "internal error (see the root's log)"}, status_code=500)
     log.error("store error on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": "store unavailable"}, status_code=503)
 

@@ -1,6 +1,6 @@
 """HTTP client for cluster orchestrator APIs (root -> cluster).
 
-Four calls, each with the cluster's API token as bearer:
+The calls, each with the cluster's API token as bearer:
 
 * ``POST {cluster}/api/v1/instances`` with a `PlaceInstanceRequest` ->
   `PlaceInstanceResponse` (accepted with a node, or rejected with reasons);
@@ -8,6 +8,7 @@ Four calls, each with the cluster's API token as bearer:
 * ``GET {cluster}/api/v1/nodes``;
 * ``GET {cluster}/api/v1/instances/{id}/logs`` -> `InstanceLogs` (read from the node;
   the cluster's 404/409/422/503 answers raise `ClusterRefused` with its text).
+* ``POST {cluster}/api/v1/nodes/{id}/drain|cordon|uncordon`` (operator actions).
 
 The transport is injectable (encode/httpx style) so tests can route calls anywhere.
 Transport failures, timeouts, 5xx answers and answers that do not validate raise
@@ -37,7 +38,7 @@ class ClusterUnavailable(Exception):
 
 
 class ClusterRefused(Exception):
-    """The cluster answered with a meaningful error (`status`, `detail`)."""
+    """The cluster answered with a meaningful 4xx error (`status`, its `detail`)."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
@@ -191,3 +192,24 @@ class ClusterClient:
             raise ClusterUnavailable(
                 f"GET {url}: invalid answer: {exc.error_count()} errors"
             ) from exc
+
+    async def node_action(
+        self, base_url: str, token: str | None, node_id: str, action: str
+    ) -> dict[str, Any]:
+        """``POST /nodes/{id}/{action}`` (drain, cordon, uncordon): the cluster's answer
+        (``{"node": ..., "moved": ..., "stuck": ...}``); ClusterRefused for a 4xx."""
+        url = f"{base_url}{API}/nodes/{node_id}/{action}"
+        response = await self._request("POST", url, token)
+        if 400 <= response.status_code < 500:
+            raise ClusterRefused(response.status_code, _detail(response))
+        if not response.is_success:
+            raise ClusterUnavailable(
+                f"POST {url}: HTTP {response.status_code}: {_detail(response)}"
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ClusterUnavailable(f"POST {url}: answer is not JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("node"), dict):
+            raise ClusterUnavailable(f"POST {url}: expected a node in the answer")
+        return body

@@ -26,9 +26,12 @@ __all__ = [
     "JobPatch",
     "JobSummary",
     "JobView",
+    "MovedInstance",
+    "NodeActionResult",
     "NodeList",
     "PlacementInfo",
     "ReportAck",
+    "StuckInstance",
 ]
 
 
@@ -156,6 +159,33 @@ class NodeList(BaseModel):
     cluster_id: str
     cluster_name: str
     nodes: list[Any]
+
+
+class MovedInstance(BaseModel):
+    """An instance a drain moved, and the node it now has."""
+
+    instance_id: str
+    node_id: str
+    node_name: str | None = None
+
+
+class StuckInstance(BaseModel):
+    """An instance a drain could not move, and why (it is retried on every reconcile)."""
+
+    instance_id: str
+    reason: str
+
+
+class NodeActionResult(BaseModel):
+    """`POST /clusters/{cluster}/nodes/{node}/drain|cordon|uncordon`: the node afterwards
+    and, for a drain, what moved and what is stuck."""
+
+    cluster_id: str
+    cluster_name: str
+    action: Literal["drain", "cordon", "uncordon"]
+    node: dict[str, Any] = Field(description="the node as its cluster's API shows it now")
+    moved: list[MovedInstance] = Field(default_factory=list)
+    stuck: list[StuckInstance] = Field(default_factory=list)
 
 
 class EventRecord(Event):

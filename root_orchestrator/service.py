@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -66,7 +67,7 @@ from schemas.cluster import (
     PlaceInstanceRequest,
     PlaceInstanceResponse,
 )
-from schemas.common import MAX_TEXT
+from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
 from store import Store
@@ -646,10 +647,18 @@ class RootService:
         return JobRecord.from_doc(doc) if doc else None
 
     def _resolve_job(self, ref: str) -> JobRecord:
-        """A job by id, else by name (the active one, else the newest)."""
-        job = self._load_job(ref)
-        if job is not None:
-            return job
+        """A job by id, else by name (the active one, else the newest).
+
+        A reference that can be neither an id nor a name (too long, other characters)
+        is not found, without asking the store (whose keys it could not be anyway).
+        """
+        if not _ID_RE.fullmatch(ref):
+            if not _NAME_RE.fullmatch(ref):
+                raise NotFound(f"no job {_shown(ref)}")
+        else:
+            job = self._load_job(ref)
+            if job is not None:
+                return job
         for candidate in self._jobs.values():
             if candidate.name == ref and candidate.deleted_at is None:
                 return candidate
@@ -658,7 +667,7 @@ class RootService:
         )
         if docs:
             return self._jobs.get(docs[0]["_id"]) or JobRecord.from_doc(docs[0])
-        raise NotFound(f"no job {ref!r}")
+        raise NotFound(f"no job {_shown(ref)}")
 
     def get_job(self, ref: str) -> JobView:
         """One job with its instances and placement explanation (by id or name)."""
@@ -1071,7 +1080,7 @@ class RootService:
         with self._lock:
             rec = self._cluster_by_ref(ref)
             if rec is None:
-                raise NotFound(f"no cluster {ref!r}")
+                raise NotFound(f"no cluster {_shown(ref)}")
             return rec, rec.api_token
 
     def log_target(self, job_ref: str, instance_id: str) -> LogTarget:
@@ -1099,6 +1108,30 @@ class RootService:
                 cluster_url=cluster.url if cluster else "",
                 token=cluster.api_token if cluster else None,
                 liveness=cluster.liveness if cluster else None,
+            )
+
+    def record_node_action(
+        self,
+        cluster: ClusterRecord,
+        node_id: str,
+        node_name: str,
+        action: str,
+        *,
+        moved: int = 0,
+        stuck: int = 0,
+    ) -> None:
+        """Record an operator's drain, cordon or uncordon of a node (event ``node.<action>``)."""
+        reason = f"{action} of node {node_name} on cluster {cluster.name} by an operator"
+        if action == "drain":
+            reason += f": {moved} instance(s) moved, {stuck} stuck"
+        with self._lock:
+            self._emit(
+                f"node.{action}",
+                node_id,
+                reason=reason,
+                cluster_id=cluster.id,
+                node_id=node_id,
+                data={"node_name": node_name, "moved": moved, "stuck": stuck},
             )
 
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
@@ -1135,7 +1168,7 @@ class RootService:
         with self._lock:
             rec = self._cluster_by_ref(ref)
             if rec is None:
-                raise NotFound(f"no cluster {ref!r}")
+                raise NotFound(f"no cluster {_shown(ref)}")
             return self._cluster_view(rec)
 
     # ------------------------------------------------------------------ liveness
@@ -1780,3 +1813,14 @@ def _capacity_grew(old: ClusterReport, new: ClusterReport) -> bool:
         new.free.accelerators.get(k, 0) > old.free.accelerators.get(k, 0)
         for k in new.free.accelerators
     )
+
+
+_ID_RE = re.compile(ID_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def _shown(ref: str, limit: int = 80) -> str:
+    """A reference quoted for an error message, shortened when it is long."""
+    if len(ref) <= limit:
+        return repr(ref)
+    return f"{ref[:limit]!r}... ({len(ref)} characters)"

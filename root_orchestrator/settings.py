@@ -19,10 +19,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from schemas.settings_cli import OneLineParser, default_text, env_name, option_help
 from schemas.settings_file import (
     FlagsEnvSettings,
     SettingsFileError,
     build_settings,
+    check_log_level,
+    check_store_url,
     check_token_lengths,
     split_tokens,
     token_accepted,
@@ -128,6 +131,16 @@ class RootSettings(FlagsEnvSettings):
     def _registration_tokens_length(cls, value: list[SecretStr]) -> list[SecretStr]:
         return check_token_lengths(value, "registration tokens")
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return check_log_level(value)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        return check_store_url(value)
+
     @model_validator(mode="after")
     def _ordered_intervals(self) -> RootSettings:
         if self.cluster_lost_after < self.cluster_unreachable_after:
@@ -150,16 +163,32 @@ class RootSettings(FlagsEnvSettings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per settings field (all default to unset)."""
-    parser = argparse.ArgumentParser(
+    """An argparse parser with one flag per settings field (all default to unset); the
+    help of each names its environment variable and its default."""
+    parser = OneLineParser(
         prog="root-orchestrator",
-        description="Edge root orchestrator: operator API, cluster API, root scheduler.",
+        description="Edge root orchestrator: operator API, cluster API, root scheduler. "
+        f"Every option can also be set as an environment variable {ENV_PREFIX}<NAME> "
+        f"(e.g. {ENV_PREFIX}STORE_URL) or in the settings file (keys are the names with "
+        "underscores); flags win over the environment, which wins over the file.",
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", type=Path, help="settings file (JSON, YAML or TOML)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=option_help("settings file (JSON, YAML or TOML)", f"{ENV_PREFIX}CONFIG", None),
+    )
     for name, info in RootSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, help=info.description or name)
+        parser.add_argument(
+            flag,
+            dest=name,
+            metavar=name.upper(),
+            help=option_help(
+                info.description or name, env_name(name, ENV_PREFIX), default_text(info)
+            ),
+        )
     return parser
 
 

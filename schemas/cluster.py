@@ -102,6 +102,11 @@ class ClusterReport(StrictModel):
     seq: int = Field(ge=0)
     full: bool = Field(default=True, description="true when `instances` lists every instance")
     nodes_by_liveness: dict[Liveness, int] = Field(default_factory=dict)
+    nodes_cordoned: int = Field(
+        default=0,
+        ge=0,
+        description="nodes cordoned or draining by an operator (not in total, free or nodes)",
+    )
     total: Resources = Field(default_factory=Resources)
     free: Resources = Field(default_factory=Resources)
     largest_free_cpu: float = Field(default=0.0, ge=0)

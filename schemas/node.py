@@ -189,6 +189,9 @@ class NodeView(StrictModel):
     info: NodeInfo
     liveness: Liveness
     draining: bool = False
+    cordoned: bool = Field(
+        default=False, description="no new placements; what runs there stays (operator)"
+    )
     last_seen: Timestamp | None = None
     status: NodeStatus | None = None
     reason: Text = ""

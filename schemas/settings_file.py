@@ -53,6 +53,29 @@ def token_accepted(given: str, accepted: Sequence[str]) -> bool:
     return found
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_log_level(value: str) -> str:
+    """A log level name (any case), upper-cased; ValueError naming the choices."""
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {value!r}: use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def check_store_url(value: str) -> str:
+    """A store URL `store.open_store` accepts (checked without opening it)."""
+    from store import StoreError
+    from store import check_store_url as check
+
+    try:
+        check(value)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class SettingsFileError(ValueError):
     """The settings file cannot be read or does not hold a mapping."""
 
@@ -111,8 +134,9 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     """Read a JSON, YAML or TOML settings file into a dict keyed by field name."""
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsFileError(f"cannot read settings file {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsFileError(f"cannot read settings file {path}: {why}") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -122,7 +146,8 @@ def read_settings_file(path: Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise SettingsFileError(f"cannot parse settings file {path}: {exc}") from exc
+        why = " ".join(str(exc).split())
+        raise SettingsFileError(f"cannot parse settings file {path}: {why}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

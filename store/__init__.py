@@ -18,6 +18,7 @@ __all__ = [
     "Store",
     "StoreError",
     "VersionConflict",
+    "check_store_url",
     "open_store",
 ]
 
@@ -36,15 +37,29 @@ def open_store(url: str) -> Store:
     ``?synchronous=normal`` (default full); and ``mongodb://...`` or
     ``mongodb+srv://...`` (database from the URL path, default "edge").
     """
+    kind, target, synchronous = _parse_url(url)
+    if kind == "mongodb":
+        from store.mongo import MongoStore  # imported lazily: SQLite-only boxes skip pymongo
+
+        return MongoStore(target)
+    return SQLiteStore(target, synchronous=synchronous)
+
+
+def check_store_url(url: str) -> None:
+    """Raise StoreError when `url` is not a store URL `open_store` accepts, without
+    opening anything (for settings validation: nothing is created on disk)."""
+    _parse_url(url)
+
+
+def _parse_url(url: str) -> tuple[str, str, str]:
+    """(``sqlite`` or ``mongodb``, the path or URL, the SQLite synchronous mode)."""
     if not isinstance(url, str) or not url.strip():
         raise StoreError("empty store URL: expected " + _SQLITE_FORMS + " or mongodb://...")
     url = url.strip()
     match = _SCHEME_RE.match(url)
     scheme = match.group(1).lower() if match else None
     if scheme in ("mongodb", "mongodb+srv"):
-        from store.mongo import MongoStore  # imported lazily: SQLite-only boxes skip pymongo
-
-        return MongoStore(url)
+        return "mongodb", url, ""
     if scheme is None:
         path, options = _split_query(url, url)
     elif scheme == "sqlite":
@@ -61,7 +76,13 @@ def open_store(url: str) -> Store:
             f"unknown SQLite store option(s) {sorted(unknown)} in {url!r}: only 'synchronous' "
             f"({'|'.join(SYNCHRONOUS_MODES)})"
         )
-    return SQLiteStore(path, synchronous=options.get("synchronous", "full"))
+    synchronous = options.get("synchronous", "full")
+    if synchronous.lower() not in SYNCHRONOUS_MODES:
+        raise StoreError(
+            f"invalid synchronous mode {synchronous!r} in {url!r}: use one of "
+            f"{'|'.join(SYNCHRONOUS_MODES)}"
+        )
+    return "sqlite", path, synchronous
 
 
 def _split_query(text: str, url: str) -> tuple[str, dict[str, str]]:

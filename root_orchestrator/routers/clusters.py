@@ -1,8 +1,9 @@
 """`/api/v1/clusters`: the operator's view of clusters, and the cluster API itself.
 
 Operators (operator token): list and get clusters, list a cluster's nodes (fetched
-from the cluster). Clusters: register (registration token) and report (their own
-credential, issued at registration).
+from the cluster), drain, cordon and uncordon one of them (done by the cluster).
+Clusters: register (registration token) and report (their own credential, issued at
+registration).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from root_orchestrator.auth import (
     require_registration,
     unauthorized,
 )
-from root_orchestrator.cluster_client import ClusterUnavailable
-from root_orchestrator.deps import DepsDep, ServiceDep
-from root_orchestrator.models import ClusterList, ClusterView, NodeList, ReportAck
+from root_orchestrator.cluster_client import ClusterRefused, ClusterUnavailable
+from root_orchestrator.deps import Deps, DepsDep, ServiceDep
+from root_orchestrator.models import (
+    ClusterList,
+    ClusterView,
+    NodeActionResult,
+    NodeList,
+    ReportAck,
+)
+from root_orchestrator.node_actions import moved_and_stuck, node_name, resolve_node
 from schemas.cluster import ClusterRegistration, ClusterRegistrationResponse, ClusterReport
 from schemas.common import ID_PATTERN
 
@@ -33,6 +41,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "missing or wrong bearer token"},
     404: {"description": "no such cluster"},
 }
+
+#: A cluster id or name in a path: anything else is a 422 naming the parameter.
+ClusterRef = Annotated[str, Path(pattern=ID_PATTERN, description="cluster id or name")]
 
 
 @cluster_api.post(
@@ -84,7 +95,7 @@ async def list_clusters(service: ServiceDep) -> ClusterList:
 
 
 @router.get("/{cluster}", responses=_ERRORS)
-async def get_cluster(cluster: str, service: ServiceDep) -> ClusterView:
+async def get_cluster(cluster: ClusterRef, service: ServiceDep) -> ClusterView:
     """One cluster (by id or name): latest aggregated report and liveness."""
     return await run_in_threadpool(service.get_cluster, cluster)
 
@@ -96,7 +107,7 @@ async def get_cluster(cluster: str, service: ServiceDep) -> ClusterView:
         502: {"description": "the cluster did not answer sensibly"},
     },
 )
-async def list_nodes(cluster: str, deps: DepsDep) -> NodeList:
+async def list_nodes(cluster: ClusterRef, deps: DepsDep) -> NodeList:
     """The cluster's nodes, fetched from the cluster's own API."""
     rec, token = await run_in_threadpool(deps.service.cluster_endpoint, cluster)
     try:
@@ -109,3 +120,78 @@ async def list_nodes(cluster: str, deps: DepsDep) -> NodeList:
         ) from exc
     deps.metrics.cluster_calls.inc("nodes", "ok")
     return NodeList(cluster_id=rec.id, cluster_name=rec.name, nodes=nodes)
+
+
+#: A node id or name in a path: anything else is a 422 naming the parameter.
+NodeRef = Annotated[str, Path(pattern=ID_PATTERN, description="node id or name")]
+
+_NODE_ERRORS: dict[int | str, dict[str, str]] = {
+    401: _ERRORS[401],
+    404: {"description": "no such cluster, or no such node in it"},
+    409: {"description": "several nodes have that name: give the id"},
+    503: {"description": "the cluster could not be reached (the detail says why)"},
+}
+
+
+async def _node_action(deps: Deps, cluster: str, node: str, action: str) -> NodeActionResult:
+    """Find the node in the cluster's live list, ask the cluster to act, record it."""
+    rec, token = await run_in_threadpool(deps.service.cluster_endpoint, cluster)
+
+    def unreachable(exc: Exception) -> HTTPException:
+        deps.metrics.cluster_calls.inc(f"node_{action}", "error")
+        return HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"cluster {rec.name} is {rec.liveness.value} and did not answer: {exc}",
+        )
+
+    try:
+        nodes = await deps.client.nodes(rec.url, token)
+    except ClusterUnavailable as exc:
+        raise unreachable(exc) from exc
+    target = resolve_node(nodes, node, rec.name)
+    node_id = str(target.get("id"))
+    try:
+        answer = await deps.client.node_action(rec.url, token, node_id, action)
+    except ClusterUnavailable as exc:
+        raise unreachable(exc) from exc
+    except ClusterRefused as exc:
+        deps.metrics.cluster_calls.inc(f"node_{action}", "refused")
+        code = status.HTTP_404_NOT_FOUND if exc.status == 404 else status.HTTP_409_CONFLICT
+        raise HTTPException(code, f"cluster {rec.name}: {exc.detail}") from exc
+    deps.metrics.cluster_calls.inc(f"node_{action}", "ok")
+    moved, stuck = moved_and_stuck(answer, nodes)
+    name = node_name(target) or node_id
+    await run_in_threadpool(
+        lambda: deps.service.record_node_action(
+            rec, node_id, name, action, moved=len(moved), stuck=len(stuck)
+        )
+    )
+    return NodeActionResult(
+        cluster_id=rec.id,
+        cluster_name=rec.name,
+        action=action,
+        node=dict(answer["node"]),
+        moved=moved,
+        stuck=stuck,
+    )
+
+
+@router.post("/{cluster}/nodes/{node}/drain", responses=_NODE_ERRORS)
+async def drain_node(cluster: ClusterRef, node: NodeRef, deps: DepsDep) -> NodeActionResult:
+    """Drain a node (by id or name): no new placements, its instances move to other
+    nodes now; `moved` says where, `stuck` what could not move and why."""
+    return await _node_action(deps, cluster, node, "drain")
+
+
+@router.post("/{cluster}/nodes/{node}/cordon", responses=_NODE_ERRORS)
+async def cordon_node(cluster: ClusterRef, node: NodeRef, deps: DepsDep) -> NodeActionResult:
+    """Cordon a node: no new placements, what runs there stays; its capacity leaves
+    the cluster's reports."""
+    return await _node_action(deps, cluster, node, "cordon")
+
+
+@router.post("/{cluster}/nodes/{node}/uncordon", responses=_NODE_ERRORS)
+async def uncordon_node(cluster: ClusterRef, node: NodeRef, deps: DepsDep) -> NodeActionResult:
+    """Uncordon a node: it takes new placements again (ends a drain too; moved
+    instances stay where they are)."""
+    return await _node_action(deps, cluster, node, "uncordon")

@@ -64,7 +64,7 @@ class EventFilter:
 def event_filter(
     kind: Annotated[str | None, Query(max_length=128, description="e.g. instance.state")] = None,
     category: Annotated[
-        str | None, Query(max_length=32, description="job, instance, cluster or scheduling")
+        str | None, Query(max_length=32, description="job, instance, cluster, node or scheduling")
     ] = None,
     job_id: Id = None,
     instance_id: Id = None,

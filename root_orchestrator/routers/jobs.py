@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
 from root_orchestrator.models import JobList, JobPatch, JobView
 from root_orchestrator.replicas import JobState
+from schemas.common import ID_PATTERN
 from schemas.job import JobSpec
 
 __all__ = ["router"]
@@ -22,6 +23,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     404: {"description": "no such job"},
     409: {"description": "conflicts with the current state"},
 }
+
+#: A job id or name in a path: anything else is a 422 naming the parameter.
+JobRef = Annotated[str, Path(pattern=ID_PATTERN, description="job id or name")]
 
 
 @router.post(
@@ -69,13 +73,13 @@ async def list_jobs(
 
 
 @router.get("/{job}", responses=_ERRORS)
-async def get_job(job: str, service: ServiceDep) -> JobView:
+async def get_job(job: JobRef, service: ServiceDep) -> JobView:
     """One job (by id or name): spec, replicas, instances and the latest placement."""
     return await run_in_threadpool(service.get_job, job)
 
 
 @router.patch("/{job}", responses=_ERRORS)
-async def patch_job(job: str, patch: JobPatch, service: ServiceDep) -> JobView:
+async def patch_job(job: JobRef, patch: JobPatch, service: ServiceDep) -> JobView:
     """Scale a job (`replicas`) and/or change its `priority`."""
     return await run_in_threadpool(
         lambda: service.patch_job(job, replicas=patch.replicas, priority=patch.priority)
@@ -83,6 +87,6 @@ async def patch_job(job: str, patch: JobPatch, service: ServiceDep) -> JobView:
 
 
 @router.delete("/{job}", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)
-async def delete_job(job: str, service: ServiceDep) -> JobView:
+async def delete_job(job: JobRef, service: ServiceDep) -> JobView:
     """Delete a job: every instance is terminated; the job ends TERMINATED."""
     return await run_in_threadpool(service.delete_job, job)

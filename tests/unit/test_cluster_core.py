@@ -461,6 +461,52 @@ def test_drain_moves_instances_and_blocks_new_ones(h: Harness) -> None:
         h.core.set_draining("nope", True)
 
 
+def test_cordon_keeps_instances_blocks_new_ones_and_survives_a_restart(h: Harness) -> None:
+    a, b = h.join("a", cores=4), h.join("b", cores=2)
+    h.place("i1", constraints=Constraints(node="a"))
+    h.run("i1")
+    result = h.core.set_cordoned(a, True)
+    assert result.node.cordoned and not result.node.draining
+    assert (result.moved, result.stuck) == ({}, {})
+    assert h.terminates() == [] and h.inst("i1").node_id == a  # what runs stays
+    assert h.place("i2").node_id == b  # new work goes elsewhere
+    # the report leaves the cordoned node out of the capacity the root schedules with
+    report = h.core.build_report(seq=1, full=True, changes=[])
+    assert report.nodes_cordoned == 1 and report.total.cpu == 2
+    # pinned to the cordoned node: refused with the reason
+    refused = h.place("i3", constraints=Constraints(node="a"))
+    assert not refused.accepted and "cordoned or draining" in str(refused.reasons)
+    assert h.core.get_node(a).cordoned
+    assert h.persister.flush(5)
+    fresh = ClusterCore(
+        settings=h.core.settings,
+        store=h.store,
+        persister=h.persister,
+        metrics=h.metrics,
+        publish=lambda m: True,
+        mono=h.clock.mono,
+        wall=h.clock.wall,
+    )
+    fresh.load()
+    assert fresh.nodes[a].cordoned and not fresh.nodes[b].cordoned
+
+
+def test_uncordon_clears_cordon_and_drain(h: Harness) -> None:
+    a, _b = h.join("a"), h.join("b")
+    h.core.set_draining(a, True)
+    h.core.set_cordoned(a, True)
+    result = h.core.set_cordoned(a, False)
+    assert not result.node.cordoned and not result.node.draining
+    report = h.core.build_report(seq=1, full=True, changes=[])
+    assert report.nodes_cordoned == 0
+    kinds = (
+        [d["kind"] for d in h.store.find("events", {"node_id": a})] if h.persister.flush(5) else []
+    )
+    assert {"node.drain", "node.cordon", "node.uncordon"} <= set(kinds)
+    with pytest.raises(NotFound):
+        h.core.set_cordoned("nope", True)
+
+
 # ------------------------------------------------------------------ reconcile
 
 

@@ -139,7 +139,7 @@ def test_invalid_env_labels_name_the_variable(
     with pytest.raises(InvalidSetting) as info:
         load_settings([])
     text = str(info.value)
-    assert text.startswith("EDGE_LABELS: ") and message in text and "\n" not in text
+    assert text.startswith("EDGE_LABELS (--labels): ") and message in text and "\n" not in text
 
 
 @pytest.mark.parametrize(("value", "message"), BAD_LABELS)
@@ -149,7 +149,7 @@ def test_invalid_flag_labels_name_the_flag(
     with pytest.raises(InvalidSetting) as info:
         load_settings(["--labels", value])
     text = str(info.value)
-    assert text.startswith("--labels: ") and message in text and "\n" not in text
+    assert text.startswith("--labels (EDGE_LABELS): ") and message in text and "\n" not in text
 
 
 def test_main_exits_2_with_one_clear_line(
@@ -162,7 +162,10 @@ def test_main_exits_2_with_one_clear_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "EDGE_LABELS" in line]
-    assert lines == ["EDGE_LABELS: 'region' is not key=value; expected k=v,k2=v2 or a JSON object"]
+    assert lines == [
+        "cluster-orchestrator: invalid settings: EDGE_LABELS (--labels): 'region' is not "
+        "key=value; expected k=v,k2=v2 or a JSON object"
+    ]
 
 
 def test_labels_merge_across_file_env_and_flags(
@@ -175,7 +178,10 @@ def test_labels_merge_across_file_env_and_flags(
     assert s.labels == {"site": "f", "region": "env", "tier": "flag"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("labels: nope\n")
-    with pytest.raises(InvalidSetting, match=r"^labels in .*bad\.yaml: 'nope' is not key=value"):
+    with pytest.raises(
+        InvalidSetting,
+        match=r"^labels in .*bad\.yaml \(--labels, EDGE_LABELS\): 'nope' is not key=value",
+    ):
         load_settings(["--config", str(bad)])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class FakeRoot:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.reads: dict[str, int] = {}
         self.fail_replica = False
+        self.actions: list[tuple[str, str, str]] = []
 
     def _view(self, job_id: str) -> dict[str, Any]:
         job = self.jobs[job_id]
@@ -130,6 +132,33 @@ class FakeRoot:
                     ],
                 },
             )
+        action = re.fullmatch(
+            r"/api/v1/clusters/([^/]+)/nodes/([^/]+)/(drain|cordon|uncordon)", path
+        )
+        if action and request.method == "POST":
+            cluster, node, verb = action.groups()
+            self.actions.append((cluster, node, verb))
+            return httpx.Response(
+                200,
+                json={
+                    "cluster_id": "cid1",
+                    "cluster_name": "c1",
+                    "action": verb,
+                    "node": {
+                        "id": node,
+                        "liveness": "READY",
+                        "draining": verb == "drain",
+                        "cordoned": verb == "cordon",
+                        "info": {"name": "c1-n1"},
+                    },
+                    "moved": [{"instance_id": "j1-0-0", "node_id": "n2", "node_name": "c1-n2"}]
+                    if verb == "drain"
+                    else [],
+                    "stuck": [{"instance_id": "j2-0-0", "reason": "no other node fits: pinned"}]
+                    if verb == "drain"
+                    else [],
+                },
+            )
         if path == "/api/v1/clusters/c2/nodes":
             return httpx.Response(502, json={"detail": "cluster c2 did not answer"})
         if path == "/api/v1/events":
@@ -175,20 +204,30 @@ def _job_file(tmp_path: Path, **spec: Any) -> str:
 
 
 def test_submit_wait_then_json(fake: FakeRoot, tmp_path: Path) -> None:
-    result = run("jobs", "submit", "-f", _job_file(tmp_path, replicas=2), "--wait", "-o", "json")
+    result = run(
+        "jobs",
+        "submit",
+        "-f",
+        _job_file(tmp_path, replicas=2),
+        "--wait",
+        "--settle",
+        "0.5",
+        "-o",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["state"] == "RUNNING"
     assert [i["state"] for i in job["instances"]] == ["RUNNING", "RUNNING"]
     # progress goes to stderr, stdout stays machine-readable
-    assert "every replica is running" in result.stderr
+    assert "every replica is running; settling" in result.stderr
 
 
 def test_submit_wait_reports_a_clear_failure(fake: FakeRoot, tmp_path: Path) -> None:
     fake.fail_replica = True
     result = run("jobs", "submit", "-f", _job_file(tmp_path), "--wait")
     assert result.exit_code == 1
-    assert "error: job web FAILED: replica 0 FAILED: executable not found: nope" in result.stderr
+    assert "error: job web: replica 0 FAILED: executable not found: nope" in result.stderr
 
 
 def test_api_error_is_one_line_and_non_zero(fake: FakeRoot) -> None:
@@ -265,6 +304,39 @@ def test_nodes_ls_reports_unreachable_clusters(fake: FakeRoot) -> None:
     assert "warning: cluster c2: 502 cluster c2 did not answer" in result.stderr
     one = run("nodes", "ls", "--cluster", "c1")
     assert one.exit_code == 0 and "c1-n1" in one.stdout
+
+
+def test_nodes_drain_cordon_uncordon(fake: FakeRoot) -> None:
+    drained = run("nodes", "drain", "c1-n1")  # found by name across clusters (c2 is down)
+    assert drained.exit_code == 0, drained.output
+    assert fake.actions == [("cid1", "n1", "drain")]
+    assert "warning: cluster c2" in drained.stderr
+    out = " ".join(drained.stdout.split())
+    assert "j1-0-0 c1-n2 (n2)" in out and "j2-0-0 no other node fits: pinned" in out
+    assert run("nodes", "cordon", "n1", "-o", "json").exit_code == 0  # by id
+    assert run("nodes", "uncordon", "c1-n1", "--cluster", "c1").exit_code == 0
+    assert fake.actions[1:] == [("cid1", "n1", "cordon"), ("c1", "c1-n1", "uncordon")]
+    missing = run("nodes", "drain", "nope")
+    assert missing.exit_code == 1
+    assert "no node 'nope' in any cluster; not asked: c2 (unreachable)" in missing.stderr
+
+
+def test_find_node_by_id_then_name_and_ambiguity() -> None:
+    from edgectl.client import EdgectlError
+    from edgectl.nodes import find_node
+
+    nodes = [
+        ("cid1", "c1", {"id": "n1", "info": {"name": "pi"}}),
+        ("cid2", "c2", {"id": "n2", "info": {"name": "pi"}}),
+        ("cid2", "c2", {"id": "pi", "info": {"name": "other"}}),
+    ]
+    assert find_node(nodes, "n2").cluster_name == "c2"
+    assert find_node(nodes, "pi").node_id == "pi"  # an id wins over names
+    with pytest.raises(EdgectlError, match=r"2 nodes match 'pi-x'|no node"):
+        find_node(nodes, "pi-x")
+    with pytest.raises(EdgectlError) as info:
+        find_node(nodes[:2], "pi")
+    assert info.value.message == "2 nodes match 'pi': c1/pi (n1), c2/pi (n2)"
 
 
 def test_events_tail_and_json_lines(fake: FakeRoot) -> None:

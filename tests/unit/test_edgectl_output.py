@@ -1,4 +1,4 @@
-"""edgectl's rendering (tables, explain, events), job files and the --wait verdict."""
+"""edgectl's rendering (tables, explain, events) and job files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.console import Console
 
 from edgectl import output
 from edgectl.client import EdgectlError
-from edgectl.jobs import load_job_file, wait_verdict
+from edgectl.jobs import load_job_file
 
 NOW = 1_700_000_000.0
 
@@ -341,127 +341,3 @@ def test_examples_are_valid_job_specs() -> None:
     assert len(examples) >= 3
     for path in examples:
         JobSpec.model_validate(load_job_file(str(path)))
-
-
-# ----------------------------------------------------------------------------- --wait
-
-
-def _inst(replica: int, state: str, created: float, **over: Any) -> dict[str, Any]:
-    return {
-        "id": f"j-{replica}-{created}",
-        "replica": replica,
-        "state": state,
-        "created_at": created,
-        **over,
-    }
-
-
-@pytest.mark.parametrize(
-    ("job", "goal", "verdict", "fragment"),
-    [
-        (
-            {"state": "RUNNING", "desired_replicas": 1, "instances": [_inst(0, "RUNNING", 1)]},
-            "running",
-            "done",
-            "every replica is running",
-        ),
-        ({"state": "SUCCEEDED", "desired_replicas": 1}, "running", "done", "finished"),
-        ({"state": "STOPPED", "desired_replicas": 0}, "running", "done", "scaled to 0"),
-        (
-            {
-                "state": "PENDING",
-                "desired_replicas": 1,
-                "instance_counts": {"PENDING": 1},
-                "reason": "pending: no candidate fits",
-            },
-            "running",
-            "waiting",
-            "1 PENDING; pending: no candidate fits",
-        ),
-        # scaled down: RUNNING but a surplus replica is still being stopped
-        (
-            {
-                "state": "RUNNING",
-                "desired_replicas": 1,
-                "instances": [_inst(0, "RUNNING", 1), _inst(1, "RUNNING", 1, terminating=True)],
-            },
-            "running",
-            "waiting",
-            "1 instance(s) being stopped",
-        ),
-        (
-            {
-                "state": "FAILED",
-                "desired_replicas": 1,
-                "spec": {"restart_policy": "never"},
-                "instances": [_inst(0, "FAILED", 1, reason="exit code 2", exit_code=2)],
-            },
-            "running",
-            "failed",
-            "FAILED: replica 0 FAILED: exit code 2",
-        ),
-        # restart policy never: one failed replica is a failure even while another runs
-        (
-            {
-                "state": "DEGRADED",
-                "desired_replicas": 2,
-                "spec": {"restart_policy": "never"},
-                "instances": [
-                    _inst(0, "RUNNING", 1),
-                    _inst(1, "FAILED", 1, reason="boom", exit_code=1),
-                ],
-            },
-            "running",
-            "failed",
-            "replica 1 FAILED: boom (exit code 1)",
-        ),
-        # on-failure with restarts left: the root will replace it, keep waiting
-        (
-            {
-                "state": "DEGRADED",
-                "desired_replicas": 2,
-                "spec": {"restart_policy": "on-failure", "max_restarts": 3},
-                "instances": [_inst(0, "RUNNING", 1), _inst(1, "FAILED", 1, restarts=1)],
-            },
-            "running",
-            "waiting",
-            "",
-        ),
-        # ... and with them used up: failed
-        (
-            {
-                "state": "DEGRADED",
-                "desired_replicas": 2,
-                "spec": {"restart_policy": "on-failure", "max_restarts": 3},
-                "instances": [_inst(0, "RUNNING", 1), _inst(1, "FAILED", 1, restarts=3)],
-            },
-            "running",
-            "failed",
-            "replica 1 FAILED",
-        ),
-        # an old failed instance replaced by a newer running one is not a failure
-        (
-            {
-                "state": "RUNNING",
-                "desired_replicas": 1,
-                "spec": {"restart_policy": "never"},
-                "instances": [_inst(0, "FAILED", 1), _inst(0, "RUNNING", 2)],
-            },
-            "running",
-            "done",
-            "",
-        ),
-        ({"state": "TERMINATING", "desired_replicas": 1}, "running", "failed", "deleted"),
-        (
-            {"state": "TERMINATING", "instance_counts": {"RUNNING": 1}},
-            "terminated",
-            "waiting",
-            "1 RUNNING",
-        ),
-        ({"state": "TERMINATED"}, "terminated", "done", "ended"),
-    ],
-)
-def test_wait_verdict(job: dict[str, Any], goal: str, verdict: str, fragment: str) -> None:
-    got, message = wait_verdict(job, goal)
-    assert got == verdict
-    assert fragment in message

@@ -110,7 +110,7 @@ FILTER_CASES: list[tuple[str, Request, Candidate, str | None]] = [
     ("pinned-to-other", Request(pinned_id="n9"), node(), "not the pinned candidate"),
     ("pinned-to-this", Request(pinned_id="n1"), node(), None),
     ("not-ready", Request(), node(ready=False), "not ready"),
-    ("draining", Request(), node(draining=True), "draining"),
+    ("draining", Request(), node(draining=True), "cordoned or draining"),
     (
         "runtime-docker-missing",
         Request(runtime="docker"),
