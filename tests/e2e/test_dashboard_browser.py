@@ -321,10 +321,10 @@ def test_hostile_strings_render_as_text(
     wait(page, lambda d: script in text_of(d, "#job-spec"), "the spec with the script tag")
     assert image in text_of(page, "#job-spec")
     assert not css(page, "#job-view script") and not css(page, "#job-view img")
-    # a crafted link: the 404 message echoes the job reference, and stays text
+    # a crafted link: the page shows the job reference it was given (and the API's
+    # refusal: 422, the reference cannot be an id or a name), as text
     page.get(f"{system.root.url}/ui/#/jobs/{image}")
-    wait(page, lambda d: "404" in text_of(d, "#banner-text"), "the 404 banner")
-    assert image in text_of(page, "#banner-text")
+    wait(page, lambda d: "422" in text_of(d, "#banner-text"), "the 422 banner")
     assert image in text_of(page, "#job-title")
     assert not css(page, "#banner img") and not css(page, "#job-view img")
     assert page.execute_script("return window.__xss === undefined")
