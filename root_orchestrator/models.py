@@ -250,12 +250,13 @@ class PlanStop(BaseModel):
 
 class PlanBatch(BaseModel):
     """One step of the planned rollout: replicas that get a new instance, instances
-    stopped, and the fewest available instances during the step."""
+    stopped, the fewest available and the most instances during the step."""
 
     step: int
     start: list[int] = Field(default_factory=list)
     stop: list[PlanStop] = Field(default_factory=list)
     available_at_least: int
+    instances_at_most: int
 
 
 class UpdatePlan(BaseModel):

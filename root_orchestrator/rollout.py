@@ -154,7 +154,8 @@ class RolloutCounts:
 
     `updated`: desired replicas whose active instances all run the target version;
     `healthy`: desired replicas with a healthy target instance; `available`: instances
-    RUNNING (target ones only once healthy) and not being stopped; `unavailable`:
+    of desired replicas RUNNING (target ones only once healthy) and not being stopped;
+    `unavailable`:
     desired replicas short of available instances; `old`: active instances of other
     versions; `total`: active instances.
     """
@@ -222,7 +223,10 @@ def rollout_counts(
         has_new = any(i.job_version == target and not i.terminating for i in group)
         updated += has_new and not has_old
         healthy += any(i.job_version == target and is_healthy(i, now, min_healthy_s) for i in group)
-    available = sum(1 for i in live if _available(i, target, now, min_healthy_s))
+    # replicas >= desired are being scaled down: they do not keep the job available
+    available = sum(
+        1 for i in live if i.replica < desired and _available(i, target, now, min_healthy_s)
+    )
     return RolloutCounts(
         replicas=desired,
         updated=updated,
@@ -463,12 +467,14 @@ def merge_plans(
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One step of a simulated rollout: replicas started, instances stopped (with why),
-    and the least number of available instances during the step."""
+    the fewest available instances and the most instances (those being stopped still
+    count) during the step."""
 
     step: int
     start: tuple[int, ...]
     stop: tuple[tuple[str, str], ...]
     available_at_least: int
+    instances_at_most: int
 
 
 def simulate(
@@ -505,8 +511,13 @@ def simulate(
         merged = merge_plans(diff, step, facts, target)
         if merged.create or merged.terminate:
             stops = {iid for iid, _why in merged.terminate}
+            running = sum(1 for i in facts if not i.state.terminal)
             after = [i for i in facts if i.id not in stops and not i.state.terminal]
-            avail = sum(1 for i in after if _available(i, target, clock, strategy.min_healthy_s))
+            avail = sum(
+                1
+                for i in after
+                if i.replica < desired and _available(i, target, clock, strategy.min_healthy_s)
+            )
             batches.append(
                 Batch(
                     step=len(batches) + 1,
@@ -515,6 +526,7 @@ def simulate(
                         (iid, why or "scaled down or replaced") for iid, why in merged.terminate
                     ),
                     available_at_least=avail,
+                    instances_at_most=running + len(merged.create),
                 )
             )
             nxt: list[InstanceFacts] = []

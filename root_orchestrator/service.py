@@ -1178,6 +1178,7 @@ class RootService:
                             start=list(step.start),
                             stop=stops,
                             available_at_least=step.available_at_least,
+                            instances_at_most=step.instances_at_most,
                         )
                     )
                 replaced = sorted(i for i, f in live.items() if f.job_version != new_version)
