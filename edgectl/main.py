@@ -457,16 +457,22 @@ def _wait_rollout(
     console = _console(stderr=True)
     start = time.monotonic()
     deadline = start + timeout
-    last_line = ""
+    last: tuple[Any, ...] = ()
     try:
         while True:
             job: Mapping[str, Any] = client.get_job(job_id)
             verdict, message = rollout_verdict(job, version)
-            state = (job.get("rollout") or {}).get("state", "?")
-            line = f"{state}: {message}"
-            if line != last_line:
-                console.print(f"[{time.monotonic() - start:5.1f}s] {line}", markup=False)
-                last_line = line
+            rollout = job.get("rollout") or {}
+            state = rollout.get("state", "?")
+            # a line when the state or the counts change (not for every second waited)
+            key = (state, *(rollout.get(k) for k in ("updated", "healthy", "unavailable")))
+            if key != last or verdict != "waiting":
+                console.print(
+                    f"[{time.monotonic() - start:5.1f}s] {state}: {message}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+                last = key
             if verdict == "done":
                 return job
             if verdict == "failed":

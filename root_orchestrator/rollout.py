@@ -207,6 +207,13 @@ def _live(instances: Sequence[InstanceFacts]) -> list[InstanceFacts]:
     return [i for i in instances if not i.state.terminal]
 
 
+def _by_replica(instances: Sequence[InstanceFacts]) -> dict[int, list[InstanceFacts]]:
+    out: dict[int, list[InstanceFacts]] = {}
+    for inst in instances:
+        out.setdefault(inst.replica, []).append(inst)
+    return out
+
+
 def rollout_counts(
     desired: int,
     instances: Sequence[InstanceFacts],
@@ -216,9 +223,10 @@ def rollout_counts(
 ) -> RolloutCounts:
     """Count a job's instances against its target version (see `RolloutCounts`)."""
     live = _live(instances)
+    by_replica = _by_replica(live)
     updated = healthy = 0
     for replica in range(desired):
-        group = [i for i in live if i.replica == replica]
+        group = by_replica.get(replica, [])
         has_old = any(i.job_version != target for i in group)
         has_new = any(i.job_version == target and not i.terminating for i in group)
         updated += has_new and not has_old
@@ -261,9 +269,11 @@ def _waiting(
 ) -> str:
     """What keeps the rollout from completing, shortly."""
     parts: list[str] = []
+    by_replica = _by_replica(live)
     for replica in range(desired):
-        group = [i for i in live if i.replica == replica and i.job_version == target]
-        new = [i for i in group if not i.terminating]
+        new = [
+            i for i in by_replica.get(replica, []) if i.job_version == target and not i.terminating
+        ]
         if any(is_healthy(i, now, min_healthy_s) for i in new):
             continue
         if not new:
@@ -322,9 +332,7 @@ def plan_rollout(
 
     floor = max(0, min(desired, rollout.baseline) - strategy.max_unavailable)
     cap = desired + strategy.max_surge
-    by_replica: dict[int, list[InstanceFacts]] = {}
-    for inst in live:
-        by_replica.setdefault(inst.replica, []).append(inst)
+    by_replica = _by_replica(live)
     missing = sum(1 for r in range(desired) if r not in by_replica)
     total = len(live) + missing  # every desired replica will have an instance
     available = counts.available
@@ -398,11 +406,11 @@ def plan_rollout(
                 )
             )
     # 5. replicas whose last instance (another version) ended: back at the target
-    ended = [i for i in instances if i.state.terminal]
+    ended = _by_replica([i for i in instances if i.state.terminal])
     for replica in range(desired):
         if replica in by_replica or replica in surged:
             continue
-        history = [i for i in ended if i.replica == replica]
+        history = ended.get(replica, [])
         if not history:
             continue
         latest = max(history, key=lambda i: (i.created_at, i.restarts))
@@ -539,7 +547,7 @@ def simulate(
                 serial += 1
                 nxt.append(
                     InstanceFacts(
-                        id=f"new-{replica}-{serial}",
+                        id=f"(new r{replica}.{serial})",
                         replica=replica,
                         state=InstanceState.RUNNING,
                         restarts=restarts,

@@ -189,10 +189,12 @@ class PlacementStep:
 @dataclass(frozen=True, slots=True)
 class PassWork:
     """What a reconcile pass found to do: DELETEs to send, instances to place (ids,
-    highest priority first)."""
+    highest priority first), and in how many seconds a rollout needs another look
+    (a health window or a progress deadline ends; None: no active rollout)."""
 
     terminations: list[TerminateStep]
     placements: list[str]
+    wake_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +468,9 @@ class RootService:
         if state is InstanceState.RUNNING:
             if inst.state is not InstanceState.RUNNING:
                 changes.setdefault("running_since", now)  # the health window starts
+                job = self._jobs.get(inst.job_id)
+                if job is not None and job.rollout is not None and job.rollout.active:
+                    self._kick()  # a pass computes when the window ends (reports only)
         else:
             changes["running_since"] = None
         new = replace(inst, state=state, reason=_short(reason), updated_at=now, **changes)
@@ -744,7 +749,7 @@ class RootService:
             baseline=baseline,
             reason=_short(f"rolling update to version {number}: {fields} changed"),
         )
-        old_target = job.job_version
+        old_target, old_spec = job.job_version, job.spec
         job = self._save_job(
             replace(
                 job,
@@ -761,10 +766,9 @@ class RootService:
             "version": {"from": old_target, "to": number},
             "changed": list(change.changed),
         }
-        old_spec = self._spec_for(job, old_target).model_dump(mode="json")
         for key in ("replicas", "priority"):
             if key in change.changed:
-                data[key] = {"from": old_spec.get(key), "to": getattr(change.spec, key)}
+                data[key] = {"from": getattr(old_spec, key), "to": getattr(change.spec, key)}
         self._emit(
             "job.updated",
             job.id,
@@ -1835,7 +1839,41 @@ class RootService:
             self.check_liveness()
             if sweep:
                 self.reconcile_all()
-            return PassWork(terminations=self.termination_work(), placements=self.placement_work())
+            else:
+                # health windows end without an event: every pass looks at the rollouts
+                self._dirty.update(
+                    j.id for j in self._jobs.values() if j.rollout is not None and j.rollout.active
+                )
+                self._settle()
+            return PassWork(
+                terminations=self.termination_work(),
+                placements=self.placement_work(),
+                wake_in=self._rollout_wake_in(),
+            )
+
+    def _rollout_wake_in(self) -> float | None:
+        """Seconds until the next health window or progress deadline of an active
+        rollout ends (so the reconciler looks again right then)."""
+        now = self._clock()
+        soonest: float | None = None
+        for job in self._jobs.values():
+            rollout = job.rollout
+            if rollout is None or not rollout.active:
+                continue
+            strategy = job.spec.update
+            times = [rollout.progress_at + strategy.progress_deadline_s]
+            for inst in self._job_instances(job.id):
+                if (
+                    inst.job_version == rollout.target_version
+                    and inst.state is InstanceState.RUNNING
+                    and inst.running_since is not None
+                    and not inst.terminate
+                ):
+                    times.append(inst.running_since + strategy.min_healthy_s)
+            for at in times:
+                if at > now and (soonest is None or at - now < soonest):
+                    soonest = at - now
+        return soonest
 
     def placement_work(self) -> list[str]:
         """Instances to place now: PENDING, or SCHEDULED but never acknowledged.
