@@ -550,3 +550,51 @@ def test_dry_run_of_a_scale_only_change(
         assert [p["replica"] for p in plan["placements"]] == [1, 2]
         assert plan["outcome"] == "no new version: replicas"
         assert get_job(root, job_id)["desired_replicas"] == 1
+
+
+def test_the_end_of_a_health_window_is_noticed_without_waiting_for_the_sweep(
+    sqlite_url: str, cluster: FakeCluster
+) -> None:
+    """Real clock, a 30 s sweep: the rollout still completes about min_healthy_s after
+    the new instance runs (a pass is due when the health window ends)."""
+    values = settings(sqlite_url).model_dump()
+    values.update(reconcile_interval=30.0)
+    with TestClient(create_app(RootSettings(**values))) as root:
+        cluster.register(root)
+        cluster.report(root)
+        strategy = {**STRATEGY, "max_unavailable": 0, "min_healthy_s": 0.5}
+        body = job_body("quick", replicas=1, update=strategy)
+        job_id = root.post("/api/v1/jobs", json=body, headers=AUTH).json()["id"]
+
+        def reported_running() -> dict[str, Any] | None:
+            cluster.report(root)
+            view = get_job(root, job_id)
+            return view if running(view) else None
+
+        wait_for(reported_running, 10.0, "the first instance RUNNING")
+        assert patch(root, job_id, {"env": {"V": "2"}}).status_code == 200
+        wait_view(root, job_id, new_assigned)
+        cluster.report(root)  # the new instance RUNNING: its health window starts
+        done = wait_view(root, job_id, lambda v: live(v) == running(v, 2) and bool(live(v)))
+        assert done["rollout"]["state"] == "complete"
+
+
+def test_api_doc_patch_examples_are_valid_bodies() -> None:
+    import json
+    import re
+
+    from root_orchestrator.models import JobPatch
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    bodies = re.findall(r"-X PATCH [^\n]*\\\n(?:[^\n]*\\\n)*?\s*-d '(.*?)'", text, re.DOTALL)
+    assert len(bodies) >= 5, bodies
+    refused = []
+    for raw in bodies:
+        body = json.loads(raw)
+        try:
+            JobPatch.model_validate(body)
+        except ValueError:
+            refused.append(body)
+    # the one example the doc shows refused by validation (the others are accepted
+    # as bodies; a changed name and a deleted job are refused by the service)
+    assert refused == [{"update": {"max_surge": 0, "max_unavailable": 0}}]
