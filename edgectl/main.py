@@ -518,7 +518,7 @@ def jobs_update(
     data_dir: DataDirOpt = None,
     fmt: OutputOpt = OutputFormat.TABLE,
 ) -> None:
-    """Change a job to the spec in a file: a rolling update when what runs changes.
+    """Update a job from a file (a rolling update when what runs changes).
 
     Sends the fields of the file that differ from the job's spec now (fields the file
     leaves out stay as they are). A change to image, command, env, resources,
@@ -579,7 +579,9 @@ def jobs_history(
     data_dir: DataDirOpt = None,
     fmt: OutputOpt = OutputFormat.TABLE,
 ) -> None:
-    """List the kept versions of a job's spec (the latest ten), newest first.
+    """List the versions of a job's spec, newest first.
+
+    The latest ten are kept.
 
     The version the job targets now is marked with *; states: current (the last
     complete version), rolling_out, superseded, failed, cancelled.
