@@ -518,7 +518,7 @@ def jobs_update(
     data_dir: DataDirOpt = None,
     fmt: OutputOpt = OutputFormat.TABLE,
 ) -> None:
-    """Update a job from a file (a rolling update when what runs changes).
+    """Update a job from a file (rolling update).
 
     Sends the fields of the file that differ from the job's spec now (fields the file
     leaves out stay as they are). A change to image, command, env, resources,
