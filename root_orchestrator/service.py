@@ -677,8 +677,11 @@ class RootService:
         )
 
     def _prune_versions(self, job: JobRecord, keep: Iterable[int]) -> None:
+        """Drop the oldest versions beyond MAX_VERSIONS; never one in `keep` or one that
+        an active instance runs (its placement request is built from it)."""
         versions = self._versions_of(job.id)
-        kept = set(sorted(versions, reverse=True)[:MAX_VERSIONS]) | set(keep)
+        running = {i.job_version for i in self._job_instances(job.id) if not i.state.terminal}
+        kept = set(sorted(versions, reverse=True)[:MAX_VERSIONS]) | set(keep) | running
         for number in [n for n in versions if n not in kept]:
             self._store.delete(JOB_VERSIONS, version_id(job.id, number))
             versions.pop(number, None)
