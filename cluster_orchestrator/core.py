@@ -1548,10 +1548,11 @@ class ClusterCore:
         """Move replicas of spread jobs onto nodes that returned (core thread).
 
         Runs `rebalance_after` seconds after a node came back. Targets are READY nodes
-        that have been READY that long and are neither draining nor cordoned; per job at most one replica
-        moves per pass, from its fullest node to a node holding two or more fewer, chosen
-        by the placement pipeline among those (so every filter applies). Until all spread
-        jobs are even, it looks again `REBALANCE_RETRY_S` later. Returns the moved ids.
+        that have been READY that long and are neither draining nor cordoned; per job at
+        most one replica moves per pass, from its fullest node to a node holding two or
+        more fewer, chosen by the placement pipeline among those (so every filter
+        applies). Until all spread jobs are even, it looks again `REBALANCE_RETRY_S`
+        later. Returns the moved ids.
         """
         wait = self.settings.rebalance_after
         targets = {

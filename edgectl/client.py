@@ -277,6 +277,26 @@ class RootClient:
             body_name="",
         )
 
+    def update_job(self, job: str, changes: Mapping[str, Any]) -> Any:
+        """``PATCH /jobs/{job}`` with spec fields: the job (a new version rolls out when
+        what runs changes)."""
+        return self.request(
+            "PATCH", f"/api/v1/jobs/{self._ref(job)}", json_body=dict(changes), body_name="spec"
+        )
+
+    def plan_update(self, job: str, changes: Mapping[str, Any]) -> Any:
+        """``POST /jobs/{job}/plan``: the dry run of an update (nothing changes)."""
+        return self.request(
+            "POST",
+            f"/api/v1/jobs/{self._ref(job)}/plan",
+            json_body=dict(changes),
+            body_name="spec",
+        )
+
+    def job_versions(self, job: str) -> Any:
+        """``GET /jobs/{job}/versions``: the kept versions of its spec, newest first."""
+        return self.request("GET", f"/api/v1/jobs/{self._ref(job)}/versions")
+
     def delete_job(self, job: str) -> Any:
         """``DELETE /jobs/{job}``: the job, now TERMINATING."""
         return self.request("DELETE", f"/api/v1/jobs/{self._ref(job)}")

@@ -1,4 +1,4 @@
-"""Job files and the `--wait` verdict (pure helpers of `edgectl jobs`)."""
+"""Job files, the `--wait` verdicts and update bodies (pure helpers of `edgectl jobs`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ __all__ = [
     "WaitStep",
     "failed_ids",
     "load_job_file",
+    "rollout_verdict",
+    "update_body",
     "wait_verdict",
 ]
 
@@ -245,3 +247,46 @@ def wait_verdict(
         )
     message = f"every replica is running; settling ({steady:.1f}s of {settle:g}s)"
     return late(message) or step("waiting", message, steady_since=since, steady_key=key)
+
+
+def update_body(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a job file (`wanted`) whose values differ from the job's spec now.
+
+    Fields the file leaves out are left as they are. A sub-object (``resources``,
+    ``env``, ``constraints``, ``update``) that differs is sent whole: it replaces the
+    field, and the root decides whether that changes anything (a partial sub-object
+    that only spells out defaults changes nothing).
+    """
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+def rollout_verdict(job: Mapping[str, Any], version: int) -> tuple[Verdict, str]:
+    """Whether the rollout of job version `version` completed, failed, or goes on.
+
+    Done when it is complete; failed when it rolled back, stopped (failed), was
+    cancelled (job deleted) or was superseded by a newer version; the message says
+    why, or how far it is.
+    """
+    rollout = job.get("rollout") or {}
+    latest = int(job.get("latest_version") or version)
+    to_version = int(rollout.get("to_version") or version)
+    if latest > version or to_version > version:
+        return "failed", f"version {version} was superseded by version {max(latest, to_version)}"
+    state = str(rollout.get("state") or "")
+    reason = str(rollout.get("reason") or "")
+    counts = (
+        f"{rollout.get('updated', 0)}/{rollout.get('replicas', 0)} updated, "
+        f"{rollout.get('healthy', 0)} healthy, {rollout.get('unavailable', 0)} unavailable"
+    )
+    if state == "complete":
+        return "done", f"version {version} rolled out ({counts})"
+    if state == "rolled_back":
+        return "failed", reason or f"rolled back to version {rollout.get('from_version')}"
+    if state == "failed":
+        return "failed", f"rollout of version {version} failed: {reason}"
+    if state == "cancelled":
+        return "failed", f"rollout of version {version} cancelled: {reason or 'job deleted'}"
+    if state == "rolling_back":
+        return "waiting", f"rolling back to version {rollout.get('from_version')}: {reason}"
+    waiting = str(rollout.get("waiting") or "")
+    return "waiting", f"{counts}" + (f"; {waiting}" if waiting else "")

@@ -35,7 +35,15 @@ from rich.text import Text
 from edgectl import output
 from edgectl.client import EdgectlError, RootClient
 from edgectl.config import Target, resolve_data_dir, resolve_target
-from edgectl.jobs import DEFAULT_SETTLE_S, WaitMemo, failed_ids, load_job_file, wait_verdict
+from edgectl.jobs import (
+    DEFAULT_SETTLE_S,
+    WaitMemo,
+    failed_ids,
+    load_job_file,
+    rollout_verdict,
+    update_body,
+    wait_verdict,
+)
 from edgectl.logs import Source, choose_instances, label_width, prefixed
 
 __all__ = ["app", "main", "make_client"]
@@ -61,7 +69,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-jobs_app = typer.Typer(help="Submit, list, inspect, scale and delete jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Submit, list, inspect, update, scale and delete jobs.", no_args_is_help=True
+)
 clusters_app = typer.Typer(help="Clusters registered with the root.", no_args_is_help=True)
 nodes_app = typer.Typer(
     help="Nodes of the clusters (fetched live): list, drain, cordon, uncordon.",
@@ -484,6 +494,157 @@ def jobs_explain(
         )
     else:
         _print(output.explain_view(view, names))
+
+
+def _wait_rollout(
+    client: RootClient, job_id: str, version: int, *, timeout: float, interval: float = 0.5
+) -> Mapping[str, Any]:
+    """Poll the job until the rollout of `version` completes (returned) or ends
+    otherwise (raised, with the reason)."""
+    console = _console(stderr=True)
+    start = time.monotonic()
+    deadline = start + timeout
+    last: tuple[Any, ...] = ()
+    try:
+        while True:
+            job: Mapping[str, Any] = client.get_job(job_id)
+            verdict, message = rollout_verdict(job, version)
+            rollout = job.get("rollout") or {}
+            state = rollout.get("state", "?")
+            # a line when the state or the counts change (not for every second waited)
+            key = (state, *(rollout.get(k) for k in ("updated", "healthy", "unavailable")))
+            if key != last or verdict != "waiting":
+                console.print(
+                    f"[{time.monotonic() - start:5.1f}s] {state}: {message}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+                last = key
+            if verdict == "done":
+                return job
+            if verdict == "failed":
+                raise EdgectlError(f"job {job.get('name')}: {message}")
+            if time.monotonic() >= deadline:
+                raise EdgectlError(
+                    f"job {job.get('name')}: version {version} not rolled out after "
+                    f"{timeout:.0f}s: {message}",
+                    hint=f"`edgectl jobs get {job.get('name')}` shows the rollout",
+                )
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        raise EdgectlError(
+            "interrupted; the rollout goes on", exit_code=130, hint="`edgectl jobs get` shows it"
+        ) from None
+
+
+@jobs_app.command("update")
+@handles_errors
+def jobs_update(
+    file: Annotated[
+        str,
+        typer.Option(
+            "--file",
+            "-f",
+            help="the job's new spec, YAML or JSON (- reads stdin); its name says which job.",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print the plan (version, batches, placements); change nothing."
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", "-w", help="follow the rollout until it completes (see above)."),
+    ] = False,
+    timeout: TimeoutOpt = 600.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Update a job from a file (rolling update).
+
+    Sends the fields of the file that differ from the job's spec now (fields the file
+    leaves out stay as they are). A change to image, command, env, resources,
+    constraints and the other task fields makes a new job version, rolled out under
+    the job's `update` strategy; replicas, priority and the strategy change in place.
+
+    --dry-run prints the plan: the version it would create, which instances are
+    replaced in which steps, and where each new replica would be placed now.
+
+    With --wait, follow the rollout: exit 0 once it is complete, 1 if it rolled back,
+    stopped or was superseded (with the reason), or after --timeout.
+    """
+    spec = load_job_file(file)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise EdgectlError(f"job file {file} has no name: the name says which job to update")
+    with _client(root_url, token, data_dir) as client:
+        current = client.get_job(name)
+        body = update_body(current.get("spec") or {}, spec)
+        if dry_run:
+            plan = client.plan_update(str(current["id"]), body)
+            if fmt is OutputFormat.JSON:
+                output.print_json(plan)
+            else:
+                Console(width=80, highlight=False).print(output.plan_view(plan))
+            return
+        if not body:
+            if fmt is OutputFormat.TABLE:
+                _err(f"job {name}: no change (the file matches its spec)")
+            _show_job(current, fmt)
+            return
+        before = int(current.get("job_version") or 1)
+        view = client.update_job(str(current["id"]), body)
+        version = int(view.get("job_version") or before)
+        if fmt is OutputFormat.TABLE:
+            old_spec, new_spec = current.get("spec") or {}, view.get("spec") or {}
+            changed = [k for k in new_spec if old_spec.get(k) != new_spec.get(k)]
+            if version != before:
+                _err(f"job {name}: version {version} rolling out ({', '.join(changed)} changed)")
+            elif not changed:
+                _err(f"job {name}: no change")
+            else:
+                _err(f"job {name} updated in place ({', '.join(changed)} changed)")
+        if wait:
+            if version != before:
+                view = _wait_rollout(client, str(view["id"]), version, timeout=timeout)
+            else:  # like `jobs scale --wait`: failures from before the change do not count
+                view = _wait_job(
+                    client,
+                    str(view["id"]),
+                    goal="running",
+                    timeout=timeout,
+                    known_failures=failed_ids(current),
+                )
+        _show_job(view, fmt)
+
+
+@jobs_app.command("history")
+@handles_errors
+def jobs_history(
+    job: JobArg,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """List the versions of a job's spec, newest first.
+
+    The latest ten are kept.
+
+    The version the job targets now is marked with *; states: current (the last
+    complete version), rolling_out, superseded, failed, cancelled.
+    """
+    with _client(root_url, token, data_dir) as client:
+        doc = client.job_versions(job)
+    if fmt is OutputFormat.JSON:
+        output.print_json(doc)
+    else:
+        _print(output.versions_table(doc.get("versions") or [], doc.get("job_version")))
 
 
 # ----------------------------------------------------------------------------- clusters, nodes

@@ -35,10 +35,13 @@ __all__ = [
     "local_view",
     "node_action_view",
     "nodes_table",
+    "plan_view",
     "print_json",
     "replicas_table",
     "resources",
+    "rollout_line",
     "state_text",
+    "versions_table",
 ]
 
 _STATE_STYLES = {
@@ -299,6 +302,7 @@ def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> FitTab
         [
             Col("REPLICA", drop=3, justify="right"),
             Col("INSTANCE", "id"),
+            Col("VER", drop=1, justify="right"),
             Col("STATE"),
             Col("WHERE", "text", min_width=12),
             Col("RESTARTS", drop=5, justify="right"),
@@ -316,6 +320,7 @@ def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> FitTab
         table.add_row(
             str(inst.get("replica", "")),
             str(inst.get("id", "")),
+            str(inst.get("job_version", 1)),
             state_text(inst.get("state")),
             _where(inst),
             str(inst.get("restarts", 0)),
@@ -358,6 +363,7 @@ def job_view(job: Mapping[str, Any], now: float, *, ended: bool = False) -> Grou
         ("name", job.get("name", "")),
         ("id", job.get("id", "")),
         ("state", state_text(job.get("state"))),
+        ("version", _version_text(job)),
         ("replicas", f"{job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)} running"),
         ("runtime", f"{spec.get('runtime', job.get('runtime', ''))}  {what or command}".rstrip()),
         ("resources", resources(spec.get("resources"))),
@@ -368,6 +374,8 @@ def job_view(job: Mapping[str, Any], now: float, *, ended: bool = False) -> Grou
     ]
     if job.get("reason"):
         rows.append(("reason", job["reason"]))
+    if job.get("rollout"):
+        rows.append(("rollout", rollout_line(job["rollout"])))
     counts = job.get("instance_counts") or {}
     if counts:
         rows.append(("instances", ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
@@ -721,4 +729,178 @@ def local_view(
             )
         parts.append(Text(""))
         parts.append(table)
+    return Group(*parts)
+
+
+def _version_text(job: Mapping[str, Any]) -> str:
+    version = job.get("job_version", 1)
+    latest = job.get("latest_version", version)
+    return f"{version}" if latest == version else f"{version} (latest {latest})"
+
+
+def rollout_line(rollout: Mapping[str, Any]) -> Text:
+    """One line on a job's latest rollout: state, versions, counts, reason."""
+    state = str(rollout.get("state", ""))
+    style = {
+        "complete": "green",
+        "progressing": "yellow",
+        "rolling_back": "magenta",
+        "rolled_back": "red",
+        "failed": "bold red",
+        "cancelled": "dim",
+    }.get(state, "")
+    text = Text(state, style=style)
+    text.append(
+        f"  {rollout.get('from_version')} -> {rollout.get('to_version')}"
+        f"  {rollout.get('updated', 0)}/{rollout.get('replicas', 0)} updated,"
+        f" {rollout.get('healthy', 0)} healthy, {rollout.get('unavailable', 0)} unavailable"
+    )
+    detail = rollout.get("waiting") if state in ("progressing", "rolling_back") else ""
+    reason = rollout.get("reason") or ""
+    for part in (reason, detail):
+        if part:
+            text.append(f"; {part}", style="dim")
+    return text
+
+
+def versions_table(versions: Iterable[Mapping[str, Any]], current: Any) -> Table:
+    """`edgectl jobs history`: each kept version, newest first (* marks the target)."""
+    table = _table("VERSION", "STATE", "CREATED", "CHANGED", "REASON")
+    for item in versions:
+        mark = "*" if item.get("version") == current else ""
+        created = item.get("created_at")
+        when = (
+            dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M:%S")
+            if isinstance(created, (int, float))
+            else "-"
+        )
+        table.add_row(
+            f"{item.get('version')}{mark}",
+            str(item.get("state", "")),
+            when,
+            ", ".join(item.get("changed") or []) or "-",
+            str(item.get("reason") or ""),
+        )
+    return table
+
+
+def _short_why(why: str) -> str:
+    """A stop's reason in at most 16 characters (the plan table fits 80 columns)."""
+    if "max_unavailable" in why:
+        return "max_unavailable"
+    if "healthy instance" in why:
+        return "new one healthy"
+    if "(it was " in why:
+        return "not running"
+    if "scaled down" in why:
+        return "scaled down"
+    return why if len(why) <= 16 else why[:13] + "..."
+
+
+def _compact_table(*columns: str) -> Table:
+    """Like `_table` with two spaces between columns; ids never wrap (80 columns)."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        header_style="bold",
+        collapse_padding=True,
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "INSTANCE")
+    return table
+
+
+def plan_view(plan: Mapping[str, Any]) -> Group:
+    """`edgectl jobs update --dry-run`: the version, the batches and the placements.
+
+    Meant for an 80-column terminal: one row per start or stop, short reasons.
+    """
+    parts: list[RenderableType] = []
+    new = plan.get("new_version")
+    changed = ", ".join(plan.get("changed") or []) or "nothing"
+    head = Text()
+    head.append(f"{plan.get('name')} ", style="bold")
+    if new is None:
+        head.append(f"version {plan.get('current_version')} stays ({changed} changed)")
+    else:
+        head.append(f"version {plan.get('current_version')} -> {new} ({changed} changed)")
+    parts.append(head)
+    strategy = plan.get("strategy") or {}
+    if new is not None:
+        parts.append(
+            Text(
+                f"strategy: max_surge {strategy.get('max_surge')}, max_unavailable "
+                f"{strategy.get('max_unavailable')}, healthy after "
+                f"{_num(strategy.get('min_healthy_s'))}s, deadline "
+                f"{_num(strategy.get('progress_deadline_s'))}s, auto_rollback "
+                f"{'on' if strategy.get('auto_rollback', True) else 'off'}",
+                style="dim",
+            )
+        )
+        parts.append(
+            Text(
+                f"replaces {len(plan.get('replaced') or [])} instance(s) of "
+                f"{plan.get('replicas')} replica(s) in {len(plan.get('batches') or [])} "
+                f"step(s); replay: {plan.get('outcome')}"
+            )
+        )
+    batches = plan.get("batches") or []
+    if batches:
+        table = _compact_table("STEP", "DO", "REP", "INSTANCE", "VER", "WHY", "AVAIL", "MAX")
+        for batch in batches:
+            rows: list[tuple[str, str, str, str, str]] = [
+                ("start", str(r), "(new)", f"{new}", "") for r in batch.get("start") or []
+            ]
+            for stop in batch.get("stop") or []:
+                replica = stop.get("replica")
+                version = stop.get("job_version")
+                rows.append(
+                    (
+                        "stop",
+                        "-" if replica is None else str(replica),
+                        str(stop.get("instance_id")),
+                        "-" if version is None else str(version),
+                        _short_why(str(stop.get("why", ""))),
+                    )
+                )
+            for index, (action, replica, instance, version, why) in enumerate(rows):
+                first = index == 0
+                table.add_row(
+                    str(batch.get("step")) if first else "",
+                    action,
+                    replica,
+                    instance,
+                    version,
+                    why,
+                    f">={batch.get('available_at_least')}" if first else "",
+                    f"<={batch.get('instances_at_most')}" if first else "",
+                )
+        parts.append(Text(""))
+        parts.append(table)
+    placements = plan.get("placements") or []
+    if placements:
+        table = _compact_table("REP", "PLACED", "CLUSTER", "WHY")
+        for item in placements:
+            outcome = str(item.get("outcome", ""))
+            table.add_row(
+                str(item.get("replica")),
+                Text(outcome, style="yellow" if outcome == "pending" else "green"),
+                str(item.get("cluster_name") or "-"),
+                str(item.get("explanation") or ""),
+            )
+        parts.append(Text(""))
+        parts.append(table)
+    pending = plan.get("pending") or []
+    if pending:
+        parts.append(
+            Text(
+                f"{len(pending)} replica(s) would stay PENDING: "
+                + ", ".join(str(r) for r in pending),
+                style="yellow",
+            )
+        )
+    for note in plan.get("notes") or []:
+        parts.append(Text(f"note: {note}", style="dim"))
+    parts.append(Text("dry run: nothing was changed", style="bold"))
     return Group(*parts)

@@ -30,7 +30,14 @@ from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.reconciler import Reconciler
 from root_orchestrator.routers import clusters, events, health, jobs
 from root_orchestrator.routers import logs as logs_router
-from root_orchestrator.service import Conflict, IdentityRefused, NotFound, RootService, Unauthorized
+from root_orchestrator.service import (
+    Conflict,
+    IdentityRefused,
+    Invalid,
+    NotFound,
+    RootService,
+    Unauthorized,
+)
 from root_orchestrator.settings import RootSettings
 from root_orchestrator.web import install_web
 from store import InvalidInput, StoreError, open_store
@@ -142,6 +149,13 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
 
+def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """422 for a request the service found invalid, in the shape of `_validation_error`."""
+    assert isinstance(exc, Invalid)
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors[:5])
+    return JSONResponse({"detail": exc.errors, "message": message}, status_code=422)
+
+
 def _service_error(code: int) -> Callable[[Request, Exception], JSONResponse]:
     def handler(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=code)
@@ -223,6 +237,7 @@ def create_app(
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     handlers: dict[Any, Callable[[Request, Exception], JSONResponse]] = {
         RequestValidationError: _validation_error,
+        Invalid: _invalid,
         NotFound: _service_error(404),
         Conflict: _service_error(409),
         IdentityRefused: _service_error(403),

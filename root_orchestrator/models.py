@@ -10,10 +10,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from root_orchestrator.replicas import JobState
+from root_orchestrator.rollout import RolloutState
 from schemas.cluster import ClusterLiveness, ClusterReport
-from schemas.common import Id, StrictModel
-from schemas.job import MAX_PRIORITY, Event, InstanceState, JobSpec
+from schemas.common import Id, Runtime, StrictModel
+from schemas.job import (
+    MAX_PRIORITY,
+    Constraints,
+    Event,
+    InstanceState,
+    JobSpec,
+    PlacementPolicy,
+    RestartPolicy,
+    ShedAction,
+    UpdateStrategy,
+)
 from schemas.node import InferenceStats
+from schemas.resources import Resources
 
 __all__ = [
     "ClusterList",
@@ -30,8 +42,15 @@ __all__ = [
     "NodeActionResult",
     "NodeList",
     "PlacementInfo",
+    "PlanBatch",
+    "PlanStop",
+    "PlannedPlacement",
     "ReportAck",
+    "RolloutView",
     "StuckInstance",
+    "UpdatePlan",
+    "VersionList",
+    "VersionView",
 ]
 
 
@@ -80,6 +99,7 @@ class InstanceView(BaseModel):
     exit_code: int | None = None
     restarts: int = 0
     terminating: bool = Field(default=False, description="the root asked its cluster to stop it")
+    job_version: int = Field(default=1, description="the job version this instance runs")
     placement: PlacementInfo | None = None
     inference: InferenceStats | None = Field(
         default=None,
@@ -100,6 +120,59 @@ class JobSummary(BaseModel):
     created_at: float
     updated_at: float
     reason: str = ""
+    job_version: int = Field(default=1, description="the version the job targets now")
+    rollout_state: RolloutState | None = Field(
+        default=None, description="state of the latest rollout (None: never updated)"
+    )
+
+
+class RolloutView(BaseModel):
+    """The latest rollout of a job (see docs/root-orchestrator.md, "Rolling updates").
+
+    `from_version` is the last complete version, `to_version` the one rolled out,
+    `target_version` where instances are moving now (`from_version` while rolling
+    back). Counts are of desired replicas: `updated` (only target instances left),
+    `healthy` (a target instance RUNNING for min_healthy_s), `unavailable` (short of
+    an available instance); `old_instances` active instances of other versions.
+    """
+
+    state: RolloutState
+    from_version: int
+    to_version: int
+    target_version: int
+    started_at: float
+    progress_at: float
+    finished_at: float | None = None
+    replicas: int
+    updated: int
+    healthy: int
+    unavailable: int
+    old_instances: int
+    reason: str = ""
+    waiting: str = Field(default="", description="what an active rollout waits for")
+
+
+class VersionView(BaseModel):
+    """One version of a job's spec: `current` (the last complete one), `rolling_out`,
+    `superseded`, `failed` or `cancelled`; `changed` lists the fields that differ from
+    the version before it. `spec` only in `GET /jobs/{job}/versions`."""
+
+    version: int
+    state: str
+    created_at: float
+    finished_at: float | None = None
+    reason: str = ""
+    changed: list[str] = Field(default_factory=list)
+    spec: JobSpec | None = None
+
+
+class VersionList(BaseModel):
+    """The kept versions of a job (the latest ones, newest first), with their specs."""
+
+    job_id: str
+    name: str
+    job_version: int
+    versions: list[VersionView]
 
 
 class JobView(JobSummary):
@@ -110,6 +183,11 @@ class JobView(JobSummary):
     instance_counts: dict[str, int] = Field(default_factory=dict)
     placement: PlacementInfo | None = None
     instances: list[InstanceView] = Field(default_factory=list)
+    latest_version: int = Field(default=1, description="highest version created so far")
+    rollout: RolloutView | None = None
+    versions: list[VersionView] = Field(
+        default_factory=list, description="the kept versions, newest first (without specs)"
+    )
 
 
 class JobList(BaseModel):
@@ -120,10 +198,94 @@ class JobList(BaseModel):
 
 
 class JobPatch(StrictModel):
-    """Body of `PATCH /jobs/{id}`: scale and/or change the priority."""
+    """Body of `PATCH /jobs/{id}`: any JobSpec fields to change (see docs/api.md).
+
+    `replicas`, `priority` and `update` change the job in place; any other field that
+    changes makes a new job version, rolled out under `update`. A sub-object
+    (`resources`, `constraints`, `env`, `update`) replaces the whole field. `null`
+    resets a field to its default, except `replicas` and `priority` (null: no change).
+    `name` cannot change; `runtime` can. Values are checked against the JobSpec rules
+    (422 names each field at fault).
+    """
 
     replicas: int | None = Field(default=None, ge=0, le=1000)
     priority: int | None = Field(default=None, ge=0, le=MAX_PRIORITY)
+    name: str | None = Field(default=None, description="must be the job's name if given")
+    runtime: Runtime | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] | None = None
+    workdir: str | None = None
+    resources: Resources | None = None
+    restart_policy: RestartPolicy | None = None
+    max_restarts: int | None = None
+    latency_budget_ms: float | None = None
+    on_shed: ShedAction | None = None
+    constraints: Constraints | None = None
+    placement_policy: PlacementPolicy | None = None
+    lost_grace_s: float | None = None
+    update: UpdateStrategy | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields the body set (explicit nulls included), by name."""
+        return {key: getattr(self, key) for key in self.model_fields_set}
+
+
+class PlannedPlacement(BaseModel):
+    """Where a new replica would be placed now, by the root scheduler's own code."""
+
+    replica: int
+    outcome: Literal["scheduled", "forwarded", "pending"]
+    cluster_id: str | None = None
+    cluster_name: str | None = None
+    explanation: str
+    decision: dict[str, Any] | None = None
+
+
+class PlanStop(BaseModel):
+    """An instance a rollout step stops, and why."""
+
+    instance_id: str
+    replica: int | None = None
+    job_version: int | None = None
+    why: str
+
+
+class PlanBatch(BaseModel):
+    """One step of the planned rollout: replicas that get a new instance, instances
+    stopped, the fewest available and the most instances during the step."""
+
+    step: int
+    start: list[int] = Field(default_factory=list)
+    stop: list[PlanStop] = Field(default_factory=list)
+    available_at_least: int
+    instances_at_most: int
+
+
+class UpdatePlan(BaseModel):
+    """A dry run of `PATCH /jobs/{job}`: what the change would do; nothing is changed.
+
+    `new_version` is the version it would create (None when it changes nothing that
+    runs); `batches` replay the rollout under `strategy` assuming each new instance is
+    placed and healthy in turn; `placements` say where each new replica would go on
+    the clusters' current reports, `pending` which replicas would stay PENDING.
+    """
+
+    dry_run: Literal[True] = True
+    job_id: str
+    name: str
+    changed: list[str]
+    current_version: int
+    new_version: int | None
+    replicas: int
+    strategy: UpdateStrategy
+    replaced: list[str] = Field(default_factory=list, description="instances that would stop")
+    batches: list[PlanBatch] = Field(default_factory=list)
+    outcome: str = Field(description="how the replay ended: complete, or why it would stop")
+    placements: list[PlannedPlacement] = Field(default_factory=list)
+    pending: list[int] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    spec: JobSpec
 
 
 class ClusterView(BaseModel):

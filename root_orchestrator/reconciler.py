@@ -90,6 +90,8 @@ class Reconciler:
         #: placements the latest pass left for later (no slot free, or a DELETE of the
         #: instance in flight)
         self.deferred = 0
+        #: seconds until a rollout needs another look (from the latest pass)
+        self._wake_in: float | None = None
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         """Run a service method in a worker thread.
@@ -160,8 +162,12 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("reconcile pass failed")
+            timeout = self._interval
+            if self._wake_in is not None:
+                # a rollout's health window or deadline ends before the next period
+                timeout = min(timeout, self._wake_in + 0.05)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     # ------------------------------------------------------------------ one pass
 
@@ -182,6 +188,7 @@ class Reconciler:
         if sweep:
             self._last_sweep = started
         work = await self._call(lambda: service.pass_work(sweep=sweep))
+        self._wake_in = work.wake_in
         self._start_terminations(work.terminations)
         self._start_placements(work.placements)
         if sweep and (self._pruning is None or self._pruning.done()):

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from root_orchestrator.replicas import InstanceFacts, JobState
+from root_orchestrator.rollout import Rollout
 from schemas.cluster import ClusterLiveness, ClusterReport
 from schemas.job import InstanceState, JobSpec
 
@@ -20,9 +21,11 @@ __all__ = [
     "IDEMPOTENCY",
     "INSTANCES",
     "JOBS",
+    "JOB_VERSIONS",
     "ClusterRecord",
     "InstanceRecord",
     "JobRecord",
+    "VersionRecord",
 ]
 
 JOBS = "jobs"
@@ -30,11 +33,17 @@ INSTANCES = "instances"
 CLUSTERS = "clusters"
 EVENTS = "events"
 IDEMPOTENCY = "idempotency"
+JOB_VERSIONS = "job_versions"
 
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """A submitted job: its spec (replicas and priority included) and summary state."""
+    """A submitted job: its spec (replicas and priority included) and summary state.
+
+    `spec` is the spec of the version the job targets now (`job_version`);
+    `latest_version` the highest version ever created (versions only grow);
+    `rollout` the status of the latest rollout (None before the first spec change).
+    """
 
     id: str
     name: str
@@ -47,6 +56,9 @@ class JobRecord:
     reason: str = ""
     placement: dict[str, Any] | None = None
     version: int = 0
+    job_version: int = 1
+    latest_version: int = 1
+    rollout: Rollout | None = None
 
     @property
     def desired(self) -> int:
@@ -66,6 +78,9 @@ class JobRecord:
             "next_generation": self.next_generation,
             "reason": self.reason,
             "placement": self.placement,
+            "job_version": self.job_version,
+            "latest_version": self.latest_version,
+            "rollout": self.rollout.to_doc() if self.rollout else None,
         }
 
     @classmethod
@@ -83,7 +98,70 @@ class JobRecord:
             reason=doc.get("reason", ""),
             placement=doc.get("placement"),
             version=doc.get("_version", 0),
+            job_version=int(doc.get("job_version") or 1),
+            latest_version=int(doc.get("latest_version") or doc.get("job_version") or 1),
+            rollout=Rollout.from_doc(doc["rollout"]) if doc.get("rollout") else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One version of a job's spec, kept for the history and for rollbacks.
+
+    `number` is the job version; `state`: ``current`` (the last complete version),
+    ``rolling_out``, ``superseded``, ``failed`` or ``cancelled``; `changed` the fields
+    that differ from the version it replaced. Stored in `JOB_VERSIONS` with the id
+    ``<job id>-v<number>``.
+    """
+
+    job_id: str
+    number: int
+    spec: JobSpec
+    created_at: float
+    state: str
+    reason: str = ""
+    finished_at: float | None = None
+    changed: tuple[str, ...] = ()
+    version: int = 0
+
+    @property
+    def id(self) -> str:
+        """The store id."""
+        return version_id(self.job_id, self.number)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The store document (without `_version`)."""
+        return {
+            "_id": self.id,
+            "job_id": self.job_id,
+            "number": self.number,
+            "spec": self.spec.model_dump(mode="json"),
+            "created_at": self.created_at,
+            "state": self.state,
+            "reason": self.reason,
+            "finished_at": self.finished_at,
+            "changed": list(self.changed),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> VersionRecord:
+        """Rebuild a record from a store document."""
+        return cls(
+            job_id=doc["job_id"],
+            number=int(doc["number"]),
+            spec=JobSpec.model_validate(doc["spec"]),
+            created_at=float(doc["created_at"]),
+            state=str(doc["state"]),
+            reason=str(doc.get("reason", "")),
+            finished_at=doc.get("finished_at"),
+            changed=tuple(doc.get("changed") or ()),
+            version=doc.get("_version", 0),
+        )
+
+
+def version_id(job_id: str, number: int) -> str:
+    """The store id of version `number` of a job."""
+    return f"{job_id}-v{number}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +170,9 @@ class InstanceRecord:
 
     `terminate` marks an instance the root wants gone (scale down, delete, reschedule);
     `assigned_at` is when its cluster accepted it; `cluster_ts` the time stamp of the
-    last state change its cluster reported (older changes are ignored).
+    last state change its cluster reported (older changes are ignored). `job_version`
+    is the job version it runs, `running_since` when it last became RUNNING (None when
+    not RUNNING) and `node_restarts` how often its node restarted it in place.
     """
 
     id: str
@@ -114,9 +194,17 @@ class InstanceRecord:
     cluster_ts: float = 0.0
     placement: dict[str, Any] | None = None
     version: int = 0
+    job_version: int = 1
+    running_since: float | None = None
+    node_restarts: int = 0
 
     def facts(self) -> InstanceFacts:
-        """The view replica diffing works on."""
+        """The view replica diffing and rollout planning work on."""
+        pending = ""
+        if self.state is InstanceState.PENDING and (self.placement or {}).get("outcome") == (
+            "pending"
+        ):
+            pending = str((self.placement or {}).get("explanation", ""))
         return InstanceFacts(
             id=self.id,
             replica=self.replica,
@@ -124,6 +212,11 @@ class InstanceRecord:
             restarts=self.restarts,
             created_at=self.created_at,
             terminating=self.terminate,
+            job_version=self.job_version,
+            running_since=self.running_since,
+            node_restarts=self.node_restarts,
+            reason=self.reason,
+            pending_reason=pending,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -139,6 +232,7 @@ class InstanceRecord:
         """Rebuild a record from a store document."""
         values = {k: v for k, v in doc.items() if not k.startswith("_")}
         values["state"] = InstanceState(values["state"])
+        values["job_version"] = int(values.get("job_version") or 1)
         return cls(id=doc["_id"], version=doc.get("_version", 0), **values)
 
 

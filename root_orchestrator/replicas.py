@@ -60,7 +60,13 @@ class JobState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InstanceFacts:
-    """What replica diffing needs to know about one instance."""
+    """What replica diffing (and rollout planning, root_orchestrator/rollout.py) needs to
+    know about one instance.
+
+    `job_version` is the job version it runs; `running_since` when it last became
+    RUNNING (None unless RUNNING now); `node_restarts` how often its node restarted it
+    in place; `pending_reason` why its latest placement left it PENDING ("" if none).
+    """
 
     id: str
     replica: int
@@ -68,6 +74,11 @@ class InstanceFacts:
     restarts: int = 0
     created_at: float = 0.0
     terminating: bool = False
+    job_version: int = 1
+    running_since: float | None = None
+    node_restarts: int = 0
+    reason: str = ""
+    pending_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,23 +41,44 @@ from root_orchestrator.models import (
     EventRecord,
     InstanceView,
     JobList,
+    JobPatch,
     JobSummary,
     JobView,
     PlacementInfo,
+    PlanBatch,
+    PlannedPlacement,
+    PlanStop,
+    RolloutView,
+    UpdatePlan,
+    VersionList,
+    VersionView,
 )
 from root_orchestrator.records import (
     CLUSTERS,
     EVENTS,
     IDEMPOTENCY,
     INSTANCES,
+    JOB_VERSIONS,
     JOBS,
     ClusterRecord,
     InstanceRecord,
     JobRecord,
+    VersionRecord,
+    version_id,
 )
-from root_orchestrator.replicas import JobState, diff_replicas, job_state
+from root_orchestrator.replicas import InstanceFacts, JobState, diff_replicas, job_state
+from root_orchestrator.rollout import (
+    Rollout,
+    RolloutState,
+    RolloutStep,
+    merge_plans,
+    plan_rollout,
+    rollout_counts,
+    simulate,
+)
 from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
 from root_orchestrator.settings import RootSettings
+from root_orchestrator.spec_update import PatchInvalid, SpecChange, apply_patch
 from schemas.cluster import (
     ClusterLiveness,
     ClusterRegistration,
@@ -70,11 +91,12 @@ from schemas.cluster import (
 from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
-from store import Store
+from store import Store, VersionConflict
 
 __all__ = [
     "Conflict",
     "IdentityRefused",
+    "Invalid",
     "NotFound",
     "PassWork",
     "PlacementStep",
@@ -98,6 +120,8 @@ MAX_TERMINAL_LISTED = 100
 REFUSAL_TTL_S = 30.0
 #: Events deleted per pruning call.
 PRUNE_BATCH = 500
+#: Versions of a job's spec kept (the current and the target one always are).
+MAX_VERSIONS = 10
 
 
 class ServiceError(Exception):
@@ -110,6 +134,16 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     """The request contradicts the current state (409)."""
+
+
+class Invalid(ServiceError):
+    """A request whose fields do not validate (422); `errors` name each field."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__(
+            "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        )
 
 
 class Unauthorized(ServiceError):
@@ -157,10 +191,12 @@ class PlacementStep:
 @dataclass(frozen=True, slots=True)
 class PassWork:
     """What a reconcile pass found to do: DELETEs to send, instances to place (ids,
-    highest priority first)."""
+    highest priority first), and in how many seconds a rollout needs another look
+    (a health window or a progress deadline ends; None: no active rollout)."""
 
     terminations: list[TerminateStep]
     placements: list[str]
+    wake_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +244,8 @@ class RootService:
         self._capacity_version: dict[str, int] = {}
         #: latest inference figures per instance from cluster reports (memory only)
         self._inference: dict[str, InferenceStats] = {}
+        #: versions of job specs by job id, loaded from the store when first needed
+        self._versions: dict[str, dict[int, VersionRecord]] = {}
         self._seq = 0
         self._last_id_ms = 0
         self._pruned_to = 0
@@ -227,6 +265,7 @@ class RootService:
                 (INSTANCES, ("job_id", "state", "cluster_id")),
                 (EVENTS, ("seq", "job_id", "instance_id", "cluster_id", "kind", "category")),
                 (CLUSTERS, ("name",)),
+                (JOB_VERSIONS, ("job_id",)),
             ):
                 for fld in fields:
                     store.ensure_index(coll, fld)
@@ -242,6 +281,11 @@ class RootService:
                     continue
                 for doc in store.find(JOBS, {"state": state.value}):
                     job = JobRecord.from_doc(doc)
+                    if job.rollout is not None and job.rollout.active:
+                        # like clusters, a rollout gets a fresh progress deadline: the
+                        # root's own downtime is not the new version's fault
+                        fresh = replace(job.rollout, progress_at=max(job.rollout.progress_at, now))
+                        job = replace(job, rollout=fresh)
                     self._jobs[job.id] = job
                     self._by_job.setdefault(job.id, set())
             for job_id in list(self._jobs):
@@ -390,6 +434,7 @@ class RootService:
 
     def _evict(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
+        self._versions.pop(job_id, None)
         for iid in self._by_job.pop(job_id, set()):
             self._instances.pop(iid, None)
             self._refusals.pop(iid, None)
@@ -422,6 +467,14 @@ class RootService:
         now = self._clock()
         if state is InstanceState.PENDING and inst.state is not InstanceState.PENDING:
             changes.setdefault("pending_since", now)
+        if state is InstanceState.RUNNING:
+            if inst.state is not InstanceState.RUNNING:
+                changes.setdefault("running_since", now)  # the health window starts
+                job = self._jobs.get(inst.job_id)
+                if job is not None and job.rollout is not None and job.rollout.active:
+                    self._kick()  # a pass computes when the window ends (reports only)
+        else:
+            changes["running_since"] = None
         new = replace(inst, state=state, reason=_short(reason), updated_at=now, **changes)
         new = self._save_instance(new, inst)
         if state.terminal or state is InstanceState.PENDING:
@@ -436,7 +489,11 @@ class RootService:
                 instance_id=inst.id,
                 cluster_id=new.cluster_id or inst.cluster_id,
                 node_id=new.node_id,
-                data={"from": inst.state.value, "replica": inst.replica},
+                data={
+                    "from": inst.state.value,
+                    "replica": inst.replica,
+                    "job_version": inst.job_version,
+                },
             )
         self._dirty.add(inst.job_id)
         return new
@@ -456,6 +513,7 @@ class RootService:
             restarts=restarts,
             reason=why,
             pending_since=now,
+            job_version=job.job_version,
         )
         self._save_instance(inst, None)
         self._emit(
@@ -465,7 +523,12 @@ class RootService:
             reason=why,
             job_id=job.id,
             instance_id=inst.id,
-            data={"from": None, "replica": replica, "restarts": restarts},
+            data={
+                "from": None,
+                "replica": replica,
+                "restarts": restarts,
+                "job_version": job.job_version,
+            },
         )
         self._dirty.add(job.id)
 
@@ -488,6 +551,7 @@ class RootService:
             instance_id=inst.id,
             cluster_id=inst.cluster_id,
             node_id=inst.node_id,
+            data={"replica": inst.replica, "job_version": inst.job_version},
         )
         self._dirty.add(inst.job_id)
         self._kick()
@@ -496,37 +560,45 @@ class RootService:
         return [self._instances[i] for i in self._by_job.get(job_id, ()) if i in self._instances]
 
     def _reconcile_job(self, job: JobRecord) -> None:
-        """Close the gap between desired replicas and instances for one job."""
+        """Close the gap between desired replicas and instances for one job (and move
+        its rollout on, if one is active: root_orchestrator/rollout.py)."""
+        facts = [i.facts() for i in self._job_instances(job.id)]
+        step: RolloutStep | None = None
+        if job.rollout is not None and job.rollout.active:
+            job, step = self._advance_rollout(job, facts)
         spec = job.spec
         plan = diff_replicas(
             job.desired,
-            [i.facts() for i in self._job_instances(job.id)],
+            facts,
             spec.restart_policy,
             spec.max_restarts,
             spec.on_shed,
         )
-        for iid in plan.terminate:
+        merged = merge_plans(plan, step, facts, job.job_version)
+        for iid, given in merged.terminate:
             inst = self._instances[iid]
-            if job.deleted_at is not None:
+            if given is not None:
+                why = given
+            elif job.deleted_at is not None:
                 why = "job deleted"
             elif inst.replica >= job.desired:
                 why = f"scaled down to {job.desired} replicas"
             else:
                 why = "shed by its node; rescheduling (on_shed=reschedule)"
             self._request_termination(inst, why)
-        if plan.create:
+        if merged.create:
             # Reserve the generations (instance ids) in the job record before creating
             # the instances: a crash in between can never hand out an id twice.
             current = self._jobs[job.id]
             first = current.next_generation
             job = self._save_job(
                 replace(
-                    current, next_generation=first + len(plan.create), updated_at=self._clock()
+                    current, next_generation=first + len(merged.create), updated_at=self._clock()
                 ),
                 current,
             )
-            for offset, (replica, restarts) in enumerate(plan.create):
-                why = (
+            for offset, (replica, restarts, given) in enumerate(merged.create):
+                why = given or (
                     f"replica {replica} created"
                     if restarts == 0
                     else f"replica {replica} replaced (restart {restarts})"
@@ -565,6 +637,296 @@ class RootService:
         self._emit(
             "job.state", job.id, state=state.value, job_id=job.id, data={"from": job.state.value}
         )
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _versions_of(self, job_id: str) -> dict[int, VersionRecord]:
+        """The kept versions of a job's spec (loaded from the store on first use)."""
+        versions = self._versions.get(job_id)
+        if versions is None:
+            versions = {}
+            for doc in self._store.find(JOB_VERSIONS, {"job_id": job_id}):
+                rec = VersionRecord.from_doc(doc)
+                versions[rec.number] = rec
+            if job_id in self._jobs:
+                self._versions[job_id] = versions
+        return versions
+
+    def _save_version(self, new: VersionRecord, old: VersionRecord | None) -> VersionRecord:
+        expected = old.version if old else 0
+        try:
+            version = self._store.put(JOB_VERSIONS, new.to_doc(), expected_version=expected)
+        except VersionConflict:
+            if old is not None:
+                raise
+            # left by a root that crashed before its job record named this version:
+            # nothing refers to it, so it is overwritten
+            doc = self._store.get(JOB_VERSIONS, new.id)
+            version = self._store.put(
+                JOB_VERSIONS, new.to_doc(), expected_version=doc["_version"] if doc else 0
+            )
+        new = replace(new, version=version)
+        self._versions_of(new.job_id)[new.number] = new
+        return new
+
+    def _set_version_state(self, job_id: str, number: int, state: str, reason: str = "") -> None:
+        old = self._versions_of(job_id).get(number)
+        if old is None or (old.state == state and old.reason == reason):
+            return
+        finished = self._clock() if state != "rolling_out" else None
+        self._save_version(
+            replace(old, state=state, reason=_short(reason), finished_at=finished), old
+        )
+
+    def _prune_versions(self, job: JobRecord, keep: Iterable[int]) -> None:
+        """Drop the oldest versions beyond MAX_VERSIONS; never one in `keep` or one that
+        an active instance runs (its placement request is built from it)."""
+        versions = self._versions_of(job.id)
+        running = {i.job_version for i in self._job_instances(job.id) if not i.state.terminal}
+        kept = set(sorted(versions, reverse=True)[:MAX_VERSIONS]) | set(keep) | running
+        for number in [n for n in versions if n not in kept]:
+            self._store.delete(JOB_VERSIONS, version_id(job.id, number))
+            versions.pop(number, None)
+
+    def _spec_for(self, job: JobRecord, number: int) -> JobSpec:
+        """The spec an instance of version `number` runs (its placement request)."""
+        if number == job.job_version:
+            return job.spec
+        rec = self._versions_of(job.id).get(number)
+        return rec.spec if rec is not None else job.spec
+
+    def _running_now(self, job_id: str) -> int:
+        return sum(
+            1
+            for i in self._job_instances(job_id)
+            if i.state is InstanceState.RUNNING and not i.terminate
+        )
+
+    def _start_rollout(self, job: JobRecord, change: SpecChange) -> JobRecord:
+        """A new version of the job's spec becomes its target; a rollout begins."""
+        now = self._clock()
+        number = job.latest_version + 1
+        previous = job.rollout
+        stable = previous.stable_version if previous is not None else job.job_version
+        versions = self._versions_of(job.id)
+        if stable not in versions and stable == job.job_version:
+            # the first change of this job: its spec so far becomes version `stable`
+            self._save_version(
+                VersionRecord(
+                    job_id=job.id,
+                    number=stable,
+                    spec=job.spec,
+                    created_at=job.created_at,
+                    state="current",
+                ),
+                None,
+            )
+        if previous is not None and previous.state is RolloutState.PROGRESSING:
+            self._set_version_state(
+                job.id,
+                previous.to_version,
+                "superseded",
+                f"superseded by version {number} before its rollout finished",
+            )
+        self._save_version(
+            VersionRecord(
+                job_id=job.id,
+                number=number,
+                spec=change.spec,
+                created_at=now,
+                state="rolling_out",
+                changed=change.versioned,
+            ),
+            versions.get(number),
+        )
+        baseline = (
+            previous.baseline
+            if previous is not None and previous.active
+            else self._running_now(job.id)
+        )
+        fields = ", ".join(change.versioned)
+        rollout = Rollout(
+            state=RolloutState.PROGRESSING,
+            from_version=stable,
+            to_version=number,
+            started_at=now,
+            progress_at=now,
+            baseline=baseline,
+            reason=_short(f"rolling update to version {number}: {fields} changed"),
+        )
+        old_target, old_spec = job.job_version, job.spec
+        job = self._save_job(
+            replace(
+                job,
+                spec=change.spec,
+                job_version=number,
+                latest_version=number,
+                rollout=rollout,
+                updated_at=now,
+            ),
+            job,
+        )
+        self._prune_versions(job, (stable, number))
+        data: dict[str, Any] = {
+            "version": {"from": old_target, "to": number},
+            "changed": list(change.changed),
+        }
+        for key in ("replicas", "priority"):
+            if key in change.changed:
+                data[key] = {"from": getattr(old_spec, key), "to": getattr(change.spec, key)}
+        self._emit(
+            "job.updated",
+            job.id,
+            job_id=job.id,
+            reason=f"version {number}: {', '.join(change.changed)} changed",
+            data=data,
+        )
+        self._emit_rollout(job, rollout.reason)
+        self._dirty.add(job.id)
+        return job
+
+    def _emit_rollout(self, job: JobRecord, reason: str, **extra: Any) -> None:
+        rollout = job.rollout
+        assert rollout is not None
+        counts = rollout_counts(
+            job.desired,
+            [i.facts() for i in self._job_instances(job.id)],
+            rollout.target_version,
+            self._clock(),
+            job.spec.update.min_healthy_s,
+        )
+        self._emit(
+            "job.rollout",
+            job.id,
+            job_id=job.id,
+            state=rollout.state.value,
+            reason=reason,
+            data={
+                "from_version": rollout.from_version,
+                "to_version": rollout.to_version,
+                "target_version": rollout.target_version,
+                "replicas": counts.replicas,
+                "updated": counts.updated,
+                "healthy": counts.healthy,
+                "unavailable": counts.unavailable,
+                **extra,
+            },
+        )
+
+    def _advance_rollout(
+        self, job: JobRecord, facts: list[InstanceFacts]
+    ) -> tuple[JobRecord, RolloutStep | None]:
+        """Look at an active rollout: finish it, fail it (and roll back), or return
+        the starts and stops it wants now."""
+        now = self._clock()
+        if job.deleted_at is not None:
+            return self._end_rollout(job, RolloutState.CANCELLED, "job deleted"), None
+        for _ in range(3):
+            rollout = job.rollout
+            assert rollout is not None
+            step = plan_rollout(rollout, job.desired, facts, job.spec.update, now)
+            if step.verdict == "failed":
+                forward = rollout.state is RolloutState.PROGRESSING
+                if forward and job.spec.update.auto_rollback:
+                    job = self._roll_back(job, step.reason, facts)
+                    continue
+                return self._end_rollout(job, RolloutState.FAILED, step.reason), None
+            if step.verdict == "complete":
+                done = (
+                    RolloutState.COMPLETE
+                    if rollout.state is RolloutState.PROGRESSING
+                    else RolloutState.ROLLED_BACK
+                )
+                return self._end_rollout(job, done, rollout.reason), None
+            if step.counts.healthy > rollout.healthy:
+                job = self._save_job(
+                    replace(
+                        job, rollout=replace(rollout, healthy=step.counts.healthy, progress_at=now)
+                    ),
+                    job,
+                )
+                counts = step.counts
+                self._emit_rollout(
+                    job,
+                    f"{counts.healthy}/{counts.replicas} replicas healthy at version "
+                    f"{rollout.target_version}",
+                )
+            return job, step
+        return job, None
+
+    def _roll_back(self, job: JobRecord, reason: str, facts: list[InstanceFacts]) -> JobRecord:
+        """The rolled-out version failed: the job's target goes back to the last complete
+        version (replicas, priority and strategy stay as they are now)."""
+        rollout = job.rollout
+        assert rollout is not None
+        now = self._clock()
+        stable = self._versions_of(job.id).get(rollout.from_version)
+        if stable is None:
+            return self._end_rollout(
+                job, RolloutState.FAILED, f"{reason}; version {rollout.from_version} is not kept"
+            )
+        spec = JobSpec.model_validate(
+            {
+                **stable.spec.model_dump(),
+                "replicas": job.spec.replicas,
+                "priority": job.spec.priority,
+                "update": job.spec.update,
+            }
+        )
+        self._set_version_state(job.id, rollout.to_version, "failed", reason)
+        counts = rollout_counts(
+            job.desired, facts, rollout.from_version, now, spec.update.min_healthy_s
+        )
+        back = replace(
+            rollout,
+            state=RolloutState.ROLLING_BACK,
+            reason=_short(reason),
+            progress_at=now,
+            healthy=counts.healthy,
+        )
+        job = self._save_job(
+            replace(job, spec=spec, job_version=rollout.from_version, rollout=back, updated_at=now),
+            job,
+        )
+        self._emit_rollout(job, f"rolling back to version {rollout.from_version}: {reason}")
+        self._dirty.add(job.id)
+        return job
+
+    def _end_rollout(self, job: JobRecord, state: RolloutState, reason: str) -> JobRecord:
+        rollout = job.rollout
+        assert rollout is not None
+        now = self._clock()
+        if state is RolloutState.COMPLETE:
+            self._set_version_state(job.id, rollout.to_version, "current")
+            if rollout.from_version != rollout.to_version:
+                self._set_version_state(
+                    job.id,
+                    rollout.from_version,
+                    "superseded",
+                    f"replaced by version {rollout.to_version}",
+                )
+            reason = f"version {rollout.to_version} rolled out to {job.desired} replicas"
+        elif state is RolloutState.ROLLED_BACK:
+            reason = f"rolled back to version {rollout.from_version}: {rollout.reason}"
+        elif rollout.state is RolloutState.PROGRESSING:
+            self._set_version_state(
+                job.id,
+                rollout.to_version,
+                "failed" if state is RolloutState.FAILED else "cancelled",
+                reason,
+            )
+        if state is RolloutState.FAILED and rollout.state is RolloutState.PROGRESSING:
+            reason = f"rollout stopped (auto_rollback off), nothing more is replaced: {reason}"
+        ended = replace(rollout, state=state, reason=_short(reason), finished_at=now)
+        job = self._save_job(replace(job, rollout=ended, updated_at=now), job)
+        self._emit_rollout(job, ended.reason)
+        return job
+
+    def _change_for(self, job: JobRecord, patch: JobPatch) -> SpecChange:
+        try:
+            return apply_patch(job.spec, patch.given())
+        except PatchInvalid as exc:
+            raise Invalid(exc.errors) from None
 
     # ------------------------------------------------------------------ jobs (API)
 
@@ -722,29 +1084,309 @@ class RootService:
 
     def patch_job(self, ref: str, *, replicas: int | None, priority: int | None) -> JobView:
         """Scale a job and/or change its priority (applies to instances placed later)."""
+        return self.update_job(ref, JobPatch(replicas=replicas, priority=priority))
+
+    def _live_job(self, ref: str) -> JobRecord:
+        job = self._resolve_job(ref)
+        if job.deleted_at is not None or job.id not in self._jobs:
+            raise Conflict(f"job {job.id} is deleted")
+        return job
+
+    def update_job(self, ref: str, patch: JobPatch) -> JobView:
+        """Change a job's spec (`PATCH /jobs/{job}`).
+
+        A change to what runs makes a new version and starts a rolling replacement
+        (a change during a rollout starts a new one: newest wins); replicas, priority
+        and the update strategy alone change the job in place (priority applies to
+        placements made later). Conflict if the job is deleted, Invalid naming the
+        field at fault.
+        """
         with self._lock:
-            job = self._resolve_job(ref)
-            if job.deleted_at is not None or job.id not in self._jobs:
-                raise Conflict(f"job {job.id} is deleted")
-            update: dict[str, Any] = {}
-            data: dict[str, Any] = {}
-            if replicas is not None and replicas != job.spec.replicas:
-                update["replicas"] = replicas
-                data["replicas"] = {"from": job.spec.replicas, "to": replicas}
-            if priority is not None and priority != job.spec.priority:
-                update["priority"] = priority
-                data["priority"] = {"from": job.spec.priority, "to": priority}
-            if update:
-                spec = JobSpec.model_validate({**job.spec.model_dump(), **update})
-                job = self._save_job(replace(job, spec=spec, updated_at=self._clock()), job)
-                kind = "job.scaled" if "replicas" in update else "job.updated"
-                text = ", ".join(f"{k} {v['from']} -> {v['to']}" for k, v in data.items())
+            job = self._live_job(ref)
+            change = self._change_for(job, patch)
+            if change.versioned:
+                job = self._start_rollout(job, change)
+            elif change.changed:
+                data: dict[str, Any] = {}
+                before = job.spec
+                for key in change.changed:
+                    if key in ("replicas", "priority"):
+                        data[key] = {"from": getattr(before, key), "to": getattr(change.spec, key)}
+                    else:
+                        data[key] = {
+                            "from": before.model_dump(mode="json")[key],
+                            "to": change.spec.model_dump(mode="json")[key],
+                        }
+                job = self._save_job(replace(job, spec=change.spec, updated_at=self._clock()), job)
+                kind = "job.scaled" if "replicas" in change.changed else "job.updated"
+                text = ", ".join(
+                    f"{k} {v['from']} -> {v['to']}" if k in ("replicas", "priority") else f"{k}"
+                    for k, v in data.items()
+                )
                 self._emit(kind, job.id, job_id=job.id, reason=text, data=data)
                 self._dirty.add(job.id)
+            if change.changed:
                 self._settle()
             view = self._job_view(self._jobs.get(job.id, job))
         self._kick()
         return view
+
+    def plan_update(self, ref: str, patch: JobPatch) -> UpdatePlan:
+        """What `update_job` would do, without doing any of it (the dry run).
+
+        The rollout's batches are replayed by the same planning functions the
+        reconciler applies; each new replica's placement is decided by the root
+        scheduler's own code on the clusters' current reports, with reservations
+        kept local to this plan.
+        """
+        with self._lock:
+            job = self._live_job(ref)
+            change = self._change_for(job, patch)
+            spec = change.spec
+            now = self._clock()
+            facts = [i.facts() for i in self._job_instances(job.id)]
+            live = {f.id: f for f in facts if not f.state.terminal}
+            notes: list[str] = []
+            batches: list[PlanBatch] = []
+            replaced: list[str] = []
+            new_version: int | None = None
+            if change.versioned:
+                new_version = job.latest_version + 1
+                previous = job.rollout
+                stable = previous.stable_version if previous is not None else job.job_version
+                baseline = (
+                    previous.baseline
+                    if previous is not None and previous.active
+                    else self._running_now(job.id)
+                )
+                replay = Rollout(
+                    state=RolloutState.PROGRESSING,
+                    from_version=stable,
+                    to_version=new_version,
+                    started_at=now,
+                    progress_at=now,
+                    baseline=baseline,
+                )
+                steps, outcome = simulate(
+                    replay,
+                    spec.replicas,
+                    facts,
+                    spec.update,
+                    now,
+                    restart_policy=spec.restart_policy,
+                    max_restarts=spec.max_restarts,
+                    on_shed=spec.on_shed,
+                )
+                for step in steps:
+                    stops = []
+                    for iid, why in step.stop:
+                        known = live.get(iid)
+                        stops.append(
+                            PlanStop(
+                                instance_id=iid,
+                                replica=known.replica if known else None,
+                                job_version=known.job_version if known else None,
+                                why=why,
+                            )
+                        )
+                    batches.append(
+                        PlanBatch(
+                            step=step.step,
+                            start=list(step.start),
+                            stop=stops,
+                            available_at_least=step.available_at_least,
+                            instances_at_most=step.instances_at_most,
+                        )
+                    )
+                replaced = sorted(i for i, f in live.items() if f.job_version != new_version)
+                replicas = list(range(spec.replicas))
+                if previous is not None and previous.active:
+                    notes.append(
+                        f"version {previous.to_version} is still rolling out "
+                        f"({previous.state.value}): version {new_version} replaces it "
+                        "(newest wins)"
+                    )
+                notes.append(
+                    "batches assume each new instance is placed at once and healthy after "
+                    f"min_healthy_s ({spec.update.min_healthy_s:g}s)"
+                )
+            else:
+                plan = diff_replicas(
+                    spec.replicas, facts, spec.restart_policy, spec.max_restarts, spec.on_shed
+                )
+                replicas = [r for r, _restarts in plan.create]
+                outcome = (
+                    "no new version: " + ", ".join(change.changed)
+                    if change.changed
+                    else "no change"
+                )
+                if plan.terminate:
+                    replaced = sorted(plan.terminate)
+                    notes.append(f"scaling down stops {len(plan.terminate)} instance(s)")
+            placements = self._plan_placements(job, spec, replicas, keep=not change.versioned)
+            if placements:
+                notes.append(
+                    "placements use the clusters' current reports; capacity that old "
+                    "instances free as they stop is not counted"
+                )
+            return UpdatePlan(
+                job_id=job.id,
+                name=job.name,
+                changed=list(change.changed),
+                current_version=job.job_version,
+                new_version=new_version,
+                replicas=spec.replicas,
+                strategy=spec.update,
+                replaced=replaced,
+                batches=batches,
+                outcome=outcome,
+                placements=placements,
+                pending=[p.replica for p in placements if p.outcome == "pending"],
+                notes=notes,
+                spec=spec,
+            )
+
+    def _plan_placements(
+        self, job: JobRecord, spec: JobSpec, replicas: list[int], *, keep: bool
+    ) -> list[PlannedPlacement]:
+        """Where each replica would go now: the scheduler's decision, with reservations
+        made only in a local copy of the snapshots (nothing is reserved for real)."""
+        out: list[PlannedPlacement] = []
+        pinned = spec.constraints.cluster
+        if pinned is not None:
+            cluster = self._cluster_by_ref(pinned)
+            for replica in replicas:
+                if cluster is None or cluster.liveness is not ClusterLiveness.READY:
+                    what = "not registered" if cluster is None else cluster.liveness.value
+                    text = f"pending: cluster {pinned} (constraints.cluster) is {what}"
+                    out.append(
+                        PlannedPlacement(replica=replica, outcome="pending", explanation=text)
+                    )
+                else:
+                    out.append(
+                        PlannedPlacement(
+                            replica=replica,
+                            outcome="forwarded",
+                            cluster_id=cluster.id,
+                            cluster_name=cluster.name,
+                            explanation=f"forwarded to cluster {cluster.name} named by "
+                            "constraints.cluster (no root scheduling)",
+                        )
+                    )
+            return out
+        request = request_for(
+            spec, spec.constraints, spec.placement_policy.value if spec.placement_policy else None
+        )
+        snapshots = self._snapshots((), prune=False)
+        planned: dict[str, list[Request]] = {}
+        existing: dict[str, int] = {}
+        if keep:
+            for other in self._job_instances(job.id):
+                if other.cluster_id and not other.state.terminal and not other.terminate:
+                    existing[other.cluster_id] = existing.get(other.cluster_id, 0) + 1
+        rng = random.Random()
+        rng.setstate(self._rng.getstate())
+        for replica in replicas:
+            snaps = [
+                replace(s, reserved=s.reserved + tuple(planned.get(s.id, ()))) for s in snapshots
+            ]
+            decision = place(
+                request,
+                build_candidates(request, snaps),
+                self._settings.placement_policy,
+                rng,
+                existing=dict(existing),
+                noun="cluster",
+            )
+            chosen = decision.chosen
+            if chosen is None:
+                out.append(
+                    PlannedPlacement(
+                        replica=replica,
+                        outcome="pending",
+                        explanation=_short(_pending_text(decision, {}, bool(self._clusters))),
+                        decision=decision.to_dict(limit=10),
+                    )
+                )
+                continue
+            planned.setdefault(chosen.id, []).append(request)
+            existing[chosen.id] = existing.get(chosen.id, 0) + 1
+            out.append(
+                PlannedPlacement(
+                    replica=replica,
+                    outcome="scheduled",
+                    cluster_id=chosen.id,
+                    cluster_name=self._clusters[chosen.id].name,
+                    explanation=_short(decision.explain()),
+                    decision=decision.to_dict(limit=10),
+                )
+            )
+        return out
+
+    def job_versions(self, ref: str) -> VersionList:
+        """The kept versions of a job's spec, newest first, with their specs."""
+        with self._lock:
+            job = self._resolve_job(ref)
+            return VersionList(
+                job_id=job.id,
+                name=job.name,
+                job_version=job.job_version,
+                versions=self._version_views(job, with_spec=True),
+            )
+
+    def _version_views(self, job: JobRecord, *, with_spec: bool) -> list[VersionView]:
+        versions = self._versions_of(job.id)
+        if not versions:
+            return [
+                VersionView(
+                    version=job.job_version,
+                    state="current",
+                    created_at=job.created_at,
+                    spec=job.spec if with_spec else None,
+                )
+            ]
+        return [
+            VersionView(
+                version=rec.number,
+                state=rec.state,
+                created_at=rec.created_at,
+                finished_at=rec.finished_at,
+                reason=rec.reason,
+                changed=list(rec.changed),
+                spec=rec.spec if with_spec else None,
+            )
+            for rec in sorted(versions.values(), key=lambda r: r.number, reverse=True)
+        ]
+
+    def _rollout_view(self, job: JobRecord, instances: list[InstanceRecord]) -> RolloutView | None:
+        rollout = job.rollout
+        if rollout is None:
+            return None
+        facts = [i.facts() for i in instances]
+        now = self._clock()
+        strategy = job.spec.update
+        counts = rollout_counts(
+            job.desired, facts, rollout.target_version, now, strategy.min_healthy_s
+        )
+        waiting = ""
+        if rollout.active:
+            waiting = plan_rollout(rollout, job.desired, facts, strategy, now).waiting
+        return RolloutView(
+            state=rollout.state,
+            from_version=rollout.from_version,
+            to_version=rollout.to_version,
+            target_version=rollout.target_version,
+            started_at=rollout.started_at,
+            progress_at=rollout.progress_at,
+            finished_at=rollout.finished_at,
+            replicas=counts.replicas,
+            updated=counts.updated,
+            healthy=counts.healthy,
+            unavailable=counts.unavailable,
+            old_instances=counts.old,
+            reason=rollout.reason,
+            waiting=waiting,
+        )
 
     def delete_job(self, ref: str) -> JobView:
         """Terminate every instance of a job; it ends TERMINATED once they are all gone."""
@@ -784,6 +1426,8 @@ class RootService:
             created_at=job.created_at,
             updated_at=job.updated_at,
             reason=self._job_reason(job, instances),
+            job_version=job.job_version,
+            rollout_state=job.rollout.state if job.rollout else None,
         )
 
     def _job_reason(self, job: JobRecord, instances: list[InstanceRecord]) -> str:
@@ -812,6 +1456,7 @@ class RootService:
             exit_code=inst.exit_code,
             restarts=inst.restarts,
             terminating=inst.terminate and not inst.state.terminal,
+            job_version=inst.job_version,
             placement=PlacementInfo.model_validate(inst.placement) if inst.placement else None,
             inference=None if inst.state.terminal else self._inference.get(inst.id),
         )
@@ -840,6 +1485,9 @@ class RootService:
             instance_counts=counts,
             placement=placement,
             instances=[self._instance_view(i) for i in active + ended],
+            latest_version=job.latest_version,
+            rollout=self._rollout_view(job, instances),
+            versions=self._version_views(job, with_spec=False),
         )
 
     # ------------------------------------------------------------------ clusters
@@ -1024,6 +1672,9 @@ class RootService:
                 changes["node_name"] = node_name
         if change.exit_code is not None:
             changes["exit_code"] = change.exit_code
+        node_restarts = change.data.get("restarts")
+        if isinstance(node_restarts, int) and node_restarts > inst.node_restarts:
+            changes["node_restarts"] = node_restarts
         if inst.assigned_at is None:
             changes["assigned_at"] = self._clock()
         reason = change.reason or f"reported by cluster {cluster.name}"
@@ -1252,7 +1903,41 @@ class RootService:
             self.check_liveness()
             if sweep:
                 self.reconcile_all()
-            return PassWork(terminations=self.termination_work(), placements=self.placement_work())
+            else:
+                # health windows end without an event: every pass looks at the rollouts
+                self._dirty.update(
+                    j.id for j in self._jobs.values() if j.rollout is not None and j.rollout.active
+                )
+                self._settle()
+            return PassWork(
+                terminations=self.termination_work(),
+                placements=self.placement_work(),
+                wake_in=self._rollout_wake_in(),
+            )
+
+    def _rollout_wake_in(self) -> float | None:
+        """Seconds until the next health window or progress deadline of an active
+        rollout ends (so the reconciler looks again right then)."""
+        now = self._clock()
+        soonest: float | None = None
+        for job in self._jobs.values():
+            rollout = job.rollout
+            if rollout is None or not rollout.active:
+                continue
+            strategy = job.spec.update
+            times = [rollout.progress_at + strategy.progress_deadline_s]
+            for inst in self._job_instances(job.id):
+                if (
+                    inst.job_version == rollout.target_version
+                    and inst.state is InstanceState.RUNNING
+                    and inst.running_since is not None
+                    and not inst.terminate
+                ):
+                    times.append(inst.running_since + strategy.min_healthy_s)
+            for at in times:
+                if at > now and (soonest is None or at - now < soonest):
+                    soonest = at - now
+        return soonest
 
     def placement_work(self) -> list[str]:
         """Instances to place now: PENDING, or SCHEDULED but never acknowledged.
@@ -1278,7 +1963,7 @@ class RootService:
         with self._lock:
             return sum(1 for i in self._instances.values() if i.state is InstanceState.PENDING)
 
-    def _snapshots(self, exclude: Iterable[str]) -> list[ClusterSnapshot]:
+    def _snapshots(self, exclude: Iterable[str], *, prune: bool = True) -> list[ClusterSnapshot]:
         now = self._clock()
         max_age = max(3 * self._settings.report_interval, 10.0)
         skip = set(exclude)
@@ -1288,7 +1973,7 @@ class RootService:
                 continue
             reserved = self._reservations.get(rec.id, {})
             for iid, (_req, at) in list(reserved.items()):
-                if now - at > max_age:
+                if prune and now - at > max_age:
                     del reserved[iid]
             snaps.append(
                 ClusterSnapshot(
@@ -1360,7 +2045,7 @@ class RootService:
                 return None
             rejections = {**self._recent_refusals(inst.id), **rejections}
             started = time.perf_counter()
-            pinned = job.spec.constraints.cluster
+            pinned = self._spec_for(job, inst.job_version).constraints.cluster
             if pinned is not None:
                 step = self._place_pinned(inst, job, pinned, rejections)
             else:
@@ -1410,7 +2095,7 @@ class RootService:
     def _place_scheduled(
         self, inst: InstanceRecord, job: JobRecord, rejections: Mapping[str, ClusterRejection]
     ) -> PlacementStep | None:
-        spec = job.spec
+        spec = self._spec_for(job, inst.job_version)
         request = request_for(
             spec, spec.constraints, spec.placement_policy.value if spec.placement_policy else None
         )
@@ -1480,7 +2165,7 @@ class RootService:
         self, inst: InstanceRecord, job: JobRecord, cluster: ClusterRecord, *, pinned: bool
     ) -> PlacementStep:
         self._in_flight.add(inst.id)
-        spec = job.spec
+        spec = self._spec_for(job, inst.job_version)
         request = PlaceInstanceRequest(
             instance_id=inst.id,
             job_id=job.id,
@@ -1490,6 +2175,7 @@ class RootService:
             constraints=spec.constraints,
             placement_policy=spec.placement_policy,
             lost_grace_s=spec.lost_grace_s,
+            job_version=inst.job_version,
         )
         return PlacementStep(
             instance_id=inst.id,

@@ -139,6 +139,9 @@ class PlaceInstanceRequest(StrictModel):
     constraints: Constraints = Field(default_factory=Constraints)
     placement_policy: PlacementPolicy | None = None
     lost_grace_s: float | None = Field(default=None, ge=0, le=3600)
+    job_version: int | None = Field(
+        default=None, ge=1, description="the job version (spec revision) this instance runs"
+    )
 
 
 class PlaceInstanceResponse(StrictModel):

@@ -101,6 +101,48 @@ class TaskSpec(StrictModel):
         return self
 
 
+class UpdateStrategy(StrictModel):
+    """How a spec change is rolled out over a job's replicas (a rolling replacement).
+
+    The rollout never lets the RUNNING replicas drop below `replicas - max_unavailable`
+    (counting those RUNNING when it began) and never runs more than
+    `replicas + max_surge` instances. A new instance is healthy once it has been
+    RUNNING without interruption for `min_healthy_s`; a rollout that makes no progress
+    for `progress_deadline_s` fails. See docs/root-orchestrator.md.
+    """
+
+    max_unavailable: int = Field(
+        default=0, ge=0, le=1000, description="replicas that may be down during the rollout"
+    )
+    max_surge: int = Field(
+        default=1, ge=0, le=1000, description="instances beyond `replicas` the rollout may start"
+    )
+    min_healthy_s: float = Field(
+        default=5.0, ge=0, le=3600, description="RUNNING this long without a break = healthy"
+    )
+    progress_deadline_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="fail the rollout when no new replica became healthy for this long",
+    )
+    auto_rollback: bool = Field(
+        default=True,
+        description="on failure go back to the previous version (else stop and leave it)",
+    )
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Self:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "max_surge and max_unavailable cannot both be 0 (the rollout could never "
+                "replace an instance)"
+            )
+        if self.progress_deadline_s <= self.min_healthy_s:
+            raise ValueError("progress_deadline_s must be longer than min_healthy_s")
+        return self
+
+
 class JobSpec(TaskSpec):
     """What an operator submits: a task spec plus replicas and placement."""
 
@@ -116,6 +158,10 @@ class JobSpec(TaskSpec):
         le=3600,
         description="how long an unreachable node or cluster may be silent before its "
         "instances of this job are rescheduled (None: the cluster's default)",
+    )
+    update: UpdateStrategy = Field(
+        default_factory=UpdateStrategy,
+        description="how a later spec change (PATCH) is rolled out",
     )
 
     def task_spec(self) -> TaskSpec:

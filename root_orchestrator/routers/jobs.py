@@ -1,4 +1,5 @@
-"""`/api/v1/jobs`: submit, list, get, scale/reprioritise and delete jobs."""
+"""`/api/v1/jobs`: submit, list, get, update (scale, reprioritise, roll out a new spec),
+plan an update (dry run), list versions, and delete jobs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
-from root_orchestrator.models import JobList, JobPatch, JobView
+from root_orchestrator.models import JobList, JobPatch, JobView, UpdatePlan, VersionList
 from root_orchestrator.replicas import JobState
 from schemas.common import ID_PATTERN
 from schemas.job import JobSpec
@@ -78,12 +79,40 @@ async def get_job(job: JobRef, service: ServiceDep) -> JobView:
     return await run_in_threadpool(service.get_job, job)
 
 
-@router.patch("/{job}", responses=_ERRORS)
-async def patch_job(job: JobRef, patch: JobPatch, service: ServiceDep) -> JobView:
-    """Scale a job (`replicas`) and/or change its `priority`."""
-    return await run_in_threadpool(
-        lambda: service.patch_job(job, replicas=patch.replicas, priority=patch.priority)
-    )
+_UPDATE_ERRORS: dict[int | str, dict[str, str]] = {
+    **_ERRORS,
+    409: {"description": "the job is deleted"},
+    422: {"description": "a field is invalid or cannot change (`name`); each one is named"},
+}
+
+
+@router.patch("/{job}", responses=_UPDATE_ERRORS)
+async def patch_job(
+    job: JobRef,
+    patch: JobPatch,
+    service: ServiceDep,
+    dry_run: Annotated[
+        bool, Query(description="only validate and return the plan (UpdatePlan); change nothing")
+    ] = False,
+) -> JobView | UpdatePlan:
+    """Change a job: `replicas`, `priority`, `update` in place; any other spec field makes
+    a new job version, rolled out under the job's update strategy (see docs/api.md)."""
+    if dry_run:
+        return await run_in_threadpool(service.plan_update, job, patch)
+    return await run_in_threadpool(service.update_job, job, patch)
+
+
+@router.post("/{job}/plan", responses=_UPDATE_ERRORS)
+async def plan_job_update(job: JobRef, patch: JobPatch, service: ServiceDep) -> UpdatePlan:
+    """Dry run of `PATCH /jobs/{job}` (same body): the version it would create, the
+    rollout's batches and where each new replica would be placed now. Changes nothing."""
+    return await run_in_threadpool(service.plan_update, job, patch)
+
+
+@router.get("/{job}/versions", responses=_ERRORS)
+async def job_versions(job: JobRef, service: ServiceDep) -> VersionList:
+    """The kept versions of a job's spec (the latest ten), newest first, with specs."""
+    return await run_in_threadpool(service.job_versions, job)
 
 
 @router.delete("/{job}", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)

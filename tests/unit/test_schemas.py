@@ -27,7 +27,16 @@ from schemas.cluster import (
     ThermalSummary,
 )
 from schemas.common import Arch, Runtime, StrictModel, normalize_arch
-from schemas.job import Constraints, Event, Instance, InstanceState, JobSpec, TaskSpec, TaskState
+from schemas.job import (
+    Constraints,
+    Event,
+    Instance,
+    InstanceState,
+    JobSpec,
+    TaskSpec,
+    TaskState,
+    UpdateStrategy,
+)
 from schemas.mqtt import (
     AckMessage,
     Channel,
@@ -119,6 +128,7 @@ EXAMPLES: list[BaseModel] = [
     Resources(cpu=1.5, memory_mib=512, disk_mib=10),
     Accelerator(kind="nvidia-gpu", model="Orin", memory_mib=8192),
     Constraints(cluster="site-a", node="pi-01", max_temperature_c=80),
+    UpdateStrategy(max_unavailable=1, max_surge=0, min_healthy_s=2.5, auto_rollback=False),
     NATIVE,
     DOCKER_JOB,
     Event(id="e1", ts=1.0, kind="instance.state", subject="i1", state="RUNNING", data={"x": 1}),
@@ -223,6 +233,18 @@ def test_json_round_trip(example: BaseModel) -> None:
 
 
 BAD_VALUES: list[tuple[str, type[BaseModel], dict[str, Any], str]] = [
+    (
+        "update strategy that cannot progress",
+        UpdateStrategy,
+        {"max_surge": 0, "max_unavailable": 0},
+        "cannot both be 0",
+    ),
+    (
+        "progress deadline shorter than the health window",
+        UpdateStrategy,
+        {"min_healthy_s": 60, "progress_deadline_s": 30},
+        "progress_deadline_s must be longer",
+    ),
     (
         "name with capitals",
         JobSpec,
