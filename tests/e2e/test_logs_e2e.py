@@ -329,7 +329,10 @@ def test_docker_tail_follow_and_failed_output(system: LocalSystem) -> None:
         stream.wait_line(lambda line: line == "d-after-trigger", "the line printed later")
         end = stream.wait_line(lambda line: line.startswith("---"), "the end line")
         assert end == f"--- {instance} ended: FAILED, exit code 3 ---"
-        assert stream.seen == ["d-started", "d-after-trigger", "d-boom", end]
+        # stdout and stderr reach docker through two pipes: the order of the two lines
+        # printed together is docker's
+        assert stream.seen[0] == "d-started" and stream.seen[-1] == end
+        assert sorted(stream.seen[1:-1]) == ["d-after-trigger", "d-boom"]
     finally:
         stream.close()
     # the container is gone (the engine removed it); its output was kept
@@ -337,7 +340,8 @@ def test_docker_tail_follow_and_failed_output(system: LocalSystem) -> None:
     system.wait_job(
         "dockered", lambda v: v["instances"][0]["state"] == "FAILED", DEADLINE, "FAILED"
     )
-    assert logs_text(system, "dockered", instance) == "d-started\nd-after-trigger\nd-boom\n"
+    kept = logs_text(system, "dockered", instance).splitlines()
+    assert kept[0] == "d-started" and sorted(kept[1:]) == ["d-after-trigger", "d-boom"]
 
 
 # ------------------------------------------------------------------ edgectl

@@ -65,7 +65,9 @@ def _call(
     client: TestClient, method: str, template: str, value: str, headers: dict[str, str]
 ) -> Any:
     path = re.sub(r"\{[^}]+\}", quote(value, safe=""), template)
-    body: Any = {"replicas": 1} if method == "PATCH" else None
+    # a valid body where one is read (PATCH /jobs/{job}, POST /jobs/{job}/plan), so that
+    # only the path parameter can be at fault
+    body: Any = {"replicas": 1} if method in ("PATCH", "POST") else None
     return client.request(method, path, headers=headers, json=body)
 
 
