@@ -1419,17 +1419,11 @@ class ClusterCore:
         stuck: dict[str, str] = {}
         if node.draining != draining:
             node.draining = draining
-            node.reason = "draining" if draining else "drain cancelled"
-            self._persist_node(node)
-            self._record_event(
-                None,
-                kind="node.drain" if draining else "node.undrain",
-                subject=node.id,
-                node_id=node.id,
-                state=node.state.value,
-                reason=node.reason,
+            self._operator_flag_changed(
+                node,
+                "node.drain" if draining else "node.undrain",
+                "draining" if draining else "drain cancelled",
             )
-            self._notify_report()
         if draining:
             for inst in self._instances_on(node.id):
                 if inst.state.terminal or inst.desired != "running":
@@ -1450,18 +1444,21 @@ class ClusterCore:
             node.cordoned = cordoned
             if not cordoned:
                 node.draining = False
-            node.reason = "cordoned" if cordoned else "uncordoned"
-            self._persist_node(node)
-            self._record_event(
-                None,
-                kind="node.cordon" if cordoned else "node.uncordon",
-                subject=node.id,
-                node_id=node.id,
-                state=node.state.value,
-                reason=node.reason,
+            self._operator_flag_changed(
+                node,
+                "node.cordon" if cordoned else "node.uncordon",
+                "cordoned" if cordoned else "uncordoned",
             )
-            self._notify_report()
         return DrainResult(node=self.node_detail(node))
+
+    def _operator_flag_changed(self, node: NodeRecord, kind: str, reason: str) -> None:
+        """A drain or cordon flag of `node` changed: persist it, record `kind`, report."""
+        node.reason = reason
+        self._persist_node(node)
+        self._record_event(
+            None, kind=kind, subject=node.id, node_id=node.id, state=node.state.value, reason=reason
+        )
+        self._notify_report()
 
     # ================================================================ reconcile
 

@@ -62,18 +62,17 @@ def cluster(mosquitto_broker: BrokerHandle, tmp_path: Path) -> Iterator[ClusterP
 
 
 @pytest.fixture
-def engines(
-    cluster: ClusterProcess, tmp_path: Path
-) -> Iterator[Callable[[str], NodeEngineProcess]]:
+def engines(cluster: ClusterProcess, tmp_path: Path) -> Iterator[Callable[..., NodeEngineProcess]]:
+    """Start a node engine named `name` joined to `cluster`; all are stopped at the end."""
     started: list[NodeEngineProcess] = []
 
-    def start(name: str) -> NodeEngineProcess:
+    def start(name: str, *, runtimes: tuple[str, ...] = ("native",)) -> NodeEngineProcess:
         engine = NodeEngineProcess(
             tmp_path / f"node-{name}",
             cluster.url,
             join_token=JOIN,
             name=name,
-            runtimes=("native",),
+            runtimes=runtimes,
             status_interval=None,
         )
         engine.start()
@@ -484,22 +483,10 @@ def test_returning_engine_stops_what_moved_away(cluster, engines, sleepers) -> N
 
 @pytest.mark.docker
 def test_returning_engine_stops_the_docker_container_that_moved_away(
-    cluster, tmp_path, busybox_image, docker_client
+    cluster, engines, busybox_image, docker_client
 ) -> None:
-    started: list[NodeEngineProcess] = []
-
     def engine(name: str) -> NodeEngineProcess:
-        proc = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            cluster.url,
-            join_token=JOIN,
-            name=name,
-            runtimes=("native", "docker"),
-            status_interval=None,
-        )
-        proc.start()
-        started.append(proc)
-        return proc
+        return engines(name, runtimes=("native", "docker"))
 
     def containers(iid: str) -> list[Any]:
         return [
@@ -530,9 +517,6 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
         wait_until(lambda: len(containers("dk1")) == 1, 60, "a's container stopped")
         assert instance(cluster, "dk1")["node_name"] == "b"
     finally:
-        for proc in started:
-            with contextlib.suppress(Exception):
-                proc.stop_quietly()
         for c in docker_client.containers.list(all=True, filters={"label": "edge.instance=dk1"}):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
@@ -569,70 +553,38 @@ def test_restarted_cluster_waits_for_nodes_that_come_back_late(cluster, engines,
         assert count_processes(args) == 1
 
 
-def test_node_that_returns_gets_replicas_of_a_spread_job_back(
-    mosquitto_broker: BrokerHandle, tmp_path: Path, sleepers
-) -> None:
+def test_node_that_returns_gets_replicas_of_a_spread_job_back(cluster, engines, sleepers) -> None:
     """Kill a node engine: its replicas move to the other node. Start it again: after
     `rebalance_after` one replica moves back, so the spread job is even again."""
-    proc = ClusterProcess(
-        tmp_path / "cluster-rb",
-        broker_port=mosquitto_broker.port,
-        broker_admin_password=mosquitto_broker.admin_password,
-        operator_token=OPERATOR,
-        join_token=JOIN,
-        name="c1",
-        extra_args=["--rebalance-after", "2"],
-    )
-    proc.start()
-    started: list[NodeEngineProcess] = []
+    cluster.stop()  # no node has joined yet: restart it with a short rebalance_after
+    cluster.extra_args += ["--rebalance-after", "2"]
+    cluster.start()
+    engine_a, _b = engines("a"), engines("b")
+    wait_ready(cluster, "a", "b")
+    commands = {f"sp{i}": sleepers() for i in range(2)}
+    for iid, args in commands.items():
+        assert place(cluster, iid, args, job_id="spread-job", placement_policy="spread")["accepted"]
+    nodes = {wait_instance(cluster, iid, "RUNNING")["node_name"] for iid in commands}
+    assert nodes == {"a", "b"}
+    engine_a.kill()
+    for iid in commands:
+        wait_instance(cluster, iid, "RUNNING", "b", timeout=30)
+    engine_a.kill_native_tasks()  # a's old copy would be stopped on return anyway
+    engine_a.start()
+    wait_ready(cluster, "a", "b")
 
-    def engine(name: str) -> NodeEngineProcess:
-        e = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            proc.url,
-            join_token=JOIN,
-            name=name,
-            runtimes=("native",),
-            status_interval=None,
-        )
-        e.start()
-        started.append(e)
-        return e
+    def even() -> dict[str, str] | None:
+        where = {iid: instance(cluster, iid) for iid in commands}
+        if {i["node_name"] for i in where.values()} == {"a", "b"} and all(
+            i["state"] == "RUNNING" for i in where.values()
+        ):
+            return {iid: i["node_name"] for iid, i in where.items()}
+        return None
 
-    try:
-        engine_a, _b = engine("a"), engine("b")
-        wait_ready(proc, "a", "b")
-        commands = {f"sp{i}": sleepers() for i in range(2)}
-        for iid, args in commands.items():
-            assert place(proc, iid, args, job_id="spread-job", placement_policy="spread")[
-                "accepted"
-            ]
-        nodes = {wait_instance(proc, iid, "RUNNING")["node_name"] for iid in commands}
-        assert nodes == {"a", "b"}
-        engine_a.kill()
-        for iid in commands:
-            wait_instance(proc, iid, "RUNNING", "b", timeout=30)
-        engine_a.kill_native_tasks()  # a's old copy would be stopped on return anyway
-        engine_a.start()
-        wait_ready(proc, "a", "b")
-
-        def even() -> dict[str, str] | None:
-            where = {iid: instance(proc, iid) for iid in commands}
-            if {i["node_name"] for i in where.values()} == {"a", "b"} and all(
-                i["state"] == "RUNNING" for i in where.values()
-            ):
-                return {iid: i["node_name"] for iid, i in where.items()}
-            return None
-
-        where = wait_until(even, 40, "one replica back on a, both RUNNING")
-        back = next(iid for iid, node in where.items() if node == "a")
-        reasons = [e["reason"] for e in instance(proc, back)["events"]]
-        assert any(r.startswith("rebalanced: spread job had 2 replicas on b") for r in reasons)
-        for args in commands.values():
-            wait_until(lambda args=args: count_processes(args) == 1, 20, "one copy each")
-        assert metric(proc, "edge_cluster_rebalance_moves_total") == 1
-    finally:
-        for e in started:
-            with contextlib.suppress(Exception):
-                e.stop_quietly()
-        proc.stop()
+    where = wait_until(even, 40, "one replica back on a, both RUNNING")
+    back = next(iid for iid, node in where.items() if node == "a")
+    reasons = [e["reason"] for e in instance(cluster, back)["events"]]
+    assert any(r.startswith("rebalanced: spread job had 2 replicas on b") for r in reasons)
+    for args in commands.values():
+        wait_until(lambda args=args: count_processes(args) == 1, 20, "one copy each")
+    assert metric(cluster, "edge_cluster_rebalance_moves_total") == 1
