@@ -841,9 +841,13 @@ def test_chart_includes_and_files_exist(chart: str) -> None:
 
 
 def test_cluster_chart_ships_the_deploy_broker_files() -> None:
+    """One source: the chart's files are links to deploy/mosquitto/ (Helm can only read
+    files inside the chart and follows links when it loads or packages it)."""
     files = chart_dir("edge-cluster") / "files"
-    assert (files / "mosquitto.conf").read_text() == MOSQUITTO_CONF.read_text()
-    assert (files / "init-dynsec.sh").read_text() == INIT_DYNSEC.read_text()
+    for name, source in (("mosquitto.conf", MOSQUITTO_CONF), ("init-dynsec.sh", INIT_DYNSEC)):
+        assert (files / name).is_symlink(), name
+        assert (files / name).resolve() == source.resolve(), name
+        assert (files / name).read_text() == source.read_text()
 
 
 # =================================================================== Helm: rendering
