@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console, Group
@@ -45,6 +45,9 @@ from edgectl.jobs import (
     wait_verdict,
 )
 from edgectl.logs import Source, choose_instances, label_width, prefixed
+
+if TYPE_CHECKING:  # imported lazily at run time: `local` pulls in the node engine
+    from edgectl import local as local_mod
 
 __all__ = ["app", "main", "make_client"]
 
@@ -1114,88 +1117,134 @@ def local_up(
     stops everything, including the tasks the nodes run. Running it again on the same
     data directory resumes the same system (same ids and jobs).
     """
+    directory = resolve_data_dir(data_dir)
+    if detach:
+        _local_up_detached(directory, clusters, nodes, store, root_port, timeout)
+    elif not _local_up_foreground(directory, clusters, nodes, store, root_port, timeout):
+        raise typer.Exit(1)
+
+
+def _already_running(directory: Path) -> EdgectlError:
+    return EdgectlError(
+        f"a local system already runs in {directory}",
+        hint=f"`edgectl local down --data-dir {directory}` stops it",
+    )
+
+
+def _local_up_detached(
+    directory: Path,
+    clusters: int | None,
+    nodes: int | None,
+    store: str | None,
+    root_port: int | None,
+    timeout: float,
+) -> None:
+    """`local up --detach`: start `local up` in the background, return once it is ready."""
     from edgectl import local
 
-    directory = resolve_data_dir(data_dir)
-    layout = local.Layout(directory)
-    err = _console(stderr=True)
     started = time.monotonic()
-    if detach:
-        probe = local.DataDirLock(directory)
-        if not probe.acquire():
-            raise EdgectlError(
-                f"a local system already runs in {directory}",
-                hint=f"`edgectl local down --data-dir {directory}` stops it",
-            )
-        probe.release()
-        resumed = (directory / local.SYSTEM_FILE).exists()
-        argv = _local_up_argv(directory, clusters, nodes, store, root_port, timeout)
-        with _sink(err) as sink:
-            doc = local.start_detached(
-                directory,
-                argv,
-                timeout=timeout + 60,
-                on_progress=lambda p: sink.update(
-                    str(p.get("phase", "starting")), int(p.get("done", 0)), int(p.get("total", 1))
-                ),
-            )
-        _summary(doc, directory, elapsed=time.monotonic() - started, resumed=resumed)
-        pid = doc["supervisor"]["pid"]
-        _err(f"running in the background (pid {pid}, log {layout.log('edgectl')})")
-        return
+    probe = local.DataDirLock(directory)
+    if not probe.acquire():
+        raise _already_running(directory)
+    probe.release()
+    resumed = (directory / local.SYSTEM_FILE).exists()
+    argv = _local_up_argv(directory, clusters, nodes, store, root_port, timeout)
+    with _sink(_console(stderr=True)) as sink:
+        doc = local.start_detached(
+            directory,
+            argv,
+            timeout=timeout + 60,
+            on_progress=lambda p: sink.update(
+                str(p.get("phase", "starting")), int(p.get("done", 0)), int(p.get("total", 1))
+            ),
+        )
+    _summary(doc, directory, elapsed=time.monotonic() - started, resumed=resumed)
+    pid = doc["supervisor"]["pid"]
+    _err(f"running in the background (pid {pid}, log {local.Layout(directory).log('edgectl')})")
+
+
+def _local_up_foreground(
+    directory: Path,
+    clusters: int | None,
+    nodes: int | None,
+    store: str | None,
+    root_port: int | None,
+    timeout: float,
+) -> bool:
+    """`local up` in the foreground: hold the data directory's lock, build the system,
+    run it until a signal or `local down`, stop it. False if it failed."""
+    from edgectl import local
 
     lock = local.DataDirLock(directory)
     if not lock.acquire():
-        raise EdgectlError(
-            f"a local system already runs in {directory}",
-            hint=f"`edgectl local down --data-dir {directory}` stops it",
-        )
-    failed = False
-    system: local.LocalSystem | None = None
+        raise _already_running(directory)
     stop = threading.Event()
     try:
         with _stop_on_signals(stop, _err):
-            try:
-                with _sink(err) as sink:
-                    local.stale_cleanup(layout, sink.note)
-                    plan, resumed = local.resolve_plan(
-                        directory, clusters=clusters, nodes=nodes, store=store, root_port=root_port
-                    )
-                    log = os.environ.get(local.DETACHED_LOG_ENV)
-                    system = local.LocalSystem(
-                        layout,
-                        plan,
-                        progress=sink,
-                        stop=stop,
-                        resumed=resumed,
-                        log=Path(log) if log else None,
-                    )
-                    system.start(timeout=timeout)
-                elapsed = time.monotonic() - started
-                _summary(system.document(), directory, elapsed=elapsed, resumed=resumed)
-                _err("running; Ctrl-C here (or `edgectl local down`) stops everything")
-                system.watch()
-            except local.StartupInterrupted:
-                _err("interrupted while starting")
-            except EdgectlError as exc:
-                failed = True
-                _err(f"error: {exc.message}", style="red")
-                if exc.hint:
-                    _err(f"hint: {exc.hint}", style="dim")
-            finally:
-                if system is not None:
-                    _err("stopping the local system ...")
-                    t0 = time.monotonic()
-                    system.shutdown(note=_err)
-                    left = local.leftover_processes(directory)
-                    for proc in left:
-                        _err(f"warning: still running: pid {proc.pid} {_cmdline(proc)}")
-                    gone = "" if left else "; no process left"
-                    _err(f"stopped in {time.monotonic() - t0:.1f}s{gone}")
+            return _run_local_system(directory, clusters, nodes, store, root_port, timeout, stop)
     finally:
         lock.release()
-    if failed:
-        raise typer.Exit(1)
+
+
+def _run_local_system(
+    directory: Path,
+    clusters: int | None,
+    nodes: int | None,
+    store: str | None,
+    root_port: int | None,
+    timeout: float,
+    stop: threading.Event,
+) -> bool:
+    """Start, watch and stop one local system (lock held); False if it failed."""
+    from edgectl import local
+
+    started = time.monotonic()
+    layout = local.Layout(directory)
+    system: local.LocalSystem | None = None
+    try:
+        with _sink(_console(stderr=True)) as sink:
+            local.stale_cleanup(layout, sink.note)
+            plan, resumed = local.resolve_plan(
+                directory, clusters=clusters, nodes=nodes, store=store, root_port=root_port
+            )
+            log = os.environ.get(local.DETACHED_LOG_ENV)
+            system = local.LocalSystem(
+                layout,
+                plan,
+                progress=sink,
+                stop=stop,
+                resumed=resumed,
+                log=Path(log) if log else None,
+            )
+            system.start(timeout=timeout)
+        _summary(system.document(), directory, elapsed=time.monotonic() - started, resumed=resumed)
+        _err("running; Ctrl-C here (or `edgectl local down`) stops everything")
+        system.watch()
+    except local.StartupInterrupted:
+        _err("interrupted while starting")
+    except EdgectlError as exc:
+        _err(f"error: {exc.message}", style="red")
+        if exc.hint:
+            _err(f"hint: {exc.hint}", style="dim")
+        return False
+    finally:
+        if system is not None:
+            _stop_local_system(system, directory)
+    return True
+
+
+def _stop_local_system(system: local_mod.LocalSystem, directory: Path) -> None:
+    """Stop every process of `system` and say whether anything is left."""
+    from edgectl import local
+
+    _err("stopping the local system ...")
+    t0 = time.monotonic()
+    system.shutdown(note=_err)
+    left = local.leftover_processes(directory)
+    for proc in left:
+        _err(f"warning: still running: pid {proc.pid} {_cmdline(proc)}")
+    gone = "" if left else "; no process left"
+    _err(f"stopped in {time.monotonic() - t0:.1f}s{gone}")
 
 
 def _cmdline(proc: Any) -> str:
