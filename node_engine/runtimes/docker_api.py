@@ -39,6 +39,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -293,8 +294,7 @@ class _UnixConnection(http.client.HTTPConnection):
 class Stream:
     """A streamed response: iterate it, then `close()` (or let the iterator finish)."""
 
-    def __init__(self, client: DockerClient, conn: http.client.HTTPConnection, resp: Any) -> None:
-        self._client = client
+    def __init__(self, conn: http.client.HTTPConnection, resp: Any) -> None:
         self._conn = conn
         self.response: http.client.HTTPResponse = resp
         self._closed = False
@@ -397,14 +397,24 @@ class DockerClient:
         return http.client.HTTPConnection(ep.address, ep.port, timeout=timeout)
 
     def _take(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            return self._new_connection(timeout), False
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn, True
+        """An idle kept-alive connection (one the daemon closed meanwhile is dropped: it
+        would read as end of stream), else a new one; and whether it was kept."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._new_connection(timeout), False
+            sock = conn.sock
+            try:
+                closed = sock is None or bool(select.select([sock], [], [], 0)[0])
+            except (OSError, ValueError):
+                closed = True
+            if closed:  # readable while idle: end of stream (or stray bytes): not reusable
+                conn.close()
+                continue
+            conn.timeout = timeout
+            sock.settimeout(timeout)
+            return conn, True
 
     def _give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -562,7 +572,7 @@ class DockerClient:
                 data = b""
             conn.close()
             _raise_for_status(resp.status, data)
-        return Stream(self, conn, resp)
+        return Stream(conn, resp)
 
     # ----- the daemon
 

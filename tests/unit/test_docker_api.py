@@ -248,6 +248,28 @@ def test_keep_alive_connection_is_reused_and_a_stale_one_replaced(serve) -> None
     assert len(server.requests) == 8 and server.connections == 2
 
 
+def test_request_lost_on_a_kept_connection_is_retried_once_on_a_new_one(serve) -> None:
+    info = json.dumps({"Id": "abc"}).encode()
+    seen = []
+
+    def handler(req: Request) -> Reply:
+        seen.append(req.target)
+        if req.target == "/_ping":
+            return ping_reply()
+        if len(seen) == 3:  # the daemon goes away with this request unanswered
+            return lambda conn: None  # (the connection is closed without an answer)
+        return response(200, info)
+
+    server, client = serve(handler)
+    client.inspect("abc")
+    assert client.inspect("abc")["Id"] == "abc"  # lost once, retried on a fresh connection
+    assert len(seen) == 4 and server.connections == 2
+    # a fresh connection that loses its request is not retried: a readable error
+    _, other = serve(lambda req: lambda conn: None)
+    with pytest.raises(DockerUnreachable, match="closed the connection"):
+        other.ping()
+
+
 def test_api_version_negotiated_once_from_ping(serve) -> None:
     def handler(req: Request) -> Reply:
         if req.target == "/_ping":
