@@ -1,18 +1,23 @@
 """Import hygiene for a small footprint (see docs/node-engine.md, "Footprint").
 
 The engine runs on devices with little memory, and Python + pydantic + paho + psutil
-already costs most of the 40 MB budget. Three measures, each reversible and each only
+already costs most of the 40 MB budget. Four measures, each reversible and each only
 taken when nothing needs what it leaves out:
 
 * OpenSSL's libcrypto (~4 MB RSS) is kept out of the process when neither the join URL
-  nor the broker uses TLS (and the docker runtime, whose HTTP stack imports ``ssl``, is
-  not enabled): ``_hashlib`` is hidden (``hashlib``/``hmac`` then use Python's builtin
+  nor the broker nor the Docker endpoint uses TLS (the docker runtime's client,
+  `node_engine.runtimes.docker_api`, imports ``ssl`` only for a TLS endpoint):
+  ``_hashlib`` is hidden (``hashlib``/``hmac`` then use Python's builtin
   implementations, which the engine never needs anyway) and ``_ssl`` is hidden (so
   ``urllib`` offers no HTTPS and paho no TLS). `allow_tls()` undoes it before paho is
   imported when a join response asks for TLS.
 * pydantic-settings imports ``asyncio`` only for its CLI app runner, which the engine
   does not use; `import_pydantic_settings()` imports it with a placeholder ``asyncio``
   (falling back to a normal import if that ever fails), saving ~1.6 MB.
+* paho imports dnspython (``dns.resolver``, ~3 MB RSS with ``idna``) when it is
+  installed (pymongo, a dependency of the orchestrators, installs it), only for
+  ``connect_srv()``, which the engine never calls; `import_paho_client()` imports paho
+  with ``dns`` hidden (paho then reports no DNS support), nothing else is affected.
 * paho 2.x evaluates ``except ssl.SSLWantReadError`` on every socket error, which
   raises ``AttributeError`` when ``ssl`` is unavailable; `patch_paho_without_ssl()` gives
   paho inert exception classes instead (only when paho found no ``ssl``).
@@ -67,6 +72,24 @@ def import_pydantic_settings() -> Any:
         if sys.modules.get("asyncio") is placeholder:
             del sys.modules["asyncio"]
     return pydantic_settings
+
+
+def import_paho_client() -> Any:
+    """Import ``paho.mqtt.client`` without dnspython (see the module docstring)."""
+    if "paho.mqtt.client" in sys.modules or "dns" in sys.modules:
+        import paho.mqtt.client
+
+        return paho.mqtt.client
+    hidden = ("dns", "dns.resolver")
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import paho.mqtt.client
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return paho.mqtt.client
 
 
 class _NeverRaised(Exception):

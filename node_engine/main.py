@@ -6,8 +6,9 @@ of the stored identity (wrong node secret, node removed by the operator; see
 `node_engine.identity.refusal_message`).
 
 Imports are kept lean on purpose (the engine targets small devices): no HTTP client
-library (urllib does the one join request), and the Docker SDK is imported only when
-the docker runtime is enabled and a Docker endpoint exists.
+library (urllib does the one join request; the docker runtime speaks the Docker Engine
+API with `node_engine.runtimes.docker_api`, stdlib only, imported only when the docker
+runtime is enabled and a Docker endpoint exists).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ EXIT_JOIN_REFUSED = 3
 
 
 def docker_endpoint_present(environ: dict[str, str] | None = None) -> tuple[bool, str]:
-    """Cheap check before importing the Docker SDK: DOCKER_HOST set or the socket exists."""
+    """Cheap check before importing the docker runtime: DOCKER_HOST set or the socket exists."""
     env = os.environ if environ is None else environ
     if env.get("DOCKER_HOST"):
         return True, ""
@@ -49,9 +50,9 @@ def docker_endpoint_present(environ: dict[str, str] | None = None) -> tuple[bool
 
 
 def _docker_client() -> Any:
-    import docker
+    from node_engine.runtimes.docker_api import DockerClient
 
-    return docker.from_env(timeout=30)
+    return DockerClient.from_env(timeout=30)
 
 
 def build_runtimes(
@@ -147,11 +148,17 @@ def obtain_identity(
 
 
 def needs_tls_at_start(settings: NodeEngineSettings) -> bool:
-    """Whether OpenSSL must stay loadable: https join URL, docker runtime, stored TLS broker."""
+    """Whether OpenSSL must stay loadable: https join URL, docker runtime over TLS,
+    stored TLS broker (a plain unix-socket docker runtime needs no ``ssl``)."""
     from schemas.common import Runtime
 
-    if settings.cluster_url.startswith("https:") or Runtime.DOCKER in settings.runtimes:
+    if settings.cluster_url.startswith("https:"):
         return True
+    if Runtime.DOCKER in settings.runtimes:
+        from node_engine.runtimes.docker_api import tls_wanted
+
+        if tls_wanted():
+            return True
     try:
         stored = json.loads((settings.state_dir / "identity.json").read_text())
         return bool(stored.get("mqtt", {}).get("tls"))
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if identity.mqtt.tls:
         lean.allow_tls()
 
+    lean.import_paho_client()  # before node_engine.mqtt: without dnspython
     from node_engine.engine import Engine, offline_presence
     from node_engine.mqtt import MqttTransport
     from node_engine.state import Outbox, SeenCommands, TaskStore

@@ -37,6 +37,13 @@ DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 RunCommand = Callable[[Sequence[str], float], str]
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) this process has used: ``os.times()``,
+    no file read."""
+    t = os.times()
+    return t.user + t.system
+
+
 def run_command(argv: Sequence[str], timeout: float) -> str:
     """Run a small tool and return its stdout ('' on any failure)."""
     try:
@@ -203,6 +210,10 @@ class Sample:
     max_temperature_c: float | None = None
     throttling: Throttling = field(default_factory=Throttling)
     accelerators: list[Accelerator] = field(default_factory=list)
+    engine_cpu_percent: float = 0.0
+    """The engine process's own CPU since the previous sample, % of one core (its tasks
+    are other processes: see `TaskStatus.cpu_percent`); the shedder splits host CPU into
+    what the engine owns and what it does not."""
 
 
 class Monitor:
@@ -222,8 +233,11 @@ class Monitor:
         jetson_release: Path = JETSON_RELEASE,
         device_tree_model: Path = DEVICE_TREE_MODEL,
         tool_interval_s: float = 10.0,
+        own_cpu: Callable[[], float] = own_cpu_seconds,
     ) -> None:
         self._ps = psutil_mod
+        self._own_cpu = own_cpu
+        self._own_prev: tuple[float, float] | None = None
         self._disk_path = str(disk_path)
         self._clock = clock
         self._wall = wall
@@ -259,6 +273,7 @@ class Monitor:
         except Exception:  # pragma: no cover - psutil on odd platforms
             log.debug("cpu_percent unavailable", exc_info=True)
         self._net_prev = self._read_network()
+        self._own_prev = (self._clock(), self._own_cpu())
         log.info(
             "monitor: temperatures=%s throttling=%s accelerators=%s",
             self._temp_source or "none",
@@ -367,11 +382,20 @@ class Monitor:
             return value
         return Throttling()
 
+    def _engine_cpu(self) -> float:
+        """The engine's own CPU since the previous sample, % of one core."""
+        now, used = self._clock(), self._own_cpu()
+        prev, self._own_prev = self._own_prev, (now, used)
+        if prev is None or now <= prev[0]:
+            return 0.0
+        return max(0.0, (used - prev[1]) / (now - prev[0]) * 100.0)
+
     def sample(self) -> Sample:
         """Read the host once; cheap enough to call every second."""
         self.probe()
         ps = self._ps
         total, per_core = cpu_summary(ps.cpu_percent(percpu=True))
+        engine_cpu = self._engine_cpu()
         try:
             load = float(ps.getloadavg()[0])
         except (AttributeError, OSError):
@@ -402,6 +426,7 @@ class Monitor:
             max_temperature_c=max_temperature(temperatures),
             throttling=self._read_throttling(),
             accelerators=list(self._accelerators),
+            engine_cpu_percent=round(engine_cpu, 2),
         )
 
 

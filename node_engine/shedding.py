@@ -130,12 +130,42 @@ class ShedConfig:
 
 @dataclass(frozen=True)
 class Reading:
-    """Host values at one instant (None: not measured here)."""
+    """Host values at one instant (None: not measured here).
+
+    `cpu_owned_percent` is the CPU of the engine process and its tasks, and
+    `cpu_foreign_percent` the rest of the host's CPU use (processes this engine does not
+    run), both % of all `cpu_count` cores; they explain a CPU signal, shedding acts on
+    `cpu_percent` alone.
+    """
 
     cpu_percent: float | None = None
     memory_percent: float | None = None
     temperature_c: float | None = None
     throttled: bool = False
+    cpu_owned_percent: float | None = None
+    cpu_foreign_percent: float | None = None
+    cpu_count: int = 0
+
+
+def cpu_split(
+    host_percent: float, engine_core_percent: float, tasks_core_percent: float, cpu_count: int
+) -> tuple[float, float]:
+    """(owned, foreign) % of all cores: the engine's and its tasks' CPU (% of one core
+    each, summed) against the host's use; owned is capped at the host's figure (the
+    samples are not taken at the same instant), foreign is what remains."""
+    cores = max(1, cpu_count)
+    owned = min(host_percent, max(0.0, engine_core_percent + tasks_core_percent) / cores)
+    return owned, max(0.0, host_percent - owned)
+
+
+@dataclass(frozen=True)
+class ShedNote:
+    """Something the shedder says once without acting: pressure it cannot relieve."""
+
+    at: float
+    kind: Literal["foreign", "own"]
+    text: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -194,6 +224,10 @@ class ShedPolicy:
     _history: dict[str, list[float]] = field(default_factory=dict)
     _last_step: float = -math.inf
     _latency_culprit: _Culprit | None = None
+    _reading: Reading = field(default_factory=Reading)
+    _noted: str | None = None
+    notes: list[ShedNote] = field(default_factory=list)
+    """What the shedder said without acting (newest last, the last 32)."""
 
     @property
     def active(self) -> bool:
@@ -330,6 +364,7 @@ class ShedPolicy:
 
     def decide(self, now: float, reading: Reading, tasks: Sequence[TaskView]) -> list[ShedDecision]:
         """At most one decision (shed one task, or bring one back) for this instant."""
+        self._reading = reading
         values = self._values(reading, tasks)
         self._update(now, values)
         self._reconcile(now, tasks)
@@ -341,14 +376,74 @@ class ShedPolicy:
         # nothing), except a task running while a more important one is held back.
         pressing = [n for n in active if self._pressing(n, now)]
         decision = self._shed(now, pressing, values, tasks) if pressing else None
+        if decision is None and pressing:
+            self._nothing_left(now, pressing, tasks)
+        elif not pressing:
+            self._noted = None  # a new episode of pressure may say it again
         if decision is None and not pressing:
             decision = self._inversion(now, values, tasks)
         if decision is None and not active:
             decision = self._resume(now, values, tasks)
         if decision is None:
             return []
+        self._noted = None
         self._last_step = now
         return [decision]
+
+    def cpu_share(self) -> dict[str, Any] | None:
+        """The last reading's split of host CPU: % of all cores and cores, owned by this
+        engine and its tasks vs. foreign (None when the reading had no split)."""
+        r = self._reading
+        if r.cpu_owned_percent is None or r.cpu_foreign_percent is None:
+            return None
+        cores = max(1, r.cpu_count)
+        return {
+            "cores": cores,
+            "owned_percent": round(r.cpu_owned_percent, 1),
+            "foreign_percent": round(r.cpu_foreign_percent, 1),
+            "owned_cores": round(r.cpu_owned_percent * cores / 100.0, 2),
+            "foreign_cores": round(r.cpu_foreign_percent * cores / 100.0, 2),
+        }
+
+    def pressure_is_foreign(self) -> bool:
+        """The host is busy (CPU at or above the cpu exit threshold) while this engine and
+        its tasks alone would be below it: the load comes from other processes, which
+        shedding cannot relieve."""
+        r = self._reading
+        if r.cpu_owned_percent is None or r.cpu_percent is None:
+            return False
+        exit_ = self.config.cpu.exit
+        return r.cpu_percent >= exit_ and r.cpu_owned_percent < exit_
+
+    def _nothing_left(self, now: float, pressing: Sequence[str], tasks: Sequence[TaskView]) -> None:
+        """Pressure is on but no task may be shed for it: say why, once per episode."""
+        running = [t for t in tasks if t.state is TaskState.RUNNING]
+        if any(t.priority < self._bound(s, running) for s in pressing for t in running):
+            return  # a candidate exists (e.g. busy with another operation): not this case
+        share = self.cpu_share()
+        kind: Literal["foreign", "own"] = "foreign" if self.pressure_is_foreign() else "own"
+        if self._noted == kind:
+            return
+        self._noted = kind
+        why = "; ".join(self._why(s, share=False) for s in pressing)
+        if kind == "foreign" and share is not None:
+            text = (
+                f"{why}: pressure is from processes this engine does not run (they use "
+                f"{share['foreign_cores']:.1f} of {share['cores']} cores, this engine and its "
+                f"tasks {share['owned_cores']:.1f}): nothing left to shed"
+            )
+        else:
+            top = max((t.priority for t in running), default=None)
+            detail = [f"the tasks still running have priority {top} or more"] if top else []
+            if share is not None:
+                detail.append(
+                    f"this engine and its tasks use {share['owned_cores']:.1f} of "
+                    f"{share['cores']} cores, other processes {share['foreign_cores']:.1f}"
+                )
+            text = f"{why}: nothing left to shed" + (f" ({'; '.join(detail)})" if detail else "")
+        data: dict[str, Any] = {"signals": list(pressing), "cpu_share": share}
+        self.notes = [*self.notes, ShedNote(now, kind, text, data)][-32:]
+        log.warning("shedding: %s", text)
 
     def _pressing(self, name: str, now: float) -> bool:
         """Still at or above `enter`, for long enough to be measured after the last step."""
@@ -481,7 +576,7 @@ class ShedPolicy:
 
     # ----- texts
 
-    def _why(self, signal: str) -> str:
+    def _why(self, signal: str, *, share: bool = True) -> str:
         cfg = self.config.signal(signal)
         st = self._signals[signal]
         if signal == "latency" and self._latency_culprit is not None:
@@ -494,7 +589,14 @@ class ShedPolicy:
         unit = {"cpu": "%", "memory": "%", "temperature": " C"}.get(signal, "")
         if signal == "throttling":
             return f"throttling for {cfg.enter_for_s:g}s"
-        return f"{signal} {_fmt(st.value)}{unit} >= {cfg.enter:g}{unit} for {cfg.enter_for_s:g}s"
+        text = f"{signal} {_fmt(st.value)}{unit} >= {cfg.enter:g}{unit} for {cfg.enter_for_s:g}s"
+        split = self.cpu_share() if signal == "cpu" and share else None
+        if split is not None:
+            text += (
+                f" (other processes {split['foreign_cores']:.1f} of {split['cores']} cores, "
+                f"this engine and its tasks {split['owned_cores']:.1f})"
+            )
+        return text
 
     def _data(
         self,
@@ -517,6 +619,9 @@ class ShedPolicy:
                 for n in causes
             },
         }
+        share = self.cpu_share()
+        if share is not None:
+            data["cpu_share"] = share
         if victim is not None:
             data["priority"] = victim.priority
             data["on_shed"] = victim.on_shed.value
@@ -572,19 +677,32 @@ class NodeShedder:
         return self.policy.active
 
     def reading(self, sample: Sample, tasks: Sequence[TaskStatus]) -> Reading:
-        """Host values for the policy (CPU from the host or from the engine's tasks)."""
+        """Host values for the policy (CPU from the host or from the engine's tasks), with
+        the host's CPU split into what the engine and its tasks use and the rest."""
+        tasks_cpu = sum(t.cpu_percent for t in tasks)  # only active tasks report any
         if self.cpu_source == "tasks":
             used = sum(t.cpu_percent for t in tasks if t.state is TaskState.RUNNING)
             cpu = min(100.0, used / self.cpu_count)
         else:
             cpu = sample.cpu_percent
+        owned, foreign = cpu_split(
+            sample.cpu_percent, sample.engine_cpu_percent, tasks_cpu, self.cpu_count
+        )
         th = sample.throttling
         return Reading(
             cpu_percent=cpu,
             memory_percent=sample.memory.used_percent,
             temperature_c=sample.max_temperature_c,
             throttled=th.throttled or th.frequency_capped or th.soft_temperature_limit,
+            cpu_owned_percent=round(owned, 2),
+            cpu_foreign_percent=round(foreign, 2),
+            cpu_count=self.cpu_count,
         )
+
+    @property
+    def notes(self) -> list[ShedNote]:
+        """What the policy said without acting (e.g. foreign pressure, nothing to shed)."""
+        return self.policy.notes
 
     def views(self, tasks: Sequence[TaskStatus]) -> list[TaskView]:
         """`TaskView`s from the status list and the specs the supervisor holds."""

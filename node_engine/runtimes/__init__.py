@@ -1,1 +1,1 @@
-"""Task runtimes: docker (Docker SDK) and native (process groups)."""
+"""Task runtimes: docker (Docker Engine API, `docker_api`) and native (process groups)."""

@@ -1,7 +1,9 @@
-"""The docker runtime: one container per task, through the Docker SDK.
+"""The docker runtime: one container per task, through the Docker Engine API.
 
-The client is injected (`client_factory`, default `docker.from_env`) and created on first
-use, never at import. Every container the runtime creates carries the labels
+The client is `node_engine.runtimes.docker_api.DockerClient` (a small stdlib HTTP client
+over the daemon's socket; the Docker SDK is not used: it cost ~8 MB of RSS). It is
+injected (`client_factory`, default `DockerClient.from_env`) and created on first use,
+never at import. Every container the runtime creates carries the labels
 `edge.managed=true`, `edge.engine=<engine_id>` and `edge.instance=<instance_id>` and is
 named `edge-<engine id>-<instance id>`, so a restarted engine finds exactly its own
 containers (`adopt`), and engines sharing one Docker host (a local demo) do not collide.
@@ -27,11 +29,11 @@ Redeploying an instance whose container still exists removes the old container f
 (running or not): a deploy means "run this spec now", and the engine adopts running
 containers through `adopt()` after a restart rather than through `deploy()`.
 
-Cost: `status()` is one inspect call (GET /containers/<id>/json, a few ms on a local
-socket) plus, when the container's cgroup is readable from here (same host, host pid
-namespace), three small file reads for CPU and memory. `container.stats(stream=False)`
-takes ~1-2 s (the daemon samples twice), so it is only the fallback of `usage()`, which
-the engine should call rarely, and never part of `status()`.
+Cost: `status()` is one inspect call (GET /containers/<id>/json, ~1 ms on a local
+socket, kept-alive connection) plus, when the container's cgroup is readable from here
+(same host, host pid namespace), three small file reads for CPU and memory. The stats
+API (one sample) takes ~1-2 s (the daemon samples twice), so it is only the fallback of
+`usage()`, which the engine should call rarely, and never part of `status()`.
 """
 
 from __future__ import annotations
@@ -48,10 +50,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import docker
-import docker.errors
-import requests
-
 from node_engine import cgroups
 from node_engine.runtimes.base import (
     BadCursor,
@@ -60,6 +58,12 @@ from node_engine.runtimes.base import (
     RuntimeFailure,
     TaskHandle,
     TaskObservation,
+)
+from node_engine.runtimes.docker_api import (
+    DockerClient,
+    DockerError,
+    NotFound,
+    parse_repository_tag,
 )
 from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
@@ -221,10 +225,23 @@ def _cursor_after(entries: list[LogEntry]) -> tuple[int, int]:
 
 
 def _explain(exc: Exception) -> str:
-    """A one-line reason from a Docker SDK or requests exception."""
-    if isinstance(exc, docker.errors.APIError) and exc.explanation:
-        return str(exc.explanation).strip()
+    """A one-line reason: the daemon's message, or what failed on the connection."""
+    if isinstance(exc, DockerError) and str(exc):
+        return str(exc).strip()
     return f"{type(exc).__name__}: {exc}".strip()
+
+
+def since_param(since_ns: int) -> str:
+    """The logs API's inclusive `since` (``<s>.<fraction>``) one microsecond before
+    `since_ns`, so that entries at the cursor's own microsecond are read again (and
+    skipped by count)."""
+    us = max(0, since_ns // 1000 - 1)
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def _state(info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, Any] = info.get("State") or {}
+    return state
 
 
 class _CgroupUsage:
@@ -286,7 +303,7 @@ class DockerRuntime:
 
     def __init__(
         self,
-        client_factory: Callable[[], Any] = docker.from_env,
+        client_factory: Callable[[], DockerClient] = DockerClient.from_env,
         engine_id: str = "edge",
         *,
         ping_timeout_s: float = 2.0,
@@ -294,20 +311,20 @@ class DockerRuntime:
         log_max_files: int = 2,
         state_dir: Path | None = None,
     ) -> None:
-        """`client_factory` returns a `docker.DockerClient` (called lazily, once);
-        `engine_id` scopes labels and names so adoption finds only this engine's tasks;
-        `state_dir` keeps the last output of removed containers (none without it)."""
+        """`client_factory` returns a `DockerClient` (called lazily, once); `engine_id`
+        scopes labels and names so adoption finds only this engine's tasks; `state_dir`
+        keeps the last output of removed containers (none without it)."""
         self.client_factory = client_factory
         self.engine_id = engine_id
         self.logs_dir = Path(state_dir) / "logs" if state_dir is not None else None
         self.ping_timeout_s = ping_timeout_s
         self.log_max_size = log_max_size
         self.log_max_files = log_max_files
-        self._client_obj: Any = None
+        self._client_obj: DockerClient | None = None
         self._stopped: set[str] = set()
         self._usage: dict[str, _CgroupUsage | None] = {}
 
-    def client(self) -> Any:
+    def client(self) -> DockerClient:
         """The Docker client, created on first use; RuntimeFailure if it cannot be."""
         if self._client_obj is None:
             try:
@@ -317,7 +334,7 @@ class DockerRuntime:
         return self._client_obj
 
     def close(self) -> None:
-        """Close the client's connection pool (a new one is made on next use)."""
+        """Close the client's idle connections (a new client is made on next use)."""
         if self._client_obj is not None:
             with contextlib.suppress(Exception):
                 self._client_obj.close()
@@ -334,47 +351,86 @@ class DockerRuntime:
     # ------------------------------------------------------------------ protocol
 
     def available(self) -> tuple[bool, str]:
-        """Ping the engine with a short timeout (GET /_ping)."""
+        """Ping the engine with a short timeout (GET /_ping); negotiates the API version."""
         try:
-            client = self.client()
-            api = client.api
-            resp = api.get(f"{api.base_url}/_ping", timeout=self.ping_timeout_s)
-            if resp.status_code != 200:
-                return False, f"docker ping answered HTTP {resp.status_code}"
-            return True, f"docker engine answers (API {api.api_version})"
+            version = self.client().ping(timeout=self.ping_timeout_s)
+            return True, f"docker engine answers (API {version})"
         except RuntimeFailure as exc:
             return False, exc.reason
-        except (requests.RequestException, docker.errors.DockerException, OSError) as exc:
+        except (DockerError, OSError) as exc:
             return False, f"docker engine does not answer: {_explain(exc)}"
 
     def _ensure_image(self, image: str) -> None:
         client = self.client()
         try:
-            client.images.get(image)
+            client.image_inspect(image)
             return
-        except docker.errors.ImageNotFound:
+        except NotFound:
             pass
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except DockerError as exc:
             raise RuntimeFailure(f"image lookup failed: {_explain(exc)}") from exc
-        repository, tag = docker.utils.parse_repository_tag(image)
+        repository, tag = parse_repository_tag(image)
         try:
-            client.images.pull(repository, tag=tag or "latest")
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+            client.pull(repository, tag or "latest")
+        except DockerError as exc:
             raise RuntimeFailure(f"image pull failed: {image}: {_explain(exc)}") from exc
 
     def _remove_existing(self, name: str) -> None:
         client = self.client()
         try:
-            old = client.containers.get(name)
-        except docker.errors.NotFound:
+            old = client.inspect(name)
+        except NotFound:
             return
-        if (old.labels or {}).get(LABEL_ENGINE) != self.engine_id:
+        except DockerError as exc:
+            raise RuntimeFailure(f"docker inspect failed: {_explain(exc)}") from exc
+        labels = (old.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_ENGINE) != self.engine_id:
             raise RuntimeFailure(f"container name {name} is taken by a container of another owner")
-        instance_id = (old.labels or {}).get(LABEL_INSTANCE)
+        instance_id = labels.get(LABEL_INSTANCE)
         if instance_id:
             self._save_output(old, instance_id)
-        with contextlib.suppress(docker.errors.NotFound):
-            old.remove(force=True)
+        try:
+            client.remove(str(old["Id"]), force=True)
+        except NotFound:
+            pass
+        except DockerError as exc:
+            raise RuntimeFailure(f"docker remove failed: {_explain(exc)}") from exc
+
+    def create_config(self, instance_id: str, spec: TaskSpec) -> dict[str, Any]:
+        """The body of POST /containers/create for a task (what the SDK's
+        `containers.run` sent for the same arguments, restart policy "no")."""
+        host: dict[str, Any] = {
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": self.log_max_size, "max-file": str(self.log_max_files)},
+            },
+            "RestartPolicy": {"Name": "no"},
+            "NetworkMode": "default",
+        }
+        if spec.resources.memory_mib:
+            limit = spec.resources.memory_mib * 1024 * 1024
+            host["Memory"] = limit
+            host["MemorySwap"] = limit
+        if spec.resources.cpu:
+            host["NanoCpus"] = int(spec.resources.cpu * 1e9)
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Labels": self.labels(instance_id),
+            "Env": [f"{k}={v}" for k, v in spec.env.items()],
+            "Tty": False,
+            "OpenStdin": False,
+            "StdinOnce": False,
+            "AttachStdin": False,
+            "AttachStdout": False,
+            "AttachStderr": False,
+            "HostConfig": host,
+        }
+        if spec.command:
+            config["Entrypoint"] = spec.command[:1]
+            config["Cmd"] = spec.command[1:]
+        if spec.workdir:
+            config["WorkingDir"] = spec.workdir
+        return config
 
     def deploy(self, instance_id: str, spec: TaskSpec) -> TaskHandle:
         """Pull the image if missing, replace any old container of the instance, and run
@@ -384,93 +440,77 @@ class DockerRuntime:
         name = container_name(self.engine_id, instance_id)
         self._ensure_image(spec.image)
         self._remove_existing(name)
-        kwargs: dict[str, Any] = {
-            "image": spec.image,
-            "name": name,
-            "detach": True,
-            "labels": self.labels(instance_id),
-            "environment": dict(spec.env),
-            "log_config": docker.types.LogConfig(
-                type="json-file",
-                config={"max-size": self.log_max_size, "max-file": str(self.log_max_files)},
-            ),
-        }
-        if spec.command:
-            kwargs["entrypoint"] = spec.command[:1]
-            kwargs["command"] = spec.command[1:]
-        if spec.workdir:
-            kwargs["working_dir"] = spec.workdir
-        if spec.resources.memory_mib:
-            limit = spec.resources.memory_mib * 1024 * 1024
-            kwargs["mem_limit"] = limit
-            kwargs["memswap_limit"] = limit
-        if spec.resources.cpu:
-            kwargs["nano_cpus"] = int(spec.resources.cpu * 1e9)
+        client = self.client()
         try:
-            container = self.client().containers.run(**kwargs)
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+            container_id = client.create(name, self.create_config(instance_id, spec))
+            client.start(container_id)
+        except DockerError as exc:
             # A failed start (e.g. entrypoint not found) leaves a "created" container.
             with contextlib.suppress(Exception):
-                self.client().containers.get(name).remove(force=True)
+                client.remove(name, force=True)
             raise RuntimeFailure(f"container start failed: {_explain(exc)}") from exc
-        self._stopped.discard(container.id)
+        self._stopped.discard(container_id)
         return TaskHandle(
             instance_id=instance_id,
             runtime=RuntimeKind.DOCKER,
-            container_id=container.id,
+            container_id=container_id,
             started_at=time.time(),
             extra={"name": name, "image": spec.image},
         )
 
-    def _container(self, handle: TaskHandle) -> Any:
-        """The container object (freshly inspected), or None if it no longer exists."""
+    def _container_id(self, handle: TaskHandle) -> str:
         if not handle.container_id:
             raise RuntimeFailure("handle has no container id")
+        return handle.container_id
+
+    def _container(self, handle: TaskHandle) -> dict[str, Any] | None:
+        """The container's inspect document (fresh), or None if it no longer exists."""
         try:
-            return self.client().containers.get(handle.container_id)
-        except docker.errors.NotFound:
+            return self.client().inspect(self._container_id(handle))
+        except NotFound:
             return None
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except DockerError as exc:
             raise RuntimeFailure(f"docker inspect failed: {_explain(exc)}") from exc
 
     def stop(self, handle: TaskHandle, timeout_s: float = 10.0) -> None:
         """`docker stop` (SIGTERM, SIGKILL after timeout_s) then remove. Idempotent."""
-        container = self._container(handle)
+        info = self._container(handle)
         if handle.container_id:
             self._stopped.add(handle.container_id)
             self._usage.pop(handle.container_id, None)
-        if container is None:
+        if info is None:
             return
+        client = self.client()
+        cid = str(info["Id"])
         try:
-            if container.attrs.get("State", {}).get("Paused"):
-                container.unpause()
-            if container.status in ("running", "paused", "restarting"):
-                container.stop(timeout=max(0, math.ceil(timeout_s)))
-            self._save_output(container, handle.instance_id)
-            container.remove(force=True)
-        except docker.errors.NotFound:
+            st = _state(info)
+            if st.get("Paused"):
+                client.unpause(cid)
+            if st.get("Status") in ("running", "paused", "restarting"):
+                client.stop(cid, max(0, math.ceil(timeout_s)))
+            self._save_output(info, handle.instance_id)
+            client.remove(cid, force=True)
+        except NotFound:
             return
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except DockerError as exc:
             raise RuntimeFailure(f"docker stop failed: {_explain(exc)}") from exc
 
     def pause(self, handle: TaskHandle) -> None:
         """`docker pause` (cgroup freezer)."""
-        container = self._container(handle)
-        if container is None:
-            raise RuntimeFailure("container not found")
         try:
-            container.pause()
-        except docker.errors.APIError as exc:
+            self.client().pause(self._container_id(handle))
+        except NotFound as exc:
+            raise RuntimeFailure("container not found") from exc
+        except DockerError as exc:
             raise RuntimeFailure(f"docker pause failed: {_explain(exc)}") from exc
 
     def resume(self, handle: TaskHandle) -> None:
         """`docker unpause`."""
-        container = self._container(handle)
-        if container is None:
-            raise RuntimeFailure("container not found")
         try:
-            container.unpause()
-        except docker.errors.APIError as exc:
+            self.client().unpause(self._container_id(handle))
+        except NotFound as exc:
+            raise RuntimeFailure("container not found") from exc
+        except DockerError as exc:
             raise RuntimeFailure(f"docker unpause failed: {_explain(exc)}") from exc
 
     def _cheap_usage(self, container_id: str, pid: int) -> tuple[float, float] | None:
@@ -484,18 +524,19 @@ class DockerRuntime:
     def status(self, handle: TaskHandle) -> TaskObservation:
         """State from one inspect; CPU/memory from the container's cgroup files when they
         are readable here (else 0.0: call `usage()` for the slow Docker stats API)."""
-        container = self._container(handle)
-        if container is None:
+        info = self._container(handle)
+        if info is None:
             if handle.container_id in self._stopped:
                 return TaskObservation(state=TaskState.TERMINATED, reason="stopped by the engine")
             return TaskObservation(
                 state=TaskState.FAILED, reason="container not found (removed outside the engine)"
             )
-        st = container.attrs.get("State", {})
+        cid = str(info.get("Id") or handle.container_id)
+        st = _state(info)
         status = st.get("Status", "")
         if status in ("running", "paused", "restarting"):
             cpu = mem = 0.0
-            sample = self._cheap_usage(container.id, int(st.get("Pid") or 0))
+            sample = self._cheap_usage(cid, int(st.get("Pid") or 0))
             if sample is not None:
                 cpu, mem = sample
             paused = status == "paused" or bool(st.get("Paused"))
@@ -508,7 +549,7 @@ class DockerRuntime:
             return TaskObservation(state=TaskState.STARTING)
         if status == "removing":
             return TaskObservation(state=TaskState.TERMINATED, reason="container being removed")
-        self._usage.pop(container.id, None)
+        self._usage.pop(cid, None)
         code = int(st.get("ExitCode", -1))
         oom = bool(st.get("OOMKilled"))
         error = str(st.get("Error") or "")
@@ -528,15 +569,16 @@ class DockerRuntime:
     def usage(self, handle: TaskHandle) -> tuple[float, float]:
         """(cpu percent of one core, memory MiB): cgroup files if readable, else the Docker
         stats API (slow, ~1-2 s per call: call it seldom). (0, 0) if not running."""
-        container = self._container(handle)
-        if container is None or container.status not in ("running", "paused"):
+        info = self._container(handle)
+        if info is None or _state(info).get("Status") not in ("running", "paused"):
             return 0.0, 0.0
-        sample = self._cheap_usage(container.id, int(container.attrs["State"].get("Pid") or 0))
+        cid = str(info["Id"])
+        sample = self._cheap_usage(cid, int(_state(info).get("Pid") or 0))
         if sample is not None:
             return sample
         try:
-            stats = container.stats(stream=False)
-        except (docker.errors.APIError, requests.RequestException) as exc:
+            stats = self.client().stats(cid)
+        except DockerError as exc:
             raise RuntimeFailure(f"docker stats failed: {_explain(exc)}") from exc
         cpu_stats, pre = stats.get("cpu_stats", {}), stats.get("precpu_stats", {})
         cpu_delta = cpu_stats.get("cpu_usage", {}).get("total_usage", 0) - pre.get(
@@ -555,15 +597,13 @@ class DockerRuntime:
         """The last `tail` lines of the container's stdout and stderr."""
         if tail <= 0:
             return ""
-        container = self._container(handle)
-        if container is None:
-            return ""
         try:
-            raw = container.logs(stdout=True, stderr=True, tail=tail)
-        except docker.errors.APIError as exc:
+            raw = b"".join(self.client().logs(self._container_id(handle), tail=tail))
+        except NotFound:
+            return ""
+        except DockerError as exc:
             raise RuntimeFailure(f"docker logs failed: {_explain(exc)}") from exc
-        text: str = raw.decode(errors="replace")
-        return text.rstrip("\n")
+        return raw.decode(errors="replace").rstrip("\n")
 
     # ------------------------------------------------------------------ log reads
 
@@ -585,17 +625,14 @@ class DockerRuntime:
             return []
         return decode_saved(raw)
 
-    def _frames(self, container: Any, **kwargs: Any) -> Iterable[bytes]:
+    def _frames(self, container_id: str, *, tty: bool = False, **kwargs: Any) -> Iterable[bytes]:
         """Frames of `docker logs --timestamps` (stdout and stderr), one per entry."""
         try:
-            stream = container.logs(
-                stdout=True, stderr=True, timestamps=True, stream=True, follow=False, **kwargs
-            )
-        except docker.errors.NotFound:
+            return self.client().logs(container_id, timestamps=True, tty=tty, **kwargs)
+        except NotFound:
             return []
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except DockerError as exc:
             raise RuntimeFailure(f"docker logs failed: {_explain(exc)}") from exc
-        return _closing(stream)
 
     def _live_entries(
         self, handle: TaskHandle | None, *, tail: int | None, since_ns: int, max_bytes: int
@@ -605,18 +642,16 @@ class DockerRuntime:
         Also whether the read stopped early."""
         if handle is None or not handle.container_id:
             return [], False
-        container = self._container(handle)
-        if container is None:
-            return [], False
         kwargs: dict[str, Any] = {"tail": tail if tail is not None else "all"}
         if since_ns > 1000:
-            kwargs["since"] = (since_ns // 1000 - 1) / 1e6  # microseconds, inclusive
+            kwargs["since"] = since_param(since_ns)  # microseconds, inclusive
         out: list[LogEntry] = []
         size = 0
         previous = since_ns
         stopped = False
+        frames = self._frames(handle.container_id, **kwargs)
         try:
-            for frame in self._frames(container, **kwargs):
+            for frame in frames:
                 entry = parse_frame(frame, previous)
                 previous = entry.ns
                 out.append(entry)
@@ -624,8 +659,10 @@ class DockerRuntime:
                 if tail is None and size > max_bytes + 65536:
                     stopped = True
                     break
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except DockerError as exc:
             raise RuntimeFailure(f"docker logs failed: {_explain(exc)}") from exc
+        finally:
+            _close(frames)
         return out, stopped
 
     def read_logs(
@@ -658,7 +695,7 @@ class DockerRuntime:
             read = LogRead(read.pieces, read.cursor, more=True, skipped=read.skipped)
         return read
 
-    def _save_output(self, container: Any, instance_id: str) -> None:
+    def _save_output(self, info: dict[str, Any], instance_id: str) -> None:
         """Append the container's last output to the instance's saved log (bounded);
         errors are logged: they never keep a container from being removed."""
         path = self._saved_path(instance_id)
@@ -667,10 +704,15 @@ class DockerRuntime:
         try:
             entries: list[LogEntry] = []
             previous = 0
-            for frame in self._frames(container, tail=SAVED_LOG_LINES):
-                entry = parse_frame(frame, previous)
-                previous = entry.ns
-                entries.append(entry)
+            tty = bool((info.get("Config") or {}).get("Tty"))
+            frames = self._frames(str(info["Id"]), tty=tty, tail=SAVED_LOG_LINES)
+            try:
+                for frame in frames:
+                    entry = parse_frame(frame, previous)
+                    previous = entry.ns
+                    entries.append(entry)
+            finally:
+                _close(frames)
             saved = self._saved_entries(instance_id)
             newest = saved[-1].ns if saved else -1
             merged = saved + [e for e in entries if e.ns > newest]
@@ -696,38 +738,46 @@ class DockerRuntime:
         """Handles of every container (any state) labelled with this engine id: running and
         paused ones to keep watching, exited ones so the engine reads their exit code
         (status) and then removes them (stop)."""
-        filters = {"label": [f"{LABEL_ENGINE}={self.engine_id}", f"{LABEL_MANAGED}=true"]}
+        labels = [f"{LABEL_ENGINE}={self.engine_id}", f"{LABEL_MANAGED}=true"]
+        client = self.client()
         try:
-            containers = self.client().containers.list(all=True, filters=filters)
-        except (docker.errors.APIError, requests.RequestException) as exc:
+            found = client.containers(all=True, labels=labels)
+        except DockerError as exc:
             raise RuntimeFailure(f"docker list failed: {_explain(exc)}") from exc
         out = []
-        for c in containers:
-            labels = c.labels or {}
-            instance_id = labels.get(LABEL_INSTANCE)
-            if not instance_id or labels.get(LABEL_ENGINE) != self.engine_id:
+        for summary in found:
+            try:
+                info = client.inspect(str(summary["Id"]))
+            except NotFound:
+                continue  # removed since the listing
+            except DockerError as exc:
+                raise RuntimeFailure(f"docker inspect failed: {_explain(exc)}") from exc
+            config = info.get("Config") or {}
+            c_labels = config.get("Labels") or {}
+            instance_id = c_labels.get(LABEL_INSTANCE)
+            if not instance_id or c_labels.get(LABEL_ENGINE) != self.engine_id:
                 continue
             out.append(
                 TaskHandle(
                     instance_id=instance_id,
                     runtime=RuntimeKind.DOCKER,
-                    container_id=c.id,
-                    started_at=_parse_time(c.attrs.get("State", {}).get("StartedAt")),
-                    extra={"name": c.name, "image": str(c.attrs.get("Config", {}).get("Image"))},
+                    container_id=str(info["Id"]),
+                    started_at=_parse_time(_state(info).get("StartedAt")),
+                    extra={
+                        "name": str(info.get("Name") or "").lstrip("/"),
+                        "image": str(config.get("Image")),
+                    },
                 )
             )
         return sorted(out, key=lambda h: h.instance_id)
 
 
-def _closing(stream: Any) -> Iterable[bytes]:
-    """Iterate a docker log stream and close its connection when done or abandoned."""
-    try:
-        yield from stream
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                close()
+def _close(frames: Iterable[bytes]) -> None:
+    """Close a log stream read only in part (its connection is dropped)."""
+    close = getattr(frames, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 def encode_saved(entries: list[LogEntry], limit: int) -> bytes:

@@ -30,7 +30,10 @@ class NodeEngineProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         log_level: str = "INFO",
+        repo: Path | None = None,
     ) -> None:
+        """`repo`: run the node engine of another checkout (its ``.venv`` interpreter and
+        code; benchmarks compare old and new code with it), default this one."""
         self.state_dir = Path(state_dir)
         self.cluster_url = cluster_url
         self.join_token = join_token
@@ -40,14 +43,16 @@ class NodeEngineProcess:
         self.extra_args = list(extra_args)
         self.env = env or {}
         self.log_level = log_level
+        self.repo = Path(repo).resolve() if repo is not None else None
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def argv(self) -> list[str]:
         """The command line (the join token goes through the environment, not argv)."""
+        python = str(self.repo / ".venv" / "bin" / "python") if self.repo else sys.executable
         args = [
-            sys.executable,
+            python,
             "-m",
             "node_engine.main",
             "--cluster-url",
@@ -69,7 +74,7 @@ class NodeEngineProcess:
         """Start the engine (does not wait for it to join)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(REPO_ROOT)
+        env["PYTHONPATH"] = str(self.repo or REPO_ROOT)
         if self.join_token is not None:
             env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
         env.update(self.env)
@@ -80,7 +85,7 @@ class NodeEngineProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=REPO_ROOT,
+            cwd=self.repo or REPO_ROOT,
         )
         return self
 

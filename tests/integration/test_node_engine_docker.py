@@ -3,6 +3,7 @@ local busybox test image; cluster side from tests/harness on a real Mosquitto.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,6 +90,16 @@ def test_docker_reported_deploy_and_terminate(
     assert svc.wait_ack(node_id, cid, timeout=60).payload.accepted
     cluster.wait_state(engine, "web", TaskState.TERMINATED, timeout=60)
     assert containers(docker_client, docker_engine_id, "web") == []
+
+
+def test_docker_runtime_keeps_openssl_out(cluster, docker_node, busybox_image):
+    # Footprint (docs/node-engine.md): the docker runtime on a unix socket needs no TLS, so
+    # OpenSSL's libcrypto stays out of an engine that ran a container (the SDK loaded it).
+    engine, svc = docker_node, cluster.service
+    svc.deploy(engine.node_id, "lean", docker_spec(busybox_image, ["sleep", "600"]))
+    cluster.wait_state(engine, "lean", TaskState.RUNNING, timeout=60)
+    maps = Path(f"/proc/{engine.pid}/maps").read_text()
+    assert "libcrypto" not in maps and "libssl" not in maps
 
 
 def test_docker_memory_limit_enforced(cluster, docker_node, busybox_image):

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import docker
 import docker.errors
 import pytest
 
 from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation, TaskRuntime
 from node_engine.runtimes.docker import DockerRuntime, container_name
+from node_engine.runtimes.docker_api import DockerClient, DockerError
 from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.resources import Resources
@@ -60,7 +60,8 @@ def spec(image: str, *argv: str, memory_mib: int = 0, cpu: float = 0.0, **kw: An
 
 @pytest.fixture
 def rt(docker_client: Any, docker_engine_id: str) -> Iterator[DockerRuntime]:  # noqa: F811
-    runtime = DockerRuntime(lambda: docker_client, engine_id=docker_engine_id)
+    # the product's client (DockerClient.from_env); the SDK's `docker_client` only checks
+    runtime = DockerRuntime(engine_id=docker_engine_id)
     yield runtime
 
 
@@ -72,7 +73,7 @@ def test_available_and_protocol(rt: DockerRuntime) -> None:
 
 def test_unreachable_engine_is_reported() -> None:
     bad = DockerRuntime(
-        lambda: docker.DockerClient(base_url="unix:///nonexistent/docker.sock"),
+        lambda: DockerClient("unix:///nonexistent/docker.sock"),
         engine_id="nobody",
         ping_timeout_s=0.5,
     )
@@ -81,7 +82,7 @@ def test_unreachable_engine_is_reported() -> None:
     assert "docker engine" in why and "No such file or directory" in why
 
     def boom() -> Any:
-        raise docker.errors.DockerException("no socket")
+        raise DockerError("no socket")
 
     ok, why = DockerRuntime(boom, engine_id="nobody").available()
     assert not ok and "no socket" in why
@@ -228,14 +229,14 @@ def test_adopt_finds_own_containers_only(
     docker_client: Any,  # noqa: F811
     busybox_image: str,  # noqa: F811
 ) -> None:
-    other = DockerRuntime(lambda: docker_client, engine_id=rt.engine_id + "-other")
+    other = DockerRuntime(engine_id=rt.engine_id + "-other")
     try:
         running = rt.deploy("d-adopt-run", spec(busybox_image, "sleep", "300"))
         exited = rt.deploy("d-adopt-exit", spec(busybox_image, "sh", "-c", "exit 4"))
         foreign = other.deploy("d-foreign", spec(busybox_image, "sleep", "300"))
         wait_terminal(rt, exited)
         # A new runtime object with the same engine id: what a restarted engine builds.
-        again = DockerRuntime(lambda: docker_client, engine_id=rt.engine_id)
+        again = DockerRuntime(engine_id=rt.engine_id)
         found = {h.instance_id: h for h in again.adopt()}
         assert set(found) == {"d-adopt-run", "d-adopt-exit"}
         assert found["d-adopt-run"].container_id == running.container_id

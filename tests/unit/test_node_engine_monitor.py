@@ -253,3 +253,16 @@ def test_monitor_vcgencmd_is_rate_limited_and_accelerators_probed_once(tmp_path)
     assert len(smi_runs) == 1
     kinds = [(a.kind, a.model) for a in first.accelerators]
     assert kinds == [("nvidia-gpu", "Orin GPU"), ("nvidia-jetson", "NVIDIA Jetson Orin Nano")]
+
+
+def test_monitor_measures_the_engines_own_cpu(tmp_path):
+    # own_cpu is the process's CPU seconds (os.times()); injected here with a clock
+    used = [10.0]
+    clock = Clock()
+    mon = _monitor(tmp_path, FakePsutil(), clock=clock, own_cpu=lambda: used[0])
+    mon.probe()  # primes the counter at t=0
+    clock.now, used[0] = 2.0, 10.1  # 0.1 s of CPU over 2 s
+    assert mon.sample().engine_cpu_percent == 5.0
+    clock.now, used[0] = 3.0, 10.6
+    assert mon.sample().engine_cpu_percent == 50.0
+    assert mon.sample().engine_cpu_percent == 0.0  # no time passed: nothing to say
