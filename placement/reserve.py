@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from placement.filters import NO_SINGLE_NODE, unit_fits
-from placement.model import CPU_EPSILON, Candidate, Request, Unit
+from placement.filters import NO_SINGLE_NODE, RESOURCE_FILTERS, checks, fitting_units
+from placement.model import Candidate, Request
+from placement.table import CandidateTable
 
-__all__ = ["reserve"]
+__all__ = ["reserve", "reserve_all"]
 
 
 def _take(free: Mapping[str, int], wanted: Mapping[str, int]) -> dict[str, int]:
@@ -19,41 +20,19 @@ def _take(free: Mapping[str, int], wanted: Mapping[str, int]) -> dict[str, int]:
     return left
 
 
-def _fits_resources(candidate: Candidate | Unit, request: Request) -> bool:
-    free = candidate.free_accelerators
-    return (
-        candidate.free_cpu + CPU_EPSILON >= request.cpu
-        and candidate.free_memory_mib >= request.memory_mib
-        and candidate.free_disk_mib >= request.disk_mib
-        and all(n <= 0 or free.get(k, -1) >= n for k, n in request.accelerators.items())
-    )
-
-
-def reserve(candidate: Candidate, request: Request) -> Candidate:
-    """Return `candidate` with the request's resources taken from its free capacity.
-
-    For a cluster with units, the replica lands on the best-fitting unit (the one
-    that fits the whole request with the least memory, then CPU, then disk left;
-    lowest index on a tie), which is reduced too. Used by `place_many`, and by a
-    scheduler that keeps reservations between status reports. ValueError if the
-    resources (or, with units, every unit) cannot take the request.
-    """
-    if not _fits_resources(candidate, request):
-        raise ValueError(f"{candidate.id}: request does not fit the free resources")
+def _taken(candidate: Candidate, request: Request, table: CandidateTable) -> Candidate:
+    """`candidate` (the one row of `table`) with the request taken (it fits: checked)."""
     units = candidate.units
     if units is not None:
         fitting = [
             (
-                u.free_memory_mib - request.memory_mib,
-                u.free_cpu - request.cpu,
-                u.free_disk_mib - request.disk_mib,
+                units[i].free_memory_mib - request.memory_mib,
+                units[i].free_cpu - request.cpu,
+                units[i].free_disk_mib - request.disk_mib,
                 i,
             )
-            for i, u in enumerate(units)
-            if unit_fits(request, u)
+            for i in fitting_units(request, table)
         ]
-        if not fitting:
-            raise ValueError(f"{candidate.id}: {NO_SINGLE_NODE}")
         best = min(fitting)[3]
         unit = units[best]
         taken = dataclasses.replace(
@@ -72,3 +51,47 @@ def reserve(candidate: Candidate, request: Request) -> Candidate:
         free_accelerators=_take(candidate.free_accelerators, request.accelerators),
         units=units,
     )
+
+
+def _reason(table: CandidateTable, request: Request) -> str | None:
+    """The first resource filter the table's single row fails, else None."""
+    for reason, fails in checks(request, table, RESOURCE_FILTERS):
+        if fails[0]:
+            return reason
+    return None
+
+
+def reserve(candidate: Candidate, request: Request) -> Candidate:
+    """Return `candidate` with the request's resources taken from its free capacity.
+
+    The request must pass the resource filters (cpu, memory, disk, accelerators and,
+    with units, some single unit takes it all); ValueError otherwise. For a cluster
+    with units, the replica lands on the best-fitting unit (the one that fits the
+    whole request with the least memory, then CPU, then disk left; lowest index on a
+    tie), which is reduced too. Used by `place_many`, and by a scheduler that keeps
+    reservations between status reports.
+    """
+    table = CandidateTable([candidate])
+    reason = _reason(table, request)
+    if reason == NO_SINGLE_NODE:
+        raise ValueError(f"{candidate.id}: {NO_SINGLE_NODE}")
+    if reason is not None:
+        raise ValueError(f"{candidate.id}: request does not fit the free resources ({reason})")
+    return _taken(candidate, request, table)
+
+
+def reserve_all(candidate: Candidate, requests: Iterable[Request]) -> Candidate:
+    """Reserve each request in turn, skipping those that no longer fit.
+
+    For a scheduler that took capacity after the report the candidate was built from:
+    a request the candidate cannot take any more (the report already shows less than
+    was reserved) takes nothing.
+    """
+    table: CandidateTable | None = None
+    for request in requests:
+        if table is None:
+            table = CandidateTable([candidate])
+        if _reason(table, request) is None:
+            candidate = _taken(candidate, request, table)
+            table.update(candidate)
+    return candidate

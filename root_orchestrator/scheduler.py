@@ -15,7 +15,7 @@ Constraints that `placement.Unit` does not model are applied here, per request:
   coolest eligible node, and it counts as throttled only when every node is.
 
 Reservations (replicas sent to a cluster since its report was made) are taken out
-of the candidate with `placement.reserve`, so a burst does not all land on the
+of the candidate with `placement.reserve_all`, so a burst does not all land on the
 cluster that looked emptiest.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from placement import Candidate, Request, Unit, reserve
+from placement import Candidate, Request, Unit, reserve_all
 from schemas.cluster import ClusterReport, NodeCapacity
 from schemas.job import Constraints, TaskSpec
 from schemas.node import Liveness
@@ -166,12 +166,8 @@ def build_candidate(request: Request, snapshot: ClusterSnapshot) -> Candidate:
         ready=snapshot.ready,
         units=units,
     )
-    for reserved in snapshot.reserved:
-        try:
-            candidate = reserve(candidate, reserved)
-        except ValueError:
-            continue  # the report already shows less than we reserved: nothing to take
-    return candidate
+    # a request the report already shows less room for than we reserved takes nothing
+    return reserve_all(candidate, snapshot.reserved)
 
 
 def build_candidates(request: Request, snapshots: Sequence[ClusterSnapshot]) -> list[Candidate]:

@@ -1,0 +1,375 @@
+"""Placements through a real cluster orchestrator: placements/s and CPU per placement.
+
+Run: .venv/bin/python -m bench.cluster_schedule [--nodes 1000] [--placements 2000]
+     [--concurrency 8] [--repeat 2] [--repo PATH]
+
+What runs (the set-up of bench/cluster_ingest.py, reused):
+
+* a mosquitto with dynamic security (generated config, free port, temp directory);
+* a real ``cluster-orchestrator`` process (SQLite store, default settings, log level
+  INFO as in production unless ``--log-level`` says otherwise);
+* N nodes joined through ``POST /api/v1/nodes`` and kept READY by simulated 1 Hz
+  statuses (`cluster_ingest.Simulator`, a few shared paho clients);
+* a simulated node side for commands (`Acker`, one paho client subscribed to every
+  node's ``.../commands``): it acknowledges each DEPLOY and TERMINATE on the node's
+  ``.../events`` and from then on lists the task as RUNNING in that node's statuses,
+  as a node engine would. So deploys do not pile up as pending commands, the
+  instances become RUNNING, and reconcile finds what it expects.
+
+Measured, each ``--repeat`` times: ``--placements`` placements through
+``POST /api/v1/instances`` (each a new instance of one of 20 jobs, a small docker
+task), first one after the other on one HTTP connection, then from ``--concurrency``
+connections at once. For each: placements/s (wall), and the orchestrator process's
+CPU seconds (user + system, all threads, psutil) per placement, raw and net of the
+CPU the process spends in the same time on status ingestion alone (an idle window
+measured just before). The floor, measured the same way in the same run: requests
+that the same route rejects before any decision (``constraints.cluster`` names
+another cluster): HTTP, validation, the core hand-off and the response, without the
+decision, the instance, its events and its DEPLOY. The last line is one JSON object.
+
+``--repo PATH`` runs the orchestrator from another checkout (e.g. the code before a
+change) with this script's harness: ``PYTHONPATH`` points the process at PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.cluster_ingest import JOIN, OPERATOR, Simulator, join_nodes, start_broker, wait_ready
+from cluster_orchestrator.broker import Acl
+from cluster_orchestrator.process import ClusterProcess
+
+JOBS = 20
+
+
+class Acker:
+    """The command side of the simulated nodes: ack every command, report its task."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        #: node id -> the tasks its statuses list (a list is replaced, never changed)
+        self.tasks: dict[str, list[dict[str, Any]]] = {}
+        self.deploys = 0
+        self.terminates = 0
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"bench-acker-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.username_pw_set(username, password)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect(host, port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("the acker did not get its subscription")
+
+    def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
+        client.subscribe("edge/v1/nodes/+/commands", qos=1)
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        command = json.loads(msg.payload)
+        node_id = command["node_id"]
+        kind = command["kind"]
+        payload = command.get("payload", {})
+        instance_id = payload.get("instance_id")
+        if kind == "deploy":
+            self.deploys += 1
+            runtime = payload["spec"]["runtime"]
+            task = {"instance_id": instance_id, "state": "RUNNING", "runtime": runtime}
+            current = [t for t in self.tasks.get(node_id, []) if t["instance_id"] != instance_id]
+            self.tasks[node_id] = [*current, task]
+        elif kind == "terminate":
+            self.terminates += 1
+            current = self.tasks.get(node_id, [])
+            self.tasks[node_id] = [t for t in current if t["instance_id"] != instance_id]
+        else:
+            return
+        ack = {
+            "v": 1,
+            "kind": "ack",
+            "id": uuid.uuid4().hex,
+            "ts": time.time(),
+            "node_id": node_id,
+            "payload": {
+                "command_id": command["id"],
+                "command_kind": kind,
+                "instance_id": instance_id,
+                "accepted": True,
+            },
+        }
+        client.publish(f"edge/v1/nodes/{node_id}/events", json.dumps(ack), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def place_body(index: int, run: str, *, cluster: str | None = None) -> dict[str, Any]:
+    """A `PlaceInstanceRequest` as the root sends it: one replica of one of JOBS jobs."""
+    job = f"job-{index % JOBS:02d}"
+    body: dict[str, Any] = {
+        "instance_id": f"{run}-{index:06d}",
+        "job_id": job,
+        "job_name": job,
+        "replica": index // JOBS,
+        "spec": {
+            "runtime": "docker",
+            "image": "busybox:latest",
+            "command": ["sleep", "3600"],
+            "resources": {"cpu": 0.01, "memory_mib": 8},
+        },
+    }
+    if cluster is not None:
+        body["constraints"] = {"cluster": cluster}
+    return body
+
+
+def post_all(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, expect_accepted: bool
+) -> tuple[float, int]:
+    """POST every body (from `concurrency` connections); return (wall seconds, accepted)."""
+    accepted = 0
+    lock = threading.Lock()
+    shares = [bodies[i::concurrency] for i in range(concurrency)]
+
+    def worker(share: list[dict[str, Any]]) -> None:
+        nonlocal accepted
+        count = 0
+        with httpx.Client(
+            base_url=url, timeout=60.0, headers={"authorization": f"Bearer {OPERATOR}"}
+        ) as client:
+            for body in share:
+                response = client.post("/api/v1/instances", json=body)
+                response.raise_for_status()
+                ok = bool(response.json()["accepted"])
+                if ok != expect_accepted:
+                    raise RuntimeError(f"unexpected answer: {response.text[:300]}")
+                count += ok
+        with lock:
+            accepted += count
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker, share) for share in shares]:
+            future.result()
+    return time.perf_counter() - start, accepted
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure(
+    proc: psutil.Process, action: Callable[[], tuple[float, int]], idle_cpu_per_s: float
+) -> dict[str, float]:
+    """Run `action`; the process CPU it took, raw and net of the idle (ingestion) rate."""
+    cpu0 = cpu_seconds(proc)
+    wall, accepted = action()
+    cpu = cpu_seconds(proc) - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "net_cpu_s": cpu - idle_cpu_per_s * wall, "n": accepted}
+
+
+def stats(url: str) -> dict[str, Any]:
+    """GET /api/v1/stats of the cluster."""
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {OPERATOR}"}) as client:
+        response = client.get("/api/v1/stats")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def wait_settled(url: str, placed: int, timeout: float) -> dict[str, Any]:
+    """Wait until every placed instance is RUNNING and no command waits for its ack."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = stats(url)
+        running = current["instances_by_state"].get("RUNNING", 0)
+        if running >= placed and current["pending_commands"] == 0:
+            return current
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"{running}/{placed} RUNNING, {current['pending_commands']} pending commands"
+            )
+        time.sleep(0.2)
+
+
+def per_placement(result: dict[str, float], count: int) -> dict[str, float]:
+    """Rates and CPU per placement of one measured batch."""
+    return {
+        "per_s": round(count / result["wall_s"], 1),
+        "cpu_ms": round(1000.0 * result["cpu_s"] / count, 3),
+        "net_cpu_ms": round(1000.0 * result["net_cpu_s"] / count, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print figures, last line JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--placements", type=int, default=2000, help="per measured batch")
+    parser.add_argument("--concurrency", type=int, default=8, help="connections, second batch")
+    parser.add_argument("--repeat", type=int, default=2, help="measure each batch this often")
+    parser.add_argument("--idle", type=float, default=5.0, help="idle window (ingestion only)")
+    parser.add_argument("--clients", type=int, default=4, help="status simulator MQTT clients")
+    parser.add_argument("--log-level", default="INFO", help="the orchestrator's log level")
+    parser.add_argument("--repo", type=Path, help="run the orchestrator from this checkout")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-schedule-"))
+    broker, admin_password = start_broker(tmp / "broker")
+    env = {}
+    if args.repo is not None:
+        env["PYTHONPATH"] = str(args.repo.resolve()) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cluster = ClusterProcess(
+        tmp / "cluster",
+        broker_port=broker.port,
+        broker_admin_password=admin_password,
+        operator_token=OPERATOR,
+        join_token=JOIN,
+        name="bench",
+        log_level=args.log_level,
+        env=env,
+    )
+    stop = threading.Event()
+    sims: list[Simulator] = []
+    acker: Acker | None = None
+    try:
+        cluster.start()
+        ids = join_nodes(cluster, args.nodes)
+        sim_password = secrets.token_urlsafe(16)
+        with broker.admin() as admin:
+            admin.ensure_role(
+                "bench-node-sim",
+                [
+                    Acl("publishClientSend", "edge/v1/nodes/+/status"),
+                    Acl("publishClientSend", "edge/v1/nodes/+/events"),
+                    Acl("subscribePattern", "edge/v1/nodes/+/commands"),
+                    Acl("publishClientReceive", "edge/v1/nodes/+/commands"),
+                ],
+            )
+            admin.create_client("bench-node-sim", sim_password, ["bench-node-sim"])
+        acker = Acker(broker.host, broker.port, "bench-node-sim", sim_password)
+        shares = [ids[i :: args.clients] for i in range(args.clients)]
+        sims = [
+            Simulator(
+                broker.host,
+                broker.port,
+                "bench-node-sim",
+                sim_password,
+                share,
+                stop,
+                tasks=acker.tasks,
+            )
+            for share in shares
+        ]
+        for sim in sims:
+            sim.start()
+        wait_ready(cluster, len(ids), timeout=60)
+        print(f"{len(ids)} nodes READY (statuses at 1 Hz each)", flush=True)
+
+        proc = psutil.Process(cluster.pid)
+        url = cluster.url
+        placed = 0
+        runs: dict[str, list[dict[str, float]]] = {"floor": [], "sequential": [], "concurrent": []}
+        for rep in range(args.repeat):
+            cpu0 = cpu_seconds(proc)
+            time.sleep(args.idle)  # the idle window: status ingestion only
+            idle_rate = (cpu_seconds(proc) - cpu0) / args.idle
+            floor_bodies = [
+                place_body(i, f"f{rep}", cluster="elsewhere") for i in range(args.placements)
+            ]
+            floor = measure(proc, lambda b=floor_bodies: post_all(url, b, 1, False), idle_rate)
+            floor["n"] = len(floor_bodies)
+            for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+                bodies = [place_body(i, f"{label[0]}{rep}") for i in range(args.placements)]
+                result = measure(
+                    proc, lambda b=bodies, c=concurrency: post_all(url, b, c, True), idle_rate
+                )
+                placed += int(result["n"])
+                runs[label].append(per_placement(result, len(bodies)))
+                settled = wait_settled(url, placed, timeout=120)
+            runs["floor"].append(per_placement(floor, len(floor_bodies)))
+            print(
+                f"round {rep + 1}: idle (ingestion) {100 * idle_rate:.1f}% of a core; "
+                f"sequential {runs['sequential'][-1]}; concurrent x{args.concurrency} "
+                f"{runs['concurrent'][-1]}; floor (rejected before deciding) "
+                f"{runs['floor'][-1]}",
+                flush=True,
+            )
+        print(
+            f"after {placed} placements: {settled['instances_by_state']}, pending commands "
+            f"{settled['pending_commands']}, acker saw {acker.deploys} deploys and "
+            f"{acker.terminates} terminates"
+        )
+
+        def best(label: str, key: str) -> float:
+            values = [r[key] for r in runs[label]]
+            return max(values) if key == "per_s" else min(values)
+
+        result_line = {
+            "nodes": len(ids),
+            "placements_per_batch": args.placements,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+            "sequential_per_s": best("sequential", "per_s"),
+            "sequential_cpu_ms": best("sequential", "cpu_ms"),
+            "sequential_net_cpu_ms": best("sequential", "net_cpu_ms"),
+            "concurrent_per_s": best("concurrent", "per_s"),
+            "concurrent_cpu_ms": best("concurrent", "cpu_ms"),
+            "concurrent_net_cpu_ms": best("concurrent", "net_cpu_ms"),
+            "floor_per_s": best("floor", "per_s"),
+            "floor_net_cpu_ms": best("floor", "net_cpu_ms"),
+            "instances_running": settled["instances_by_state"].get("RUNNING", 0),
+            "pending_commands_at_end": settled["pending_commands"],
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "log_level": args.log_level,
+            "repo": str(args.repo) if args.repo else None,
+            "runs": runs,
+        }
+        print(json.dumps(result_line))
+        return 0
+    finally:
+        stop.set()
+        for sim in sims:
+            sim.join(5)
+            sim.close()
+        if acker is not None:
+            acker.close()
+        cluster.stop()
+        broker.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
