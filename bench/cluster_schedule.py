@@ -291,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         for sim in sims:
             sim.start()
         wait_ready(cluster, len(ids), timeout=60)
-        print(f"{len(ids)} nodes READY (statuses at 1 Hz each)", flush=True)
+        print(
+            f"{len(ids)} nodes READY (statuses at 1 Hz each); orchestrator pid {cluster.pid}",
+            flush=True,
+        )
 
         proc = psutil.Process(cluster.pid)
         url = cluster.url
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = measure(proc, lambda b=floor_bodies: post_all(url, b, 1, False), idle_rate)
             floor["n"] = len(floor_bodies)
             for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+                print(f"round {rep + 1}: {label} placements start", flush=True)
                 bodies = [place_body(i, f"{label[0]}{rep}") for i in range(args.placements)]
                 result = measure(
                     proc, lambda b=bodies, c=concurrency: post_all(url, b, c, True), idle_rate

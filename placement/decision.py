@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,17 +23,19 @@ def sorted_rejections(
 
 def _best(totals: list[float], ids: list[str], limit: int | None) -> list[int]:
     """Positions of the `limit` best totals (all with None), best first, ties by id:
-    what sorting every (total, id) pair would give, without sorting them all."""
+    what sorting every (total, id) pair would give, without sorting them all (a fleet
+    of identical idle nodes ties on nearly every candidate)."""
     n = len(totals)
-    pool: Iterable[int] = range(n)
-    if limit is not None and limit < n:
-        if limit <= 0:
-            return []
-        values = np.array(totals, dtype=np.float64)
-        threshold = np.partition(values, n - limit)[n - limit]  # the limit-th largest
-        pool = np.flatnonzero(values >= threshold).tolist()
-    ranked = sorted(pool, key=lambda i: (-totals[i], ids[i]))
-    return ranked if limit is None else ranked[:limit]
+    if limit is None or limit >= n:
+        return sorted(range(n), key=lambda i: (-totals[i], ids[i]))
+    if limit <= 0:
+        return []
+    values = np.array(totals, dtype=np.float64)
+    threshold = np.partition(values, n - limit)[n - limit]  # the limit-th largest
+    above: list[int] = np.flatnonzero(values > threshold).tolist()  # fewer than limit
+    ranked = sorted(above, key=lambda i: (-totals[i], ids[i]))
+    at: list[int] = np.flatnonzero(values == threshold).tolist()
+    return ranked + heapq.nsmallest(limit - len(ranked), at, key=ids.__getitem__)
 
 
 def _plural(count: int, noun: str) -> str:

@@ -127,10 +127,12 @@ def _decide(
     tied = 0
     if len(rows_ok):
         best = float(totals.max())
-        at_best = np.flatnonzero(totals == best).tolist()
-        tied_ids = sorted(feasible_ids[p] for p in at_best)
-        tied = len(tied_ids)
-        chosen = table.candidate(table.index[tied_ids[rng.randrange(tied)]])
+        # the tied ids in sorted order, and the rng's pick among them (by id rank)
+        ranks = table.id_rank[rows_ok[totals == best]]
+        tied = len(ranks)
+        pick = rng.randrange(tied)
+        rank = ranks[0] if tied == 1 else np.partition(ranks, pick)[pick]
+        chosen = table.candidate(int(table.by_rank[rank]))
     return Decision(
         chosen=chosen,
         score=best,

@@ -186,6 +186,7 @@ class CandidateTable:
         "_candidates",
         "accel",
         "arch",
+        "by_rank",
         "capacity_cpu",
         "capacity_memory",
         "draining",
@@ -194,6 +195,7 @@ class CandidateTable:
         "free_memory",
         "has_units",
         "id_array",
+        "id_rank",
         "ids",
         "index",
         "labels",
@@ -219,6 +221,13 @@ class CandidateTable:
         if len(self.index) != n:
             raise ValueError("candidate ids must be unique")
         self.id_array: npt.NDArray[np.object_] = np.array(self.ids, dtype=np.object_)
+        #: row of each id in sorted id order, and the rank of each row's id in it: ties
+        #: are broken among sorted ids, without sorting them per decision
+        self.by_rank: IntArray = np.array(
+            sorted(range(n), key=self.ids.__getitem__), dtype=np.int64
+        )
+        self.id_rank: IntArray = np.empty(n, dtype=np.int64)
+        self.id_rank[self.by_rank] = np.arange(n, dtype=np.int64)
         self.noun: str = "cluster" if any(c.units is not None for c in cands) else "node"
         self.free_cpu_eps: FloatArray = (
             np.array([c.free_cpu for c in cands], dtype=np.float64) + CPU_EPSILON
@@ -266,6 +275,8 @@ class CandidateTable:
         other.ids = self.ids
         other.index = self.index
         other.id_array = self.id_array
+        other.by_rank = self.by_rank
+        other.id_rank = self.id_rank
         other.noun = self.noun
         other.free_cpu_eps = self.free_cpu_eps.copy()
         other.score_free_cpu = self.score_free_cpu.copy()
