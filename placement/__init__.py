@@ -11,7 +11,7 @@ from placement.filters import FILTERS, first_failure, unit_fits
 from placement.model import CPU_EPSILON, Candidate, Request, Unit
 from placement.place import infer_noun, place, place_many
 from placement.policy import BINPACK, POLICIES, SPREAD, THERMAL, Policy, get_policy
-from placement.reserve import reserve, reserve_all
+from placement.reserve import reserve, reserve_all, reserve_in
 from placement.scorers import SCORERS
 from placement.table import CandidateTable
 
@@ -36,5 +36,6 @@ __all__ = [
     "place_many",
     "reserve",
     "reserve_all",
+    "reserve_in",
     "unit_fits",
 ]

@@ -58,8 +58,10 @@ __all__ = [
     "first_failure",
     "fitting_units",
     "label_reason",
+    "no_single_unit",
     "runtime_reason",
     "unit_fits",
+    "units_fit",
 ]
 
 #: One check: the reason, and True for every row that fails it.
@@ -222,7 +224,7 @@ def check_accelerator_counts(request: Request, table: CandidateTable) -> Sequenc
     return out
 
 
-def _units_fit(request: Request, units: Units) -> BoolArray:
+def units_fit(request: Request, units: Units) -> BoolArray:
     """Per unit: True if that one node takes the whole request (resources, runtime,
     architecture and accelerators on the same node)."""
     m = len(units)
@@ -250,6 +252,13 @@ def _units_fit(request: Request, units: Units) -> BoolArray:
     return ok
 
 
+def no_single_unit(table: CandidateTable, fit: BoolArray) -> BoolArray:
+    """Rows with units none of which fits (`fit`: `units_fit` over the table's units)."""
+    fitting = np.bincount(table.units.owner[fit], minlength=len(table)) > 0
+    result: BoolArray = table.has_units & ~fitting
+    return result
+
+
 def check_units(request: Request, table: CandidateTable) -> Sequence[Check]:
     """For a cluster with a per-node summary, at least one node must take it all.
 
@@ -259,9 +268,7 @@ def check_units(request: Request, table: CandidateTable) -> Sequence[Check]:
     """
     if not table.has_units.any():
         return ()
-    units = table.units
-    fitting = np.bincount(units.owner[_units_fit(request, units)], minlength=len(table)) > 0
-    return ((NO_SINGLE_NODE, table.has_units & ~fitting),)
+    return ((NO_SINGLE_NODE, no_single_unit(table, units_fit(request, table.units))),)
 
 
 #: The pipeline, in order. The name is the filter's stable identifier (docs, metrics).
@@ -308,14 +315,18 @@ def first_failure(
     return None
 
 
-def fitting_units(request: Request, table: CandidateTable, row: int = 0) -> list[int]:
-    """Positions, among the units of row `row`, of those that take the whole request."""
-    units = table.units
-    if not len(units):
+def fitting_units(
+    request: Request, table: CandidateTable, row: int = 0, fit: BoolArray | None = None
+) -> list[int]:
+    """Positions, among the units of row `row`, of those that take the whole request
+    (`fit`: `units_fit` over the table's units, when the caller has it already)."""
+    candidate = table.candidate(row)
+    if not candidate.units:
         return []
-    start = units.start[row]
-    fit = _units_fit(request, units) & (units.owner == row)
-    return [int(j) - start for j in np.flatnonzero(fit)]
+    if fit is None:
+        fit = units_fit(request, table.units)
+    start = table.units.start[row]
+    return [int(j) for j in np.flatnonzero(fit[start : start + len(candidate.units)])]
 
 
 def unit_fits(request: Request, unit: Unit) -> bool:

@@ -17,7 +17,7 @@ from placement.decision import Decision, sorted_rejections
 from placement.filters import checks
 from placement.model import Candidate, Request
 from placement.policy import Policy, resolve_policy
-from placement.reserve import reserve
+from placement.reserve import reserve, reserve_in
 from placement.scorers import SCORERS
 from placement.table import CandidateTable, IntArray
 
@@ -179,6 +179,6 @@ def place_many(
         if chosen is None:
             decisions.extend([decision] * (count - len(decisions)))
             break
-        table.update(reserve(chosen, request))
+        reserve_in(table, {chosen.id: (request,)})
         replicas[chosen.id] = replicas.get(chosen.id, 0) + 1
     return decisions

@@ -166,10 +166,14 @@ class Units:
         other.accel = {k: v.copy() for k, v in self.accel.items()}
         return other
 
-    def set_units(self, row: int, units: Sequence[Unit]) -> None:
-        """Overwrite the units of candidate `row` in place (same number of units)."""
+    def set_units(self, row: int, units: Sequence[Unit], old: Sequence[Unit] | None = None) -> None:
+        """Overwrite the units of candidate `row` in place (same number of units); with
+        `old`, the row's previous units, only those that changed (a reservation takes
+        from one unit)."""
         m = len(self.owner)
         for offset, unit in enumerate(units):
+            if old is not None and (old[offset] is unit or old[offset] == unit):
+                continue
             j = self.start[row] + offset
             self.cpu_eps[j] = unit.free_cpu + CPU_EPSILON
             self.memory[j] = unit.free_memory_mib
@@ -335,7 +339,7 @@ class CandidateTable:
             self.units = Units(self._candidates)
             self.noun = "cluster" if self.has_units.any() else "node"
         elif candidate.units:
-            self.units.set_units(i, candidate.units)
+            self.units.set_units(i, candidate.units, old.units)
 
     def replace(self, candidate: Candidate) -> CandidateTable:
         """A new table where the row with `candidate.id` is `candidate` (KeyError if absent);
