@@ -16,7 +16,9 @@ Four request shapes (small docker job; native arm64 job under 75 C; 2-core
 zone=factory job; GPU job) alternate with the two policies. Between two decisions
 (not timed) one node reports a new status and the previous decision's node gets its
 instance, as `place_instance` does, so every decision has changes to take in (at
-1,000 decisions/s and 1,000 nodes reporting each second, about one per decision).
+1,000 decisions/s and 1,000 nodes reporting each second, about one per decision);
+the oldest of the bench's own placements leave beyond 200, so the fleet stays as
+loaded as at the start however many decisions a run makes.
 
 Also measured in the same run, on the same core:
 
@@ -46,6 +48,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +76,8 @@ from schemas.resources import Accelerator, Resources
 from store import open_store
 
 ZONES = ("factory", "warehouse", "office", "yard")
+#: bench placements kept on the fleet; older ones leave, so the load stays as it was
+WINDOW = 200
 ARCHS = (Arch.ARM64, Arch.AMD64, Arch.ARM)
 POLICIES = ("spread", "binpack")
 
@@ -256,20 +261,28 @@ def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
         core.place_instance(fleet.request(i, shape=0))
     fleet.ack_all()
     reporting = fleet.reporting
-    pending: list[InstanceRecord] = []
+    placed: deque[str] = deque()
+
+    def retire() -> None:
+        # the fleet stays as loaded as at the start: the oldest bench placements leave
+        while len(placed) > WINDOW:
+            inst = core.instances.pop(placed.popleft(), None)
+            if inst is not None:
+                core._set_node(inst, None)
 
     def decide(i: int) -> object:
         request = fleet.request(i)
         inst = InstanceRecord.from_request(request, time.time())
         decision = core._decide(inst, exclude=set())
         if decision.chosen is not None:
-            pending.append(inst)
+            placed.append(inst.id)
             core.instances[inst.id] = inst
             core._set_node(inst, decision.chosen.id)
         return decision
 
     def churn(i: int) -> None:
         fleet.status(reporting[i % len(reporting)])
+        retire()
 
     feasible = []
     for shape in range(len(SHAPES)):
@@ -282,11 +295,14 @@ def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
     print(f"  sample explanation: {sample.explain()}")
 
     def place_api(i: int) -> object:
-        return core.place_instance(fleet.request(i))
+        response = core.place_instance(fleet.request(i))
+        if response.accepted:
+            placed.append(response.instance_id)
+        return response
 
     def churn_ack(i: int) -> None:
-        churn(i)
         fleet.ack_all()
+        churn(i)
 
     place_cpu = best(lambda: timed(place_api, seconds, churn_ack), repeat)
 
