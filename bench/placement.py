@@ -458,7 +458,7 @@ def main() -> None:
     d_us = figures["decide_cpu_us"]
     print(
         f"  _decide        : {d_us:8.1f} us CPU per decision = {1e6 / d_us:7.0f} decisions/s "
-        "(candidates kept, every filter and score, to_dict(limit=10))"
+        "(candidates, every filter and score, to_dict(limit=10))"
     )
     print(
         f"  place_instance : {figures['place_instance_cpu_us']:8.1f} us CPU on the core thread "
