@@ -37,7 +37,16 @@ BuildFn = Callable[[str, Usage | None], Candidate]
 class PlacementIndex:
     """Reservations, replicas per job and candidates of the nodes (owner thread only)."""
 
-    __slots__ = ("_active", "_build", "_candidates", "_jobs", "_on_node", "_stale", "_table")
+    __slots__ = (
+        "_active",
+        "_build",
+        "_candidates",
+        "_jobs",
+        "_on_node",
+        "_reserved",
+        "_stale",
+        "_table",
+    )
 
     def __init__(self, build: BuildFn) -> None:
         self._build = build
@@ -47,6 +56,8 @@ class PlacementIndex:
         self._on_node: dict[str, dict[str, Resources]] = {}
         #: job id -> node id -> replicas holding capacity there
         self._jobs: dict[str, dict[str, int]] = {}
+        #: node id -> its reservations (None: nothing), computed when first needed
+        self._reserved: dict[str, Usage | None] = {}
         self._candidates: dict[str, Candidate] = {}
         #: nodes whose table row is out of date
         self._stale: set[str] = set()
@@ -71,6 +82,7 @@ class PlacementIndex:
                 del counts[old_node]
                 if not counts:
                     del self._jobs[old_job]
+            self._reserved.pop(old_node, None)
             self.node_changed(old_node)
         if key is not None:
             node, job = key
@@ -78,6 +90,7 @@ class PlacementIndex:
             self._on_node.setdefault(node, {})[inst.id] = inst.spec.resources
             counts = self._jobs.setdefault(job, {})
             counts[node] = counts.get(node, 0) + 1
+            self._reserved.pop(node, None)
             self.node_changed(node)
 
     def reset(self, instances: Iterable[InstanceRecord]) -> None:
@@ -85,12 +98,14 @@ class PlacementIndex:
         self._active.clear()
         self._on_node.clear()
         self._jobs.clear()
+        self._reserved.clear()
         self.nodes_changed()
         for inst in instances:
             self.sync(inst)
 
     def node_changed(self, node_id: str) -> None:
-        """Something the node's candidate depends on changed: rebuild it when next needed."""
+        """Something the node's candidate depends on changed (a status, liveness, drain,
+        cordon, join info): rebuild it when next needed."""
         self._candidates.pop(node_id, None)
         self._stale.add(node_id)
 
@@ -104,10 +119,12 @@ class PlacementIndex:
 
     def reserved(self, node_id: str) -> Usage | None:
         """What the instances holding capacity on the node requested (None: nothing)."""
+        if node_id in self._reserved:
+            return self._reserved[node_id]
         held = self._on_node.get(node_id)
-        if not held:
-            return None
-        return reserved_usage(held.values())
+        usage = reserved_usage(held.values()) if held else None
+        self._reserved[node_id] = usage
+        return usage
 
     def replicas(self, job_id: str, *, without: str | None = None) -> dict[str, int]:
         """Node id -> replicas of `job_id` holding capacity there (a copy), not counting
