@@ -37,6 +37,7 @@ change) with this script's harness: ``PYTHONPATH`` points the process at PATH.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
@@ -54,6 +55,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.cluster_ingest import JOIN, OPERATOR, Simulator, join_nodes, start_broker, wait_ready
 from cluster_orchestrator.broker import Acl
@@ -70,6 +73,8 @@ class Acker:
         self.tasks: dict[str, list[dict[str, Any]]] = {}
         self.deploys = 0
         self.terminates = 0
+        self.disconnects = 0
+        self.errors: list[str] = []
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -81,7 +86,11 @@ class Acker:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=30)
+        self.client.on_disconnect = self._on_disconnect
+        # a session the broker keeps across a reconnect: no command is lost meanwhile
+        session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        session.SessionExpiryInterval = 600
+        self.client.connect(host, port, keepalive=60, clean_start=False, properties=session)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("the acker did not get its subscription")
@@ -92,8 +101,16 @@ class Acker:
     def _on_subscribe(self, *_args: Any) -> None:
         self._subscribed.set()
 
+    def _on_disconnect(self, *_args: Any) -> None:
+        self.disconnects += 1
+
     def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        command = json.loads(msg.payload)
+        try:
+            self._answer(client, json.loads(msg.payload))
+        except Exception as exc:  # keep acking the others; the result line says so
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _answer(self, client: mqtt.Client, command: dict[str, Any]) -> None:
         node_id = command["node_id"]
         kind = command["kind"]
         payload = command.get("payload", {})
@@ -341,52 +358,62 @@ def main(argv: list[str] | None = None) -> int:
         idles = [idle]
         settled: dict[str, Any] = {}
         settle_log: list[dict[str, Any]] = []
-        for rep in range(args.repeat):
-            batches: list[tuple[str, int, bool, str | None]] = [
-                ("floor", 1, False, "elsewhere"),
-                ("sequential", 1, True, None),
-                ("concurrent", args.concurrency, True, None),
-            ]
-            for label, concurrency, accepted, cluster_name in batches:
-                print(f"round {rep + 1}: {label} start", flush=True)
-                bodies = [
-                    place_body(i, f"{label[0]}{rep}", cluster=cluster_name)
-                    for i in range(args.placements)
+        error: str | None = None
+        try:
+            for rep in range(args.repeat):
+                batches: list[tuple[str, int, bool, str | None]] = [
+                    ("floor", 1, False, "elsewhere"),
+                    ("sequential", 1, True, None),
+                    ("concurrent", args.concurrency, True, None),
                 ]
-                result, idle, settled = measure(
-                    proc,
-                    url,
-                    lambda b=bodies, c=concurrency, a=accepted: post_all(url, b, c, a),
-                    placed,
-                    idle,
-                    args.idle,
-                )
-                idles.append(idle)
-                settle_log.append(settled)
-                if not settled["backlog_settled"]:
-                    print(
-                        f"  the store writer did not catch up: backlog "
-                        f"{settled['persister_backlog']} (CPU counted so far)",
-                        flush=True,
+                for label, concurrency, accepted, cluster_name in batches:
+                    print(f"round {rep + 1}: {label} start", flush=True)
+                    bodies = [
+                        place_body(i, f"{label[0]}{rep}", cluster=cluster_name)
+                        for i in range(args.placements)
+                    ]
+                    result, idle, settled = measure(
+                        proc,
+                        url,
+                        functools.partial(post_all, url, bodies, concurrency, accepted),
+                        placed,
+                        idle,
+                        args.idle,
                     )
-                placed += int(result["n"])
-                runs[label].append(per_placement(result, len(bodies)))
-            print(
-                f"round {rep + 1}: sequential {runs['sequential'][-1]}; concurrent "
-                f"x{args.concurrency} {runs['concurrent'][-1]}; floor (rejected before "
-                f"deciding) {runs['floor'][-1]}; idle (ingestion) "
-                f"{', '.join(f'{100 * x:.0f}%' for x in idles[-4:])} of a core",
-                flush=True,
-            )
+                    idles.append(idle)
+                    settle_log.append(settled)
+                    if not settled["backlog_settled"]:
+                        print(
+                            f"  the store writer did not catch up: backlog "
+                            f"{settled['persister_backlog']} (CPU counted so far)",
+                            flush=True,
+                        )
+                    placed += int(result["n"])
+                    runs[label].append(per_placement(result, len(bodies)))
+                print(
+                    f"round {rep + 1}: sequential {runs['sequential'][-1]}; concurrent "
+                    f"x{args.concurrency} {runs['concurrent'][-1]}; floor (rejected before "
+                    f"deciding) {runs['floor'][-1]}; idle (ingestion) "
+                    f"{', '.join(f'{100 * x:.0f}%' for x in idles[-4:])} of a core",
+                    flush=True,
+                )
+        except TimeoutError as exc:  # report what was measured, and why it stopped
+            error = str(exc)
+            settled = stats(url)
+            print(f"gave up waiting: {error}", flush=True)
+            print(cluster.output(tail=30), flush=True)
         print(
             f"after {placed} placements: {settled['instances_by_state']}, pending commands "
             f"{settled['pending_commands']}, store writer backlog "
             f"{settled['persister_backlog']}, acker saw {acker.deploys} deploys and "
-            f"{acker.terminates} terminates"
+            f"{acker.terminates} terminates ({acker.disconnects} disconnects, "
+            f"{len(acker.errors)} errors{': ' + acker.errors[0] if acker.errors else ''})"
         )
 
-        def best(label: str, key: str) -> float:
+        def best(label: str, key: str) -> float | None:
             values = [r[key] for r in runs[label]]
+            if not values:
+                return None
             return max(values) if key == "per_s" else min(values)
 
         result_line = {
@@ -403,8 +430,12 @@ def main(argv: list[str] | None = None) -> int:
             "floor_per_s": best("floor", "per_s"),
             "floor_net_cpu_ms": best("floor", "net_cpu_ms"),
             "instances_running": settled["instances_by_state"].get("RUNNING", 0),
+            "instances_by_state": settled["instances_by_state"],
             "pending_commands_at_end": settled["pending_commands"],
             "store_writer_backlog_at_end": settled["persister_backlog"],
+            "acker_disconnects": acker.disconnects,
+            "acker_errors": len(acker.errors),
+            "error": error,
             "store_writer_kept_up": all(r.get("backlog_settled", True) for r in settle_log),
             "idle_cpu_percent": [round(100 * x, 1) for x in idles],
             "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -413,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
         }
         print(json.dumps(result_line))
-        return 0
+        return 0 if error is None else 1
     finally:
         stop.set()
         for sim in sims:
