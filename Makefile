@@ -29,6 +29,7 @@ bench: setup  ## run every benchmark in bench/ and print its figures (several mi
 	$(PY) -m bench.placement
 	$(PY) bench/node_footprint.py
 	$(PY) -m bench.cluster_ingest
+	$(PY) -m bench.cluster_schedule
 	$(PY) -m bench.failover
 	$(PY) bench/deploy_latency.py
 	$(PY) bench/overload.py

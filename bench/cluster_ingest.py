@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,13 @@ class Simulator(threading.Thread):
         node_ids: list[str],
         stop: threading.Event,
         interval: float = 1.0,
+        tasks: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.node_ids = node_ids
+        #: node id -> the task list its statuses carry (read on each publish; a writer
+        #: replaces a node's list rather than changing it); None: no tasks
+        self.tasks = tasks
         self.stop_event = stop
         self.interval = interval
         self.sent = 0
@@ -190,6 +195,7 @@ class Simulator(threading.Thread):
             body = self.template
             body["ts"] = now
             body["seq"] = seqs[node_id]
+            body["tasks"] = self.tasks.get(node_id, []) if self.tasks is not None else []
             envelope = {
                 "v": 1,
                 "kind": "status",

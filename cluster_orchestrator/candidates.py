@@ -28,6 +28,7 @@ sent to the root at registration) overlaid by the node's own: a job constrained 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ __all__ = [
     "placement_request",
     "reported_usage",
     "reservations",
+    "reserved_usage",
 ]
 
 
@@ -67,12 +69,29 @@ class Usage:
             self.accelerators[kind] = self.accelerators.get(kind, 0) + count
 
 
+def reserved_usage(requested: Iterable[Resources]) -> Usage:
+    """The sum of some requests. CPU is summed with `math.fsum` (correctly rounded), so
+    the result does not depend on the order: an index kept up to date instance by
+    instance gives exactly what a pass over all instances gives."""
+    items = list(requested)
+    accelerators: dict[str, int] = {}
+    for resources in items:
+        for kind, count in resources.accelerators.items():
+            accelerators[kind] = accelerators.get(kind, 0) + count
+    return Usage(
+        cpu=math.fsum(r.cpu for r in items),
+        memory_mib=sum(r.memory_mib for r in items),
+        disk_mib=sum(r.disk_mib for r in items),
+        accelerators=accelerators,
+    )
+
+
 def reservations(assigned: Iterable[tuple[str, Resources]]) -> dict[str, Usage]:
-    """Sum the resources of (node_id, resources) pairs per node."""
-    out: dict[str, Usage] = {}
+    """Sum the resources of (node_id, resources) pairs per node (see `reserved_usage`)."""
+    per_node: dict[str, list[Resources]] = {}
     for node_id, resources in assigned:
-        out.setdefault(node_id, Usage()).add(resources)
-    return out
+        per_node.setdefault(node_id, []).append(resources)
+    return {node_id: reserved_usage(items) for node_id, items in per_node.items()}
 
 
 def reported_usage(info: NodeInfo, status: NodeStatus | None) -> Usage:

@@ -35,12 +35,12 @@ from cluster_orchestrator.candidates import (
     Usage,
     build_candidate,
     placement_request,
-    reservations,
 )
 from cluster_orchestrator.liveness import LivenessTracker, Transition
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
+from cluster_orchestrator.placement_index import PlacementIndex
 from cluster_orchestrator.rebalance import Placed, rebalance_moves
 from cluster_orchestrator.records import (
     EVENTS,
@@ -229,6 +229,8 @@ class ClusterCore:
         self.removed_nodes: dict[str, dict[str, Any]] = {}
         self.instances: dict[str, InstanceRecord] = {}
         self._by_node: dict[str, set[str]] = {}
+        #: reservations, replicas per job and candidates, kept current (see `_decide`)
+        self._index = PlacementIndex(self._build_candidate)
         self._pending: dict[str, PendingCommand] = {}
         self._terminating: dict[tuple[str, str], str] = {}
         self._lags: list[float] = []
@@ -291,6 +293,7 @@ class ClusterCore:
                     EVENTS, {"instance_id": inst.id}, order_by="_id", descending=True, limit=50
                 ):
                     inst.events.appendleft(event_from_doc(ev))
+        self._index.reset(self.instances.values())
         log.info(
             "loaded %d nodes and %d unfinished instances", len(self.nodes), len(self.instances)
         )
@@ -471,6 +474,7 @@ class ClusterCore:
         inst.node_id = node_id
         if node_id is not None:
             self._by_node.setdefault(node_id, set()).add(inst.id)
+        self._index.sync(inst)
 
     def _instances_on(self, node_id: str) -> list[InstanceRecord]:
         out = []
@@ -495,6 +499,7 @@ class ClusterCore:
             return
         previous = inst.state
         inst.state = state
+        self._index.sync(inst)  # placement: a finished instance frees its reservation
         inst.reason = reason[:1024]
         if exit_code is not None:
             inst.exit_code = exit_code
@@ -592,6 +597,7 @@ class ClusterCore:
                     self._metrics.inc("edge_cluster_joins_total", {"result": "forbidden"})
                     raise Forbidden(f"wrong node secret for node {request.node_id}")
                 node.info = request.info
+                self._index.node_changed(node.id)
                 node.credentials_issued += 1
                 durable = self._persister.put(NODES, node.to_doc(), wait=True)
                 self._metrics.inc("edge_cluster_joins_total", {"result": "rejoined"})
@@ -625,6 +631,7 @@ class ClusterCore:
             reason="joined; waiting for its first status",
         )
         self.nodes[node_id] = node
+        self._index.nodes_changed()
         durable = self._persister.put(NODES, node.to_doc(), wait=True)
         self._metrics.inc("edge_cluster_joins_total", {"result": "joined"})
         self._record_event(
@@ -690,6 +697,7 @@ class ClusterCore:
         detail = self.node_detail(node)
         del self.nodes[node_id]
         self._by_node.pop(node_id, None)
+        self._index.nodes_changed()
         for cid in [c for c, p in self._pending.items() if p.node_id == node_id]:
             del self._pending[cid]
         for key in [k for k in self._terminating if k[0] == node_id]:
@@ -740,6 +748,7 @@ class ClusterCore:
         node.last_seen = inbound.received_at
         node.status_sent_ts = message.ts
         node.status_dirty = True
+        self._index.node_changed(node.id)
         transition = node.liveness.on_status(now)
         if transition is not None:
             self._on_node_transition(node, transition)
@@ -913,6 +922,7 @@ class ClusterCore:
 
     def _on_node_transition(self, node: NodeRecord, tr: Transition) -> None:
         node.reason = tr.reason
+        self._index.node_changed(node.id)
         self._persist_node(node)
         self._metrics.inc("edge_cluster_node_transitions_total", {"state": tr.current.value})
         self._record_event(
@@ -1135,13 +1145,6 @@ class ClusterCore:
 
     # ================================================================ scheduling
 
-    def _reservations(self) -> dict[str, Usage]:
-        return reservations(
-            (inst.node_id, inst.spec.resources)
-            for inst in self.instances.values()
-            if inst.node_id is not None and not inst.state.terminal
-        )
-
     def _candidate(self, node: NodeRecord, reserved: Usage | None) -> Candidate:
         """One node as a placement candidate: its labels overlaid on the cluster's, CPU
         free by reservations, measured load for scoring and the overload filter."""
@@ -1156,18 +1159,21 @@ class ClusterCore:
             overload_cpu_percent=self.settings.overload_cpu_percent,
         )
 
+    def _build_candidate(self, node_id: str, reserved: Usage | None) -> Candidate:
+        return self._candidate(self.nodes[node_id], reserved)
+
     def candidates(self, exclude: Iterable[str] = ()) -> list[Candidate]:
         """Candidates for every known node except `exclude` (core thread)."""
-        reserved = self._reservations()
         skip = set(exclude)
-        return [
-            self._candidate(node, reserved.get(node.id))
-            for node in self.nodes.values()
-            if node.id not in skip
-        ]
+        return [self._index.candidate(nid) for nid in self.nodes if nid not in skip]
 
     def _decide(self, inst: InstanceRecord, exclude: set[str]) -> Decision:
-        """Run the placement pipeline for one instance over all nodes but `exclude`."""
+        """Run the placement pipeline for one instance over all nodes but `exclude`.
+
+        The candidates, reservations and replicas per node come from `PlacementIndex`
+        (kept current as statuses, liveness and instances change), so a decision costs
+        the filters and scorers over the table, not a rebuild of every candidate.
+        """
         constraints = inst.constraints
         pinned: str | None = None
         if constraints.node is not None:
@@ -1178,17 +1184,14 @@ class ClusterCore:
             inst.placement_policy.value if inst.placement_policy else self.settings.placement_policy
         )
         request = placement_request(inst.spec, constraints, policy=None, pinned_id=pinned)
-        existing: dict[str, int] = {}
-        for other in self.instances.values():
-            if (
-                other.job_id == inst.job_id
-                and other.node_id
-                and not other.state.terminal
-                and (other.id != inst.id)
-            ):
-                existing[other.node_id] = existing.get(other.node_id, 0) + 1
         decision = place(
-            request, self.candidates(exclude), policy, self._rng, existing=existing, noun="node"
+            request,
+            self._index.table(self.nodes),
+            policy,
+            self._rng,
+            existing=self._index.replicas(inst.job_id, without=inst.id),
+            noun="node",
+            exclude=exclude,
         )
         if exclude:
             decision = _with_excluded(decision, len(exclude & self.nodes.keys()))
@@ -1453,6 +1456,7 @@ class ClusterCore:
 
     def _operator_flag_changed(self, node: NodeRecord, kind: str, reason: str) -> None:
         """A drain or cordon flag of `node` changed: persist it, record `kind`, report."""
+        self._index.node_changed(node.id)
         node.reason = reason
         self._persist_node(node)
         self._record_event(
@@ -1653,12 +1657,11 @@ class ClusterCore:
 
     def build_report(self, *, seq: int, full: bool, changes: list[InstanceChange]) -> ClusterReport:
         """The aggregated report (core thread); a full one lists every instance."""
-        reserved = self._reservations()
         snaps = [
             NodeSnapshot(
                 liveness=node.liveness.state,
                 info=node.info,
-                candidate=self._candidate(node, reserved.get(node.id)),
+                candidate=self._index.candidate(node.id),
             )
             for node in self.nodes.values()
         ]

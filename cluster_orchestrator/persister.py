@@ -7,7 +7,11 @@ caller must know are durable (a join, before the credentials go out) carry a
 `concurrent.futures.Future` that completes after the write.
 
 Only this thread writes; readers (startup load, event queries) may read the store
-directly, since the store is thread-safe.
+directly, since the store is thread-safe. Consecutive puts waiting in the queue are
+written with one `Store.put_many` call (up to `MAX_BATCH` documents): on SQLite one
+transaction, so one commit and one fsync for all of them instead of one each; a
+future completes once its batch is committed. A failed batch is retried one write at
+a time, so a bad document fails alone.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from typing import Any
 from cluster_orchestrator.metrics import Metrics
 from store import Store, StoreError
 
-__all__ = ["Persister"]
+__all__ = ["MAX_BATCH", "Persister"]
 
 log = logging.getLogger(__name__)
+
+#: At most this many documents per store call (one transaction on SQLite).
+MAX_BATCH = 500
 
 
 @dataclass(slots=True)
@@ -96,29 +103,67 @@ class Persister:
         self._started = False
 
     def _run(self) -> None:
+        carried = False  # `op` was taken from the queue already, while gathering a batch
+        op: _Op | None = None
         while True:
-            op = self._queue.get()
+            if not carried:
+                op = self._queue.get()
+            carried = False
             if op is None:
                 return
-            try:
-                if op.kind == "put":
-                    for doc in op.docs:
-                        self._store.put(op.collection, doc)
-                    if op.collection == "node_status":
-                        self._metrics.inc("edge_cluster_status_snapshots_total", value=len(op.docs))
-                elif op.kind == "delete":
-                    self._store.delete(op.collection, op.id)
-            except StoreError as exc:
-                self._metrics.inc("edge_cluster_store_errors_total")
-                log.error("store write to %s failed: %s", op.collection, exc)
-                if op.done is not None:
-                    op.done.set_exception(exc)
-                    continue
-            except Exception as exc:  # a store backend bug must not kill the writer
-                self._metrics.inc("edge_cluster_store_errors_total")
-                log.exception("unexpected store error on %s", op.collection)
-                if op.done is not None:
-                    op.done.set_exception(exc)
-                    continue
+            if op.kind != "put":
+                self._apply(op)
+                continue
+            # consecutive puts go to the store together: one transaction, one fsync
+            batch = [op]
+            size = len(op.docs)
+            while size < MAX_BATCH:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if following is None or following.kind != "put":
+                    op, carried = following, True
+                    break
+                batch.append(following)
+                size += len(following.docs)
+            self._put_batch(batch)
+
+    def _put_batch(self, batch: list[_Op]) -> None:
+        """Write a batch of puts in one store call; on failure, one by one (so that one
+        bad write fails alone, with its own error)."""
+        try:
+            self._store.put_many([(op.collection, doc) for op in batch for doc in op.docs])
+        except Exception:
+            for op in batch:
+                self._apply(op)
+            return
+        for op in batch:
+            self._done(op)
+
+    def _done(self, op: _Op) -> None:
+        if op.kind == "put" and op.collection == "node_status":
+            self._metrics.inc("edge_cluster_status_snapshots_total", value=len(op.docs))
+        if op.done is not None:
+            op.done.set_result(None)
+
+    def _apply(self, op: _Op) -> None:
+        try:
+            if op.kind == "put":
+                for doc in op.docs:
+                    self._store.put(op.collection, doc)
+            elif op.kind == "delete":
+                self._store.delete(op.collection, op.id)
+        except StoreError as exc:
+            self._metrics.inc("edge_cluster_store_errors_total")
+            log.error("store write to %s failed: %s", op.collection, exc)
             if op.done is not None:
-                op.done.set_result(None)
+                op.done.set_exception(exc)
+            return
+        except Exception as exc:  # a store backend bug must not kill the writer
+            self._metrics.inc("edge_cluster_store_errors_total")
+            log.exception("unexpected store error on %s", op.collection)
+            if op.done is not None:
+                op.done.set_exception(exc)
+            return
+        self._done(op)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from placement.model import Candidate
 
@@ -16,6 +19,23 @@ def sorted_rejections(
     """Order reasons by count (highest first), then by reason text, for stable output."""
     order = sorted(counts, key=lambda reason: (-counts[reason], reason))
     return {r: counts[r] for r in order}, {r: ids[r] for r in order}
+
+
+def _best(totals: list[float], ids: list[str], limit: int | None) -> list[int]:
+    """Positions of the `limit` best totals (all with None), best first, ties by id:
+    what sorting every (total, id) pair would give, without sorting them all (a fleet
+    of identical idle nodes ties on nearly every candidate)."""
+    n = len(totals)
+    if limit is None or limit >= n:
+        return sorted(range(n), key=lambda i: (-totals[i], ids[i]))
+    if limit <= 0:
+        return []
+    values = np.array(totals, dtype=np.float64)
+    threshold = np.partition(values, n - limit)[n - limit]  # the limit-th largest
+    above: list[int] = np.flatnonzero(values > threshold).tolist()  # fewer than limit
+    ranked = sorted(above, key=lambda i: (-totals[i], ids[i]))
+    at: list[int] = np.flatnonzero(values == threshold).tolist()
+    return ranked + heapq.nsmallest(limit - len(ranked), at, key=ids.__getitem__)
 
 
 def _plural(count: int, noun: str) -> str:
@@ -112,17 +132,15 @@ class Decision:
         Counts are always complete. `limit` bounds the listed scores (best first) and
         the listed ids per rejection reason; None lists everything.
         """
-        ranked = sorted(self.scores.items(), key=lambda item: (-item[1], item[0]))
-        if limit is not None:
-            ranked = ranked[:limit]
-        positions = {cid: i for i, cid in enumerate(self.scores)} if ranked else {}
+        ids = list(self.scores)
+        totals = list(self.scores.values())
         scores = [
             {
-                "id": cid,
-                "score": total,
-                "breakdown": {n: v[positions[cid]] for n, v in self.parts.items()},
+                "id": ids[i],
+                "score": totals[i],
+                "breakdown": {n: v[i] for n, v in self.parts.items()},
             }
-            for cid, total in ranked
+            for i in _best(totals, ids, limit)
         ]
         rejected = {
             reason: (ids if limit is None else ids[:limit]) for reason, ids in self.rejected.items()

@@ -1,22 +1,25 @@
 """Entry points: place one replica, place several, and reserve capacity.
 
-`place` accepts a plain list of candidates (a readable per-candidate pipeline, fine for
-tens or a few hundred candidates) or a `CandidateTable` (vectorised, for large sets and
-repeated decisions). Both give equal decisions for the same inputs and seed.
+`place` accepts a plain list of candidates or a `CandidateTable`; a list is turned
+into a table first, so both run the same filters and scorers (the only ones there
+are). A scheduler that decides often over many candidates keeps a table and updates
+the rows that change instead of building one per decision.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
 
 from placement.decision import Decision, sorted_rejections
-from placement.filters import first_failure
+from placement.filters import checks
 from placement.model import Candidate, Request
 from placement.policy import Policy, resolve_policy
-from placement.reserve import reserve
+from placement.reserve import reserve, reserve_in
 from placement.scorers import SCORERS
-from placement.table import CandidateTable
+from placement.table import CandidateTable, IntArray
 
 __all__ = ["infer_noun", "place", "place_many", "reserve"]
 
@@ -35,6 +38,10 @@ def _check_existing(existing: Mapping[str, int] | None) -> None:
                 raise ValueError(f"existing[{cid!r}] must be >= 0, got {count}")
 
 
+def _table(candidates: Candidates) -> CandidateTable:
+    return candidates if isinstance(candidates, CandidateTable) else CandidateTable(candidates)
+
+
 def place(
     request: Request,
     candidates: Candidates,
@@ -43,6 +50,7 @@ def place(
     *,
     existing: Mapping[str, int] | None = None,
     noun: str | None = None,
+    exclude: Collection[str] = (),
 ) -> Decision:
     """Choose one candidate for one replica, keeping the full explanation.
 
@@ -53,64 +61,84 @@ def place(
     is drawn from exactly once when anything is feasible, never otherwise.
     `existing` maps candidate id -> replicas of this job already there (job_spread).
     `noun` ("node"/"cluster") only affects explain(); it is inferred when omitted.
+    `exclude` names candidates to leave out as if they were not there (a scheduler
+    retrying elsewhere): they are not considered, counted nor listed.
     """
     resolved = resolve_policy(policy, request.policy)
     _check_existing(existing)
-    if isinstance(candidates, CandidateTable):
-        return candidates.place(request, resolved, rng, existing, noun)
-    return _place_list(request, candidates, resolved, rng, existing, noun)
+    return _decide(request, _table(candidates), resolved, rng, existing, noun, exclude)
 
 
-def _place_list(
+def _decide(
     request: Request,
-    candidates: Sequence[Candidate],
+    table: CandidateTable,
     policy: Policy,
     rng: random.Random,
     existing: Mapping[str, int] | None,
     noun: str | None,
+    exclude: Collection[str],
 ) -> Decision:
-    """The reference pipeline: one candidate at a time, one named filter at a time."""
-    if len({c.id for c in candidates}) != len(candidates):
-        raise ValueError("candidate ids must be unique")
+    """The pipeline over a table: every filter's masks, first failure per row, scores."""
+    n = len(table)
+    found = checks(request, table)
+    k = len(found)
+    # first[row] = position of the first failing check, k where none fails
+    first: IntArray = np.full(n, k, dtype=np.int64)
+    for code in range(k - 1, -1, -1):
+        first[found[code][1]] = code
+    considered = n
+    if exclude:
+        rows = [table.index[cid] for cid in exclude if cid in table.index]
+        if rows:
+            first[rows] = k + 1  # counted nowhere
+            considered -= len(rows)
+    counts = np.bincount(first, minlength=k + 2)
     reject_counts: dict[str, int] = {}
     reject_ids: dict[str, list[str]] = {}
-    feasible: list[Candidate] = []
-    for candidate in candidates:
-        reason = first_failure(request, candidate)
-        if reason is None:
-            feasible.append(candidate)
-        else:
-            reject_counts[reason] = reject_counts.get(reason, 0) + 1
-            reject_ids.setdefault(reason, []).append(candidate.id)
+    for code in np.flatnonzero(counts[:k]).tolist():
+        reason = found[code][0]
+        rejected_ids: list[str] = table.id_array[first == code].tolist()
+        reject_counts[reason] = reject_counts.get(reason, 0) + len(rejected_ids)
+        reject_ids.setdefault(reason, []).extend(rejected_ids)
     rejections, rejected = sorted_rejections(reject_counts, reject_ids)
 
-    scorers = [(name, SCORERS[name], weight) for name, weight in policy.active]
-    parts: dict[str, list[float]] = {name: [] for name, _fn, _w in scorers}
-    scores: dict[str, float] = {}
-    for candidate in feasible:
-        replicas = existing.get(candidate.id, 0) if existing else 0
-        total = 0.0
-        for name, scorer, weight in scorers:
-            value = scorer(request, candidate, replicas)
-            parts[name].append(value)
-            total = total + weight * value
-        scores[candidate.id] = total / policy.weight_sum
+    rows_ok = np.flatnonzero(first == k)
+    replicas: IntArray = np.zeros(len(rows_ok), dtype=np.int64)
+    if existing and len(rows_ok):
+        per_row = np.zeros(n, dtype=np.int64)
+        index = table.index
+        for cid, count in existing.items():
+            row = index.get(cid)
+            if row is not None:
+                per_row[row] = count
+        replicas = per_row[rows_ok]
+    total = np.zeros(len(rows_ok), dtype=np.float64)
+    parts: dict[str, list[float]] = {}
+    for name, weight in policy.active:
+        values = SCORERS[name](request, table, rows_ok, replicas)
+        parts[name] = values.tolist()
+        total = total + weight * values
+    totals = total / policy.weight_sum
+    feasible_ids: list[str] = table.id_array[rows_ok].tolist()
+    scores = dict(zip(feasible_ids, totals.tolist(), strict=True))
 
     chosen: Candidate | None = None
     best: float | None = None
     tied = 0
-    if feasible:
-        best = max(scores.values())
-        tied_ids = sorted(cid for cid, total in scores.items() if total == best)
-        tied = len(tied_ids)
-        pick = tied_ids[rng.randrange(tied)]
-        chosen = next(c for c in feasible if c.id == pick)
+    if len(rows_ok):
+        best = float(totals.max())
+        # the tied ids in sorted order, and the rng's pick among them (by id rank)
+        ranks = table.id_rank[rows_ok[totals == best]]
+        tied = len(ranks)
+        pick = rng.randrange(tied)
+        rank = ranks[0] if tied == 1 else np.partition(ranks, pick)[pick]
+        chosen = table.candidate(int(table.by_rank[rank]))
     return Decision(
         chosen=chosen,
         score=best,
         policy=policy.name,
-        noun=noun or infer_noun(candidates),
-        considered=len(candidates),
+        noun=noun or table.noun,
+        considered=considered,
         scores=scores,
         parts=parts,
         rejections=rejections,
@@ -135,41 +163,22 @@ def place_many(
     never over-commits; replicas placed here count towards `existing` for job_spread.
     Once a replica fits nowhere, the remaining ones get that same decision (capacity
     only shrinks, so they would fit nowhere either). Returns one decision per replica.
+    A table passed in is left as it is.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     resolved = resolve_policy(policy, request.policy)
     _check_existing(existing)
     replicas: dict[str, int] = dict(existing or {})
-    table: CandidateTable | None = None
-    current: list[Candidate] = []
-    index: dict[str, int] = {}
-    if isinstance(candidates, CandidateTable):
-        table = candidates
-        noun = noun or candidates.noun
-    else:
-        current = list(candidates)
-        index = {c.id: i for i, c in enumerate(current)}
-        noun = noun or infer_noun(current)
+    table = candidates.copy() if isinstance(candidates, CandidateTable) else _table(candidates)
     decisions: list[Decision] = []
     while len(decisions) < count:
-        decision = place(
-            request,
-            table if table is not None else current,
-            resolved,
-            rng,
-            existing=replicas,
-            noun=noun,
-        )
+        decision = _decide(request, table, resolved, rng, replicas, noun, ())
         decisions.append(decision)
         chosen = decision.chosen
         if chosen is None:
             decisions.extend([decision] * (count - len(decisions)))
             break
-        reserved = reserve(chosen, request)
-        if table is not None:
-            table = table.replace(reserved)
-        else:
-            current[index[chosen.id]] = reserved
+        reserve_in(table, {chosen.id: (request,)})
         replicas[chosen.id] = replicas.get(chosen.id, 0) + 1
     return decisions

@@ -1,45 +1,33 @@
-"""Columnar form of a candidate list: the same pipeline, vectorised with numpy.
+"""Candidates as columns: the form every placement decision runs on.
 
-A naive per-candidate loop costs a few microseconds per candidate, which caps a
-1,000-node cluster at a few hundred decisions per second. A `CandidateTable` is built
-once from the candidates (for instance on each status report) and reused across
-decisions: every filter becomes one mask over all rows, the first failing filter per
-row falls out of the masks, and the scorers run over the feasible rows only.
-
-The checks and the score arithmetic mirror `placement.filters` and
-`placement.scorers` exactly (same reasons, same floating-point operations in the
-same order), so `place(request, table, ...)` and `place(request, candidates, ...)`
-return equal decisions. The tests hold both paths to that.
-
-A table is immutable: `replace` and `reserve` return a new table.
+A `CandidateTable` holds the candidates as numpy columns (free and capacity values,
+one boolean column per runtime and architecture, one code column per label key, one
+count column per accelerator kind, flat columns over every unit of every cluster).
+The filters (`placement.filters`) turn each check into one mask over all rows and the
+scorers (`placement.scorers`) score the feasible rows at once; there is no other,
+per-candidate implementation of them. `place` builds a table from a plain list when
+given one; a scheduler that decides often over many candidates keeps a table and
+updates the rows that change (`update`, in place, for an owner that holds it alone;
+`replace`, a new table, otherwise).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from placement import filters as f
-from placement.decision import Decision, sorted_rejections
-from placement.model import CPU_EPSILON, Candidate, Request, Unit
-from placement.policy import Policy
-from placement.reserve import reserve
-from placement.scorers import (
-    THERMAL_COOL_C,
-    THERMAL_HOT_C,
-    THERMAL_UNKNOWN_SCORE,
-)
+from placement.model import CPU_EPSILON, Candidate, Unit
 
-__all__ = ["CandidateTable"]
+__all__ = ["BoolArray", "CandidateTable", "FloatArray", "IntArray", "Units"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_THERMAL_SPAN = THERMAL_HOT_C - THERMAL_COOL_C
+#: Code of "no such label on this row" in a label column (codes of values are >= 0).
+NO_LABEL = -1
 
 
 def _bool_columns(n: int, rows: Sequence[Iterable[str]]) -> dict[str, BoolArray]:
@@ -88,7 +76,55 @@ def _set_counts(columns: dict[str, IntArray], n: int, row: int, counts: Mapping[
         column[row] = max(count, 0)
 
 
-class _Units:
+class _Labels:
+    """Per label key, the code of each row's value (NO_LABEL where absent) and the
+    vocabulary of codes: a key with a thousand distinct values is still one column."""
+
+    __slots__ = ("codes", "vocab")
+
+    def __init__(self, n: int, rows: Sequence[Mapping[str, str]]) -> None:
+        self.codes: dict[str, IntArray] = {}
+        self.vocab: dict[str, dict[str, int]] = {}
+        for i, labels in enumerate(rows):
+            self._put(n, i, labels)
+
+    def _put(self, n: int, row: int, labels: Mapping[str, str]) -> None:
+        for key, value in labels.items():
+            column = self.codes.get(key)
+            if column is None:
+                column = self.codes[key] = np.full(n, NO_LABEL, dtype=np.int64)
+                self.vocab[key] = {}
+            vocab = self.vocab[key]
+            code = vocab.get(value)
+            if code is None:
+                code = vocab[value] = len(vocab)
+            column[row] = code
+
+    def set_row(self, n: int, row: int, labels: Mapping[str, str]) -> None:
+        """Set row `row` to exactly `labels`."""
+        for key, column in self.codes.items():
+            if key not in labels:
+                column[row] = NO_LABEL
+        self._put(n, row, labels)
+
+    def copy(self) -> _Labels:
+        """Copied columns and vocabularies."""
+        other = object.__new__(_Labels)
+        other.codes = {k: v.copy() for k, v in self.codes.items()}
+        other.vocab = {k: dict(v) for k, v in self.vocab.items()}
+        return other
+
+    def has(self, key: str, value: str, n: int) -> BoolArray:
+        """Rows whose label `key` is `value`."""
+        column = self.codes.get(key)
+        code = self.vocab[key].get(value) if column is not None else None
+        if column is None or code is None:
+            return np.zeros(n, dtype=np.bool_)
+        matches: BoolArray = column == code
+        return matches
+
+
+class Units:
     """Flat columns over every unit of every cluster candidate (owner = candidate row)."""
 
     __slots__ = ("accel", "arch", "cpu_eps", "disk", "memory", "owner", "runtime", "start")
@@ -114,9 +150,12 @@ class _Units:
         self.runtime = _bool_columns(m, [u.runtimes for u in units])
         self.accel = _count_columns(m, [u.free_accelerators for u in units])
 
-    def copy(self) -> _Units:
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def copy(self) -> Units:
         """A deep copy of the columns (the owner/start layout is shared: it never changes)."""
-        other = object.__new__(_Units)
+        other = object.__new__(Units)
         other.start = self.start
         other.owner = self.owner
         other.cpu_eps = self.cpu_eps.copy()
@@ -127,10 +166,14 @@ class _Units:
         other.accel = {k: v.copy() for k, v in self.accel.items()}
         return other
 
-    def set_units(self, row: int, units: Sequence[Unit]) -> None:
-        """Overwrite the units of candidate `row` in place (same number of units)."""
+    def set_units(self, row: int, units: Sequence[Unit], old: Sequence[Unit] | None = None) -> None:
+        """Overwrite the units of candidate `row` in place (same number of units); with
+        `old`, the row's previous units, only those that changed (a reservation takes
+        from one unit)."""
         m = len(self.owner)
         for offset, unit in enumerate(units):
+            if old is not None and (old[offset] is unit or old[offset] == unit):
+                continue
             j = self.start[row] + offset
             self.cpu_eps[j] = unit.free_cpu + CPU_EPSILON
             self.memory[j] = unit.free_memory_mib
@@ -139,76 +182,60 @@ class _Units:
             _set_flags(self.runtime, m, j, unit.runtimes)
             _set_counts(self.accel, m, j, unit.free_accelerators)
 
-    def fitting_owners(self, request: Request, n: int) -> BoolArray:
-        """Per candidate row: True if at least one of its units takes the whole request."""
-        m = len(self.owner)
-        ok: BoolArray = (
-            (self.cpu_eps >= request.cpu)
-            & (self.memory >= request.memory_mib)
-            & (self.disk >= request.disk_mib)
-        )
-        runtime = self.runtime.get(request.runtime)
-        ok &= runtime if runtime is not None else np.zeros(m, dtype=np.bool_)
-        if request.archs is not None:
-            allowed = np.zeros(m, dtype=np.bool_)
-            for arch in request.archs:
-                column = self.arch.get(arch)
-                if column is not None:
-                    allowed |= column
-            ok &= allowed
-        if request.accelerator is not None:
-            present = self.accel.get(request.accelerator)
-            ok &= present >= 0 if present is not None else np.zeros(m, dtype=np.bool_)
-        for kind, count in request.accelerators.items():
-            if count > 0:
-                free = self.accel.get(kind)
-                ok &= free >= count if free is not None else np.zeros(m, dtype=np.bool_)
-        fitting: BoolArray = np.bincount(self.owner[ok], minlength=n) > 0
-        return fitting
-
 
 class CandidateTable:
     """Candidates as numpy columns, built once and reused for many decisions."""
 
     __slots__ = (
-        "_units",
+        "_candidates",
         "accel",
         "arch",
-        "candidates",
+        "by_rank",
         "capacity_cpu",
         "capacity_memory",
         "draining",
-        "free_cpu",
         "free_cpu_eps",
         "free_disk",
         "free_memory",
         "has_units",
         "id_array",
+        "id_rank",
         "ids",
         "index",
-        "label",
+        "labels",
         "noun",
         "overloaded",
         "runtime",
         "score_free_cpu",
         "temperature",
         "throttled",
+        "units",
         "unready",
     )
 
     def __init__(self, candidates: Iterable[Candidate]) -> None:
         """Build the columns; ValueError on duplicate candidate ids."""
-        cands = tuple(candidates)
+        self._build(list(candidates))
+
+    def _build(self, cands: list[Candidate]) -> None:
         n = len(cands)
-        self.candidates: tuple[Candidate, ...] = cands
+        self._candidates: list[Candidate] = cands
         self.ids: list[str] = [c.id for c in cands]
         self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.ids)}
-        self.id_array: npt.NDArray[np.object_] = np.array(self.ids, dtype=np.object_)
         if len(self.index) != n:
             raise ValueError("candidate ids must be unique")
+        self.id_array: npt.NDArray[np.object_] = np.array(self.ids, dtype=np.object_)
+        #: row of each id in sorted id order, and the rank of each row's id in it: ties
+        #: are broken among sorted ids, without sorting them per decision
+        self.by_rank: IntArray = np.array(
+            sorted(range(n), key=self.ids.__getitem__), dtype=np.int64
+        )
+        self.id_rank: IntArray = np.empty(n, dtype=np.int64)
+        self.id_rank[self.by_rank] = np.arange(n, dtype=np.int64)
         self.noun: str = "cluster" if any(c.units is not None for c in cands) else "node"
-        self.free_cpu: FloatArray = np.array([c.free_cpu for c in cands], dtype=np.float64)
-        self.free_cpu_eps: FloatArray = self.free_cpu + CPU_EPSILON
+        self.free_cpu_eps: FloatArray = (
+            np.array([c.free_cpu for c in cands], dtype=np.float64) + CPU_EPSILON
+        )
         self.score_free_cpu: FloatArray = np.array(
             [c.scoring_free_cpu for c in cands], dtype=np.float64
         )
@@ -228,39 +255,33 @@ class CandidateTable:
         self.overloaded: BoolArray = np.array([c.overloaded for c in cands], dtype=np.bool_)
         self.runtime = _bool_columns(n, [c.runtimes for c in cands])
         self.arch = _bool_columns(n, [c.archs for c in cands])
-        self.label = _bool_columns(
-            n, [[_label_key(k, v) for k, v in c.labels.items()] for c in cands]
-        )
+        self.labels = _Labels(n, [c.labels for c in cands])
         self.accel = _count_columns(n, [c.free_accelerators for c in cands])
         self.has_units: BoolArray = np.array([c.units is not None for c in cands], dtype=np.bool_)
-        self._units = _Units(cands)
+        self.units = Units(cands)
 
     def __len__(self) -> int:
-        return len(self.candidates)
+        return len(self._candidates)
 
-    def replace(self, candidate: Candidate) -> CandidateTable:
-        """A new table where the row with `candidate.id` is `candidate` (KeyError if absent).
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """The candidates, in row order."""
+        return tuple(self._candidates)
 
-        For a scheduler that keeps a table between decisions: apply a status report
-        or a reservation by copying the columns and overwriting one row, instead of
-        rebuilding from every candidate.
-        """
-        i = self.index[candidate.id]
-        cands = list(self.candidates)
-        old = cands[i]
-        cands[i] = candidate
-        old_units = -1 if old.units is None else len(old.units)
-        new_units = -1 if candidate.units is None else len(candidate.units)
-        if old_units != new_units:
-            return CandidateTable(cands)  # unit layout changed: rebuild
-        n = len(cands)
+    def candidate(self, row: int) -> Candidate:
+        """The candidate of row `row`."""
+        return self._candidates[row]
+
+    def copy(self) -> CandidateTable:
+        """An independent copy (columns copied; ids and index shared, they never change)."""
         other = object.__new__(CandidateTable)
-        other.candidates = tuple(cands)
+        other._candidates = list(self._candidates)
         other.ids = self.ids
-        other.id_array = self.id_array
         other.index = self.index
+        other.id_array = self.id_array
+        other.by_rank = self.by_rank
+        other.id_rank = self.id_rank
         other.noun = self.noun
-        other.free_cpu = self.free_cpu.copy()
         other.free_cpu_eps = self.free_cpu_eps.copy()
         other.score_free_cpu = self.score_free_cpu.copy()
         other.free_memory = self.free_memory.copy()
@@ -272,199 +293,57 @@ class CandidateTable:
         other.draining = self.draining.copy()
         other.throttled = self.throttled.copy()
         other.overloaded = self.overloaded.copy()
-        other.has_units = self.has_units
+        other.has_units = self.has_units.copy()
         other.runtime = {k: v.copy() for k, v in self.runtime.items()}
         other.arch = {k: v.copy() for k, v in self.arch.items()}
-        other.label = {k: v.copy() for k, v in self.label.items()}
+        other.labels = self.labels.copy()
         other.accel = {k: v.copy() for k, v in self.accel.items()}
-        other.free_cpu[i] = candidate.free_cpu
-        other.free_cpu_eps[i] = candidate.free_cpu + CPU_EPSILON
-        other.score_free_cpu[i] = candidate.scoring_free_cpu
-        other.free_memory[i] = candidate.free_memory_mib
-        other.free_disk[i] = candidate.free_disk_mib
-        other.capacity_cpu[i] = candidate.capacity_cpu
-        other.capacity_memory[i] = candidate.capacity_memory_mib
-        temp = candidate.temperature_c
-        other.temperature[i] = np.nan if temp is None else temp
-        other.unready[i] = not candidate.ready
-        other.draining[i] = candidate.draining
-        other.throttled[i] = candidate.throttled
-        other.overloaded[i] = candidate.overloaded
-        _set_flags(other.runtime, n, i, candidate.runtimes)
-        _set_flags(other.arch, n, i, candidate.archs)
-        _set_flags(other.label, n, i, [_label_key(k, v) for k, v in candidate.labels.items()])
-        _set_counts(other.accel, n, i, candidate.free_accelerators)
-        other._units = self._units
-        if candidate.units:
-            other._units = self._units.copy()
-            other._units.set_units(i, candidate.units)
+        other.units = self.units.copy()
         return other
 
-    def reserve(self, candidate_id: str, request: Request) -> CandidateTable:
-        """A new table with `request` reserved on the candidate `candidate_id`."""
-        return self.replace(reserve(self.candidates[self.index[candidate_id]], request))
+    def update(self, candidate: Candidate) -> None:
+        """Rewrite, in place, the row with `candidate.id` (KeyError if there is none).
 
-    def _fail_masks(self, request: Request) -> list[tuple[str, BoolArray]]:
-        """(reason, rows failing) for every check, in pipeline order (see filters.FILTERS)."""
-        n = len(self.candidates)
-        none = np.zeros(n, dtype=np.bool_)
-        every = np.ones(n, dtype=np.bool_)
-        checks: list[tuple[str, BoolArray]] = []
-        if request.pinned_id is not None:
-            fail = every.copy()
-            pinned = self.index.get(request.pinned_id)
-            if pinned is not None:
-                fail[pinned] = False
-            checks.append((f.NOT_PINNED, fail))
-        checks.append((f.NOT_READY, self.unready))
-        checks.append((f.NOT_DRAINING, self.draining))
-        runtime = self.runtime.get(request.runtime)
-        checks.append(
-            (f.runtime_reason(request.runtime), ~runtime if runtime is not None else every)
-        )
-        if request.archs is not None:
-            allowed = none.copy()
-            for arch in request.archs:
-                column = self.arch.get(arch)
-                if column is not None:
-                    allowed |= column
-            checks.append((f.architecture_reason(request.archs), ~allowed))
-        for key in sorted(request.labels):
-            value = request.labels[key]
-            column = self.label.get(_label_key(key, value))
-            checks.append((f.label_reason(key, value), ~column if column is not None else every))
-        if request.accelerator is not None:
-            present = self.accel.get(request.accelerator)
-            checks.append(
-                (
-                    f.accelerator_missing_reason(request.accelerator),
-                    present < 0 if present is not None else every,
-                )
-            )
-        if request.max_temperature_c is not None:
-            checks.append((f.TOO_HOT, self.temperature > request.max_temperature_c))
-        checks.append((f.THROTTLED, self.throttled))
-        checks.append((f.OVERLOADED, self.overloaded))
-        checks.append((f.INSUFFICIENT_CPU, self.free_cpu_eps < request.cpu))
-        checks.append((f.INSUFFICIENT_MEMORY, self.free_memory < request.memory_mib))
-        checks.append((f.INSUFFICIENT_DISK, self.free_disk < request.disk_mib))
-        for kind in sorted(request.accelerators):
-            count = request.accelerators[kind]
-            if count > 0:
-                free = self.accel.get(kind)
-                checks.append(
-                    (f.accelerator_count_reason(kind), free < count if free is not None else every)
-                )
-        if len(self._units.owner) or self.has_units.any():
-            fitting = self._units.fitting_owners(request, n)
-            checks.append((f.NO_SINGLE_NODE, self.has_units & ~fitting))
-        return checks
+        For an owner that holds the table alone (a scheduler applying a status report
+        or a reservation); the table then equals one built from the new candidates.
+        Rebuilds the unit columns (O(all units)) if the row's number of units changed.
+        """
+        i = self.index[candidate.id]
+        old = self._candidates[i]
+        self._candidates[i] = candidate
+        n = len(self._candidates)
+        self.free_cpu_eps[i] = candidate.free_cpu + CPU_EPSILON
+        self.score_free_cpu[i] = candidate.scoring_free_cpu
+        self.free_memory[i] = candidate.free_memory_mib
+        self.free_disk[i] = candidate.free_disk_mib
+        self.capacity_cpu[i] = candidate.capacity_cpu
+        self.capacity_memory[i] = candidate.capacity_memory_mib
+        temp = candidate.temperature_c
+        self.temperature[i] = np.nan if temp is None else temp
+        self.unready[i] = not candidate.ready
+        self.draining[i] = candidate.draining
+        self.throttled[i] = candidate.throttled
+        self.overloaded[i] = candidate.overloaded
+        if old.runtimes != candidate.runtimes:
+            _set_flags(self.runtime, n, i, candidate.runtimes)
+        if old.archs != candidate.archs:
+            _set_flags(self.arch, n, i, candidate.archs)
+        if old.labels != candidate.labels:
+            self.labels.set_row(n, i, candidate.labels)
+        if old.free_accelerators != candidate.free_accelerators:
+            _set_counts(self.accel, n, i, candidate.free_accelerators)
+        old_units = -1 if old.units is None else len(old.units)
+        new_units = -1 if candidate.units is None else len(candidate.units)
+        self.has_units[i] = candidate.units is not None
+        if old_units != new_units:
+            self.units = Units(self._candidates)
+            self.noun = "cluster" if self.has_units.any() else "node"
+        elif candidate.units:
+            self.units.set_units(i, candidate.units, old.units)
 
-    def _scores(
-        self,
-        request: Request,
-        policy: Policy,
-        rows: npt.NDArray[np.intp],
-        replicas: IntArray,
-    ) -> tuple[FloatArray, dict[str, list[float]]]:
-        """Totals and per-scorer values for the feasible `rows` (scorers.py arithmetic)."""
-        least: FloatArray | None = None
-        total: FloatArray = np.zeros(len(rows), dtype=np.float64)
-        parts: dict[str, list[float]] = {}
-        for name, weight in policy.active:
-            if name in ("least_allocated", "most_allocated"):
-                if least is None:
-                    least = self._least_allocated(request, rows)
-                values = least if name == "least_allocated" else 100.0 - least
-            elif name == "thermal_headroom":
-                temp = self.temperature[rows]
-                headroom = np.minimum(np.maximum((THERMAL_HOT_C - temp) / _THERMAL_SPAN, 0.0), 1.0)
-                values = np.where(np.isnan(temp), THERMAL_UNKNOWN_SCORE, headroom * 100.0)
-            elif name == "job_spread":
-                values = 100.0 / (1 + replicas)
-            else:  # pragma: no cover - Policy validates scorer names
-                raise ValueError(f"no vectorised scorer {name!r}")
-            parts[name] = values.tolist()
-            total = total + weight * values
-        return total / policy.weight_sum, parts
-
-    def _least_allocated(self, request: Request, rows: npt.NDArray[np.intp]) -> FloatArray:
-        cpu = _free_fraction_after(self.score_free_cpu[rows], request.cpu, self.capacity_cpu[rows])
-        memory = _free_fraction_after(
-            self.free_memory[rows], request.memory_mib, self.capacity_memory[rows]
-        )
-        result: FloatArray = (cpu + memory) * 50.0
-        return result
-
-    def place(
-        self,
-        request: Request,
-        policy: Policy,
-        rng: random.Random,
-        existing: Mapping[str, int] | None = None,
-        noun: str | None = None,
-    ) -> Decision:
-        """Vectorised `placement.place` over this table (use that function instead)."""
-        n = len(self.candidates)
-        checks = self._fail_masks(request)
-        k = len(checks)
-        first = np.full(n, k, dtype=np.intp)
-        for code in range(k - 1, -1, -1):
-            first[checks[code][1]] = code
-        counts = np.bincount(first, minlength=k + 1)
-        reject_counts: dict[str, int] = {}
-        reject_ids: dict[str, list[str]] = {}
-        for code in np.flatnonzero(counts[:k]).tolist():
-            reason = checks[code][0]
-            rejected_ids: list[str] = self.id_array[first == code].tolist()
-            reject_counts[reason] = reject_counts.get(reason, 0) + len(rejected_ids)
-            reject_ids.setdefault(reason, []).extend(rejected_ids)
-        rejections, rejected = sorted_rejections(reject_counts, reject_ids)
-
-        rows = np.flatnonzero(first == k)
-        replicas: IntArray = np.zeros(n, dtype=np.int64)
-        if existing:
-            index = self.index
-            for cid, count in existing.items():
-                row = index.get(cid)
-                if row is not None:
-                    replicas[row] = count
-        totals, parts = self._scores(request, policy, rows, replicas[rows])
-        feasible_ids: list[str] = self.id_array[rows].tolist()
-        scores = dict(zip(feasible_ids, totals.tolist(), strict=True))
-
-        chosen: Candidate | None = None
-        best: float | None = None
-        tied = 0
-        if len(rows):
-            best = float(totals.max())
-            tied_ids = sorted(feasible_ids[p] for p in np.flatnonzero(totals == best).tolist())
-            tied = len(tied_ids)
-            chosen = self.candidates[self.index[tied_ids[rng.randrange(tied)]]]
-        return Decision(
-            chosen=chosen,
-            score=best,
-            policy=policy.name,
-            noun=noun or self.noun,
-            considered=n,
-            scores=scores,
-            parts=parts,
-            rejections=rejections,
-            rejected=rejected,
-            tied=tied,
-        )
-
-
-def _label_key(key: str, value: str) -> str:
-    # NUL cannot appear in sane label keys; it keeps "a=b" + "c" distinct from "a" + "b=c".
-    return f"{key}\0{value}"
-
-
-def _free_fraction_after(
-    free: FloatArray | IntArray, requested: float, capacity: FloatArray | IntArray
-) -> FloatArray:
-    """Vector form of scorers._free_fraction_after (0 where capacity <= 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.minimum(np.maximum((free - requested) / capacity, 0.0), 1.0)
-    result: FloatArray = np.where(capacity > 0, fraction, 0.0)
-    return result
+    def replace(self, candidate: Candidate) -> CandidateTable:
+        """A new table where the row with `candidate.id` is `candidate` (KeyError if absent);
+        this table is left as it is."""
+        other = self.copy()
+        other.update(candidate)
+        return other

@@ -15,7 +15,7 @@ Constraints that `placement.Unit` does not model are applied here, per request:
   coolest eligible node, and it counts as throttled only when every node is.
 
 Reservations (replicas sent to a cluster since its report was made) are taken out
-of the candidate with `placement.reserve`, so a burst does not all land on the
+of the candidates with `placement.reserve_in`, so a burst does not all land on the
 cluster that looked emptiest.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from placement import Candidate, Request, Unit, reserve
+from placement import Candidate, CandidateTable, Request, Unit, reserve_all, reserve_in
 from schemas.cluster import ClusterReport, NodeCapacity
 from schemas.job import Constraints, TaskSpec
 from schemas.node import Liveness
@@ -120,8 +120,8 @@ def _min_temperature(temps: Iterable[float | None]) -> float | None:
     return min(known) if known else None
 
 
-def build_candidate(request: Request, snapshot: ClusterSnapshot) -> Candidate:
-    """One cluster as a placement candidate for `request`, reservations applied."""
+def _unreserved(request: Request, snapshot: ClusterSnapshot) -> Candidate:
+    """One cluster as a placement candidate for `request`, from its report alone."""
     report = snapshot.report
     if report is None:
         return Candidate(id=snapshot.id, name=snapshot.name, ready=False, units=())
@@ -148,7 +148,7 @@ def build_candidate(request: Request, snapshot: ClusterSnapshot) -> Candidate:
         throttled = False
     accelerators = {kind: report.free.accelerators.get(kind, 0) for kind in report.accelerators}
     accelerators.update(report.free.accelerators)
-    candidate = Candidate(
+    return Candidate(
         id=snapshot.id,
         name=snapshot.name,
         free_cpu=report.free.cpu,
@@ -166,14 +166,17 @@ def build_candidate(request: Request, snapshot: ClusterSnapshot) -> Candidate:
         ready=snapshot.ready,
         units=units,
     )
-    for reserved in snapshot.reserved:
-        try:
-            candidate = reserve(candidate, reserved)
-        except ValueError:
-            continue  # the report already shows less than we reserved: nothing to take
-    return candidate
 
 
-def build_candidates(request: Request, snapshots: Sequence[ClusterSnapshot]) -> list[Candidate]:
-    """Every cluster as a candidate for `request` (order kept)."""
-    return [build_candidate(request, s) for s in snapshots]
+def build_candidate(request: Request, snapshot: ClusterSnapshot) -> Candidate:
+    """One cluster as a placement candidate for `request`, reservations applied (a
+    request the report already shows less room for than was reserved takes nothing)."""
+    return reserve_all(_unreserved(request, snapshot), snapshot.reserved)
+
+
+def build_candidates(request: Request, snapshots: Sequence[ClusterSnapshot]) -> CandidateTable:
+    """Every cluster as a candidate for `request` (order kept), reservations applied, as
+    the table `place` decides on (the reservations of all clusters checked together)."""
+    table = CandidateTable(_unreserved(request, s) for s in snapshots)
+    reserve_in(table, {s.id: s.reserved for s in snapshots if s.reserved})
+    return table

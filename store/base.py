@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -106,6 +106,18 @@ class Store(abc.ABC):
         stored version is n, None = unconditional upsert. A mismatch raises
         :class:`VersionConflict`. A ``_version`` key in ``doc`` is ignored.
         """
+
+    def put_many(self, writes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Upsert several documents, ``(collection, doc)`` pairs, in order.
+
+        Each write is an unconditional upsert (as ``put`` without
+        ``expected_version``). This default writes them one by one; a backend may
+        apply them in one transaction (SQLite: one commit, so one fsync, for all), in
+        which case a failure writes none of them. For a single writer that has a
+        queue of writes (the cluster's store writer).
+        """
+        for collection, doc in writes:
+            self.put(collection, doc)
 
     @abc.abstractmethod
     def find(

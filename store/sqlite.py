@@ -21,7 +21,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from store.base import (
@@ -174,6 +174,31 @@ class SQLiteStore(Store):
                 f"UPDATE {table} SET version = ?, doc = ? WHERE id = ?", (actual + 1, text, id)
             )
             return actual + 1
+
+    def put_many(self, writes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Upsert every ``(collection, doc)`` in order, in one transaction (one commit)."""
+        prepared = []
+        for collection, doc in writes:
+            id, body = split_document(doc)
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            prepared.append((collection, id, text))
+        if not prepared:
+            return
+        with self._locked() as conn:
+            tables = {c: self._table(conn, c) for c, _id, _text in prepared}
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for collection, id, text in prepared:
+                    conn.execute(
+                        f"INSERT INTO {tables[collection]} (id, version, doc) VALUES (?, 1, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET version = version + 1, doc = excluded.doc",
+                        (id, text),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def delete(self, collection: str, id: str, expected_version: int | None = None) -> bool:
         """Delete a document, optionally only at ``expected_version``."""

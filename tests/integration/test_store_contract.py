@@ -102,6 +102,38 @@ def test_unconditional_upsert_creates_then_replaces(store: Store) -> None:
     assert store.get("jobs", "j1") == {"_id": "j1", "_version": 2, "n": 2}
 
 
+def test_put_many_upserts_in_order_across_collections(store: Store) -> None:
+    store.put("jobs", {"_id": "j1", "n": 0})
+    store.put_many(
+        [
+            ("jobs", {"_id": "j1", "n": 1}),
+            ("events", {"_id": "e1", "kind": "x"}),
+            ("jobs", {"_id": "j2", "n": 1}),
+            ("jobs", {"_id": "j1", "n": 2}),
+        ]
+    )
+    store.put_many([])
+    assert store.get("jobs", "j1") == {"_id": "j1", "_version": 3, "n": 2}
+    assert store.get("jobs", "j2") == {"_id": "j2", "_version": 1, "n": 1}
+    assert store.get("events", "e1") == {"_id": "e1", "_version": 1, "kind": "x"}
+
+
+def test_put_many_rejects_invalid_input_clearly(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        store.put_many([("jobs", {"_id": "ok"}), ("jobs", {"name": "no id"})])
+
+
+def test_sqlite_put_many_writes_nothing_of_an_invalid_batch(tmp_path: Path) -> None:
+    """Invalid input anywhere in a batch: nothing of it is written."""
+    s = open_store(f"sqlite://{tmp_path / 'store.db'}")
+    try:
+        with pytest.raises(InvalidInput):
+            s.put_many([("jobs", {"_id": "a"}), ("jobs", {"_id": "b", "bad": float("nan")})])
+        assert s.get("jobs", "a") is None
+    finally:
+        s.close()
+
+
 def test_version_in_document_is_ignored_and_input_is_not_mutated(store: Store) -> None:
     doc = {"_id": "j1", "_version": 42, "spec": {"tags": ["a"]}}
     assert store.put("jobs", doc, expected_version=0) == 1

@@ -1,7 +1,9 @@
 """Property tests (hypothesis) for the placement invariants.
 
-Every property runs both paths (plain list and CandidateTable) and requires equal
-decisions from them.
+There is one implementation of the filters and scorers, over a `CandidateTable`. The
+properties check it against the rules (every rejection is the candidate's first
+failing filter, the choice is feasible and within free capacity, replay by seed),
+and check that a table kept and updated in place decides as a fresh one.
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def fits_resources(request: Request, c: Candidate | Unit) -> bool:
 
 
 def both(request: Request, cands: list[Candidate], policy: str, seed: int) -> Decision:
+    """Place from the list, and through a prebuilt table: the same pipeline, equal."""
     from_list = place(request, cands, policy, random.Random(seed))
     from_table = place(request, CandidateTable(cands), policy, random.Random(seed))
     assert from_list == from_table
