@@ -15,7 +15,11 @@ fsync) so that a SIGKILL or a power cut leaves either the old or the new version
 
 Each keeps a `dirty` flag: the engine changes them in memory while it handles a batch of
 queue items and writes what changed once per batch (`commit()` / `save()`), before it
-acknowledges anything to the broker (group commit).
+acknowledges anything to the broker (group commit). Writing costs what changed, not what
+is there: a task record and a seen command keep their JSON text until they change, and
+the outbox writes a removal (the broker acknowledged an entry) only with the next append
+or at `save(removals=True)` (the engine does that every few seconds), since a removal
+that did not reach the disk costs at most a duplicate after a crash, never a loss.
 
 Everything here is plain data and file I/O; no threads, no MQTT.
 """
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from node_engine.runtimes.base import TaskHandle
 from schemas.job import TaskSpec, TaskState
@@ -129,6 +133,29 @@ class TaskRecord(BaseModel):
     )
     stop_reason: str = ""
 
+    _json: str | None = PrivateAttr(default=None)
+    """This record's JSON text as last written; any assignment to a field drops it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name != "_json":
+            self._json = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskRecord):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # the fields, not the cached text
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any BaseModel
+
+    def json_text(self) -> str:
+        """The record as JSON (cached until a field is assigned: fields hold immutable
+        values, e.g. a new `TaskHandle`, never one changed in place)."""
+        text = self._json
+        if text is None:
+            text = self._json = self.model_dump_json()
+        return text
+
 
 class TaskStore:
     """The desired tasks, persisted to ``tasks.json``.
@@ -180,12 +207,10 @@ class TaskStore:
         return self.tasks
 
     def save(self) -> None:
-        """Write all records atomically."""
-        body = {
-            "version": STATE_VERSION,
-            "tasks": {k: r.model_dump(mode="json") for k, r in self.tasks.items()},
-        }
-        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        """Write all records atomically (each record's JSON is reused while unchanged)."""
+        tasks = ",".join(f"{json.dumps(k)}:{r.json_text()}" for k, r in self.tasks.items())
+        body = f'{{"version":{STATE_VERSION},"tasks":{{{tasks}}}}}'
+        atomic_write(self.path, body.encode())
         self.dirty = False
         if self._drop_system_stop:
             self._drop_system_stop = False
@@ -235,6 +260,8 @@ class SeenCommands:
         self.path = path
         self.capacity = capacity
         self._items: OrderedDict[str, CommandOutcome] = OrderedDict()
+        self._json: dict[str, str] = {}
+        """command id -> its entry's JSON text (built once, at `add`)."""
         self.dirty = False
 
     def __len__(self) -> int:
@@ -254,8 +281,19 @@ class SeenCommands:
         """Remember a command; the least recently used id goes when full."""
         self._items[command_id] = outcome
         self._items.move_to_end(command_id)
+        self._json[command_id] = json.dumps(
+            {
+                "id": command_id,
+                "kind": outcome.kind,
+                "accepted": outcome.accepted,
+                "reason": outcome.reason,
+                "instance_id": outcome.instance_id,
+            },
+            separators=(",", ":"),
+        )
         while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            old, _ = self._items.popitem(last=False)
+            self._json.pop(old, None)
         self.dirty = True
 
     def load(self) -> None:
@@ -264,6 +302,7 @@ class SeenCommands:
             return
         data = read_json(self.path)
         self._items.clear()
+        self._json.clear()
         if not isinstance(data, dict):
             return
         for item in data.get("commands") or []:
@@ -283,18 +322,9 @@ class SeenCommands:
         """Write the ids atomically (only when one was added since the last write)."""
         if self.path is None or not self.dirty:
             return
-        items = [
-            {
-                "id": cid,
-                "kind": o.kind,
-                "accepted": o.accepted,
-                "reason": o.reason,
-                "instance_id": o.instance_id,
-            }
-            for cid, o in self._items.items()
-        ]
-        body = {"version": STATE_VERSION, "commands": items}
-        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        items = ",".join(self._json[cid] for cid in self._items)
+        body = f'{{"version":{STATE_VERSION},"commands":[{items}]}}'
+        atomic_write(self.path, body.encode())
         self.dirty = False
 
 
@@ -318,6 +348,11 @@ class Outbox:
     ``outbox.json``) across engine restarts. When full, the oldest entry is dropped and
     counted in `dropped`. `next_seq` is the per-node event sequence, persisted with the
     entries so it keeps increasing across restarts.
+
+    An append makes the outbox `dirty` (written at the next `save()`); a removal only
+    `stale`: it is written with the next append, or by `save(removals=True)`. A removal
+    lost in a crash makes the entry go out once more after the restart (a duplicate,
+    which consumers tolerate), so it is not worth a disk write of its own per message.
     """
 
     def __init__(self, path: Path | None, capacity: int = 10_000) -> None:
@@ -330,6 +365,8 @@ class Outbox:
         self._entries: deque[OutboxEntry] = deque()
         self._next_key = 1
         self.dirty = False
+        self.stale = False
+        """Entries were removed since the last write (see the class docstring)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -365,7 +402,7 @@ class Outbox:
         for i, entry in enumerate(self._entries):
             if entry.key == key:
                 del self._entries[i]
-                self.dirty = True
+                self.stale = True
                 return True
         return False
 
@@ -389,10 +426,12 @@ class Outbox:
             except (KeyError, TypeError, ValueError):
                 continue
         self.dirty = False
+        self.stale = False
 
-    def save(self) -> None:
-        """Write entries and counters atomically (only when something changed)."""
-        if self.path is None or not self.dirty:
+    def save(self, *, removals: bool = False) -> None:
+        """Write entries and counters atomically when something was appended (or, with
+        `removals`, also when entries were only removed)."""
+        if self.path is None or not (self.dirty or (removals and self.stale)):
             return
         body = {
             "version": STATE_VERSION,
@@ -405,3 +444,4 @@ class Outbox:
         }
         atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
         self.dirty = False
+        self.stale = False

@@ -25,6 +25,12 @@ from schemas.job import TaskSpec, TaskState
 from schemas.node import NodeStatus
 
 PROTOCOL_VERSION: Literal[1] = 1
+PROTOCOL_REVISION = 2
+"""Compatible additions within envelope version 1 (docs/protocol.md, "Revisions"):
+1: the first; 2: a command's ack carries the state change it caused (`CommandAck.event`)
+instead of a separate `task_event`. A cluster understands engines of every revision; a
+revision 2 engine needs a revision 2 cluster (a revision 1 cluster refuses the unknown
+field as `invalid`): upgrade clusters before their nodes."""
 TOPIC_PREFIX = "edge/v1/nodes"
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -91,17 +97,6 @@ class TerminateCommand(StrictModel):
     reason: Text = ""
 
 
-class CommandAck(StrictModel):
-    """A node's answer to a command: accepted, or refused with the reason."""
-
-    command_id: ShortText
-    command_kind: ShortText
-    instance_id: Id | None = None
-    accepted: bool
-    duplicate: bool = Field(default=False, description="the command was seen before")
-    reason: Text = ""
-
-
 class TaskEvent(StrictModel):
     """A task state change on a node, or a decision about a task (e.g. shedding)."""
 
@@ -112,6 +107,27 @@ class TaskEvent(StrictModel):
     exit_code: int | None = None
     seq: int = Field(default=0, ge=0, description="per-node event counter")
     data: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+class CommandAck(StrictModel):
+    """A node's answer to a command: accepted, or refused with the reason.
+
+    `event` (protocol revision 2) is the state change the command caused, e.g. a
+    deploy's RUNNING or FAILED or a terminate's TERMINATED: it travels in the ack instead
+    of a `task_event` of its own (one message per fact). Only the first answer to a
+    command carries it, never a duplicate. An engine of revision 1 leaves it out and
+    sends task events; the cluster understands both.
+    """
+
+    command_id: ShortText
+    command_kind: ShortText
+    instance_id: Id | None = None
+    accepted: bool
+    duplicate: bool = Field(default=False, description="the command was seen before")
+    reason: Text = ""
+    event: TaskEvent | None = Field(
+        default=None, description="the state change the command caused (revision 2)"
+    )
 
 
 class LogsRequest(StrictModel):

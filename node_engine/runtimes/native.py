@@ -290,6 +290,10 @@ def _read_at(path: Path, offset: int, length: int) -> bytes:
         return b""
 
 
+_CMDLINE_MAX = 1 << 20
+"""Bytes of /proc/<pid>/cmdline read to compare a wrapper with its child."""
+
+
 class _Stat(NamedTuple):
     """The fields of `/proc/<pid>/stat` the runtime uses."""
 
@@ -717,10 +721,8 @@ class NativeRuntime:
             if cg is not None:
                 cg.remove()
             raise RuntimeFailure(f"cannot start task: {exc}") from exc
-        try:
-            create_time = psutil.Process(popen.pid).create_time()
-        except psutil.Error:
-            create_time = time.time()
+        st = _read_stat(popen.pid)
+        create_time = self._created(st) if st is not None else time.time()
         self._popen[instance_id] = popen
         handle = TaskHandle(
             instance_id=instance_id,
@@ -743,29 +745,64 @@ class NativeRuntime:
         Until the exec, the child still runs the wrapper's signal handlers (dash uses
         vfork), so a SIGTERM from a stop() right after deploy would be swallowed by the
         wrapper's trap and the task would only die by SIGKILL after the stop timeout.
-        Costs a few /proc reads at deploy (typically < 5 ms).
+        Costs two or three small /proc reads per look (the wrapper's ``children`` list and
+        its child's command line; a psutil scan of the whole of /proc where the kernel has
+        no ``children`` file), typically one or two looks.
         """
-        try:
-            wrapper = psutil.Process(popen.pid)
-            own = wrapper.cmdline()
-        except psutil.Error:
+        pid = popen.pid
+        own = _read_raw(f"/proc/{pid}/cmdline", _CMDLINE_MAX)
+        if own is None:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and popen.poll() is None:
+        children_file = f"/proc/{pid}/task/{pid}/children"
+        wrapper: psutil.Process | None = None
+        own_args: list[str] = []
+        if not os.path.exists(children_file):
             try:
-                children = wrapper.children()
-                if children and children[0].cmdline() != own:
-                    return
+                wrapper = psutil.Process(pid)
+                own_args = wrapper.cmdline()
             except psutil.Error:
                 return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and popen.poll() is None:
+            if wrapper is None:
+                raw = _read_raw(children_file)
+                if raw is None:
+                    return
+                kids = raw.split()
+                if kids and _read_raw(f"/proc/{int(kids[0])}/cmdline", _CMDLINE_MAX) != own:
+                    return
+            else:
+                try:
+                    children = wrapper.children()
+                    if children and children[0].cmdline() != own_args:
+                        return
+                except psutil.Error:
+                    return
             time.sleep(0.001)
+
+    def _any_member(self, handle: TaskHandle, cg: cgroups.TaskCgroup | None) -> bool:
+        """Whether a live process of the task is left (what `_members` finds, but a
+        process group that is gone costs one `killpg(0)` instead of a /proc scan)."""
+        if cg is not None:
+            stats = [st for pid in cg.pids() if (st := _read_stat(pid)) is not None]
+            if self._owned(handle, stats):
+                return True
+        if handle.pid is None or not self._group_safe(handle):
+            return False
+        try:
+            os.killpg(handle.pid, 0)
+        except ProcessLookupError:
+            return False  # no process at all in the group
+        except PermissionError:
+            pass
+        return bool(_ProcScan().group(handle.pid))  # members, or only zombies?
 
     def _wait_gone(
         self, handle: TaskHandle, cg: cgroups.TaskCgroup | None, deadline: float
     ) -> bool:
         while True:
             self._reap(handle)
-            if not self._members(handle, cg)[0]:
+            if not self._any_member(handle, cg):
                 return True
             if time.monotonic() >= deadline:
                 return False
