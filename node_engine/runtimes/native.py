@@ -294,6 +294,17 @@ _CMDLINE_MAX = 1 << 20
 """Bytes of /proc/<pid>/cmdline read to compare a wrapper with its child."""
 
 
+class _TaskFiles(NamedTuple):
+    """What status() needs of one task's handle, computed once (see `NativeRuntime._files`)."""
+
+    key: tuple[int | None, float | None, str | None]
+    result: str
+    stopped: str
+    paused: str
+    cgroup: cgroups.TaskCgroup | None
+    procs: tuple[str, ...]
+
+
 class _Stat(NamedTuple):
     """The fields of `/proc/<pid>/stat` the runtime uses."""
 
@@ -432,6 +443,8 @@ class NativeRuntime:
         """pid -> (start ticks, cpu ticks, monotonic time, last percent) of the last sample."""
         self._cpu_pruned = time.monotonic()
         self._boot_time = _boot_time()
+        self._files_cache: dict[str, _TaskFiles] = {}
+        """instance id -> its file names and cgroup (see `_files`)."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -567,14 +580,13 @@ class NativeRuntime:
         """copytruncate the log when it is over `max_log_bytes` (see module docstring)."""
         if not handle.log_path:
             return
-        log = Path(handle.log_path)
         try:
-            if log.stat().st_size <= self.max_log_bytes:
+            if os.stat(handle.log_path).st_size <= self.max_log_bytes:
                 return
         except OSError:
             return
         with self._log_lock:
-            self._rotate(log)
+            self._rotate(Path(handle.log_path))
 
     def _rotate(self, log: Path) -> None:
         offset_path = log.with_name(log.name + ".offset")
@@ -857,6 +869,7 @@ class NativeRuntime:
         if cg is not None:
             cg.remove()
         self._popen.pop(handle.instance_id, None)
+        self._files_cache.pop(handle.instance_id, None)
 
     def pause(self, handle: TaskHandle) -> None:
         """SIGSTOP every process of the task (group and cgroup); remembered in a marker
@@ -922,32 +935,69 @@ class NativeRuntime:
             cg.remove(timeout_s=0.5)
         return obs
 
+    def _files(self, handle: TaskHandle) -> _TaskFiles:
+        """The task's file names and cgroup, built once per handle (status() runs for
+        every task at every tick: no Path objects, no parsing of the handle there)."""
+        key = (handle.pid, handle.pid_create_time, handle.log_path)
+        cached = self._files_cache.get(handle.instance_id)
+        if cached is not None and cached.key == key:
+            return cached
+        d = str(self._dir(handle))
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        files = _TaskFiles(
+            key=key,
+            result=os.path.join(d, "result.json"),
+            stopped=os.path.join(d, "stopped"),
+            paused=os.path.join(d, "paused"),
+            cgroup=cg,
+            procs=tuple(str(f) for f in cg.procs_files()) if cg is not None else (),
+        )
+        self._files_cache[handle.instance_id] = files
+        return files
+
+    def _cgroup_stats(self, files: _TaskFiles) -> list[_Stat]:
+        """The live processes listed in the task's cgroup (a read per controller)."""
+        pids: set[int] = set()
+        for path in files.procs:
+            raw = _read_raw(path, 65536)
+            if raw:
+                with contextlib.suppress(ValueError):
+                    pids.update(int(x) for x in raw.split())
+        return [st for pid in sorted(pids) if (st := _read_stat(pid)) is not None]
+
     def status(self, handle: TaskHandle) -> TaskObservation:
         """RUNNING/PAUSED with CPU and memory of the whole task, or the final result.
 
-        Cost while running: a few stat() calls, one read of the wrapper's /proc stat, and
-        either one read of cgroup.procs plus one /proc read per process of the task, or
-        (no cgroup) the task's share of one /proc scan that all status() calls within
-        `PROC_SCAN_TTL_S` use (so one scan per engine tick, whatever the number of tasks).
-        The usage figures are then at most `PROC_SCAN_TTL_S` old; the state is not (exit
-        and pause are read from the wrapper itself at every call).
+        Cost while running: three stat() calls (result, stopped and pause markers) and
+        one of the log, one read of the wrapper's /proc stat, and either one read of
+        cgroup.procs plus one /proc read per process of the task, or (no cgroup) the
+        task's share of one /proc scan that all status() calls within `PROC_SCAN_TTL_S`
+        use (so one scan per engine tick, whatever the number of tasks). The usage
+        figures are then at most `PROC_SCAN_TTL_S` old; the state is not (exit and pause
+        are read from the wrapper itself at every call).
         """
-        d = self._dir(handle)
+        files = self._files(handle)
         self._bound_log(handle)
-        result = d / "result.json"
-        if result.exists():
+        if os.path.exists(files.result):
             try:
-                return TaskObservation.model_validate_json(result.read_text())
-            except ValueError:
+                with open(files.result, "rb") as fh:
+                    return TaskObservation.model_validate_json(fh.read())
+            except (OSError, ValueError):
                 pass
-        if (d / "stopped").exists():
+        if os.path.exists(files.stopped):
             return TaskObservation(state=TaskState.TERMINATED, reason="stopped by the engine")
         wrapper = self._wrapper(handle)
         if wrapper is None:
             return self._finished(handle)
-        paused = wrapper.state == b"T" or (d / "paused").exists()
-        cg = cgroups.TaskCgroup.from_extra(handle.extra)
-        cpu, mem = self._usage(*self._members(handle, cg, shared=True))
+        paused = wrapper.state == b"T" or os.path.exists(files.paused)
+        cg = files.cgroup
+        stats: list[_Stat] = []
+        at = time.monotonic()
+        if cg is not None:
+            stats = self._owned(handle, self._cgroup_stats(files))
+        if not stats:
+            stats, at = self._members(handle, None, shared=True)
+        cpu, mem = self._usage(stats, at)
         return TaskObservation(
             state=TaskState.PAUSED if paused else TaskState.RUNNING,
             cpu_percent=round(cpu, 2),
@@ -987,6 +1037,7 @@ class NativeRuntime:
     def discard_logs(self, instance_id: str) -> None:
         """Delete the task's log files (the engine forgot the task)."""
         d = self.task_dir(instance_id)
+        self._files_cache.pop(instance_id, None)
         with self._log_lock:
             for name in LOG_FILES:
                 with contextlib.suppress(FileNotFoundError):
