@@ -36,6 +36,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from node_engine.logs import DEFAULT_READERS, LogJob, LogServer, TaskSnapshot, error_chunk
@@ -51,7 +52,7 @@ from node_engine.mqtt import (
     Published,
     Transport,
 )
-from node_engine.state import CommandOutcome, Outbox, SeenCommands
+from node_engine.state import CommandOutcome, Outbox, SeenCommands, fsync_dir
 from node_engine.supervisor import (
     OpDone,
     Operation,
@@ -571,13 +572,19 @@ class Engine:
         """Group commit: write what changed (tasks, seen commands, outbox), then PUBACK the
         commands answered since the last commit, then start the operations whose intent
         is now on disk."""
-        self.store.commit()
-        self.seen.save()
+        written: set[Path] = set()
+        if self.store.commit(sync_dir=False):
+            written.add(self.store.path.parent)
+        if self.seen.save(sync_dir=False) and self.seen.path is not None:
+            written.add(self.seen.path.parent)
         now = self._clock()
         removals = now - self._removals_saved >= OUTBOX_REMOVALS_S or self._stopping
         if self.outbox.dirty or (removals and self.outbox.stale):
-            self.outbox.save(removals=True)
+            if self.outbox.save(removals=True, sync_dir=False) and self.outbox.path is not None:
+                written.add(self.outbox.path.parent)
             self._removals_saved = now
+        for directory in written:  # this commit's renames are durable before any ack
+            fsync_dir(directory)
         pubacks, self._pubacks = self._pubacks, []
         for mid, qos, generation in pubacks:
             self.transport.ack(mid, qos, generation)

@@ -436,9 +436,9 @@ def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk
     writes: list[str] = []
     real_write = state_mod.atomic_write
 
-    def counting_write(path, data, mode=0o600):
+    def counting_write(path, data, mode=0o600, **kw):
         writes.append(path.name)
-        real_write(path, data, mode)
+        real_write(path, data, mode, **kw)
 
     monkeypatch.setattr(state_mod, "atomic_write", counting_write)
     eng, transport, rt = pooled_engine(tmp_path, workers=16)
