@@ -52,6 +52,10 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_joins_total": ("counter", "node joins, by result"),
     "edge_cluster_reports_total": ("counter", "reports sent to the root, by result"),
     "edge_cluster_store_errors_total": ("counter", "failed store writes"),
+    "edge_cluster_store_writes_coalesced_total": (
+        "counter",
+        "queued document writes dropped because a later queued write replaced them",
+    ),
     "edge_cluster_status_snapshots_total": ("counter", "node status documents written"),
     "edge_cluster_logs_requests_total": ("counter", "log reads from nodes, by outcome"),
     "edge_cluster_logs_late_replies_total": (

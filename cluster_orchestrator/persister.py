@@ -2,8 +2,10 @@
 
 The core loop keeps the authoritative state in memory and must never wait on disk
 (an fsync on a Raspberry Pi SD card takes milliseconds to tens of milliseconds). It
-hands every write to this thread, which applies them in order. Writes that the
-caller must know are durable (a join, before the credentials go out) carry a
+hands every write to this thread, which applies them in order. It takes every write
+waiting at once and drops those that a later write of the same document among them
+replaces (`coalesce`): the store then holds the newest version sooner, never an older
+one after a newer. Writes that the caller must know are durable (a join, before the credentials go out) carry a
 `concurrent.futures.Future` that completes after the write.
 
 Only this thread writes; readers (startup load, event queries) may read the store
@@ -28,6 +30,10 @@ __all__ = ["Persister"]
 log = logging.getLogger(__name__)
 
 
+MAX_BATCH = 1000
+"""At most this many queued writes are taken (and coalesced) at once."""
+
+
 @dataclass(slots=True)
 class _Op:
     kind: str  # "put" | "delete" | "flush"
@@ -37,8 +43,55 @@ class _Op:
     done: Future[None] | None = field(default=None)
 
 
+def coalesce(batch: list[_Op], metrics: Metrics | None = None) -> list[_Op]:
+    """Drop the writes of a batch that a later write of the same document in the same
+    batch replaces (the core often changes an instance twice before its first write
+    lands). Order is kept; nothing is dropped across an operation that waits for its
+    write (a `flush`, a `put(wait=True)`), so a flush still covers every earlier write."""
+    out: list[_Op] = []
+    segment: list[_Op] = []
+    dropped = 0
+
+    def close_segment() -> None:
+        nonlocal dropped
+        last: dict[tuple[str, str], int] = {}
+        for i, op in enumerate(segment):
+            key = _single_key(op)
+            if key is not None:
+                last[key] = i
+        for i, op in enumerate(segment):
+            key = _single_key(op)
+            if key is not None and last[key] != i:
+                dropped += 1
+                continue
+            out.append(op)
+        segment.clear()
+
+    for op in batch:
+        if op.done is not None:
+            close_segment()
+            out.append(op)
+        else:
+            segment.append(op)
+    close_segment()
+    if dropped and metrics is not None:
+        metrics.inc("edge_cluster_store_writes_coalesced_total", value=dropped)
+    return out
+
+
+def _single_key(op: _Op) -> tuple[str, str] | None:
+    """The document one put or delete writes (None for batches and flushes)."""
+    if op.kind == "delete":
+        return (op.collection, op.id)
+    if op.kind == "put" and len(op.docs) == 1:
+        doc_id = op.docs[0].get("_id")
+        return (op.collection, str(doc_id)) if doc_id is not None else None
+    return None
+
+
 class Persister:
-    """Apply store writes in order on one background thread."""
+    """Apply store writes in order on one background thread (queued writes are taken
+    together and a document written twice in them is written once: `coalesce`)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
@@ -97,28 +150,45 @@ class Persister:
 
     def _run(self) -> None:
         while True:
-            op = self._queue.get()
-            if op is None:
+            first = self._queue.get()
+            if first is None:
                 return
-            try:
-                if op.kind == "put":
-                    for doc in op.docs:
-                        self._store.put(op.collection, doc)
-                    if op.collection == "node_status":
-                        self._metrics.inc("edge_cluster_status_snapshots_total", value=len(op.docs))
-                elif op.kind == "delete":
-                    self._store.delete(op.collection, op.id)
-            except StoreError as exc:
-                self._metrics.inc("edge_cluster_store_errors_total")
-                log.error("store write to %s failed: %s", op.collection, exc)
-                if op.done is not None:
-                    op.done.set_exception(exc)
-                    continue
-            except Exception as exc:  # a store backend bug must not kill the writer
-                self._metrics.inc("edge_cluster_store_errors_total")
-                log.exception("unexpected store error on %s", op.collection)
-                if op.done is not None:
-                    op.done.set_exception(exc)
-                    continue
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            for op in coalesce(batch, self._metrics):
+                self._apply(op)
+            if stop:
+                return
+
+    def _apply(self, op: _Op) -> None:
+        try:
+            if op.kind == "put":
+                for doc in op.docs:
+                    self._store.put(op.collection, doc)
+                if op.collection == "node_status":
+                    self._metrics.inc("edge_cluster_status_snapshots_total", value=len(op.docs))
+            elif op.kind == "delete":
+                self._store.delete(op.collection, op.id)
+        except StoreError as exc:
+            self._metrics.inc("edge_cluster_store_errors_total")
+            log.error("store write to %s failed: %s", op.collection, exc)
             if op.done is not None:
-                op.done.set_result(None)
+                op.done.set_exception(exc)
+            return
+        except Exception as exc:  # a store backend bug must not kill the writer
+            self._metrics.inc("edge_cluster_store_errors_total")
+            log.exception("unexpected store error on %s", op.collection)
+            if op.done is not None:
+                op.done.set_exception(exc)
+            return
+        if op.done is not None:
+            op.done.set_result(None)

@@ -307,7 +307,7 @@ class Supervisor:
             rec.exit_code = exit_code
         if persist:
             self._persist()
-        log.info(
+        log.debug(  # every change is reported (and kept by the cluster): no INFO line each
             "task %s: %s -> %s%s",
             rec.instance_id,
             previous,
@@ -495,7 +495,7 @@ class Supervisor:
         if was_active:
             previous = rec.state
             text = reason or "terminated by command"
-            log.info("task %s: %s -> TERMINATED (%s)", instance_id, previous, text)
+            log.debug("task %s: %s -> TERMINATED (%s)", instance_id, previous, text)
             self._emit(TaskChange(instance_id, TaskState.TERMINATED, previous, text[:1024]))
         return CommandOutcome("terminate", True, "", instance_id)
 

@@ -955,15 +955,25 @@ class NativeRuntime:
         self._files_cache[handle.instance_id] = files
         return files
 
-    def _cgroup_stats(self, files: _TaskFiles) -> list[_Stat]:
-        """The live processes listed in the task's cgroup (a read per controller)."""
+    def _cgroup_stats(self, files: _TaskFiles, known: _Stat) -> list[_Stat]:
+        """The live processes listed in the task's cgroup: one read of a `cgroup.procs`
+        (the task's processes are in each of its controllers' directories alike: the
+        wrapper joined all of them before it started the program), and one /proc read
+        per process but `known` (the wrapper, just read)."""
         pids: set[int] = set()
         for path in files.procs:
             raw = _read_raw(path, 65536)
-            if raw:
-                with contextlib.suppress(ValueError):
-                    pids.update(int(x) for x in raw.split())
-        return [st for pid in sorted(pids) if (st := _read_stat(pid)) is not None]
+            if raw is None:
+                continue  # this controller's directory is gone: try the next one
+            with contextlib.suppress(ValueError):
+                pids.update(int(x) for x in raw.split())
+            break
+        out = []
+        for pid in sorted(pids):
+            st = known if pid == known.pid else _read_stat(pid)
+            if st is not None:
+                out.append(st)
+        return out
 
     def status(self, handle: TaskHandle) -> TaskObservation:
         """RUNNING/PAUSED with CPU and memory of the whole task, or the final result.
@@ -994,7 +1004,7 @@ class NativeRuntime:
         stats: list[_Stat] = []
         at = time.monotonic()
         if cg is not None:
-            stats = self._owned(handle, self._cgroup_stats(files))
+            stats = self._owned(handle, self._cgroup_stats(files, wrapper))
         if not stats:
             stats, at = self._members(handle, None, shared=True)
         cpu, mem = self._usage(stats, at)
