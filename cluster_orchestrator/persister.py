@@ -5,8 +5,8 @@ The core loop keeps the authoritative state in memory and must never wait on dis
 hands every write to this thread, which applies them in order. It takes every write
 waiting at once and drops those that a later write of the same document among them
 replaces (`coalesce`): the store then holds the newest version sooner, never an older
-one after a newer. Writes that the caller must know are durable (a join, before the credentials go out) carry a
-`concurrent.futures.Future` that completes after the write.
+one after a newer. Writes that the caller must know are durable (a join, before the
+credentials go out) carry a `concurrent.futures.Future` that completes after the write.
 
 Only this thread writes; readers (startup load, event queries) may read the store
 directly, since the store is thread-safe.
