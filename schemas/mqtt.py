@@ -360,6 +360,17 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MessageError("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:  # a valid message: parsed and validated in one pass (half the cost)
+        message = _MESSAGE.validate_json(raw)
+    except ValidationError:
+        message = _decode_checked(raw)  # says exactly what is wrong
+    if topic_name is not None:
+        _check_topic(message, topic_name)
+    return message
+
+
+def _decode_checked(raw: bytes | str) -> Message:
+    """Parse step by step, raising the `MessageError` that names the problem."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -378,23 +389,25 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
             "unknown_kind", f"unknown message kind {kind!r}; expected one of {sorted(KINDS)}"
         )
     try:
-        message = _MESSAGE.validate_python(data)
+        return _MESSAGE.validate_python(data)
     except ValidationError as exc:
         raise MessageError("invalid", describe_validation_error(exc)) from None
-    if topic_name is not None:
-        try:
-            node_id, channel = parse_topic(topic_name)
-        except ValueError as exc:
-            raise MessageError("bad_topic", str(exc)) from None
-        if message.node_id != node_id:
-            raise MessageError(
-                "node_mismatch", f"envelope node_id {message.node_id!r} != topic node {node_id!r}"
-            )
-        if message.kind not in CHANNEL_KINDS[channel]:
-            raise MessageError(
-                "wrong_channel", f"kind {message.kind!r} is not allowed on {channel.value!r}"
-            )
-    return message
+
+
+def _check_topic(message: Message, topic_name: str) -> None:
+    """The message must be about the topic's node and allowed on its channel."""
+    try:
+        node_id, channel = parse_topic(topic_name)
+    except ValueError as exc:
+        raise MessageError("bad_topic", str(exc)) from None
+    if message.node_id != node_id:
+        raise MessageError(
+            "node_mismatch", f"envelope node_id {message.node_id!r} != topic node {node_id!r}"
+        )
+    if message.kind not in CHANNEL_KINDS[channel]:
+        raise MessageError(
+            "wrong_channel", f"kind {message.kind!r} is not allowed on {channel.value!r}"
+        )
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
