@@ -1522,7 +1522,7 @@ class ClusterCore:
         """Compare what READY nodes report with the assignments and close the gaps.
 
         * a task on a node that does not hold its instance (or whose instance should
-          stop) is terminated;
+          stop, unless the status may predate the instance's last change) is terminated;
         * an instance whose node acked its DEPLOY but no longer lists it in a status
           received afterwards is redeployed there, counting a restart; beyond the
           spec's `max_restarts` it FAILs;
@@ -1543,6 +1543,7 @@ class ClusterCore:
                     inst.desired == "stopped"
                     and not task.state.terminal
                     and (node.id, iid) not in self._terminating
+                    and not _older_than(node, inst.updated_at + self.settings.status_interval)
                 ):
                     self._send_terminate(
                         node.id, iid, "instance is finished here", orphan=inst.state.terminal
@@ -1761,6 +1762,13 @@ class ClusterCore:
         """Join info of a node (core thread)."""
         node = self.nodes.get(node_id)
         return node.info if node else None
+
+
+def _older_than(node: NodeRecord, wall: float) -> bool:
+    """Whether the node's latest status was received before `wall` (so it may predate
+    the last change of an instance: a status that crossed a TERMINATE's ack still lists
+    the task, and is no reason to send the TERMINATE again)."""
+    return node.last_seen is None or node.last_seen < wall
 
 
 def _may_restart(inst: InstanceRecord, state: TaskState, restarts: int | None) -> bool:
