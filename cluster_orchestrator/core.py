@@ -74,6 +74,7 @@ from schemas.mqtt import (
     DeployMessage,
     PresenceMessage,
     StatusMessage,
+    TaskEvent,
     TaskEventMessage,
     TerminateCommand,
     TerminateMessage,
@@ -113,6 +114,9 @@ _TASK_TO_INSTANCE: dict[TaskState, InstanceState] = {
     TaskState.TERMINATED: InstanceState.TERMINATED,
     TaskState.SHED: InstanceState.SHED,
 }
+
+#: Task states in a status that prove the node holds a deployed task (see `_on_status`).
+_DEPLOYED = frozenset({TaskState.RUNNING, TaskState.PAUSED})
 
 #: Order of progress before a task runs: a status must not move an instance backwards.
 _PROGRESS = {
@@ -232,6 +236,8 @@ class ClusterCore:
         #: reservations, replicas per job and candidates, kept current (see `_decide`)
         self._index = PlacementIndex(self._build_candidate)
         self._pending: dict[str, PendingCommand] = {}
+        #: instance id -> id of its pending DEPLOY (at most one: `_deploy` drops older ones)
+        self._deploying: dict[str, str] = {}
         self._terminating: dict[tuple[str, str], str] = {}
         self._lags: list[float] = []
         #: latest figures of inference tasks from node statuses (memory only: they are
@@ -493,8 +499,13 @@ class ClusterCore:
         exit_code: int | None = None,
         data: dict[str, Any] | None = None,
         report: bool = True,
+        persist: bool = True,
     ) -> None:
-        """Change an instance's state: event, store, metrics, report."""
+        """Change an instance's state: event, store, metrics, report.
+
+        `persist=False` leaves the instance document to the caller's next write (a
+        placement writes it once, after SCHEDULED and ASSIGNED); the event is kept
+        either way."""
         if state is inst.state and reason == inst.reason and exit_code == inst.exit_code:
             return
         previous = inst.state
@@ -519,7 +530,8 @@ class ClusterCore:
             node_id=inst.node_id,
             data=ev_data,
         )
-        self._persist_instance(inst)
+        if persist:
+            self._persist_instance(inst)
         self._metrics.inc("edge_cluster_instance_transitions_total", {"state": state.value})
         if report:
             change = InstanceChange(
@@ -537,7 +549,7 @@ class ClusterCore:
                 if len(self._changes) > 10000:
                     del self._changes[: len(self._changes) - 10000]
             self._notify_report()
-        log.info(
+        log.debug(
             "instance %s %s -> %s on %s: %s",
             inst.id,
             previous.value,
@@ -559,12 +571,20 @@ class ClusterCore:
         return data
 
     def _drop_pending_deploys(self, instance_id: str) -> None:
-        for cid in [
-            c
-            for c, p in self._pending.items()
-            if p.kind == "deploy" and p.instance_id == instance_id
-        ]:
-            del self._pending[cid]
+        cid = self._deploying.pop(instance_id, None)
+        if cid is not None:
+            self._pending.pop(cid, None)
+
+    def _pop_pending(self, command_id: str) -> PendingCommand | None:
+        """Forget a pending command (and the deploy index entry pointing at it)."""
+        pending = self._pending.pop(command_id, None)
+        if (
+            pending is not None
+            and pending.kind == "deploy"
+            and self._deploying.get(pending.instance_id) == command_id
+        ):
+            del self._deploying[pending.instance_id]
+        return pending
 
     # ================================================================ nodes: join
 
@@ -699,7 +719,7 @@ class ClusterCore:
         self._by_node.pop(node_id, None)
         self._index.nodes_changed()
         for cid in [c for c, p in self._pending.items() if p.node_id == node_id]:
-            del self._pending[cid]
+            self._pop_pending(cid)
         for key in [k for k in self._terminating if k[0] == node_id]:
             del self._terminating[key]
         tomb: dict[str, Any] = {
@@ -760,8 +780,10 @@ class ClusterCore:
                 continue  # foreign: the reconcile pass terminates it
             if task.inference is not None:
                 self._inference[inst.id] = task.inference
-            else:
-                self._inference.pop(inst.id, None)
+            elif inst.id in self._inference:
+                del self._inference[inst.id]
+            if inst.id in self._deploying and task.state in _DEPLOYED:
+                self._deployed_by_status(inst, node)
             self._observe_task(
                 inst,
                 task.state,
@@ -771,6 +793,19 @@ class ClusterCore:
                 from_status=True,
                 restarts=task.restarts,
             )
+
+    def _deployed_by_status(self, inst: InstanceRecord, node: NodeRecord) -> None:
+        """The node lists the instance as running while its DEPLOY still waits for the
+        ack: the ack was lost (or is behind), and the status, a level, stands in for it,
+        so the instance is not moved away from a node that runs it."""
+        cid = self._deploying.get(inst.id)
+        pending = self._pending.get(cid) if cid is not None else None
+        if pending is None or pending.node_id != node.id:
+            return
+        self._pop_pending(pending.message.id)
+        self._metrics.inc("edge_cluster_acks_by_status_total")
+        inst.acked_at = self._mono()
+        inst.tried = []
 
     def _on_presence(self, message: PresenceMessage, inbound: Inbound) -> None:
         node = self.nodes.get(message.node_id)
@@ -794,32 +829,40 @@ class ClusterCore:
             self._on_node_transition(node, transition)
 
     def _on_task_event(self, message: TaskEventMessage) -> None:
-        event = message.payload
+        self._apply_task_event(message.node_id, message.ts, message.payload)
+
+    def _apply_task_event(self, node_id: str, ts: float, event: TaskEvent) -> None:
+        """A task state change reported by a node (a task event, or carried by an ack)."""
         inst = self.instances.get(event.instance_id)
-        if inst is None or inst.node_id != message.node_id:
+        if inst is None or inst.node_id != node_id:
             if not event.state.terminal:
-                self._terminate_orphan(message.node_id, event.instance_id, "not assigned here")
+                self._terminate_orphan(node_id, event.instance_id, "not assigned here")
             return
         self._observe_task(
             inst,
             event.state,
             event.reason,
             event.exit_code,
-            message.ts,
+            ts,
             from_status=False,
             data=event.data,
         )
 
     def _on_ack(self, message: AckMessage) -> None:
+        """A command's answer. Revision 2 engines put the state change the command caused
+        in it (`ack.event`): applied first, exactly as the separate task event that
+        older engines send before their ack."""
         ack = message.payload
         self._metrics.inc(
             "edge_cluster_acks_total",
             {"kind": ack.command_kind or "?", "result": "accepted" if ack.accepted else "refused"},
         )
+        if ack.event is not None:
+            self._apply_task_event(message.node_id, message.ts, ack.event)
         pending = self._pending.get(ack.command_id)
         if pending is None or pending.node_id != message.node_id:
             return  # late, duplicate or not ours
-        del self._pending[ack.command_id]
+        self._pop_pending(ack.command_id)
         inst = self.instances.get(pending.instance_id)
         if pending.kind == "deploy":
             if inst is None or inst.node_id != pending.node_id or inst.desired != "running":
@@ -955,7 +998,7 @@ class ClusterCore:
                     )
             for key in [k for k in self._terminating if k[0] == node.id]:
                 cid = self._terminating.pop(key)
-                self._pending.pop(cid, None)
+                self._pop_pending(cid)
         self._notify_report()
 
     def _tick_liveness(self, now: float) -> None:
@@ -1041,6 +1084,8 @@ class ClusterCore:
 
     def _send(self, message: CommandMessage, pending: PendingCommand) -> None:
         self._pending[message.id] = pending
+        if pending.kind == "deploy":
+            self._deploying[pending.instance_id] = message.id
         if not self._publish(message):
             log.warning("could not publish %s to %s now; will retry", message.kind, message.node_id)
 
@@ -1100,7 +1145,7 @@ class ClusterCore:
                 continue
             self._metrics.inc("edge_cluster_ack_timeouts_total", {"kind": pending.kind})
             if pending.kind == "deploy":
-                del self._pending[pending.message.id]
+                self._pop_pending(pending.message.id)
                 inst = self.instances.get(pending.instance_id)
                 if inst is None or inst.node_id != pending.node_id or inst.desired != "running":
                     continue
@@ -1113,7 +1158,7 @@ class ClusterCore:
                 continue
             node = self.nodes.get(pending.node_id)
             if node is None or node.liveness.state is Liveness.LOST:
-                del self._pending[pending.message.id]
+                self._pop_pending(pending.message.id)
                 self._terminating.pop((pending.node_id, pending.instance_id), None)
                 continue
             # terminate: resend the same command (idempotent) until acked or node lost
@@ -1201,7 +1246,12 @@ class ClusterCore:
         inst.placement = decision.to_dict(limit=10)
         return decision
 
-    def _assign(self, inst: InstanceRecord, decision: Decision, why: str) -> None:
+    def _assign(
+        self, inst: InstanceRecord, decision: Decision, why: str, *, report: bool = True
+    ) -> None:
+        """Put the instance on the chosen node and send the DEPLOY. `report=False` for a
+        fresh placement: the root learns the node from the placement answer, so the
+        ASSIGNED change does not travel twice (a node change later is reported)."""
         assert decision.chosen is not None
         self._set_node(inst, decision.chosen.id)
         inst.assigned_at = self._mono()
@@ -1212,6 +1262,7 @@ class ClusterCore:
             InstanceState.ASSIGNED,
             f"{why}: {decision.explain()}" if why else decision.explain(),
             data={"node_name": decision.chosen.name, "score": decision.score},
+            report=report,
         )
         self._deploy(inst)
 
@@ -1279,8 +1330,10 @@ class ClusterCore:
         if existing is not None:
             self._set_node(existing, None)
         self.instances[inst.id] = inst
-        self._transition(inst, InstanceState.SCHEDULED, "accepted by the cluster", report=False)
-        self._assign(inst, decision, "")
+        self._transition(
+            inst, InstanceState.SCHEDULED, "accepted by the cluster", report=False, persist=False
+        )
+        self._assign(inst, decision, "", report=False)
         return PlaceInstanceResponse(
             accepted=True,
             instance_id=inst.id,
@@ -1470,7 +1523,7 @@ class ClusterCore:
         """Compare what READY nodes report with the assignments and close the gaps.
 
         * a task on a node that does not hold its instance (or whose instance should
-          stop) is terminated;
+          stop, unless the status may predate the instance's last change) is terminated;
         * an instance whose node acked its DEPLOY but no longer lists it in a status
           received afterwards is redeployed there, counting a restart; beyond the
           spec's `max_restarts` it FAILs;
@@ -1491,6 +1544,7 @@ class ClusterCore:
                     inst.desired == "stopped"
                     and not task.state.terminal
                     and (node.id, iid) not in self._terminating
+                    and not _older_than(node, inst.updated_at + self.settings.status_interval)
                 ):
                     self._send_terminate(
                         node.id, iid, "instance is finished here", orphan=inst.state.terminal
@@ -1501,9 +1555,7 @@ class ClusterCore:
                     continue
                 if inst.acked_at is None or last_status < inst.acked_at + settle:
                     continue
-                if any(
-                    p.kind == "deploy" and p.instance_id == inst.id for p in self._pending.values()
-                ):
+                if inst.id in self._deploying:
                     continue
                 inst.restarts += 1
                 if inst.restarts > inst.spec.max_restarts:
@@ -1710,6 +1762,13 @@ class ClusterCore:
         """Join info of a node (core thread)."""
         node = self.nodes.get(node_id)
         return node.info if node else None
+
+
+def _older_than(node: NodeRecord, wall: float) -> bool:
+    """Whether the node's latest status was received before `wall` (so it may predate
+    the last change of an instance: a status that crossed a TERMINATE's ack still lists
+    the task, and is no reason to send the TERMINATE again)."""
+    return node.last_seen is None or node.last_seen < wall
 
 
 def _may_restart(inst: InstanceRecord, state: TaskState, restarts: int | None) -> bool:

@@ -38,6 +38,10 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_commands_total": ("counter", "commands published, by kind"),
     "edge_cluster_acks_total": ("counter", "command acks received, by result"),
     "edge_cluster_ack_timeouts_total": ("counter", "commands without ack in time, by kind"),
+    "edge_cluster_acks_by_status_total": (
+        "counter",
+        "DEPLOYs whose ack never came, taken as acknowledged by a status listing the task",
+    ),
     "edge_cluster_placements_total": ("counter", "placement decisions, by result"),
     "edge_cluster_instance_transitions_total": ("counter", "instance state changes, by state"),
     "edge_cluster_node_transitions_total": ("counter", "node liveness changes, by state"),
@@ -48,6 +52,10 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_joins_total": ("counter", "node joins, by result"),
     "edge_cluster_reports_total": ("counter", "reports sent to the root, by result"),
     "edge_cluster_store_errors_total": ("counter", "failed store writes"),
+    "edge_cluster_store_writes_coalesced_total": (
+        "counter",
+        "queued document writes dropped because a later queued write replaced them",
+    ),
     "edge_cluster_status_snapshots_total": ("counter", "node status documents written"),
     "edge_cluster_logs_requests_total": ("counter", "log reads from nodes, by outcome"),
     "edge_cluster_logs_late_replies_total": (

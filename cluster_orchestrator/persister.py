@@ -2,13 +2,15 @@
 
 The core loop keeps the authoritative state in memory and must never wait on disk
 (an fsync on a Raspberry Pi SD card takes milliseconds to tens of milliseconds). It
-hands every write to this thread, which applies them in order. Writes that the
-caller must know are durable (a join, before the credentials go out) carry a
-`concurrent.futures.Future` that completes after the write.
+hands every write to this thread, which applies them in order. It takes every write
+waiting at once and drops those that a later write of the same document among them
+replaces (`coalesce`): the store then holds the newest version sooner, never an older
+one after a newer. Writes that the caller must know are durable (a join, before the
+credentials go out) carry a `concurrent.futures.Future` that completes after the write.
 
 Only this thread writes; readers (startup load, event queries) may read the store
-directly, since the store is thread-safe. Consecutive puts waiting in the queue are
-written with one `Store.put_many` call (up to `MAX_BATCH` documents): on SQLite one
+directly, since the store is thread-safe. Consecutive puts among the writes taken
+together are written with one `Store.put_many` call (up to `MAX_DOCS` documents): on SQLite one
 transaction, so one commit and one fsync for all of them instead of one each; a
 future completes once its batch is committed. A failed batch is retried one write at
 a time, so a bad document fails alone.
@@ -27,12 +29,15 @@ from typing import Any
 from cluster_orchestrator.metrics import Metrics
 from store import Store, StoreError
 
-__all__ = ["MAX_BATCH", "Persister"]
+__all__ = ["MAX_BATCH", "MAX_DOCS", "Persister", "coalesce"]
 
 log = logging.getLogger(__name__)
 
-#: At most this many documents per store call (one transaction on SQLite).
-MAX_BATCH = 500
+MAX_BATCH = 1000
+"""At most this many queued writes are taken (and coalesced) at once."""
+
+MAX_DOCS = 500
+"""At most this many documents per store call (one transaction on SQLite)."""
 
 
 @dataclass(slots=True)
@@ -44,8 +49,55 @@ class _Op:
     done: Future[None] | None = field(default=None)
 
 
+def coalesce(batch: list[_Op], metrics: Metrics | None = None) -> list[_Op]:
+    """Drop the writes of a batch that a later write of the same document in the same
+    batch replaces (the core often changes an instance twice before its first write
+    lands). Order is kept; nothing is dropped across an operation that waits for its
+    write (a `flush`, a `put(wait=True)`), so a flush still covers every earlier write."""
+    out: list[_Op] = []
+    segment: list[_Op] = []
+    dropped = 0
+
+    def close_segment() -> None:
+        nonlocal dropped
+        last: dict[tuple[str, str], int] = {}
+        for i, op in enumerate(segment):
+            key = _single_key(op)
+            if key is not None:
+                last[key] = i
+        for i, op in enumerate(segment):
+            key = _single_key(op)
+            if key is not None and last[key] != i:
+                dropped += 1
+                continue
+            out.append(op)
+        segment.clear()
+
+    for op in batch:
+        if op.done is not None:
+            close_segment()
+            out.append(op)
+        else:
+            segment.append(op)
+    close_segment()
+    if dropped and metrics is not None:
+        metrics.inc("edge_cluster_store_writes_coalesced_total", value=dropped)
+    return out
+
+
+def _single_key(op: _Op) -> tuple[str, str] | None:
+    """The document one put or delete writes (None for batches and flushes)."""
+    if op.kind == "delete":
+        return (op.collection, op.id)
+    if op.kind == "put" and len(op.docs) == 1:
+        doc_id = op.docs[0].get("_id")
+        return (op.collection, str(doc_id)) if doc_id is not None else None
+    return None
+
+
 class Persister:
-    """Apply store writes in order on one background thread."""
+    """Apply store writes in order on one background thread (queued writes are taken
+    together and a document written twice in them is written once: `coalesce`)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
@@ -103,34 +155,47 @@ class Persister:
         self._started = False
 
     def _run(self) -> None:
-        carried = False  # `op` was taken from the queue already, while gathering a batch
-        op: _Op | None = None
         while True:
-            if not carried:
-                op = self._queue.get()
-            carried = False
-            if op is None:
+            first = self._queue.get()
+            if first is None:
                 return
-            if op.kind != "put":
-                self._apply(op)
-                continue
-            # consecutive puts go to the store together: one transaction, one fsync
-            batch = [op]
-            size = len(op.docs)
-            while size < MAX_BATCH:
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
                 try:
-                    following = self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if following is None or following.kind != "put":
-                    op, carried = following, True
+                if nxt is None:
+                    stop = True
                     break
-                batch.append(following)
-                size += len(following.docs)
-            self._put_batch(batch)
+                batch.append(nxt)
+            self._write(coalesce(batch, self._metrics))
+            if stop:
+                return
+
+    def _write(self, ops: list[_Op]) -> None:
+        """Apply `ops` in order; consecutive puts go to the store in one `put_many` call
+        of at most `MAX_DOCS` documents (a flush or a delete ends a run)."""
+        run: list[_Op] = []
+        size = 0
+        for op in ops:
+            if op.kind == "put":
+                if run and size + len(op.docs) > MAX_DOCS:
+                    self._put_batch(run)
+                    run, size = [], 0
+                run.append(op)
+                size += len(op.docs)
+                continue
+            if run:
+                self._put_batch(run)
+                run, size = [], 0
+            self._apply(op)
+        if run:
+            self._put_batch(run)
 
     def _put_batch(self, batch: list[_Op]) -> None:
-        """Write a batch of puts in one store call; on failure, one by one (so that one
+        """Write a run of puts in one store call; on failure, one by one (so that one
         bad write fails alone, with its own error)."""
         try:
             self._store.put_many([(op.collection, doc) for op in batch for doc in op.docs])

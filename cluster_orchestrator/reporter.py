@@ -12,7 +12,7 @@ Runs on its own thread so a slow or absent root never delays the core loop:
   it and registers as a new cluster;
 * reports, latency first: an instance or capacity change wakes the reporter. After a
   quiet spell the change goes out after a `COALESCE_S` (5 ms) delay, so that changes
-  arriving together (a task's STARTING and RUNNING) share a report. Under load the
+  arriving together (e.g. a drain's moves) share a report. Under load the
   batching is natural: one report is in flight at a time, and whatever changed
   meanwhile goes out in the next one as soon as it returns, with no delay.
   ``report_debounce`` (default 0: off) optionally sets a least time between the
@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 
 REGISTRATION_DOC = "root_registration"
 MAX_BACKOFF_S = 30.0
-#: Changes that follow a quiet spell wait this long for their companions (a task's
-#: STARTING and RUNNING arrive together) before the report goes out.
+#: Changes that follow a quiet spell wait this long for their companions (changes made
+#: by one decision, or by messages that arrived together) before the report goes out.
 COALESCE_S = 0.005
 
 

@@ -35,7 +35,8 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from node_engine.logs import DEFAULT_READERS, LogJob, LogServer, TaskSnapshot, error_chunk
@@ -51,7 +52,7 @@ from node_engine.mqtt import (
     Published,
     Transport,
 )
-from node_engine.state import CommandOutcome, Outbox, SeenCommands
+from node_engine.state import CommandOutcome, Outbox, SeenCommands, fsync_dir
 from node_engine.supervisor import (
     OpDone,
     Operation,
@@ -94,6 +95,9 @@ DEFAULT_WORKERS = 4
 
 DEFAULT_SHUTDOWN_WAIT = 5.0
 """Seconds a stopping engine waits for runtime calls in progress before abandoning them."""
+
+OUTBOX_REMOVALS_S = 5.0
+"""Delivered outbox entries are written away at least this often (`Outbox.save`)."""
 
 Receipt = tuple[int, int, int]
 """(mid, qos, generation) of one delivery of a command: what `Transport.ack` needs."""
@@ -183,6 +187,9 @@ class OpenCommand:
     receipts: list[Receipt]
     received: float
     """The engine clock when it was first handled (for the log)."""
+    changes: list[TaskChange] = field(default_factory=list)
+    """State changes of the command's instance made by the command so far; the ack
+    carries the result (see `Engine._finish`)."""
 
 
 def offline_presence(node_id: str, engine_version: str, reason: str) -> bytes:
@@ -254,21 +261,34 @@ class Engine:
         self._stopping = False
         self._online = False  # set once the Connected item was handled (presence went first)
         self.log_server = LogServer(node_id, self._publish_logs, threads=log_readers)
+        #: the command whose runtime work is being applied: its instance's changes go
+        #: into its ack (one message per fact), not into task events of their own
+        self._capture: OpenCommand | None = None
+        self._removals_saved = clock()
 
     # ----- outgoing -----
 
     def _emit(self, change: TaskChange) -> None:
+        capture = self._capture
+        if capture is not None and change.instance_id == capture.message.payload.instance_id:
+            capture.changes.append(change)
+            return
+        self._send_event(change)
+
+    def _task_event(self, change: TaskChange, previous: TaskState | None) -> TaskEvent:
+        return TaskEvent(
+            instance_id=change.instance_id,
+            state=change.state,
+            previous=previous,
+            reason=change.reason,
+            exit_code=change.exit_code,
+            seq=self.outbox.take_seq(),
+            data=change.data,
+        )
+
+    def _send_event(self, change: TaskChange) -> None:
         event = TaskEventMessage(
-            node_id=self.node_id,
-            payload=TaskEvent(
-                instance_id=change.instance_id,
-                state=change.state,
-                previous=change.previous,
-                reason=change.reason,
-                exit_code=change.exit_code,
-                seq=self.outbox.take_seq(),
-                data=change.data,
-            ),
+            node_id=self.node_id, payload=self._task_event(change, change.previous)
         )
         self.outbox.append(self._topics[Channel.EVENTS], encode(event))
 
@@ -282,6 +302,7 @@ class Engine:
         accepted: bool | None = None,
         reason: str = "",
         instance_id: str | None = None,
+        event: TaskEvent | None = None,
     ) -> None:
         ack = CommandAck(
             command_id=command_id[:128],
@@ -290,6 +311,7 @@ class Engine:
             accepted=outcome.accepted if outcome else bool(accepted),
             duplicate=duplicate,
             reason=(outcome.reason if outcome else reason)[:1024],
+            event=event,
         )
         message = AckMessage(node_id=self.node_id, payload=ack)
         self.outbox.append(self._topics[Channel.EVENTS], encode(message))
@@ -389,13 +411,13 @@ class Engine:
         receipt: Receipt = (item.mid, item.qos, item.generation)
         previous = self.seen.get(message.id)
         if previous is not None:
-            log.info("command %s (%s) seen before: acknowledging again", message.id, kind)
+            log.debug("command %s (%s) seen before: acknowledging again", message.id, kind)
             self._ack(message.id, kind, previous, duplicate=True)
             self._pubacks.append(receipt)
             return
         pending = self._open.get(message.id)
         if pending is not None:  # redelivered while in progress: answered with the original
-            log.info("command %s (%s) is in progress: answering it when done", message.id, kind)
+            log.debug("command %s (%s) is in progress: answering it when done", message.id, kind)
             pending.receipts.append(receipt)
             return
         command = OpenCommand(message, [receipt], self._clock())
@@ -417,22 +439,34 @@ class Engine:
         """Hand a command to the supervisor; finish it now if its outcome is known."""
         message = command.message
         outcome: CommandOutcome | None
-        if isinstance(message, DeployMessage):
-            cmd = message.payload
-            outcome = self.supervisor.deploy(cmd.instance_id, cmd.job_id, cmd.spec, message.id)
-        else:
-            term = message.payload
-            outcome = self.supervisor.terminate(term.instance_id, term.reason, message.id)
+        self._capture = command
+        try:
+            if isinstance(message, DeployMessage):
+                cmd = message.payload
+                outcome = self.supervisor.deploy(cmd.instance_id, cmd.job_id, cmd.spec, message.id)
+            else:
+                term = message.payload
+                outcome = self.supervisor.terminate(term.instance_id, term.reason, message.id)
+        finally:
+            self._capture = None
         if outcome is not None:
             self._finish(command, outcome)
 
     def _finish(self, command: OpenCommand, outcome: CommandOutcome) -> None:
         """Remember the outcome and answer every delivery of the command (PUBACK after the
-        next commit)."""
+        next commit).
+
+        One message per fact: the state the command left its instance in (a deploy's
+        RUNNING or FAILED, a terminate's TERMINATED) travels in the first ack as its
+        `event`, not as a task event of its own; the intermediate STARTING of a deploy
+        (persisted before the runtime acted) is not sent: while the runtime call lasts,
+        the status lists the task as STARTING. The event's `previous` is the state before
+        the command.
+        """
         message = command.message
         self._open.pop(message.id, None)
         self.seen.add(message.id, outcome)
-        log.info(
+        log.debug(
             "command %s %s %s: %s%s (%.0f ms)",
             message.kind,
             outcome.instance_id,
@@ -441,16 +475,28 @@ class Engine:
             f" ({outcome.reason})" if outcome.reason else "",
             (self._clock() - command.received) * 1000,
         )
+        changes, command.changes = command.changes, []
+        event = self._task_event(changes[-1], changes[0].previous) if changes else None
         for i, receipt in enumerate(command.receipts):
-            self._ack(message.id, message.kind, outcome, duplicate=i > 0)
+            self._ack(message.id, message.kind, outcome, duplicate=i > 0, event=event)
+            event = None
             self._pubacks.append(receipt)
 
     def _on_done(self, done: OpDone) -> None:
         """A runtime call finished: apply it, answer its command, run what waited for it."""
-        outcome = self.supervisor.complete(done)
         command = self._open.get(done.op.command_id) if done.op.command_id else None
-        if command is not None and outcome is not None:
-            self._finish(command, outcome)
+        self._capture = command
+        try:
+            outcome = self.supervisor.complete(done)
+        finally:
+            self._capture = None
+        if command is not None:
+            if outcome is not None:
+                self._finish(command, outcome)
+            else:  # not answered by this result (abandoned): report what changed
+                for change in command.changes:
+                    self._send_event(change)
+                command.changes = []
         self._run_waiting(done.op.instance_id)
 
     def _run_waiting(self, instance_id: str) -> None:
@@ -526,9 +572,19 @@ class Engine:
         """Group commit: write what changed (tasks, seen commands, outbox), then PUBACK the
         commands answered since the last commit, then start the operations whose intent
         is now on disk."""
-        self.store.commit()
-        self.seen.save()
-        self.outbox.save()
+        written: set[Path] = set()
+        if self.store.commit(sync_dir=False):
+            written.add(self.store.path.parent)
+        if self.seen.save(sync_dir=False) and self.seen.path is not None:
+            written.add(self.seen.path.parent)
+        now = self._clock()
+        removals = now - self._removals_saved >= OUTBOX_REMOVALS_S or self._stopping
+        if self.outbox.dirty or (removals and self.outbox.stale):
+            if self.outbox.save(removals=True, sync_dir=False) and self.outbox.path is not None:
+                written.add(self.outbox.path.parent)
+            self._removals_saved = now
+        for directory in written:  # this commit's renames are durable before any ack
+            fsync_dir(directory)
         pubacks, self._pubacks = self._pubacks, []
         for mid, qos, generation in pubacks:
             self.transport.ack(mid, qos, generation)

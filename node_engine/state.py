@@ -15,7 +15,11 @@ fsync) so that a SIGKILL or a power cut leaves either the old or the new version
 
 Each keeps a `dirty` flag: the engine changes them in memory while it handles a batch of
 queue items and writes what changed once per batch (`commit()` / `save()`), before it
-acknowledges anything to the broker (group commit).
+acknowledges anything to the broker (group commit). Writing costs what changed, not what
+is there: a task record and a seen command keep their JSON text until they change, and
+the outbox writes a removal (the broker acknowledged an entry) only with the next append
+or at `save(removals=True)` (the engine does that every few seconds), since a removal
+that did not reach the disk costs at most a duplicate after a crash, never a loss.
 
 Everything here is plain data and file I/O; no threads, no MQTT.
 """
@@ -26,14 +30,13 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from node_engine.runtimes.base import TaskHandle
 from schemas.job import TaskSpec, TaskState
@@ -47,14 +50,19 @@ SYSTEM_STOP_FILE = "system-stop.json"
 STATE_VERSION = 1
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, sync_dir: bool = True) -> None:
     """Replace `path` with `data` atomically and durably, with file mode `mode`.
 
     Writes a temp file in the same directory, fsyncs it, renames it over `path` and
-    fsyncs the directory, so readers see the old or the new content, never a mix.
+    fsyncs the directory, so readers see the old or the new content, never a mix. The
+    temp file is named after the target and this process (the engine is the one writer
+    of its state files), which spares a random name per write. `sync_dir=False` leaves
+    the directory fsync to the caller: the engine writes several files in one commit and
+    fsyncs their directory once, before it acknowledges anything.
     """
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -66,7 +74,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -129,6 +138,29 @@ class TaskRecord(BaseModel):
     )
     stop_reason: str = ""
 
+    _json: str | None = PrivateAttr(default=None)
+    """This record's JSON text as last written; any assignment to a field drops it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name != "_json":
+            self._json = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskRecord):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # the fields, not the cached text
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any BaseModel
+
+    def json_text(self) -> str:
+        """The record as JSON (cached until a field is assigned: fields hold immutable
+        values, e.g. a new `TaskHandle`, never one changed in place)."""
+        text = self._json
+        if text is None:
+            text = self._json = self.model_dump_json()
+        return text
+
 
 class TaskStore:
     """The desired tasks, persisted to ``tasks.json``.
@@ -159,11 +191,11 @@ class TaskStore:
         """Note that a record changed (written at the next `commit()`)."""
         self.dirty = True
 
-    def commit(self) -> bool:
+    def commit(self, *, sync_dir: bool = True) -> bool:
         """Write the records if anything changed since the last write; True if written."""
         if not self.dirty:
             return False
-        self.save()
+        self.save(sync_dir=sync_dir)
         return True
 
     def load(self) -> dict[str, TaskRecord]:
@@ -179,13 +211,11 @@ class TaskStore:
         self.dirty = False
         return self.tasks
 
-    def save(self) -> None:
-        """Write all records atomically."""
-        body = {
-            "version": STATE_VERSION,
-            "tasks": {k: r.model_dump(mode="json") for k, r in self.tasks.items()},
-        }
-        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+    def save(self, *, sync_dir: bool = True) -> None:
+        """Write all records atomically (each record's JSON is reused while unchanged)."""
+        tasks = ",".join(f"{json.dumps(k)}:{r.json_text()}" for k, r in self.tasks.items())
+        body = f'{{"version":{STATE_VERSION},"tasks":{{{tasks}}}}}'
+        atomic_write(self.path, body.encode(), sync_dir=sync_dir)
         self.dirty = False
         if self._drop_system_stop:
             self._drop_system_stop = False
@@ -235,6 +265,8 @@ class SeenCommands:
         self.path = path
         self.capacity = capacity
         self._items: OrderedDict[str, CommandOutcome] = OrderedDict()
+        self._json: dict[str, str] = {}
+        """command id -> its entry's JSON text (built once, at `add`)."""
         self.dirty = False
 
     def __len__(self) -> int:
@@ -254,8 +286,19 @@ class SeenCommands:
         """Remember a command; the least recently used id goes when full."""
         self._items[command_id] = outcome
         self._items.move_to_end(command_id)
+        self._json[command_id] = json.dumps(
+            {
+                "id": command_id,
+                "kind": outcome.kind,
+                "accepted": outcome.accepted,
+                "reason": outcome.reason,
+                "instance_id": outcome.instance_id,
+            },
+            separators=(",", ":"),
+        )
         while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            old, _ = self._items.popitem(last=False)
+            self._json.pop(old, None)
         self.dirty = True
 
     def load(self) -> None:
@@ -264,6 +307,7 @@ class SeenCommands:
             return
         data = read_json(self.path)
         self._items.clear()
+        self._json.clear()
         if not isinstance(data, dict):
             return
         for item in data.get("commands") or []:
@@ -279,23 +323,16 @@ class SeenCommands:
                 continue
         self.dirty = False
 
-    def save(self) -> None:
-        """Write the ids atomically (only when one was added since the last write)."""
+    def save(self, *, sync_dir: bool = True) -> bool:
+        """Write the ids atomically (only when one was added since the last write);
+        True if written."""
         if self.path is None or not self.dirty:
-            return
-        items = [
-            {
-                "id": cid,
-                "kind": o.kind,
-                "accepted": o.accepted,
-                "reason": o.reason,
-                "instance_id": o.instance_id,
-            }
-            for cid, o in self._items.items()
-        ]
-        body = {"version": STATE_VERSION, "commands": items}
-        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+            return False
+        items = ",".join(self._json[cid] for cid in self._items)
+        body = f'{{"version":{STATE_VERSION},"commands":[{items}]}}'
+        atomic_write(self.path, body.encode(), sync_dir=sync_dir)
         self.dirty = False
+        return True
 
 
 # ---------------------------------------------------------------- outbox
@@ -318,6 +355,11 @@ class Outbox:
     ``outbox.json``) across engine restarts. When full, the oldest entry is dropped and
     counted in `dropped`. `next_seq` is the per-node event sequence, persisted with the
     entries so it keeps increasing across restarts.
+
+    An append makes the outbox `dirty` (written at the next `save()`); a removal only
+    `stale`: it is written with the next append, or by `save(removals=True)`. A removal
+    lost in a crash makes the entry go out once more after the restart (a duplicate,
+    which consumers tolerate), so it is not worth a disk write of its own per message.
     """
 
     def __init__(self, path: Path | None, capacity: int = 10_000) -> None:
@@ -330,6 +372,8 @@ class Outbox:
         self._entries: deque[OutboxEntry] = deque()
         self._next_key = 1
         self.dirty = False
+        self.stale = False
+        """Entries were removed since the last write (see the class docstring)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -365,7 +409,7 @@ class Outbox:
         for i, entry in enumerate(self._entries):
             if entry.key == key:
                 del self._entries[i]
-                self.dirty = True
+                self.stale = True
                 return True
         return False
 
@@ -389,11 +433,13 @@ class Outbox:
             except (KeyError, TypeError, ValueError):
                 continue
         self.dirty = False
+        self.stale = False
 
-    def save(self) -> None:
-        """Write entries and counters atomically (only when something changed)."""
-        if self.path is None or not self.dirty:
-            return
+    def save(self, *, removals: bool = False, sync_dir: bool = True) -> bool:
+        """Write entries and counters atomically when something was appended (or, with
+        `removals`, also when entries were only removed); True if written."""
+        if self.path is None or not (self.dirty or (removals and self.stale)):
+            return False
         body = {
             "version": STATE_VERSION,
             "next_seq": self.next_seq,
@@ -403,5 +449,7 @@ class Outbox:
                 for e in self._entries
             ],
         }
-        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode())
+        atomic_write(self.path, json.dumps(body, separators=(",", ":")).encode(), sync_dir=sync_dir)
         self.dirty = False
+        self.stale = False
+        return True

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from node_engine.inference.stats import StatsReader, stats_path
@@ -189,6 +190,7 @@ class Supervisor:
         self._stats = StatsReader()
         self._ops: dict[str, Operation] = {}
         self._to_submit: list[Operation] = []
+        self._stats_paths: dict[str, tuple[TaskHandle | None, Path | None]] = {}
 
     @property
     def tasks(self) -> dict[str, TaskRecord]:
@@ -305,7 +307,7 @@ class Supervisor:
             rec.exit_code = exit_code
         if persist:
             self._persist()
-        log.info(
+        log.debug(  # every change is reported (and kept by the cluster): no INFO line each
             "task %s: %s -> %s%s",
             rec.instance_id,
             previous,
@@ -493,7 +495,7 @@ class Supervisor:
         if was_active:
             previous = rec.state
             text = reason or "terminated by command"
-            log.info("task %s: %s -> TERMINATED (%s)", instance_id, previous, text)
+            log.debug("task %s: %s -> TERMINATED (%s)", instance_id, previous, text)
             self._emit(TaskChange(instance_id, TaskState.TERMINATED, previous, text[:1024]))
         return CommandOutcome("terminate", True, "", instance_id)
 
@@ -528,9 +530,18 @@ class Supervisor:
                 self._restart(rec)
         self._prune_finished()
 
+    def _stats_path(self, rec: TaskRecord) -> Path | None:
+        """`stats_path` of the task, computed once per handle."""
+        cached = self._stats_paths.get(rec.instance_id)
+        if cached is not None and cached[0] is rec.handle:
+            return cached[1]
+        path = stats_path(rec.spec, rec.handle)
+        self._stats_paths[rec.instance_id] = (rec.handle, path)
+        return path
+
     def _read_inference(self, rec: TaskRecord) -> None:
         """The figures an inference worker wrote (issue 7); one stat() when unchanged."""
-        path = stats_path(rec.spec, rec.handle) if rec.state in ACTIVE else None
+        path = self._stats_path(rec) if rec.state in ACTIVE else None
         stats = self._stats.read(path) if path is not None else None
         if stats is None:
             self._inference.pop(rec.instance_id, None)
@@ -539,6 +550,7 @@ class Supervisor:
 
     def _forget_inference(self, rec: TaskRecord) -> None:
         self._inference.pop(rec.instance_id, None)
+        self._stats_paths.pop(rec.instance_id, None)
         path = stats_path(rec.spec, rec.handle)
         if path is not None:
             self._stats.forget(path)

@@ -25,6 +25,12 @@ from schemas.job import TaskSpec, TaskState
 from schemas.node import NodeStatus
 
 PROTOCOL_VERSION: Literal[1] = 1
+PROTOCOL_REVISION = 2
+"""Compatible additions within envelope version 1 (docs/protocol.md, "Revisions"):
+1: the first; 2: a command's ack carries the state change it caused (`CommandAck.event`)
+instead of a separate `task_event`. A cluster understands engines of every revision; a
+revision 2 engine needs a revision 2 cluster (a revision 1 cluster refuses the unknown
+field as `invalid`): upgrade clusters before their nodes."""
 TOPIC_PREFIX = "edge/v1/nodes"
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -91,17 +97,6 @@ class TerminateCommand(StrictModel):
     reason: Text = ""
 
 
-class CommandAck(StrictModel):
-    """A node's answer to a command: accepted, or refused with the reason."""
-
-    command_id: ShortText
-    command_kind: ShortText
-    instance_id: Id | None = None
-    accepted: bool
-    duplicate: bool = Field(default=False, description="the command was seen before")
-    reason: Text = ""
-
-
 class TaskEvent(StrictModel):
     """A task state change on a node, or a decision about a task (e.g. shedding)."""
 
@@ -112,6 +107,27 @@ class TaskEvent(StrictModel):
     exit_code: int | None = None
     seq: int = Field(default=0, ge=0, description="per-node event counter")
     data: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+class CommandAck(StrictModel):
+    """A node's answer to a command: accepted, or refused with the reason.
+
+    `event` (protocol revision 2) is the state change the command caused, e.g. a
+    deploy's RUNNING or FAILED or a terminate's TERMINATED: it travels in the ack instead
+    of a `task_event` of its own (one message per fact). Only the first answer to a
+    command carries it, never a duplicate. An engine of revision 1 leaves it out and
+    sends task events; the cluster understands both.
+    """
+
+    command_id: ShortText
+    command_kind: ShortText
+    instance_id: Id | None = None
+    accepted: bool
+    duplicate: bool = Field(default=False, description="the command was seen before")
+    reason: Text = ""
+    event: TaskEvent | None = Field(
+        default=None, description="the state change the command caused (revision 2)"
+    )
 
 
 class LogsRequest(StrictModel):
@@ -344,6 +360,17 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MessageError("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:  # a valid message: parsed and validated in one pass (half the cost)
+        message = _MESSAGE.validate_json(raw)
+    except ValidationError:
+        message = _decode_checked(raw)  # says exactly what is wrong
+    if topic_name is not None:
+        _check_topic(message, topic_name)
+    return message
+
+
+def _decode_checked(raw: bytes | str) -> Message:
+    """Parse step by step, raising the `MessageError` that names the problem."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -362,23 +389,25 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
             "unknown_kind", f"unknown message kind {kind!r}; expected one of {sorted(KINDS)}"
         )
     try:
-        message = _MESSAGE.validate_python(data)
+        return _MESSAGE.validate_python(data)
     except ValidationError as exc:
         raise MessageError("invalid", describe_validation_error(exc)) from None
-    if topic_name is not None:
-        try:
-            node_id, channel = parse_topic(topic_name)
-        except ValueError as exc:
-            raise MessageError("bad_topic", str(exc)) from None
-        if message.node_id != node_id:
-            raise MessageError(
-                "node_mismatch", f"envelope node_id {message.node_id!r} != topic node {node_id!r}"
-            )
-        if message.kind not in CHANNEL_KINDS[channel]:
-            raise MessageError(
-                "wrong_channel", f"kind {message.kind!r} is not allowed on {channel.value!r}"
-            )
-    return message
+
+
+def _check_topic(message: Message, topic_name: str) -> None:
+    """The message must be about the topic's node and allowed on its channel."""
+    try:
+        node_id, channel = parse_topic(topic_name)
+    except ValueError as exc:
+        raise MessageError("bad_topic", str(exc)) from None
+    if message.node_id != node_id:
+        raise MessageError(
+            "node_mismatch", f"envelope node_id {message.node_id!r} != topic node {node_id!r}"
+        )
+    if message.kind not in CHANNEL_KINDS[channel]:
+        raise MessageError(
+            "wrong_channel", f"kind {message.kind!r} is not allowed on {channel.value!r}"
+        )
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:

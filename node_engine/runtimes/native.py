@@ -290,6 +290,21 @@ def _read_at(path: Path, offset: int, length: int) -> bytes:
         return b""
 
 
+_CMDLINE_MAX = 1 << 20
+"""Bytes of /proc/<pid>/cmdline read to compare a wrapper with its child."""
+
+
+class _TaskFiles(NamedTuple):
+    """What status() needs of one task's handle, computed once (see `NativeRuntime._files`)."""
+
+    key: tuple[int | None, float | None, str | None]
+    result: str
+    stopped: str
+    paused: str
+    cgroup: cgroups.TaskCgroup | None
+    procs: tuple[str, ...]
+
+
 class _Stat(NamedTuple):
     """The fields of `/proc/<pid>/stat` the runtime uses."""
 
@@ -428,6 +443,8 @@ class NativeRuntime:
         """pid -> (start ticks, cpu ticks, monotonic time, last percent) of the last sample."""
         self._cpu_pruned = time.monotonic()
         self._boot_time = _boot_time()
+        self._files_cache: dict[str, _TaskFiles] = {}
+        """instance id -> its file names and cgroup (see `_files`)."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -563,14 +580,13 @@ class NativeRuntime:
         """copytruncate the log when it is over `max_log_bytes` (see module docstring)."""
         if not handle.log_path:
             return
-        log = Path(handle.log_path)
         try:
-            if log.stat().st_size <= self.max_log_bytes:
+            if os.stat(handle.log_path).st_size <= self.max_log_bytes:
                 return
         except OSError:
             return
         with self._log_lock:
-            self._rotate(log)
+            self._rotate(Path(handle.log_path))
 
     def _rotate(self, log: Path) -> None:
         offset_path = log.with_name(log.name + ".offset")
@@ -717,10 +733,8 @@ class NativeRuntime:
             if cg is not None:
                 cg.remove()
             raise RuntimeFailure(f"cannot start task: {exc}") from exc
-        try:
-            create_time = psutil.Process(popen.pid).create_time()
-        except psutil.Error:
-            create_time = time.time()
+        st = _read_stat(popen.pid)
+        create_time = self._created(st) if st is not None else time.time()
         self._popen[instance_id] = popen
         handle = TaskHandle(
             instance_id=instance_id,
@@ -743,29 +757,64 @@ class NativeRuntime:
         Until the exec, the child still runs the wrapper's signal handlers (dash uses
         vfork), so a SIGTERM from a stop() right after deploy would be swallowed by the
         wrapper's trap and the task would only die by SIGKILL after the stop timeout.
-        Costs a few /proc reads at deploy (typically < 5 ms).
+        Costs two or three small /proc reads per look (the wrapper's ``children`` list and
+        its child's command line; a psutil scan of the whole of /proc where the kernel has
+        no ``children`` file), typically one or two looks.
         """
-        try:
-            wrapper = psutil.Process(popen.pid)
-            own = wrapper.cmdline()
-        except psutil.Error:
+        pid = popen.pid
+        own = _read_raw(f"/proc/{pid}/cmdline", _CMDLINE_MAX)
+        if own is None:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and popen.poll() is None:
+        children_file = f"/proc/{pid}/task/{pid}/children"
+        wrapper: psutil.Process | None = None
+        own_args: list[str] = []
+        if not os.path.exists(children_file):
             try:
-                children = wrapper.children()
-                if children and children[0].cmdline() != own:
-                    return
+                wrapper = psutil.Process(pid)
+                own_args = wrapper.cmdline()
             except psutil.Error:
                 return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and popen.poll() is None:
+            if wrapper is None:
+                raw = _read_raw(children_file)
+                if raw is None:
+                    return
+                kids = raw.split()
+                if kids and _read_raw(f"/proc/{int(kids[0])}/cmdline", _CMDLINE_MAX) != own:
+                    return
+            else:
+                try:
+                    children = wrapper.children()
+                    if children and children[0].cmdline() != own_args:
+                        return
+                except psutil.Error:
+                    return
             time.sleep(0.001)
+
+    def _any_member(self, handle: TaskHandle, cg: cgroups.TaskCgroup | None) -> bool:
+        """Whether a live process of the task is left (what `_members` finds, but a
+        process group that is gone costs one `killpg(0)` instead of a /proc scan)."""
+        if cg is not None:
+            stats = [st for pid in cg.pids() if (st := _read_stat(pid)) is not None]
+            if self._owned(handle, stats):
+                return True
+        if handle.pid is None or not self._group_safe(handle):
+            return False
+        try:
+            os.killpg(handle.pid, 0)
+        except ProcessLookupError:
+            return False  # no process at all in the group
+        except PermissionError:
+            pass
+        return bool(_ProcScan().group(handle.pid))  # members, or only zombies?
 
     def _wait_gone(
         self, handle: TaskHandle, cg: cgroups.TaskCgroup | None, deadline: float
     ) -> bool:
         while True:
             self._reap(handle)
-            if not self._members(handle, cg)[0]:
+            if not self._any_member(handle, cg):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -820,6 +869,7 @@ class NativeRuntime:
         if cg is not None:
             cg.remove()
         self._popen.pop(handle.instance_id, None)
+        self._files_cache.pop(handle.instance_id, None)
 
     def pause(self, handle: TaskHandle) -> None:
         """SIGSTOP every process of the task (group and cgroup); remembered in a marker
@@ -885,32 +935,79 @@ class NativeRuntime:
             cg.remove(timeout_s=0.5)
         return obs
 
+    def _files(self, handle: TaskHandle) -> _TaskFiles:
+        """The task's file names and cgroup, built once per handle (status() runs for
+        every task at every tick: no Path objects, no parsing of the handle there)."""
+        key = (handle.pid, handle.pid_create_time, handle.log_path)
+        cached = self._files_cache.get(handle.instance_id)
+        if cached is not None and cached.key == key:
+            return cached
+        d = str(self._dir(handle))
+        cg = cgroups.TaskCgroup.from_extra(handle.extra)
+        files = _TaskFiles(
+            key=key,
+            result=os.path.join(d, "result.json"),
+            stopped=os.path.join(d, "stopped"),
+            paused=os.path.join(d, "paused"),
+            cgroup=cg,
+            procs=tuple(str(f) for f in cg.procs_files()) if cg is not None else (),
+        )
+        self._files_cache[handle.instance_id] = files
+        return files
+
+    def _cgroup_stats(self, files: _TaskFiles, known: _Stat) -> list[_Stat]:
+        """The live processes listed in the task's cgroup: one read of a `cgroup.procs`
+        (the task's processes are in each of its controllers' directories alike: the
+        wrapper joined all of them before it started the program), and one /proc read
+        per process but `known` (the wrapper, just read)."""
+        pids: set[int] = set()
+        for path in files.procs:
+            raw = _read_raw(path, 65536)
+            if raw is None:
+                continue  # this controller's directory is gone: try the next one
+            with contextlib.suppress(ValueError):
+                pids.update(int(x) for x in raw.split())
+            break
+        out = []
+        for pid in sorted(pids):
+            st = known if pid == known.pid else _read_stat(pid)
+            if st is not None:
+                out.append(st)
+        return out
+
     def status(self, handle: TaskHandle) -> TaskObservation:
         """RUNNING/PAUSED with CPU and memory of the whole task, or the final result.
 
-        Cost while running: a few stat() calls, one read of the wrapper's /proc stat, and
-        either one read of cgroup.procs plus one /proc read per process of the task, or
-        (no cgroup) the task's share of one /proc scan that all status() calls within
-        `PROC_SCAN_TTL_S` use (so one scan per engine tick, whatever the number of tasks).
-        The usage figures are then at most `PROC_SCAN_TTL_S` old; the state is not (exit
-        and pause are read from the wrapper itself at every call).
+        Cost while running: three stat() calls (result, stopped and pause markers) and
+        one of the log, one read of the wrapper's /proc stat, and either one read of
+        cgroup.procs plus one /proc read per process of the task, or (no cgroup) the
+        task's share of one /proc scan that all status() calls within `PROC_SCAN_TTL_S`
+        use (so one scan per engine tick, whatever the number of tasks). The usage
+        figures are then at most `PROC_SCAN_TTL_S` old; the state is not (exit and pause
+        are read from the wrapper itself at every call).
         """
-        d = self._dir(handle)
+        files = self._files(handle)
         self._bound_log(handle)
-        result = d / "result.json"
-        if result.exists():
+        if os.path.exists(files.result):
             try:
-                return TaskObservation.model_validate_json(result.read_text())
-            except ValueError:
+                with open(files.result, "rb") as fh:
+                    return TaskObservation.model_validate_json(fh.read())
+            except (OSError, ValueError):
                 pass
-        if (d / "stopped").exists():
+        if os.path.exists(files.stopped):
             return TaskObservation(state=TaskState.TERMINATED, reason="stopped by the engine")
         wrapper = self._wrapper(handle)
         if wrapper is None:
             return self._finished(handle)
-        paused = wrapper.state == b"T" or (d / "paused").exists()
-        cg = cgroups.TaskCgroup.from_extra(handle.extra)
-        cpu, mem = self._usage(*self._members(handle, cg, shared=True))
+        paused = wrapper.state == b"T" or os.path.exists(files.paused)
+        cg = files.cgroup
+        stats: list[_Stat] = []
+        at = time.monotonic()
+        if cg is not None:
+            stats = self._owned(handle, self._cgroup_stats(files, wrapper))
+        if not stats:
+            stats, at = self._members(handle, None, shared=True)
+        cpu, mem = self._usage(stats, at)
         return TaskObservation(
             state=TaskState.PAUSED if paused else TaskState.RUNNING,
             cpu_percent=round(cpu, 2),
@@ -950,6 +1047,7 @@ class NativeRuntime:
     def discard_logs(self, instance_id: str) -> None:
         """Delete the task's log files (the engine forgot the task)."""
         d = self.task_dir(instance_id)
+        self._files_cache.pop(instance_id, None)
         with self._log_lock:
             for name in LOG_FILES:
                 with contextlib.suppress(FileNotFoundError):

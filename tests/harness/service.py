@@ -173,11 +173,40 @@ class ServiceClient:
         return acks[0] if acks else None
 
     def task_events(self, node_id: str, instance_id: str | None = None) -> list[TaskEventMessage]:
-        """Task events from a node, optionally for one instance."""
-        events = self.messages(node_id, TaskEventMessage)
+        """Task state changes from a node in arrival order, optionally for one instance:
+        its task events and the changes carried by its command acks (`CommandAck.event`,
+        shown as a task event with the ack's envelope)."""
+        with self._cond:
+            items = list(self.received)
+        events: list[TaskEventMessage] = []
+        for r in items:
+            m = r.message
+            if getattr(m, "node_id", None) != node_id:
+                continue
+            if isinstance(m, TaskEventMessage):
+                events.append(m)
+            elif isinstance(m, AckMessage) and m.payload.event is not None:
+                events.append(
+                    TaskEventMessage(id=m.id, ts=m.ts, node_id=m.node_id, payload=m.payload.event)
+                )
         if instance_id is not None:
             events = [e for e in events if e.payload.instance_id == instance_id]
         return events
+
+    def starts(self, node_id: str, instance_id: str) -> int:
+        """How many times the node reported starting the instance: a deploy's ack
+        carrying its first state (RUNNING or FAILED, nothing before it), and a STARTING
+        task event for each restart. A message delivered twice (the outbox resends
+        what it had not recorded as delivered before a crash: same envelope id) counts
+        once."""
+        return len(
+            {
+                e.id
+                for e in self.task_events(node_id, instance_id)
+                if e.payload.state is TaskState.STARTING
+                or (e.payload.previous is None and e.payload.state is not TaskState.TERMINATED)
+            }
+        )
 
     def event_with_state(
         self, node_id: str, instance_id: str, state: TaskState

@@ -42,7 +42,16 @@ OPERATOR = "operator-token"
 
 
 class SimNode:
-    """A node speaking MQTT with its own credentials; `mode` says how it answers DEPLOY."""
+    """A node speaking MQTT with its own credentials; `mode` says how it answers DEPLOY:
+
+    * ``accept``: an ack, then a RUNNING task event;
+    * ``v1``: what an engine of protocol revision 1 sends: STARTING and RUNNING task
+      events, then the ack (no `event` in it);
+    * ``v2``: what an engine of revision 2 sends: only the ack, carrying the RUNNING;
+    * ``lost-ack``: runs the task (its statuses list it RUNNING) but its ack never
+      arrives (the one message of a deploy lost);
+    * ``refuse``: a refusing ack; ``silent``: nothing at all.
+    """
 
     def __init__(self, broker: BrokerHandle, joined: dict[str, Any], mode: str) -> None:
         self.id: str = joined["node_id"]
@@ -98,6 +107,9 @@ class SimNode:
             if isinstance(command, DeployMessage):
                 if self.mode == "silent":
                     continue
+                if self.mode in ("v1", "v2", "lost-ack"):
+                    self._deploy_as(command)
+                    continue
                 accepted = self.mode == "accept"
                 self._send(
                     AckMessage(
@@ -134,6 +146,26 @@ class SimNode:
                         ),
                     )
                 )
+
+    def _deploy_as(self, command: DeployMessage) -> None:
+        iid = command.payload.instance_id
+        self.tasks[iid] = TaskState.RUNNING
+        running = TaskEvent(instance_id=iid, state=TaskState.RUNNING, seq=self.seq)
+        if self.mode == "lost-ack":
+            return
+        ack = CommandAck(
+            command_id=command.id, command_kind="deploy", instance_id=iid, accepted=True
+        )
+        if self.mode == "v1":
+            for state, previous in (
+                (TaskState.STARTING, None),
+                (TaskState.RUNNING, TaskState.STARTING),
+            ):
+                event = TaskEvent(instance_id=iid, state=state, previous=previous, reason="deploy")
+                self._send(TaskEventMessage(node_id=self.id, payload=event))
+        else:
+            ack = ack.model_copy(update={"event": running})
+        self._send(AckMessage(node_id=self.id, payload=ack))
 
     def kinds(self) -> list[tuple[str, str]]:
         return [(c.kind, c.payload.instance_id) for c in list(self.commands)]

@@ -25,7 +25,8 @@ from cluster_orchestrator.root_client import (
 from cluster_orchestrator.settings import ClusterSettings
 from schemas.cluster import ClusterRegistration, ClusterReport, PlaceInstanceRequest
 from schemas.common import Arch, Runtime
-from schemas.job import InstanceState, TaskSpec
+from schemas.job import InstanceState, TaskSpec, TaskState
+from schemas.mqtt import TaskEvent
 from schemas.node import JoinRequest, Liveness, NodeInfo
 from store import open_store
 from tests.harness.procs import wait_until
@@ -172,9 +173,19 @@ def join(core: ClusterCore, name: str) -> str:
 
 
 def place(core: ClusterCore, iid: str) -> None:
+    """Place an instance and let its node report it RUNNING (what the deploy's ack
+    carries): the change the root hears of (the ASSIGNED of a fresh placement it has from
+    the placement answer, not from a report)."""
     spec = TaskSpec(runtime=Runtime.NATIVE, command=["sleep", "1"])
     req = PlaceInstanceRequest(instance_id=iid, job_id="j1", job_name="job", spec=spec)
-    core.call(lambda: core.place_instance(req)).result(5)
+
+    def place_and_run() -> None:
+        answer = core.place_instance(req)
+        assert answer.accepted and answer.node_id is not None
+        event = TaskEvent(instance_id=iid, state=TaskState.RUNNING)
+        core._apply_task_event(answer.node_id, time.time(), event)
+
+    core.call(place_and_run).result(5)
 
 
 def force_ready(core: ClusterCore, node_id: str) -> None:
@@ -200,7 +211,7 @@ def test_register_report_and_prompt_changes(env: dict[str, Any]) -> None:
 
     started = time.monotonic()
     place(core, "i1")
-    wait_until(lambda: ("i1", InstanceState.ASSIGNED) in root.changes(), 3, "change reported")
+    wait_until(lambda: ("i1", InstanceState.RUNNING) in root.changes(), 3, "change reported")
     assert time.monotonic() - started < 1.5  # at once, not at the full interval
     delta = next(r for r in root.reports if any(c.instance_id == "i1" for c in r.instances))
     assert not delta.full and delta.nodes_by_liveness == {Liveness.READY: 1}
@@ -222,11 +233,11 @@ def test_root_down_buffers_changes_and_delivers_later(env: dict[str, Any]) -> No
         5,
         "a failed report",
     )
-    assert ("i1", InstanceState.ASSIGNED) not in root.changes()
+    assert ("i1", InstanceState.RUNNING) not in root.changes()
     root.down = False
     wait_until(
         lambda: (
-            {("i1", InstanceState.ASSIGNED), ("i2", InstanceState.ASSIGNED)} <= set(root.changes())
+            {("i1", InstanceState.RUNNING), ("i2", InstanceState.RUNNING)} <= set(root.changes())
         ),
         10,
         "buffered changes delivered",

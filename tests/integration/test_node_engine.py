@@ -19,7 +19,7 @@ import pytest
 
 from schemas.common import Runtime
 from schemas.job import RestartPolicy, TaskSpec, TaskState
-from schemas.mqtt import DeployCommand, DeployMessage, LogsChunkMessage
+from schemas.mqtt import DeployCommand, DeployMessage, LogsChunkMessage, TaskEventMessage
 from schemas.resources import Resources
 from tests.harness import FakeCluster
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args, wait_until
@@ -142,7 +142,8 @@ def test_native_deploy_and_terminate(cluster, tmp_path, cleanup_procs):
     ack = svc.wait_ack(node_id, cid)
     assert ack.payload.accepted and ack.payload.instance_id == "i1"
     running = cluster.wait_state(engine, "i1", TaskState.RUNNING)
-    assert running.payload.previous is TaskState.STARTING
+    assert running.id == ack.id  # one message per fact: the ack carries the RUNNING
+    assert running.payload.previous is None and not svc.messages(node_id, TaskEventMessage)
     wait_until(lambda: count_processes(argv) == 1, 5, "one task process")
     status = wait_status(cluster, engine, lambda st: task_in(st, "i1") is not None)
     task = task_in(status.payload, "i1")
@@ -176,8 +177,7 @@ def test_native_exit_codes_and_restart_policy(cluster, tmp_path):
 
     (last,) = svc.wait_for(final_failure, 20, "flaky gives up after 2 restarts")
     assert last.payload.exit_code == 7 and last.payload.reason == "exit code 7"
-    starts = [e for e in svc.task_events(node_id, "flaky") if e.payload.state is TaskState.STARTING]
-    assert len(starts) == 3  # first start + 2 restarts
+    assert svc.starts(node_id, "flaky") == 3  # first start (in the deploy's ack) + 2 restarts
 
 
 def test_executable_not_found_is_refused_and_failed(cluster, tmp_path):
@@ -233,8 +233,7 @@ def test_repeated_command_not_run_twice(cluster, tmp_path, cleanup_procs):
     status = wait_status(cluster, engine, lambda st: task_in(st, "once") is not None)
     assert [t.instance_id for t in status.payload.tasks] == ["once"]
     assert count_processes(argv) == 1
-    starts = [e for e in svc.task_events(node_id, "once") if e.payload.state is TaskState.STARTING]
-    assert len(starts) == 1
+    assert svc.starts(node_id, "once") == 1
 
 
 def test_malformed_commands_refused_counted_engine_keeps_running(cluster, tmp_path, cleanup_procs):
@@ -450,10 +449,5 @@ def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, cleanup_pr
     assert "not desired" in engine.output()
     # nothing was started twice: s0/s1 were adopted, not redeployed
     for instance_id in ("s0", "s1"):
-        starts = [
-            e
-            for e in svc.task_events(node_id, instance_id)
-            if e.payload.state is TaskState.STARTING
-        ]
-        assert len(starts) == 1
+        assert svc.starts(node_id, instance_id) == 1
     assert since  # (kept for readability of the timeline above)

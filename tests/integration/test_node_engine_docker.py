@@ -140,8 +140,5 @@ def test_docker_sigkill_restart_adopts_containers(
         (container,) = containers(docker_client, docker_engine_id, name)
         assert container.id == ids[name]
         assert task_in(status.payload, name).container_id
-        starts = [
-            e for e in svc.task_events(node_id, name) if e.payload.state is TaskState.STARTING
-        ]
-        assert len(starts) == 1
+        assert svc.starts(node_id, name) == 1
     assert len(containers(docker_client, docker_engine_id)) == 2

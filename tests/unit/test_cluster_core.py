@@ -737,3 +737,87 @@ def test_rebalance_can_be_turned_off(h: Harness) -> None:
     _run_assigned(h)
     _heartbeat(h, 15.0, a, b)
     assert h.deploys() == []
+
+
+# ------------------------------------------------------------------ one message per fact
+
+
+def ack_with(command: CommandMessage, state: TaskState, *, accepted: bool = True, reason=""):
+    """A revision 2 ack: the state change the command caused travels in it."""
+    return AckMessage(
+        node_id=command.node_id,
+        payload=CommandAck(
+            command_id=command.id,
+            command_kind=command.kind,
+            instance_id=command.payload.instance_id,
+            accepted=accepted,
+            reason=reason,
+            event=TaskEvent(instance_id=command.payload.instance_id, state=state, reason=reason),
+        ),
+    )
+
+
+def test_a_fresh_placement_reports_only_what_the_root_does_not_know(h: Harness) -> None:
+    """The root has the node from the placement answer: no ASSIGNED change for it; the
+    RUNNING carried by the ack is the one change of the deploy."""
+    a = h.join("a")
+    h.core.take_changes()
+    assert h.place("i1").node_id == a
+    assert h.core.take_changes() == []
+    (deploy,) = h.take()
+    h.deliver(ack_with(deploy, TaskState.RUNNING))
+    changes = h.core.take_changes()
+    assert [(c.state, c.node_id) for c in changes] == [(InstanceState.RUNNING, a)]
+    assert [e.state for e in h.inst("i1").events] == ["SCHEDULED", "ASSIGNED", "RUNNING"]
+    assert h.core.stats()["pending_commands"] == 0
+    h.persister.flush(5)
+    doc = h.store.get(INSTANCES, "i1")
+    assert doc is not None and doc["state"] == "RUNNING" and doc["node_id"] == a
+    # a terminate's ack carries the TERMINATED
+    h.core.delete_instance("i1")
+    (term,) = h.terminates()
+    h.deliver(ack_with(term, TaskState.TERMINATED))
+    assert h.inst("i1").state is InstanceState.TERMINATED
+
+
+def test_a_node_change_is_still_reported(h: Harness) -> None:
+    """Rescheduling after a refusal moves the instance: the root learns the new node."""
+    a = h.join("a")
+    h.place("i1", constraints=Constraints(node="a"))
+    h.join("b")
+    h.inst("i1").constraints = Constraints()
+    h.core.take_changes()
+    (deploy,) = h.take()
+    h.deliver(ack_with(deploy, TaskState.FAILED, accepted=False, reason="busy"))
+    # the FAILED in the refusal is applied first, as an older engine's separate event
+    assert h.inst("i1").state is InstanceState.FAILED and h.take() == []
+    assert [c.state for c in h.core.take_changes()] == [InstanceState.FAILED]
+    h.place("i2")
+    (deploy,) = h.take()
+    h.ack(deploy, accepted=False, reason="no such image")  # refused, nothing changed
+    (retry,) = h.deploys()
+    assert retry.node_id != deploy.node_id
+    changes = h.core.take_changes()
+    assert [(c.state, c.node_id) for c in changes] == [(InstanceState.ASSIGNED, retry.node_id)]
+    assert a in (deploy.node_id, retry.node_id)
+
+
+def test_a_status_listing_the_task_running_stands_in_for_a_lost_ack(h: Harness) -> None:
+    a = h.join("a")
+    h.join("b")
+    h.place("i1")
+    (deploy,) = h.take()
+    h.status(deploy.node_id, [("i1", TaskState.STARTING)])  # not yet proof of a deploy
+    assert h.core.stats()["pending_commands"] == 1
+    h.status(deploy.node_id, [("i1", TaskState.RUNNING)])
+    assert h.inst("i1").state is InstanceState.RUNNING
+    assert h.core.stats()["pending_commands"] == 0
+    for node in h.core.nodes:
+        h.status(node, [("i1", TaskState.RUNNING)] if node == deploy.node_id else [])
+    h.advance(h.core.settings.ack_timeout + 1)  # nothing left to time out
+    assert h.take() == [] and h.inst("i1").node_id == deploy.node_id
+    assert h.inst("i1").state is InstanceState.RUNNING
+    assert a in h.core.nodes
+    # the late ack (duplicate, or delivered after all) changes nothing
+    h.deliver(ack_with(deploy, TaskState.RUNNING))
+    assert h.inst("i1").state is InstanceState.RUNNING and h.take() == []

@@ -149,22 +149,32 @@ def test_rejected_message_is_counted_and_refused(engine):
 def test_outbox_buffers_while_disconnected_and_drains_on_puback(engine, tmp_path):
     eng, transport = engine
     eng.process([CommandReceived(deploy_msg(), 1, 1, 1)])
+    eng.process([CommandReceived(deploy_msg("c2", "i2"), 2, 1, 1)])
     assert transport.published == []  # disconnected: nothing handed to paho
-    assert len(eng.outbox) == 3  # STARTING, RUNNING, ack
+    assert len(eng.outbox) == 2  # one ack per deploy, each carrying its task's RUNNING
     saved = json.loads((tmp_path / "outbox.json").read_text())
-    assert len(saved["entries"]) == 3
+    assert len(saved["entries"]) == 2
     go_online(eng, transport)
     eng._flush()
     kinds = [m.kind for m in transport.decoded("events")]
-    assert kinds == ["task_event", "task_event", "ack"]
-    seqs = [m.payload.seq for m in transport.decoded("events") if m.kind == "task_event"]
-    assert seqs == [1, 2]
+    assert kinds == ["ack", "ack"]
+    events = [m.payload.event for m in transport.decoded("events")]
+    assert [(e.instance_id, e.state, e.previous, e.seq) for e in events if e] == [
+        ("i1", TaskState.RUNNING, None, 1),
+        ("i2", TaskState.RUNNING, None, 2),
+    ]
     assert transport.decoded("presence")[0].payload.online is True
     eng._flush()  # in flight entries are not published twice
-    assert len(transport.decoded("events")) == 3
-    for mid in (2, 3, 4):
+    assert len(transport.decoded("events")) == 2
+    for mid in (2, 3):
         eng._handle(Published(mid))
     assert len(eng.outbox) == 0
+    # a delivered entry is written away with the next append, or after OUTBOX_REMOVALS_S
+    eng.commit()
+    assert len(json.loads((tmp_path / "outbox.json").read_text())["entries"]) == 2
+    eng._removals_saved -= 60
+    eng.commit()
+    assert json.loads((tmp_path / "outbox.json").read_text())["entries"] == []
 
 
 def test_status_and_terminate(engine):
@@ -178,8 +188,10 @@ def test_status_and_terminate(engine):
     term = TerminateMessage(id="t1", node_id=NODE, payload=TerminateCommand(instance_id="i1"))
     eng._handle(CommandReceived(term, 2, 1, 1))
     eng._flush()
-    events = [m.payload for m in transport.decoded("events") if m.kind == "task_event"]
-    assert events[-1].state is TaskState.TERMINATED
+    assert reported(transport, "i1") == [
+        ("ack", TaskState.RUNNING),
+        ("ack", TaskState.TERMINATED),
+    ]
 
 
 def test_shedder_hook_called_each_tick(engine):
@@ -315,6 +327,17 @@ def task_events(transport: FakeTransport, instance_id: str) -> list[TaskState]:
     ]
 
 
+def reported(transport: FakeTransport, instance_id: str) -> list[tuple[str, TaskState]]:
+    """Every state change of an instance on the wire, in order, and what carried it: a
+    `task_event`, or the ack of the command that caused it (`CommandAck.event`)."""
+    out = []
+    for m in transport.decoded("events"):
+        event = m.payload if m.kind == "task_event" else m.payload.event
+        if event is not None and event.instance_id == instance_id:
+            out.append((m.kind, event.state))
+    return out
+
+
 def terminate_msg(cid: str, instance: str = "i1") -> TerminateMessage:
     return TerminateMessage(id=cid, node_id=NODE, payload=TerminateCommand(instance_id=instance))
 
@@ -342,10 +365,10 @@ def test_slow_stop_runs_off_the_loop_while_ticks_and_deploys_go_on(tmp_path):
     release.set()
     pump(eng, lambda: acks(transport, "t1"), what="terminate ack")
     assert acks(transport, "t1")[0].accepted and 2 in transport.acked
-    assert task_events(transport, "slow") == [
-        TaskState.STARTING,
-        TaskState.RUNNING,
-        TaskState.TERMINATED,
+    # one message per fact: each command's ack carries the state it left the task in
+    assert reported(transport, "slow") == [
+        ("ack", TaskState.RUNNING),
+        ("ack", TaskState.TERMINATED),
     ]
     assert rt.deploys == ["slow", "other"]  # the exit seen during the stop restarted nothing
     assert "slow" not in eng.supervisor.tasks
@@ -368,11 +391,11 @@ def test_terminate_during_deploy_waits_then_stops(tmp_path):
     pump(eng, lambda: acks(transport, "t1"), what="terminate ack")
     assert acks(transport, "c1")[0].accepted and acks(transport, "t1")[0].accepted
     assert sorted(transport.acked) == [1, 2, 3]
-    assert task_events(transport, "i1") == [
-        TaskState.STARTING,
-        TaskState.RUNNING,
-        TaskState.TERMINATED,
+    assert reported(transport, "i1") == [
+        ("ack", TaskState.RUNNING),
+        ("ack", TaskState.TERMINATED),
     ]
+    assert acks(transport, "c2")[0].event is None  # "already present": nothing changed
     assert rt.running == {} and rt.stops == ["i1"] and rt.deploys == ["i1"]
 
 
@@ -400,7 +423,9 @@ def test_deploy_refused_by_the_runtime_in_the_pool(tmp_path):
     pump(eng, lambda: acks(transport, "c1"), what="ack")
     (ack,) = acks(transport, "c1")
     assert not ack.accepted and ack.reason == "executable not found: x"
-    assert task_events(transport, "i1") == [TaskState.STARTING, TaskState.FAILED]
+    assert ack.event is not None and ack.event.state is TaskState.FAILED
+    assert ack.event.reason == "executable not found: x" and ack.event.previous is None
+    assert task_events(transport, "i1") == []
 
 
 def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk(
@@ -411,9 +436,9 @@ def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk
     writes: list[str] = []
     real_write = state_mod.atomic_write
 
-    def counting_write(path, data, mode=0o600):
+    def counting_write(path, data, mode=0o600, **kw):
         writes.append(path.name)
-        real_write(path, data, mode)
+        real_write(path, data, mode, **kw)
 
     monkeypatch.setattr(state_mod, "atomic_write", counting_write)
     eng, transport, rt = pooled_engine(tmp_path, workers=16)
@@ -429,7 +454,7 @@ def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk
     transport.ack = checked_ack  # type: ignore[method-assign]
     gates = [rt.gate("deploy", f"i{n}") for n in range(16)]
     eng.process([CommandReceived(deploy_msg(f"c{n}", f"i{n}"), n, 1, 1) for n in range(16)])
-    assert writes == ["tasks.json", "outbox.json"]  # 16 STARTING records, 16 events: once
+    assert writes == ["tasks.json"]  # 16 STARTING records: once (STARTING is not sent)
     for n in range(16):
         rt.wait_entered("deploy", f"i{n}")  # 16 runtime calls at once
     assert transport.acked == []
@@ -440,7 +465,7 @@ def test_group_commit_one_write_per_batch_and_nothing_acked_before_it_is_on_disk
         assert time.monotonic() < wait, "the 16 results did not arrive"
         time.sleep(0.01)
     pump(eng, lambda: len(transport.acked) == 16, what="16 acks")
-    assert writes == ["tasks.json", "outbox.json", "tasks.json", "commands.json", "outbox.json"]
+    assert writes == ["tasks.json", "tasks.json", "commands.json", "outbox.json"]
     assert all(a.accepted for a in acks(transport)) and len(acks(transport)) == 16
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cluster_orchestrator.metrics import Metrics
-from cluster_orchestrator.persister import MAX_BATCH, Persister
+from cluster_orchestrator.persister import MAX_DOCS, Persister
 from store import InvalidInput, Store, open_store
 
 
@@ -107,12 +107,12 @@ def test_batches_are_bounded(gated: Gated) -> None:
     try:
         writer.put("jobs", {"_id": "first"})
         assert gated.entered.wait(5)
-        for k in range(MAX_BATCH + 10):
+        for k in range(MAX_DOCS + 10):
             writer.put("jobs", {"_id": f"j{k}"})
         gated.gate.set()
         assert writer.flush(10)
     finally:
         writer.stop()
-    assert gated.batches[0] == 1 and max(gated.batches) <= MAX_BATCH
-    assert sum(gated.batches) == MAX_BATCH + 11
-    assert gated.inner.count("jobs") == MAX_BATCH + 11
+    assert gated.batches[0] == 1 and max(gated.batches) <= MAX_DOCS
+    assert sum(gated.batches) == MAX_DOCS + 11
+    assert gated.inner.count("jobs") == MAX_DOCS + 11
