@@ -491,7 +491,9 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
     def containers(iid: str) -> list[Any]:
         return [
             c
-            for c in docker_client.containers.list(filters={"label": f"edge.instance={iid}"})
+            for c in docker_client.containers.list(
+                ignore_removed=True, filters={"label": f"edge.instance={iid}"}
+            )
             if c.status == "running"
         ]
 
@@ -517,7 +519,9 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
         wait_until(lambda: len(containers("dk1")) == 1, 60, "a's container stopped")
         assert instance(cluster, "dk1")["node_name"] == "b"
     finally:
-        for c in docker_client.containers.list(all=True, filters={"label": "edge.instance=dk1"}):
+        for c in docker_client.containers.list(
+            all=True, ignore_removed=True, filters={"label": "edge.instance=dk1"}
+        ):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
 

@@ -244,7 +244,9 @@ def test_local_down_after_local_up_was_killed_removes_a_docker_task(
 
         def containers() -> list[Any]:
             return list(
-                client.containers.list(all=True, filters={"label": f"edge.engine={engine_id}"})
+                client.containers.list(
+                    all=True, ignore_removed=True, filters={"label": f"edge.engine={engine_id}"}
+                )
             )
 
         assert [c.status for c in containers()] == ["running"]

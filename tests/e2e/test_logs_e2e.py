@@ -302,7 +302,9 @@ def container_of(instance_id: str) -> Any:
 
     client = docker.from_env(timeout=30)
     try:
-        found = client.containers.list(filters={"label": f"edge.instance={instance_id}"})
+        found = client.containers.list(
+            ignore_removed=True, filters={"label": f"edge.instance={instance_id}"}
+        )
         return found[0] if found else None
     finally:
         client.close()

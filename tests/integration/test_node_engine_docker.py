@@ -36,7 +36,9 @@ def containers(
     client: Any, engine_id: str, instance_id: str | None = None, running_only: bool = True
 ) -> list[Any]:
     found: list[Any] = client.containers.list(
-        all=not running_only, filters={"label": f"edge.engine={engine_id}"}
+        all=not running_only,
+        ignore_removed=True,
+        filters={"label": f"edge.engine={engine_id}"},
     )
     if instance_id is not None:
         found = [c for c in found if instance_id in c.labels.values()]

@@ -168,7 +168,9 @@ def test_missing_image_that_cannot_be_pulled(
     with pytest.raises(RuntimeFailure, match="image pull failed: localhost:1/edge-none"):
         rt.deploy("d-missing", spec("localhost:1/edge-none/nothing:1"))
     assert (
-        docker_client.containers.list(all=True, filters={"label": f"edge.engine={rt.engine_id}"})
+        docker_client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"edge.engine={rt.engine_id}"}
+        )
         == []
     )
 
