@@ -50,6 +50,9 @@ BURNER = textwrap.dedent(
     """
     import os, sys, time
     flag = sys.argv[1]
+    go = sys.argv[2] if len(sys.argv) > 2 else None  # optional: idle until this file exists
+    while go is not None and not os.path.exists(go):
+        time.sleep(0.05)
     while not os.path.exists(flag):
         x = 0
         for _ in range(100000):
@@ -236,14 +239,16 @@ def test_reschedule_moves_a_shed_instance_to_another_node(
     cluster: ClusterProcess, engines: Callable[..., NodeEngineProcess], burner: Any
 ) -> None:
     command, flag = burner
+    go = flag.with_name("start-burning")
     hot = engines("hot", SHEDDING_ENV)
     wait_ready(cluster, "hot")
     place(cluster, "important", ["sleep", "600"], priority=900)
     wait_state(cluster, "important", "RUNNING", engines=(hot,))
-    place(cluster, "mover", command, priority=10, on_shed="reschedule")
+    place(cluster, "mover", [*command, str(go)], priority=10, on_shed="reschedule")
     wait_state(cluster, "mover", "RUNNING", "hot", engines=(hot,))
     cool = engines("cool")  # shedding off; joins only now, so "mover" started on "hot"
     wait_ready(cluster, "hot", "cool")
+    go.touch()  # the pressure starts only once "cool" can take the shed task
     moved = wait_state(cluster, "mover", "RUNNING", "cool", timeout=90, engines=(hot, cool))
     flag.touch()  # stop spinning on "cool" (nothing sheds there)
     reasons = [(e["state"], e["reason"]) for e in moved["events"]]
