@@ -33,7 +33,8 @@ from schemas.mqtt import (
 from schemas.node import DiskStatus, MemoryStatus, NodeStatus
 from tests.fixtures.broker import BrokerHandle, MqttProbe
 from tests.harness.engine_process import NodeEngineProcess
-from tests.harness.procs import count_processes, find_processes, unique_sleep_args, wait_until
+from tests.harness.procs import count_processes, find_processes, unique_sleep_args
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -127,7 +128,7 @@ def wait_ready(cluster: ClusterProcess, *names: str, timeout: float = 30.0) -> d
             return {n: nodes[n]["id"] for n in names}
         return None
 
-    result: dict[str, str] = wait_until(ready, timeout, f"nodes {names} READY")
+    result: dict[str, str] = wait_for(ready, timeout, f"nodes {names} READY")
     return result
 
 
@@ -164,7 +165,7 @@ def wait_instance(
         return None
 
     try:
-        found: dict[str, Any] = wait_until(check, timeout, f"{iid} {state} on {node or 'any'}")
+        found: dict[str, Any] = wait_for(check, timeout, f"{iid} {state} on {node or 'any'}")
         return found
     except AssertionError:
         inst = instance(cluster, iid)
@@ -225,7 +226,7 @@ def test_join_deploy_until_running_then_delete(cluster, engines, sleepers) -> No
     result = place(cluster, "inst-1", args, resources={"cpu": 0.1, "memory_mib": 32})
     assert result["accepted"] is True and result["node_id"] in ids.values()
     inst = wait_instance(cluster, "inst-1", "RUNNING")
-    wait_until(lambda: count_processes(args) == 1, 10, "the task process")
+    wait_for(lambda: count_processes(args) == 1, 10, "the task process")
     states = [e["state"] for e in inst["events"]]
     assert states[:2] == ["SCHEDULED", "ASSIGNED"] and states[-1] == "RUNNING"
 
@@ -236,13 +237,13 @@ def test_join_deploy_until_running_then_delete(cluster, engines, sleepers) -> No
         assert "inst-1" in node["instances"]
         return any(t["instance_id"] == "inst-1" for t in node["status"]["tasks"])
 
-    wait_until(node_lists_task, 10, "the node's status to list the task")
+    wait_for(node_lists_task, 10, "the node's status to list the task")
 
     with api(cluster) as client:
         response = client.delete("/api/v1/instances/inst-1")
     assert response.status_code == 202
     wait_instance(cluster, "inst-1", "TERMINATED")
-    wait_until(lambda: count_processes(args) == 0, 15, "the task process to exit")
+    wait_for(lambda: count_processes(args) == 0, 15, "the task process to exit")
     with api(cluster) as client:
         listed = client.get("/api/v1/instances", params={"state": "TERMINATED"}).json()
     assert [i["id"] for i in listed["instances"]] == ["inst-1"]
@@ -335,7 +336,7 @@ def test_node_credentials_are_confined_and_bad_messages_change_nothing(
         probe_a.publish(f"edge/v1/nodes/{a_id}/status", b"{this is not json")
         probe_a.publish(f"edge/v1/nodes/{a_id}/status", encode(status_message(b_id)))
         probe_a.publish(f"edge/v1/nodes/{a_id}/events", encode(status_message(a_id)))
-        wait_until(
+        wait_for(
             lambda: (
                 metric(cluster, "edge_cluster_mqtt_rejected_total", 'reason="bad_json"')
                 == before + 1
@@ -343,14 +344,14 @@ def test_node_credentials_are_confined_and_bad_messages_change_nothing(
             10,
             "bad_json counted",
         )
-        wait_until(
+        wait_for(
             lambda: (
                 metric(cluster, "edge_cluster_mqtt_rejected_total", 'reason="node_mismatch"') == 1
             ),
             10,
             "node_mismatch counted",
         )
-        wait_until(
+        wait_for(
             lambda: (
                 metric(cluster, "edge_cluster_mqtt_rejected_total", 'reason="wrong_channel"') == 1
             ),
@@ -365,7 +366,7 @@ def test_node_credentials_are_confined_and_bad_messages_change_nothing(
         assert nodes["pa"]["liveness"] != "READY" and nodes["pb"]["liveness"] != "READY"
         # a valid status on A's own topic is accepted
         probe_a.publish(f"edge/v1/nodes/{a_id}/status", encode(status_message(a_id)), qos=0)
-        wait_until(
+        wait_for(
             lambda: nodes_by_name(cluster)["pa"]["last_seen"] is not None, 10, "A's status applied"
         )
         assert nodes_by_name(cluster)["pb"]["last_seen"] is None
@@ -401,7 +402,7 @@ def test_sigkill_node_engine_moves_its_instances(cluster, engines, sleepers) -> 
     elapsed = time.monotonic() - started
     print(f"failover of 3 instances: {elapsed:.2f}s")
     for args in commands.values():  # a's copies keep running (its engine is gone)
-        wait_until(lambda args=args: count_processes(args) == 2, 15, "copy on b")
+        wait_for(lambda args=args: count_processes(args) == 2, 15, "copy on b")
     nodes = nodes_by_name(cluster)
     assert nodes["a"]["liveness"] == "LOST" and nodes["a"]["instances"] == []
 
@@ -425,7 +426,7 @@ def test_drain_moves_instances_elsewhere(cluster, engines, sleepers) -> None:
     for iid in commands:
         wait_instance(cluster, iid, "RUNNING", "b")
     for args in commands.values():  # the copies on a are terminated
-        wait_until(lambda args=args: count_processes(args) == 1, 20, "one copy left")
+        wait_for(lambda args=args: count_processes(args) == 1, 20, "one copy left")
     # no new placements on a draining node
     result = place(cluster, "after-drain", sleepers())
     assert result["accepted"] and result["node_name"] == "b"
@@ -439,7 +440,7 @@ def test_drain_moves_instances_elsewhere(cluster, engines, sleepers) -> None:
             ).json()
         return bool(body["count"] == 1)
 
-    wait_until(drain_event, 10, "the drain event in the store")
+    wait_for(drain_event, 10, "the drain event in the store")
 
 
 def test_restart_keeps_nodes_and_instances(cluster, engines, sleepers) -> None:
@@ -472,11 +473,11 @@ def test_returning_engine_stops_what_moved_away(cluster, engines, sleepers) -> N
     for iid in commands:
         wait_instance(cluster, iid, "RUNNING", "b", timeout=30)
     for args in commands.values():  # a's copies keep running while its engine is dead
-        wait_until(lambda args=args: count_processes(args) == 2, 15, "copy on b")
+        wait_for(lambda args=args: count_processes(args) == 2, 15, "copy on b")
     engine_a.start()
     wait_ready(cluster, "a", "b")
     for args in commands.values():  # the returning engine stops them
-        wait_until(lambda args=args: count_processes(args) == 1, 30, "a's copy stopped")
+        wait_for(lambda args=args: count_processes(args) == 1, 30, "a's copy stopped")
     for iid in commands:
         assert instance(cluster, iid)["node_name"] == "b"
 
@@ -513,10 +514,10 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
         wait_ready(cluster, "a", "b")
         engine_a.kill()
         wait_instance(cluster, "dk1", "RUNNING", "b", timeout=60)
-        wait_until(lambda: len(containers("dk1")) == 2, 30, "a's container and b's")
+        wait_for(lambda: len(containers("dk1")) == 2, 30, "a's container and b's")
         engine_a.start()
         wait_ready(cluster, "a", "b")
-        wait_until(lambda: len(containers("dk1")) == 1, 60, "a's container stopped")
+        wait_for(lambda: len(containers("dk1")) == 1, 60, "a's container stopped")
         assert instance(cluster, "dk1")["node_name"] == "b"
     finally:
         for c in docker_client.containers.list(
@@ -544,7 +545,7 @@ def test_restarted_cluster_waits_for_nodes_that_come_back_late(cluster, engines,
         nodes = nodes_by_name(cluster)
         return all(nodes[n]["unhealthy_for_s"] > 3.0 + 1.0 for n in ("a", "b"))
 
-    wait_until(silent_long, 30, "both nodes silent for longer than lost_grace")
+    wait_for(silent_long, 30, "both nodes silent for longer than lost_grace")
     assert {n["liveness"] for n in nodes_by_name(cluster).values()} <= {"NOT_READY", "OFFLINE"}
     engine_a.start()
     engine_b.start()
@@ -585,10 +586,10 @@ def test_node_that_returns_gets_replicas_of_a_spread_job_back(cluster, engines, 
             return {iid: i["node_name"] for iid, i in where.items()}
         return None
 
-    where = wait_until(even, 40, "one replica back on a, both RUNNING")
+    where = wait_for(even, 40, "one replica back on a, both RUNNING")
     back = next(iid for iid, node in where.items() if node == "a")
     reasons = [e["reason"] for e in instance(cluster, back)["events"]]
     assert any(r.startswith("rebalanced: spread job had 2 replicas on b") for r in reasons)
     for args in commands.values():
-        wait_until(lambda args=args: count_processes(args) == 1, 20, "one copy each")
+        wait_for(lambda args=args: count_processes(args) == 1, 20, "one copy each")
     assert metric(cluster, "edge_cluster_rebalance_moves_total") == 1

@@ -16,8 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import psutil
 import pytest
 
 from tests.fixtures.broker import _require_mosquitto
+from tests.harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -99,19 +99,6 @@ def system_processes(data_dir: Path) -> list[str]:
         if base in cmdline or cwd == base or cwd.startswith(base + os.sep):
             found.append(f"{proc.info['pid']}: {cmdline} (cwd {cwd})")
     return found
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 def _local(data_dir: Path) -> dict[str, Any]:

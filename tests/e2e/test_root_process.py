@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness.wait import wait_for
 from tests.integration.test_root_support import (
     AUTH,
     OPERATOR_TOKEN,
@@ -24,7 +25,6 @@ from tests.integration.test_root_support import (
     FakeCluster,
     free_port,
     job_body,
-    wait_for,
 )
 
 #: uvicorn re-raises SIGTERM after a graceful shutdown, so the status is -SIGTERM (or 0).

@@ -26,7 +26,8 @@ import pytest
 from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle, MqttProbe
 from tests.harness.engine_process import NodeEngineProcess
-from tests.harness.procs import count_processes, find_processes, unique_sleep_args, wait_until
+from tests.harness.procs import count_processes, find_processes, unique_sleep_args
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -129,7 +130,7 @@ def wait_ready_since(
             and found["last_seen"] > since
         )
 
-    wait_until(ready, timeout, f"node {node_id} READY with a fresh status")
+    wait_for(ready, timeout, f"node {node_id} READY with a fresh status")
     return node_id
 
 
@@ -223,11 +224,11 @@ def test_removed_node_is_refused_at_rejoin(
                 },
             )
             assert placed.status_code in (200, 202) and placed.json()["accepted"], placed.text
-            wait_until(lambda: count_processes(args) == 1, 20, "the task process")
+            wait_for(lambda: count_processes(args) == 1, 20, "the task process")
             busy = client.delete(f"/api/v1/nodes/{a_id}")
             assert busy.status_code == 409 and "keep" in busy.json()["detail"]
             assert client.delete("/api/v1/instances/keep").status_code == 202
-            wait_until(
+            wait_for(
                 lambda: client.get("/api/v1/instances/keep").json()["state"] == "TERMINATED",
                 20,
                 "the instance TERMINATED",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
 
 import psutil
 
@@ -36,19 +35,3 @@ def find_processes(argv: list[str]) -> list[psutil.Process]:
 def count_processes(argv: list[str]) -> int:
     """How many live processes run exactly `argv`."""
     return len(find_processes(argv))
-
-
-def wait_until(
-    predicate: Any, timeout: float = 15.0, what: str = "", interval: float = 0.05
-) -> Any:
-    """Poll `predicate()` until it returns something truthy (then return it) or time out."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)

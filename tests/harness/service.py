@@ -39,12 +39,9 @@ from schemas.mqtt import (
     subscription,
     topic,
 )
+from tests.harness.wait import WaitTimeout as WaitTimeout
 
 T = TypeVar("T")
-
-
-class WaitTimeout(AssertionError):
-    """A condition did not become true before its deadline."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,12 +46,12 @@ import psutil
 
 from cluster_orchestrator.process import ClusterProcess, free_port
 from tests.harness.engine_process import NodeEngineProcess
+from tests.harness.wait import wait_for
 
 __all__ = [
     "ClusterUnderTest",
     "LocalSystem",
     "RootProcess",
-    "SystemTimeout",
     "wait_for",
 ]
 
@@ -65,45 +64,6 @@ OPERATOR_TOKEN = "system-operator-token"
 REGISTRATION_TOKEN = "system-registration-token"
 CLUSTER_TOKEN = "system-cluster-token"
 JOIN_TOKEN = "system-join-token"
-
-
-class SystemTimeout(AssertionError):
-    """A condition did not hold before its deadline."""
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    *,
-    interval: float = 0.05,
-    context: Callable[[], str] | None = None,
-) -> T:
-    """Poll `predicate` until it returns something truthy (returned); fail after `timeout`.
-
-    An `AssertionError` or `httpx.HTTPError` inside the predicate counts as "not yet"
-    (the last one is shown on timeout); `context()` adds text (logs) to the failure.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-        except (AssertionError, httpx.HTTPError) as exc:
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            extra = ""
-            if context is not None:
-                with contextlib.suppress(Exception):
-                    extra = "\n" + context()
-            raise SystemTimeout(
-                f"timed out after {timeout}s waiting for {what}; last: {last!r}{extra}"
-            )
-        time.sleep(interval)
 
 
 #: Log lines left out of failure messages: successful requests (access log, httpx).

@@ -33,7 +33,7 @@ from schemas.mqtt import (
 )
 from schemas.node import DiskStatus, MemoryStatus, NodeStatus, TaskStatus
 from tests.fixtures.broker import BrokerHandle
-from tests.harness.procs import wait_until
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker]
 
@@ -228,7 +228,7 @@ def wait_ready(cluster: ClusterProcess, count: int) -> None:
             nodes = client.get("/api/v1/nodes", params={"liveness": "READY"}).json()
         return bool(nodes["count"] == count)
 
-    wait_until(ready, 15, f"{count} nodes READY")
+    wait_for(ready, 15, f"{count} nodes READY")
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ def test_refusal_moves_to_the_next_node(cluster, mosquitto_broker, sims) -> None
     for i in range(4):
         assert place(cluster, f"i{i}")["accepted"]
     for i in range(4):
-        wait_until(lambda i=i: get(cluster, f"i{i}")["state"] == "RUNNING", 15, f"i{i} RUNNING")
+        wait_for(lambda i=i: get(cluster, f"i{i}")["state"] == "RUNNING", 15, f"i{i} RUNNING")
         assert get(cluster, f"i{i}")["node_name"] == "acceptor"
     refused = [iid for kind, iid in refuser.kinds() if kind == "deploy"]
     assert refused, "spread placement should have tried the refusing node at least once"
@@ -280,10 +280,10 @@ def test_silent_and_refusing_nodes_fail_the_instance(cluster, mosquitto_broker, 
     sims += [silent, refuser]
     wait_ready(cluster, 2)
     assert place(cluster, "x")["accepted"]
-    wait_until(lambda: get(cluster, "x")["state"] == "FAILED", 15, "x FAILED")
+    wait_for(lambda: get(cluster, "x")["state"] == "FAILED", 15, "x FAILED")
     inst = get(cluster, "x")
     assert "no other node fits" in inst["reason"] or "gave up" in inst["reason"]
     # the silent node was told to drop what it may start later
-    wait_until(lambda: ("terminate", "x") in silent.kinds(), 10, "terminate to silent node")
+    wait_for(lambda: ("terminate", "x") in silent.kinds(), 10, "terminate to silent node")
     text = " ".join(e["reason"] for e in inst["events"])
     assert "no ack from silent" in text or "refuser refused" in text

@@ -23,7 +23,8 @@ from cluster_orchestrator.process import ClusterProcess
 from schemas.mqtt import AckMessage, decode
 from tests.fixtures.broker import BrokerHandle
 from tests.harness.engine_process import NodeEngineProcess
-from tests.harness.procs import count_processes, wait_until
+from tests.harness.procs import count_processes
+from tests.harness.wait import wait_for
 from tests.harness.wire import WireCounter
 from tests.integration.test_cluster_dispatch import (
     JOIN,
@@ -108,7 +109,7 @@ def test_a_deploy_and_a_terminate_cost_two_messages_each(cluster, wire, tmp_path
         before = wire.snapshot()
         seen = len(wire.seen)
         place(cluster, "i1", command)
-        wait_until(lambda: get(cluster, "i1")["state"] == "RUNNING", 15, "i1 RUNNING")
+        wait_for(lambda: get(cluster, "i1")["state"] == "RUNNING", 15, "i1 RUNNING")
         wire.wait_idle(quiet=0.5)
         assert wire.since(before, skip=not_status) == {
             ("commands", "deploy"): 1,
@@ -125,7 +126,7 @@ def test_a_deploy_and_a_terminate_cost_two_messages_each(cluster, wire, tmp_path
         seen = len(wire.seen)
         with api(cluster) as client:
             assert client.delete("/api/v1/instances/i1").status_code == 202
-        wait_until(lambda: get(cluster, "i1")["state"] == "TERMINATED", 15, "i1 TERMINATED")
+        wait_for(lambda: get(cluster, "i1")["state"] == "TERMINATED", 15, "i1 TERMINATED")
         wire.wait_idle(quiet=0.5)
         assert wire.since(before, skip=not_status) == {
             ("commands", "terminate"): 1,
@@ -134,7 +135,7 @@ def test_a_deploy_and_a_terminate_cost_two_messages_each(cluster, wire, tmp_path
         (ack,) = [decode(json.dumps(m)) for _t, m in wire.seen[seen:] if m["kind"] == "ack"]
         assert isinstance(ack, AckMessage)
         assert ack.payload.event is not None and ack.payload.event.state.value == "TERMINATED"
-        wait_until(lambda: count_processes(command) == 0, 10, "task process gone")
+        wait_for(lambda: count_processes(command) == 0, 10, "task process gone")
     finally:
         engine.stop_quietly()
 
@@ -148,7 +149,7 @@ def test_a_lost_ack_is_corrected_by_the_next_status(cluster, mosquitto_broker, s
     sims.append(node)
     wait_ready(cluster, 1)
     place(cluster, "i1", ["true"])
-    wait_until(lambda: get(cluster, "i1")["state"] == "RUNNING", 2.0, "RUNNING from a status")
+    wait_for(lambda: get(cluster, "i1")["state"] == "RUNNING", 2.0, "RUNNING from a status")
     assert get(cluster, "i1")["node_name"] == "lossy"
     assert not any(m["kind"] in ("ack", "task_event") for _t, m in wire.seen)
     with api(cluster) as client:
@@ -163,7 +164,7 @@ def test_an_engine_of_revision_1_is_understood(cluster, mosquitto_broker, sims) 
     sims.append(node)
     wait_ready(cluster, 1)
     place(cluster, "i1", ["true"])
-    wait_until(lambda: get(cluster, "i1")["state"] == "RUNNING", 10, "i1 RUNNING")
+    wait_for(lambda: get(cluster, "i1")["state"] == "RUNNING", 10, "i1 RUNNING")
     states = [e["state"] for e in get(cluster, "i1")["events"] if e["kind"] == "instance.state"]
     assert states == ["SCHEDULED", "ASSIGNED", "STARTING", "RUNNING"]
 
@@ -173,6 +174,6 @@ def test_an_engine_of_revision_2_is_understood(cluster, mosquitto_broker, sims) 
     sims.append(node)
     wait_ready(cluster, 1)
     place(cluster, "i1", ["true"])
-    wait_until(lambda: get(cluster, "i1")["state"] == "RUNNING", 10, "i1 RUNNING")
+    wait_for(lambda: get(cluster, "i1")["state"] == "RUNNING", 10, "i1 RUNNING")
     states = [e["state"] for e in get(cluster, "i1")["events"] if e["kind"] == "instance.state"]
     assert states == ["SCHEDULED", "ASSIGNED", "RUNNING"]

@@ -29,7 +29,7 @@ from schemas.job import InstanceState, TaskSpec, TaskState
 from schemas.mqtt import TaskEvent
 from schemas.node import JoinRequest, Liveness, NodeInfo
 from store import open_store
-from tests.harness.procs import wait_until
+from tests.harness.wait import wait_for
 
 
 class FakeRoot:
@@ -200,7 +200,7 @@ def test_register_report_and_prompt_changes(env: dict[str, Any]) -> None:
     node = join(core, "a")
     force_ready(core, node)
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "a first report")
+    wait_for(lambda: root.reports, 5, "a first report")
     reg = root.registrations[0]
     assert reg.name == "c1" and str(reg.url).startswith("http://cluster.test:8100")
     assert reg.api_token is not None and reg.api_token.get_secret_value() == "api-tok"
@@ -211,7 +211,7 @@ def test_register_report_and_prompt_changes(env: dict[str, Any]) -> None:
 
     started = time.monotonic()
     place(core, "i1")
-    wait_until(lambda: ("i1", InstanceState.RUNNING) in root.changes(), 3, "change reported")
+    wait_for(lambda: ("i1", InstanceState.RUNNING) in root.changes(), 3, "change reported")
     assert time.monotonic() - started < 1.5  # at once, not at the full interval
     delta = next(r for r in root.reports if any(c.instance_id == "i1" for c in r.instances))
     assert not delta.full and delta.nodes_by_liveness == {Liveness.READY: 1}
@@ -223,19 +223,19 @@ def test_root_down_buffers_changes_and_delivers_later(env: dict[str, Any]) -> No
     core, root = env["core"], env["root"]
     force_ready(core, join(core, "a"))
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "a first report")
+    wait_for(lambda: root.reports, 5, "a first report")
     root.down = True
     place(core, "i1")
     place(core, "i2")
     metrics = env["metrics"]
-    wait_until(
+    wait_for(
         lambda: metrics.counter("edge_cluster_reports_total", {"result": "error"}) >= 1,
         5,
         "a failed report",
     )
     assert ("i1", InstanceState.RUNNING) not in root.changes()
     root.down = False
-    wait_until(
+    wait_for(
         lambda: (
             {("i1", InstanceState.RUNNING), ("i2", InstanceState.RUNNING)} <= set(root.changes())
         ),
@@ -247,10 +247,10 @@ def test_root_down_buffers_changes_and_delivers_later(env: dict[str, Any]) -> No
 def test_restart_reregisters_with_stored_identity(env: dict[str, Any]) -> None:
     root = env["root"]
     first = env["reporter"]()
-    wait_until(lambda: root.reports, 5, "first report")
+    wait_for(lambda: root.reports, 5, "first report")
     first.stop()
     env["reporter"]()
-    wait_until(lambda: len(root.registrations) == 2, 5, "second registration")
+    wait_for(lambda: len(root.registrations) == 2, 5, "second registration")
     again = root.registrations[1]
     assert again.cluster_id == "c-123"
     assert again.credential is not None and again.credential.get_secret_value() == "cred-1"
@@ -259,13 +259,13 @@ def test_restart_reregisters_with_stored_identity(env: dict[str, Any]) -> None:
 def test_revoked_credential_leads_to_new_registration(env: dict[str, Any]) -> None:
     core, root = env["core"], env["root"]
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "first report")
+    wait_for(lambda: root.reports, 5, "first report")
     with root.lock:
         root.credential = "cred-2"  # the root rotated it: our reports get 401
     n = len(root.registrations)
     force_ready(core, join(core, "b"))  # a change wakes the reporter
-    wait_until(lambda: len(root.registrations) > n, 10, "re-registration")
-    wait_until(lambda: any(r.full for r in root.reports[1:]), 10, "reports flow again")
+    wait_for(lambda: len(root.registrations) > n, 10, "re-registration")
+    wait_for(lambda: any(r.full for r in root.reports[1:]), 10, "reports flow again")
 
 
 # ------------------------------------------------------------------ latency first
@@ -283,13 +283,13 @@ def test_change_right_after_a_report_is_not_held_back(env: dict[str, Any]) -> No
     core, root = env["core"], quiet_root(env)
     force_ready(core, join(core, "a"))
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "a first report")
+    wait_for(lambda: root.reports, 5, "a first report")
     latencies = []
     for i in range(7):
         n = len(root.reports)
         started = time.monotonic()
         place(core, f"i{i}")  # right after the previous report went out
-        wait_until(lambda i=i: root.report_with(f"i{i}") is not None, 5, f"i{i} reported")
+        wait_for(lambda i=i: root.report_with(f"i{i}") is not None, 5, f"i{i} reported")
         latencies.append(root.received_at[root.report_with(f"i{i}") or 0] - started)
         assert len(root.reports) == n + 1
     latencies.sort()
@@ -300,7 +300,7 @@ def test_changes_made_while_a_report_is_in_flight_go_together_next(env: dict[str
     core, root = env["core"], quiet_root(env)
     force_ready(core, join(core, "a"))
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "a first report")
+    wait_for(lambda: root.reports, 5, "a first report")
     root.hold = True
     place(core, "first")
     assert root.entered.wait(5), "the report of 'first' is in flight"
@@ -308,7 +308,7 @@ def test_changes_made_while_a_report_is_in_flight_go_together_next(env: dict[str
         place(core, f"i{i}")
     root.hold = False
     root.release.set()
-    wait_until(lambda: all(root.report_with(f"i{i}") is not None for i in range(5)), 5, "sent")
+    wait_for(lambda: all(root.report_with(f"i{i}") is not None for i in range(5)), 5, "sent")
     held = root.report_with("first")
     assert held is not None
     assert {root.report_with(f"i{i}") for i in range(5)} == {held + 1}  # one report, the next
@@ -319,10 +319,10 @@ def test_report_debounce_keeps_change_reports_apart(env: dict[str, Any]) -> None
     core, root = env["core"], quiet_root(env)
     force_ready(core, join(core, "a"))
     env["reporter"]()
-    wait_until(lambda: root.reports, 5, "a first report")
+    wait_for(lambda: root.reports, 5, "a first report")
     for i in range(3):
         place(core, f"i{i}")
-        wait_until(lambda i=i: root.report_with(f"i{i}") is not None, 5, f"i{i} reported")
+        wait_for(lambda i=i: root.report_with(f"i{i}") is not None, 5, f"i{i} reported")
     gaps = [b - a for a, b in zip(root.received_at, root.received_at[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.25, gaps
 
@@ -339,12 +339,12 @@ def stored_identity(env: dict[str, Any]) -> tuple[str, str]:
 def test_wrong_registration_token_keeps_the_identity(env: dict[str, Any]) -> None:
     root = env["root"]
     first = env["reporter"]()
-    wait_until(lambda: root.reports, 5, "first report")
+    wait_for(lambda: root.reports, 5, "first report")
     first.stop()
     with root.lock:
         root.registration_token = "rotated-at-the-root"  # our token is now wrong: 401
     second = env["reporter"]()
-    wait_until(lambda: len(root.register_attempts) >= 4, 10, "retries with backoff")
+    wait_for(lambda: len(root.register_attempts) >= 4, 10, "retries with backoff")
     assert not second.registered and second.cluster_id == "c-123"
     assert "registration token" in second.last_error and "c-123" in second.last_error
     with root.lock:
@@ -354,7 +354,7 @@ def test_wrong_registration_token_keeps_the_identity(env: dict[str, Any]) -> Non
     n = len(root.reports)
     with root.lock:
         root.registration_token = "reg-token"  # fixed at the root
-    wait_until(lambda: second.registered and len(root.reports) > n, 10, "back")
+    wait_for(lambda: second.registered and len(root.reports) > n, 10, "back")
     assert root.registrations[-1].cluster_id == "c-123"
     assert stored_identity(env) == ("c-123", "cred-1")
 
@@ -371,18 +371,18 @@ def test_refused_identity_registers_a_new_cluster(
 ) -> None:
     root = env["root"]
     first = env["reporter"]()
-    wait_until(lambda: root.reports, 5, "first report")
+    wait_for(lambda: root.reports, 5, "first report")
     first.stop()
     with root.lock:
         root.identity_answer = answer
         root.cluster_id, root.credential = "c-new", "cred-new"
     second = env["reporter"]()
-    wait_until(lambda: second.registered, 10, "registered again")
+    wait_for(lambda: second.registered, 10, "registered again")
     # fresh, then our stored id (refused), then fresh again
     assert [r.cluster_id for r in root.register_attempts] == [None, "c-123", None]
     assert second.cluster_id == "c-new"
-    wait_until(lambda: stored_identity(env) == ("c-new", "cred-new"), 5, "new identity stored")
-    wait_until(lambda: any(r.full for r in root.reports[1:]), 10, "reports flow as c-new")
+    wait_for(lambda: stored_identity(env) == ("c-new", "cred-new"), 5, "new identity stored")
+    wait_for(lambda: any(r.full for r in root.reports[1:]), 10, "reports flow as c-new")
 
 
 def test_against_the_real_root_service(env: dict[str, Any], tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from edgectl.config import Target
 from root_orchestrator.app import create_app
 from schemas.cluster import InstanceChange
 from schemas.job import InstanceState
+from tests.harness.wait import wait_for
 from tests.integration.test_root_rollout import (
     STRATEGY,
     get_job,
@@ -39,7 +40,6 @@ from tests.integration.test_root_support import (
     FakeClock,
     FakeCluster,
     FakeNode,
-    wait_for,
 )
 
 runner = CliRunner()

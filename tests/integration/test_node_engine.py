@@ -22,7 +22,8 @@ from schemas.job import RestartPolicy, TaskSpec, TaskState
 from schemas.mqtt import DeployCommand, DeployMessage, LogsChunkMessage, TaskEventMessage
 from schemas.resources import Resources
 from tests.harness import FakeCluster
-from tests.harness.procs import count_processes, find_processes, unique_sleep_args, wait_until
+from tests.harness.procs import count_processes, find_processes, unique_sleep_args
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -81,7 +82,7 @@ def test_join_rejoin_keeps_id_and_sigterm_leaves_tasks(cluster, tmp_path, cleanu
     cleanup_procs.append(argv)
     cluster.service.deploy(node_id, "keep", native(argv))
     cluster.wait_state(engine, "keep", TaskState.RUNNING)
-    (proc,) = wait_until(lambda: find_processes(argv), 5, "task process")
+    (proc,) = wait_for(lambda: find_processes(argv), 5, "task process")
 
     assert engine.terminate() == 0
     cluster.service.wait_for(
@@ -114,7 +115,7 @@ def test_join_retries_while_cluster_answers_5xx(cluster, tmp_path):
     engine = cluster.engine(
         tmp_path / "node", wait_online=False, extra_args=["--join-max-delay", "1"]
     )
-    wait_until(lambda: "retrying in" in engine.output(), 15, "a join retry")
+    wait_for(lambda: "retrying in" in engine.output(), 15, "a join retry")
     assert engine.running() and engine.identity() is None
     cluster.join.fail_status = None
     cluster.wait_online(engine, timeout=20)
@@ -144,7 +145,7 @@ def test_native_deploy_and_terminate(cluster, tmp_path, cleanup_procs):
     running = cluster.wait_state(engine, "i1", TaskState.RUNNING)
     assert running.id == ack.id  # one message per fact: the ack carries the RUNNING
     assert running.payload.previous is None and not svc.messages(node_id, TaskEventMessage)
-    wait_until(lambda: count_processes(argv) == 1, 5, "one task process")
+    wait_for(lambda: count_processes(argv) == 1, 5, "one task process")
     status = wait_status(cluster, engine, lambda st: task_in(st, "i1") is not None)
     task = task_in(status.payload, "i1")
     assert task.state is TaskState.RUNNING and task.priority == 42 and task.pid
@@ -156,7 +157,7 @@ def test_native_deploy_and_terminate(cluster, tmp_path, cleanup_procs):
     assert svc.wait_ack(node_id, cid).payload.accepted
     event = cluster.wait_state(engine, "i1", TaskState.TERMINATED)
     assert event.payload.reason == "scale down"
-    wait_until(lambda: count_processes(argv) == 0, 10, "task process gone")
+    wait_for(lambda: count_processes(argv) == 0, 10, "task process gone")
     wait_status(cluster, engine, lambda st: task_in(st, "i1") is None, what="task gone")
 
 
@@ -229,7 +230,7 @@ def test_repeated_command_not_run_twice(cluster, tmp_path, cleanup_procs):
     cid = svc.deploy(node_id, "once", native(argv))
     ack = svc.wait_ack(node_id, cid)
     assert ack.payload.accepted and "already present" in ack.payload.reason
-    wait_until(lambda: count_processes(argv) == 1, 5, "task process")
+    wait_for(lambda: count_processes(argv) == 1, 5, "task process")
     status = wait_status(cluster, engine, lambda st: task_in(st, "once") is not None)
     assert [t.instance_id for t in status.payload.tasks] == ["once"]
     assert count_processes(argv) == 1
@@ -353,11 +354,11 @@ def test_broker_outage_tasks_keep_running_events_delivered(
     svc.deploy(node_id, "gated", native(gated))
     cluster.wait_state(engine, "steady", TaskState.RUNNING)
     cluster.wait_state(engine, "gated", TaskState.RUNNING)
-    (proc,) = wait_until(lambda: find_processes(argv), 5, "steady process")
+    (proc,) = wait_for(lambda: find_processes(argv), 5, "steady process")
 
     mosquitto_broker.admin.close()
     mosquitto_broker.process.stop()
-    wait_until(lambda: "lost the broker connection" in engine.output(), 10, "engine sees outage")
+    wait_for(lambda: "lost the broker connection" in engine.output(), 10, "engine sees outage")
     gate.touch()  # the gated task exits while the broker is down
     outbox = tmp_path / "node" / "outbox.json"
 
@@ -368,9 +369,9 @@ def test_broker_outage_tasks_keep_running_events_delivered(
             return False
         return '\\"instance_id\\":\\"gated\\",\\"state\\":\\"FAILED\\"' in text
 
-    wait_until(buffered, 10, "the exit event buffered in the outbox")
+    wait_for(buffered, 10, "the exit event buffered in the outbox")
     # stay down until the engine has failed to reconnect at least once
-    wait_until(lambda: "cannot connect to the broker" in engine.output(), 20, "a failed reconnect")
+    wait_for(lambda: "cannot connect to the broker" in engine.output(), 20, "a failed reconnect")
     assert svc.event_with_state(node_id, "gated", TaskState.FAILED) is None
     assert proc.is_running() and engine.running()
 
@@ -401,13 +402,13 @@ def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, cleanup_pr
     )
     for instance_id in [*sleepers, "crashy"]:
         cluster.wait_state(engine, instance_id, TaskState.RUNNING)
-    pids = {i: wait_until(lambda a=a: find_processes(a), 5)[0].pid for i, a in sleepers.items()}
+    pids = {i: wait_for(lambda a=a: find_processes(a), 5)[0].pid for i, a in sleepers.items()}
 
     engine.kill()  # SIGKILL: no shutdown code runs
     for argv in sleepers.values():
         assert count_processes(argv) == 1
     gate.touch()  # crashy exits while there is no engine
-    wait_until(lambda: count_processes(gated) == 0, 10, "crashy exited")
+    wait_for(lambda: count_processes(gated) == 0, 10, "crashy exited")
     # an operator (or a lost TERMINATE) leaves s2 undesired in the local state
     tasks_file = state / "tasks.json"
     data = json.loads(tasks_file.read_text())
@@ -444,7 +445,7 @@ def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, cleanup_pr
         assert task.state is TaskState.RUNNING
         assert count_processes(sleepers[instance_id]) == 1
         assert find_processes(sleepers[instance_id])[0].pid == pids[instance_id]
-    wait_until(lambda: count_processes(sleepers["s2"]) == 0, 15, "undesired s2 stopped")
+    wait_for(lambda: count_processes(sleepers["s2"]) == 0, 15, "undesired s2 stopped")
     assert task_in(status.payload, "s2") is None
     assert "not desired" in engine.output()
     # nothing was started twice: s0/s1 were adopted, not redeployed

@@ -22,7 +22,8 @@ from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.mqtt import Channel, DeployCommand, DeployMessage, encode, topic
 from tests.harness import FakeCluster
-from tests.harness.procs import count_processes, unique_sleep_args, wait_until
+from tests.harness.procs import count_processes, unique_sleep_args
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -73,7 +74,7 @@ def test_status_and_commands_keep_flowing_while_a_task_ignores_sigterm(cluster, 
     spec, marker = stubborn_task()
     svc.deploy(node_id, "stubborn", spec)
     cluster.wait_state(engine, "stubborn", TaskState.RUNNING)
-    wait_until(lambda: processes_with(marker), 5, "stubborn task process")
+    wait_for(lambda: processes_with(marker), 5, "stubborn task process")
 
     started = time.monotonic()
     term_id = svc.terminate(node_id, "stubborn", reason="scale down")
@@ -169,7 +170,7 @@ def test_engine_stopped_during_a_stop_finishes_it_after_restart(cluster, tmp_pat
                 return bool(tasks["stubborn"]["stopping"] == "terminate")
             return False
 
-        wait_until(stopping, 10, "the stop intent persisted")
+        wait_for(stopping, 10, "the stop intent persisted")
         asked = time.monotonic()
         assert engine.terminate(timeout=20) == 0
         assert time.monotonic() - asked < 12, "shutdown waits for the stop only briefly"
@@ -182,7 +183,7 @@ def test_engine_stopped_during_a_stop_finishes_it_after_restart(cluster, tmp_pat
         cluster.wait_online(engine)
         done = cluster.wait_state(engine, "stubborn", TaskState.TERMINATED, timeout=20)
         assert done.payload.reason == "going away"
-        wait_until(lambda: not processes_with(marker), 10, "stubborn task killed")
+        wait_for(lambda: not processes_with(marker), 10, "stubborn task killed")
         # the TERMINATE the broker delivers again is answered now
         assert svc.wait_ack(node_id, term_id, timeout=10).payload.accepted
         assert svc.starts(node_id, "stubborn") == 1

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from root_orchestrator.app import create_app
 from root_orchestrator.settings import RootSettings
 from tests.fixtures.mongo import MONGO_PARAMS, mongo_url_for
+from tests.harness.wait import wait_for
 from tests.integration.test_root_support import (
     AUTH,
     OPERATOR_TOKEN,
@@ -25,7 +26,6 @@ from tests.integration.test_root_support import (
     REGISTRATION_TOKEN,
     FakeClock,
     job_body,
-    wait_for,
 )
 
 STORE_PARAMS = [pytest.param("sqlite", id="sqlite"), *MONGO_PARAMS]

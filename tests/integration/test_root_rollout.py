@@ -21,6 +21,7 @@ from root_orchestrator.settings import RootSettings
 from schemas.cluster import InstanceChange
 from schemas.job import InstanceState
 from tests.fixtures.mongo import MONGO_PARAMS, mongo_url_for
+from tests.harness.wait import wait_for
 from tests.integration.test_root_support import (
     AUTH,
     OPERATOR_TOKEN,
@@ -29,7 +30,6 @@ from tests.integration.test_root_support import (
     FakeCluster,
     FakeNode,
     job_body,
-    wait_for,
 )
 
 STORE_PARAMS = [pytest.param("sqlite", id="sqlite"), *MONGO_PARAMS]

@@ -23,6 +23,7 @@ from root_orchestrator.app import create_app
 from root_orchestrator.settings import RootSettings
 from schemas.cluster import InstanceChange
 from schemas.job import InstanceState
+from tests.harness.wait import wait_for
 from tests.integration.test_root_support import (
     AUTH,
     OPERATOR_TOKEN,
@@ -32,7 +33,6 @@ from tests.integration.test_root_support import (
     FakeNode,
     ServerThread,
     job_body,
-    wait_for,
 )
 
 

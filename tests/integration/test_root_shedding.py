@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from root_orchestrator.app import create_app
 from schemas.cluster import InstanceChange
 from schemas.job import InstanceState
+from tests.harness.wait import wait_for
 from tests.integration.test_root_scheduling import all_assigned, events, settings_for, submit
 from tests.integration.test_root_scheduling import job as get_job
-from tests.integration.test_root_support import AUTH, FakeClock, FakeCluster, job_body, wait_for
+from tests.integration.test_root_support import AUTH, FakeClock, FakeCluster, job_body
 
 FIGURES = {
     "frames_executed": 14,

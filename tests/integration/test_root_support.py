@@ -34,6 +34,7 @@ from schemas.common import Arch, Runtime
 from schemas.job import InstanceState
 from schemas.node import Liveness
 from schemas.resources import Resources
+from tests.harness.wait import wait_for
 
 T = TypeVar("T")
 
@@ -41,30 +42,6 @@ OPERATOR_TOKEN = "operator-token-1"
 REGISTRATION_TOKEN = "registration-token-1"
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 REG_AUTH = {"Authorization": f"Bearer {REGISTRATION_TOKEN}"}
-
-
-class WaitTimeout(AssertionError):
-    """A condition did not hold before its deadline."""
-
-
-def wait_for(
-    predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
-) -> T:
-    """Poll `predicate` until it returns something truthy; return it, or fail."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-        except AssertionError as exc:  # allow asserting predicates
-            last = exc
-        else:
-            last = value
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(0.02)
 
 
 def free_port() -> int:

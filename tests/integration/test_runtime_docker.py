@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import docker.errors
@@ -21,21 +21,10 @@ from tests.fixtures.images import (  # noqa: F401  (fixtures, used by name)
     docker_engine_id,
     remove_engine_containers,
 )
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `fn` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def wait_terminal(rt: DockerRuntime, h: TaskHandle, timeout: float = 30.0) -> TaskObservation:
@@ -116,7 +105,7 @@ def test_running_container_labels_and_logs(
     assert hc["Memory"] == hc["MemorySwap"] == 64 * 1024 * 1024
     assert hc["NanoCpus"] == 500_000_000
     assert rt.status(h).state is TaskState.RUNNING
-    wait_for(lambda: "err" in rt.logs(h), what="output in logs")
+    wait_for(lambda: "err" in rt.logs(h), timeout=20, what="output in logs")
     out = rt.logs(h)
     assert "hi" in out and "foo=bar" in out and "/tmp" in out
     # stdout and stderr are copied by separate daemon goroutines: order across them varies.

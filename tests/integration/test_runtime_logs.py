@@ -7,8 +7,6 @@ docker after the engine's cleanup removed the container (the runtime saved it).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,19 +23,9 @@ from tests.fixtures.images import (  # noqa: F401  (fixtures, used by name)
     docker_client,
     docker_engine_id,
 )
+from tests.harness.wait import wait_for
 
 T = TypeVar("T")
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def ended(rt: TaskRuntime, h: TaskHandle) -> TaskObservation:
@@ -47,7 +35,7 @@ def ended(rt: TaskRuntime, h: TaskHandle) -> TaskObservation:
         obs = rt.status(h)
         return obs if obs.state.terminal else None
 
-    return wait_for(check, what=f"{h.instance_id} to end")
+    return wait_for(check, timeout=30, what=f"{h.instance_id} to end")
 
 
 def text(read: LogRead) -> str:
@@ -87,11 +75,11 @@ def test_native_follow_and_failed_output(tmp_path: Path) -> None:
     )
     h = rt.deploy("t-follow", native_spec(script))
     follow = Follower(rt, "t-follow", h)
-    wait_for(lambda: "early 299" in follow.poll(), what="early output")
+    wait_for(lambda: "early 299" in follow.poll(), timeout=30, what="early output")
     rt.status(h)  # rotates the log (2 KiB bound) under the follower's cursor
     assert (rt.task_dir("t-follow") / "output.log.1").exists()
     go.touch()
-    wait_for(lambda: "boom" in follow.poll(), what="the line printed after the trigger")
+    wait_for(lambda: "boom" in follow.poll(), timeout=30, what="the line printed after the trigger")
     lines = follow.seen.splitlines()
     assert lines == [f"early {i}" for i in range(300)] + ["late line é", "boom"]
     assert ended(rt, h).exit_code == 3
@@ -126,10 +114,12 @@ def test_docker_follow_and_output_saved_at_removal(
     h = rt.deploy("d-follow", spec)
     try:
         follow = Follower(rt, "d-follow", h)
-        wait_for(lambda: "early 49" in follow.poll(), what="early output")
+        wait_for(lambda: "early 49" in follow.poll(), timeout=30, what="early output")
         assert follow.seen.splitlines() == [f"early {i}" for i in range(50)]  # no repeats
         docker_client.containers.get(h.container_id).exec_run(["touch", "/tmp/go"])
-        wait_for(lambda: "boom" in follow.poll(), what="the line printed after the trigger")
+        wait_for(
+            lambda: "boom" in follow.poll(), timeout=30, what="the line printed after the trigger"
+        )
         # stdout and stderr reach docker through two pipes: their order is docker's
         assert sorted(follow.seen.splitlines()[-2:]) == ["boom", "late line é"]
         assert ended(rt, h).exit_code == 3

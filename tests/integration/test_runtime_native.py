@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,21 +22,10 @@ from node_engine.runtimes.native import NativeRuntime
 from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.resources import Resources
+from tests.harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `fn` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def wait_terminal(rt: NativeRuntime, h: TaskHandle, timeout: float = 10.0) -> TaskObservation:

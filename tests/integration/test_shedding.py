@@ -27,7 +27,7 @@ import pytest
 from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle
 from tests.harness.engine_process import NodeEngineProcess
-from tests.harness.procs import wait_until
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -129,7 +129,7 @@ def wait_ready(cluster: ClusterProcess, *names: str) -> dict[str, str]:
             return {n: by_name[n]["id"] for n in names}
         return None
 
-    found: dict[str, str] = wait_until(ready, 60, f"nodes {names} READY")
+    found: dict[str, str] = wait_for(ready, 60, f"nodes {names} READY")
     return found
 
 
@@ -171,7 +171,7 @@ def wait_state(
         return None
 
     try:
-        found: dict[str, Any] = wait_until(check, timeout, f"{iid} {state}", interval=0.2)
+        found: dict[str, Any] = wait_for(check, timeout, f"{iid} {state}", interval=0.2)
         return found
     except AssertionError:
         inst = instance(cluster, iid)
@@ -216,16 +216,16 @@ def test_low_priority_burner_is_paused_then_resumed_and_the_cluster_sees_it(
     assert event["data"]["priority"] == 10
     # really frozen (SIGSTOP), and the node says it is shedding
     proc = burner_process(engine, "burner")
-    wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 10, "burner stopped (T)")
-    wait_until(lambda: node_status(cluster, node_id).get("shedding") is True, 10, "shedding")
+    wait_for(lambda: proc.status() == psutil.STATUS_STOPPED, 10, "burner stopped (T)")
+    wait_for(lambda: node_status(cluster, node_id).get("shedding") is True, 10, "shedding")
     tasks = {t["instance_id"]: t for t in node_status(cluster, node_id)["tasks"]}
     assert tasks["burner"]["state"] == "PAUSED" and tasks["important"]["state"] == "RUNNING"
 
     flag.touch()  # once resumed, the burner goes idle: pressure cannot come back
     resumed = wait_state(cluster, "burner", "RUNNING", engines=(engine,))
     assert resumed["reason"].startswith("resumed: pressure clear"), resumed["reason"]
-    wait_until(lambda: proc.status() != psutil.STATUS_STOPPED, 10, "burner running again")
-    wait_until(lambda: node_status(cluster, node_id).get("shedding") is False, 10, "not shedding")
+    wait_for(lambda: proc.status() != psutil.STATUS_STOPPED, 10, "burner running again")
+    wait_for(lambda: node_status(cluster, node_id).get("shedding") is False, 10, "not shedding")
 
     states = [e["state"] for e in instance(cluster, "burner")["events"]]
     assert states[-2:] == ["SHED", "RUNNING"] and states.count("SHED") == 1
@@ -256,7 +256,7 @@ def test_reschedule_moves_a_shed_instance_to_another_node(
     assert shed and shed[-1].startswith("shed by hot: shed (stop): cpu "), reasons
     assert any(s == "ASSIGNED" and r.startswith("rescheduled: shed by hot") for s, r in reasons)
     # the copy on "hot" was stopped and terminated there
-    wait_until(
+    wait_for(
         lambda: not (hot.state_dir / "native" / "tasks" / "mover" / "handle.json").exists(),
         30,
         "the shed copy gone from hot",
@@ -290,7 +290,7 @@ def test_inference_worker_figures_reach_the_cluster_api(
         inf = instance(cluster, "detector").get("inference")
         return inf if inf and inf["frames_executed"] > 0 else None
 
-    inf = wait_until(figures, 60, "inference figures in the cluster API", interval=0.3)
+    inf = wait_for(figures, 60, "inference figures in the cluster API", interval=0.3)
     assert inf["budget_ms"] == 500.0 and inf["latency_p95_ms"] is not None
     assert inf["frames_executed"] <= 15  # one second's worth at 10 fps
     tasks = {t["instance_id"]: t for t in node_status(cluster, node_id)["tasks"]}
