@@ -64,6 +64,7 @@ from node_engine.supervisor import (
 from schemas.common import Runtime
 from schemas.job import TaskState
 from schemas.mqtt import (
+    SESSION_TAKEN_OVER,
     AckMessage,
     Channel,
     CommandAck,
@@ -98,6 +99,9 @@ DEFAULT_SHUTDOWN_WAIT = 5.0
 
 OUTBOX_REMOVALS_S = 5.0
 """Delivered outbox entries are written away at least this often (`Outbox.save`)."""
+
+REJECT_LOG_EVERY_S = 10.0
+"""A rejected message is logged at most this often per reason (all are counted)."""
 
 Receipt = tuple[int, int, int]
 """(mid, qos, generation) of one delivery of a command: what `Transport.ack` needs."""
@@ -256,6 +260,11 @@ class Engine:
         self._inflight_keys: set[int] = set()
         self.messages_rejected = 0
         self.rejected_by_reason: Counter[str] = Counter()
+        self._reject_logged: dict[str, float] = {}  # reason -> monotonic time of its last log
+        self.session_takeovers = 0
+        """How often the broker closed our connection for another client with this node's
+        client id (MQTT reason 0x8E): a second engine or a copy of its credentials."""
+        self._taken_over = False  # the next online presence says why we reconnected
         self._status_seq = int(wall() * 1000)  # monotonic across restarts, +1 per status
         self._last_connect_error = ""
         self._stopping = False
@@ -336,10 +345,26 @@ class Engine:
             self._inflight[mid] = entry.key
             self._inflight_keys.add(entry.key)
 
+    def _on_taken_over(self) -> None:
+        """The broker dropped us for a newer connection with our client id: count it and
+        say plainly what that means (the two clients displace each other in turn)."""
+        self.session_takeovers += 1
+        self._taken_over = True
+        log.warning(
+            "the broker closed this connection because another client connected with this "
+            "node's MQTT client id (session taken over, %d time(s) so far): a second engine "
+            "is running with this node's identity (a copied state directory?) or its "
+            "credentials are in use elsewhere; both will keep displacing each other until "
+            "one stops (remove the node to revoke its credentials). Reconnecting",
+            self.session_takeovers,
+        )
+
     def _publish_presence(self) -> None:
+        reason = SESSION_TAKEN_OVER if self._taken_over else ""
+        self._taken_over = False
         message = PresenceMessage(
             node_id=self.node_id,
-            payload=Presence(online=True, engine_version=self.engine_version),
+            payload=Presence(online=True, engine_version=self.engine_version, reason=reason),
         )
         self.transport.publish(self._topics[Channel.PRESENCE], encode(message), 1, retain=True)
 
@@ -400,7 +425,10 @@ class Engine:
             self._online = True
         elif isinstance(item, Disconnected):
             self._online = False
-            log.warning("lost the broker connection (%s); reconnecting", item.reason)
+            if item.taken_over:
+                self._on_taken_over()
+            else:
+                log.warning("lost the broker connection (%s); reconnecting", item.reason)
         elif isinstance(item, ConnectFailed) and item.reason != self._last_connect_error:
             log.warning("cannot connect to the broker: %s (retrying)", item.reason)
             self._last_connect_error = item.reason
@@ -511,16 +539,25 @@ class Engine:
         if not waiting:
             del self._waiting[instance_id]
 
+    def _should_log_reject(self, reason: str) -> bool:
+        """At most one log line per rejection reason every `REJECT_LOG_EVERY_S`."""
+        now = time.monotonic()
+        if now - self._reject_logged.get(reason, -REJECT_LOG_EVERY_S) < REJECT_LOG_EVERY_S:
+            return False
+        self._reject_logged[reason] = now
+        return True
+
     def _on_rejected(self, item: CommandRejected) -> None:
         self.messages_rejected += 1
         self.rejected_by_reason[item.reason] += 1
-        log.warning(
-            "rejected message %s on the commands topic: %s: %s (rejected so far by reason: %s)",
-            item.command_id,
-            item.reason,
-            item.detail,
-            dict(self.rejected_by_reason),
-        )
+        if self._should_log_reject(item.reason):
+            log.warning(
+                "rejected message %s on the commands topic: %s: %s (rejected so far by reason: %s)",
+                item.command_id,
+                item.reason,
+                item.detail,
+                dict(self.rejected_by_reason),
+            )
         self._ack(
             item.command_id,
             item.kind,
@@ -561,7 +598,10 @@ class Engine:
     def _on_logs_rejected(self, item: LogsRejected) -> None:
         self.messages_rejected += 1
         self.rejected_by_reason[item.reason] += 1
-        log.warning("rejected logs request %s: %s: %s", item.request_id, item.reason, item.detail)
+        if self._should_log_reject(item.reason):
+            log.warning(
+                "rejected logs request %s: %s: %s", item.request_id, item.reason, item.detail
+            )
         if item.request_id != "unknown":
             why = f"invalid logs request: {item.reason}: {item.detail}"
             self.log_server.send(error_chunk(item.request_id, item.instance_id, "invalid", why))
