@@ -100,6 +100,11 @@ DEFAULT_SHUTDOWN_WAIT = 5.0
 OUTBOX_REMOVALS_S = 5.0
 """Delivered outbox entries are written away at least this often (`Outbox.save`)."""
 
+SHORT_SESSION_S = 10.0
+TAKEOVER_STREAK = 3
+"""This many connections in a row that the broker closed less than `SHORT_SESSION_S`
+after accepting them are taken for a session takeover (see `Engine._on_disconnected`)."""
+
 REJECT_LOG_EVERY_S = 10.0
 """A rejected message is logged at most this often per reason (all are counted)."""
 
@@ -263,8 +268,11 @@ class Engine:
         self._reject_logged: dict[str, float] = {}  # reason -> monotonic time of its last log
         self.session_takeovers = 0
         """How often the broker closed our connection for another client with this node's
-        client id (MQTT reason 0x8E): a second engine or a copy of its credentials."""
+        client id: a second engine or a copy of its credentials (see `_on_disconnected`)."""
         self._taken_over = False  # the next online presence says why we reconnected
+        self._connected_at: float | None = None  # monotonic time of the last CONNACK
+        self._short_sessions = 0  # consecutive connections the broker closed quickly
+        self._takeover_logged: float | None = None
         self._status_seq = int(wall() * 1000)  # monotonic across restarts, +1 per status
         self._last_connect_error = ""
         self._stopping = False
@@ -345,17 +353,45 @@ class Engine:
             self._inflight[mid] = entry.key
             self._inflight_keys.add(entry.key)
 
-    def _on_taken_over(self) -> None:
-        """The broker dropped us for a newer connection with our client id: count it and
-        say plainly what that means (the two clients displace each other in turn)."""
+    def _on_disconnected(self, item: Disconnected) -> None:
+        """Log a lost connection and tell a session takeover from an ordinary drop.
+
+        Taken over: the broker said so (MQTT v5 reason 0x8E), or it closed
+        `TAKEOVER_STREAK` connections in a row each less than `SHORT_SESSION_S` after
+        accepting them, which is what two clients with one client id do to each other
+        when both reconnect (Mosquitto 2.0.11 closes the older one without the reason
+        code). One drop, e.g. a broker restart, is never taken for a takeover."""
+        lasted = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
+        if lasted is not None and lasted < SHORT_SESSION_S:
+            self._short_sessions += 1
+        else:
+            self._short_sessions = 0
+        if item.taken_over or self._short_sessions >= TAKEOVER_STREAK:
+            self._on_taken_over(item.reason, lasted)
+        else:
+            log.warning("lost the broker connection (%s); reconnecting", item.reason)
+
+    def _on_taken_over(self, reason: str, lasted: float | None) -> None:
+        """The broker dropped us for another connection with our client id: count it,
+        say plainly what that means (at most once a minute), and tell the cluster in the
+        next online presence."""
         self.session_takeovers += 1
         self._taken_over = True
+        now = time.monotonic()
+        if self._takeover_logged is not None and now - self._takeover_logged < 60.0:
+            log.info("lost the broker connection again (%s): session taken over", reason)
+            return
+        self._takeover_logged = now
         log.warning(
-            "the broker closed this connection because another client connected with this "
-            "node's MQTT client id (session taken over, %d time(s) so far): a second engine "
-            "is running with this node's identity (a copied state directory?) or its "
-            "credentials are in use elsewhere; both will keep displacing each other until "
-            "one stops (remove the node to revoke its credentials). Reconnecting",
+            "the broker closed this connection (%s) after %.1f s, most likely because "
+            "another client connected with this node's MQTT client id (session taken over, "
+            "%d time(s) so far): a second engine is running with this node's identity (a "
+            "copied state directory?) or its credentials are in use elsewhere; both will "
+            "keep displacing each other until one stops (remove the node to revoke its "
+            "credentials). Reconnecting",
+            reason,
+            lasted if lasted is not None else 0.0,
             self.session_takeovers,
         )
 
@@ -423,12 +459,10 @@ class Engine:
             )
             self._publish_presence()
             self._online = True
+            self._connected_at = time.monotonic()
         elif isinstance(item, Disconnected):
             self._online = False
-            if item.taken_over:
-                self._on_taken_over()
-            else:
-                log.warning("lost the broker connection (%s); reconnecting", item.reason)
+            self._on_disconnected(item)
         elif isinstance(item, ConnectFailed) and item.reason != self._last_connect_error:
             log.warning("cannot connect to the broker: %s (retrying)", item.reason)
             self._last_connect_error = item.reason
