@@ -490,11 +490,14 @@ def test_returning_engine_stops_the_docker_container_that_moved_away(
         return engines(name, runtimes=("native", "docker"))
 
     def containers(iid: str) -> list[Any]:
-        return [
-            c
-            for c in docker_client.containers.list(filters={"label": f"edge.instance={iid}"})
-            if c.status == "running"
-        ]
+        from docker.errors import NotFound
+
+        while True:  # the SDK inspects each listed container: one may go away meanwhile
+            try:
+                listed = docker_client.containers.list(filters={"label": f"edge.instance={iid}"})
+            except NotFound:
+                continue
+            return [c for c in listed if c.status == "running"]
 
     try:
         engine_a = engine("a")
