@@ -265,6 +265,8 @@ class DynsecAdmin:
             client_id=client_id or f"dynsec-admin-{uuid.uuid4().hex[:12]}",
             protocol=protocol,
         )
+        # a callback that raises must never end the network thread (issue 15)
+        self._client.suppress_exceptions = True
         self._client.username_pw_set(username, password)
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
@@ -323,7 +325,10 @@ class DynsecAdmin:
         self._ready.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._replies.put(bytes(msg.payload))
+        try:
+            self._replies.put(bytes(msg.payload))
+        except Exception:  # never let a reply end the network thread
+            log.exception("dropped a dynsec reply on %s", msg.topic)
 
     # ----- connection -----
 
@@ -436,7 +441,7 @@ class DynsecAdmin:
     def _match(raw: bytes, batch_id: str) -> list[dict[str, Any]] | None:
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.warning("ignoring a non-JSON dynsec reply")
             return None
         responses = doc.get("responses") if isinstance(doc, dict) else None

@@ -68,6 +68,7 @@ from schemas.cluster import (
 )
 from schemas.job import InstanceState, RestartPolicy, ShedAction, TaskState
 from schemas.mqtt import (
+    SESSION_TAKEN_OVER,
     AckMessage,
     CommandMessage,
     DeployCommand,
@@ -104,6 +105,9 @@ BATCH = 500
 #: a rebalancing pass that moved a replica (or waited for one on its way) looks again
 #: this much later, until every spread job is even
 REBALANCE_RETRY_S = 2.0
+#: a node whose session is taken over again and again gets one warning and one event
+#: this often (every takeover is counted)
+TAKEOVER_LOG_EVERY_S = 60.0
 
 _TASK_TO_INSTANCE: dict[TaskState, InstanceState] = {
     TaskState.STARTING: InstanceState.STARTING,
@@ -815,6 +819,8 @@ class ClusterCore:
         presence = message.payload
         node.presence_online = presence.online
         if presence.online:
+            if presence.reason == SESSION_TAKEN_OVER and not inbound.retained:
+                self._on_session_takeover(node)
             return
         now = self._mono()
         if (
@@ -827,6 +833,38 @@ class ClusterCore:
         transition = node.liveness.on_presence(False, now, reason)
         if transition is not None:
             self._on_node_transition(node, transition)
+
+    def _on_session_takeover(self, node: NodeRecord) -> None:
+        """The node says the broker dropped it for another client with its client id: two
+        clients share its credentials and displace each other. Counted every time; one
+        warning and one `node.session_takeover` event per node per `TAKEOVER_LOG_EVERY_S`."""
+        node.session_takeovers += 1
+        self._metrics.inc("edge_cluster_node_session_takeovers_total")
+        now = self._mono()
+        last = node.takeover_logged_at
+        if last is not None and now - last < TAKEOVER_LOG_EVERY_S:
+            return
+        node.takeover_logged_at = now
+        reason = (
+            "another MQTT client connected with this node's credentials and client id; "
+            "a second engine with a copy of its identity, or stolen credentials"
+        )
+        self._record_event(
+            None,
+            kind="node.session_takeover",
+            subject=node.id,
+            node_id=node.id,
+            reason=reason,
+            data={"takeovers": node.session_takeovers},
+        )
+        log.warning(
+            "node %s (%s): session taken over %d time(s): %s (remove the node to revoke "
+            "its credentials if it is not a second engine of yours)",
+            node.id,
+            node.info.name,
+            node.session_takeovers,
+            reason,
+        )
 
     def _on_task_event(self, message: TaskEventMessage) -> None:
         self._apply_task_event(message.node_id, message.ts, message.payload)

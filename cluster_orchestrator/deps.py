@@ -29,6 +29,7 @@ __all__ = [
     "ServicesDep",
     "get_services",
     "join_token_state",
+    "require_operator",
 ]
 
 

@@ -34,7 +34,10 @@ LabelKey = tuple[tuple[str, str], ...]
 
 _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_mqtt_messages_total": ("counter", "MQTT messages received, by kind"),
-    "edge_cluster_mqtt_rejected_total": ("counter", "MQTT messages rejected, by reason"),
+    "edge_cluster_mqtt_rejected_total": (
+        "counter",
+        "MQTT messages rejected, by reason (error: an unexpected failure handling one)",
+    ),
     "edge_cluster_commands_total": ("counter", "commands published, by kind"),
     "edge_cluster_acks_total": ("counter", "command acks received, by result"),
     "edge_cluster_ack_timeouts_total": ("counter", "commands without ack in time, by kind"),
@@ -45,6 +48,11 @@ _HELP: dict[str, tuple[str, str]] = {
     "edge_cluster_placements_total": ("counter", "placement decisions, by result"),
     "edge_cluster_instance_transitions_total": ("counter", "instance state changes, by state"),
     "edge_cluster_node_transitions_total": ("counter", "node liveness changes, by state"),
+    "edge_cluster_node_session_takeovers_total": (
+        "counter",
+        "a node's MQTT connection closed by the broker for another client with its client id "
+        "(reported by the node on reconnecting)",
+    ),
     "edge_cluster_rebalance_moves_total": (
         "counter",
         "replicas of spread jobs moved onto a returning node",

@@ -4,7 +4,11 @@ The paho network thread does exactly two things with a message: decode it with
 `schemas.mqtt.decode` (which validates the envelope, the payload and that the
 envelope's node id matches the topic) and hand the typed message to the core loop
 through its inbox. Messages that do not validate are counted by reason (visible at
-`/metrics`) and logged at a bounded rate; they never reach the core.
+`/metrics`) and logged at a bounded rate; they never reach the core. No message can end
+the network thread: decode raises nothing but `MessageError`, anything else a callback
+raises is counted as reason `error` (logged with its traceback at the same bounded
+rate), and paho's `suppress_exceptions` is on as a second belt. `health` tells
+`/healthz` whether the thread still runs and the broker connection is up (issue 15).
 
 The session is persistent (clean start off, a fixed client id per cluster, a session
 expiry), so task events and acks published while the orchestrator restarts are
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 3600
 _LOG_EVERY_S = 10.0
+DEFAULT_HEALTH_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,8 @@ class MqttAdapter:
             client_id=client_id,
             protocol=mqtt.MQTTv5,
         )
+        # a callback that raises must never end the network thread (issue 15)
+        self._client.suppress_exceptions = True
         self._client.username_pw_set(username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.max_inflight_messages_set(100)
@@ -103,6 +110,7 @@ class MqttAdapter:
         self._refused: ReasonCode | None = None
         self._last_log: dict[str, float] = {}
         self._started = False
+        self._down_since: float | None = time.monotonic()  # not connected since (monotonic)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -110,6 +118,34 @@ class MqttAdapter:
     def connected(self) -> bool:
         """True while connected and subscribed."""
         return self._connected.is_set()
+
+    @property
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread runs (it clears its thread attribute on exit)."""
+        thread = getattr(self._client, "_thread", None)
+        return isinstance(thread, threading.Thread) and thread.is_alive()
+
+    def health(self, grace_s: float = DEFAULT_HEALTH_GRACE_S) -> tuple[bool, str]:
+        """(healthy, state) for `/healthz`: `connected`; `reconnecting` (down for at
+        most `grace_s`, still healthy); or unhealthy: `broker_disconnected` (down longer),
+        `mqtt_loop_dead` (the network thread ended: nothing is received or reconnected
+        any more), `mqtt_stopped`."""
+        if not self._started:
+            return False, "mqtt_stopped"
+        if not self.loop_alive:
+            return False, "mqtt_loop_dead"
+        if self.connected:
+            return True, "connected"
+        since = self._down_since
+        if since is not None and time.monotonic() - since <= grace_s:
+            return True, "reconnecting"
+        return False, "broker_disconnected"
+
+    @property
+    def disconnected_for(self) -> float:
+        """Seconds since the broker connection went down (0 while connected)."""
+        since = self._down_since
+        return 0.0 if since is None or self.connected else time.monotonic() - since
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and subscribe; raise ConnectionError if not connected in time."""
@@ -202,6 +238,7 @@ class MqttAdapter:
         ]
         client.subscribe(subs)
         log.info("connected to the broker at %s:%s", self._host, self._port)
+        self._down_since = None
         self._connected.set()
         if self._on_connected_cb is not None:
             self._on_connected_cb()
@@ -214,11 +251,19 @@ class MqttAdapter:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         self._connected.clear()
         if self._started:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(msg)
+        except Exception as exc:  # a bug must cost one message, never the network thread
+            self.reject("error", msg.topic, f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
         try:
             message = decode(bytes(msg.payload), topic_name=msg.topic)
@@ -238,10 +283,17 @@ class MqttAdapter:
             return
         self._deliver(Inbound(message=message, retained=bool(msg.retain), received_at=now))
 
-    def reject(self, reason: str, topic_name: str, detail: str) -> None:
-        """Count a rejected message and log it (at most once per reason every 10 s)."""
+    def reject(self, reason: str, topic_name: str, detail: str, *, exc_info: bool = False) -> None:
+        """Count a rejected message and log it (at most once per reason every 10 s;
+        `exc_info` adds the traceback of an unexpected failure)."""
         self._metrics.inc("edge_cluster_mqtt_rejected_total", {"reason": reason})
         now = time.monotonic()
         if now - self._last_log.get(reason, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             self._last_log[reason] = now
-            log.warning("rejected MQTT message on %s (%s): %s", topic_name, reason, detail[:300])
+            log.warning(
+                "rejected MQTT message on %s (%s): %s",
+                topic_name[:200],
+                reason,
+                detail[:300],
+                exc_info=exc_info,
+            )

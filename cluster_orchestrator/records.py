@@ -97,6 +97,10 @@ class NodeRecord:
     status_dirty: bool = False
     presence_online: bool | None = None
     credentials_issued: int = 0
+    #: session takeovers reported by the node (online presences with reason
+    #: `session_taken_over`), and the monotonic time of the last one logged as an event
+    session_takeovers: int = 0
+    takeover_logged_at: float | None = None
 
     @property
     def state(self) -> Liveness:

@@ -6,10 +6,10 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from cluster_orchestrator.deps import OperatorAuth, ServicesDep
+from cluster_orchestrator.deps import BearerDep, OperatorAuth, ServicesDep, require_operator
 
 __all__ = ["router"]
 
@@ -18,21 +18,32 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", summary="Health")
 async def healthz(services: ServicesDep) -> JSONResponse:
-    """200 when the core loop answers and the broker connection is up, else 503.
+    """200 when the core loop answers and the MQTT client is alive, else 503.
 
+    The MQTT client is alive while its network thread runs and the broker connection is
+    up or has been down for at most `broker_health_grace`; otherwise `mqtt` names why
+    (`mqtt_loop_dead`, `broker_disconnected`) and `reasons` lists every failed check.
     Also shows rejected MQTT messages by reason (no secrets, no auth needed).
     """
     core = services.core
-    ok = True
+    reasons: list[str] = []
     detail: dict[str, Any] = {"cluster": services.settings.name}
     try:
         detail.update(await asyncio.wait_for(core.run(core.stats), timeout=5.0))
     except TimeoutError:
-        ok = False
+        reasons.append("core_not_answering")
         detail["core"] = "not answering"
-    mqtt_ok = services.mqtt is not None and services.mqtt.connected
-    detail["broker_connected"] = mqtt_ok
-    ok = ok and mqtt_ok
+    mqtt = services.mqtt
+    if mqtt is None:
+        mqtt_ok, mqtt_state = False, "mqtt_stopped"
+    else:
+        mqtt_ok, mqtt_state = mqtt.health(services.settings.broker_health_grace)
+        detail["broker_disconnected_s"] = round(mqtt.disconnected_for, 3)
+    detail["broker_connected"] = mqtt is not None and mqtt.connected
+    detail["mqtt"] = mqtt_state
+    if not mqtt_ok:
+        reasons.append(mqtt_state)
+    ok = not reasons
     detail["mqtt_rejected"] = services.metrics.counter_total("edge_cluster_mqtt_rejected_total")
     detail["mqtt_rejected_by_reason"] = services.metrics.counter_by(
         "edge_cluster_mqtt_rejected_total", "reason"
@@ -47,12 +58,29 @@ async def healthz(services: ServicesDep) -> JSONResponse:
         }
     detail["uptime_s"] = round(time.time() - services.started_at, 3)
     detail["status"] = "ok" if ok else "degraded"
+    if reasons:
+        detail["reasons"] = reasons
     return JSONResponse(detail, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def _metrics_auth(services: ServicesDep, credentials: BearerDep) -> None:
+    """The operator token, unless `public_metrics` is set."""
+    if not services.settings.public_metrics:
+        await require_operator(services, credentials)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(_metrics_auth)],
+    summary="Prometheus metrics",
+    responses={401: {"description": "missing or wrong operator token"}},
+)
 async def metrics(services: ServicesDep) -> PlainTextResponse:
-    """Prometheus text format: messages, rejections by reason, commands, liveness, lag."""
+    """Prometheus text format: messages, rejections by reason, commands, liveness, lag.
+
+    Needs the operator token (as every API route but `/healthz` and the join) unless
+    `public_metrics` is set."""
     return PlainTextResponse(
         services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

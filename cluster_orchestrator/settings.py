@@ -89,6 +89,9 @@ class ClusterSettings(FlagsEnvSettings):
         "the nodes' EDGE_NODE_JOIN_TOKEN to it, then drop the old one. Only a first join "
         "needs a join token: a joined node rejoins with its own node secret",
     )
+    public_metrics: bool = Field(
+        default=False, description="serve /metrics without the operator token"
+    )
 
     # storage
     data_dir: Path = Field(default=Path("data/cluster"), description="state directory")
@@ -115,6 +118,12 @@ class ClusterSettings(FlagsEnvSettings):
         ge=1,
         le=65535,
         description="broker port handed to nodes (default broker_port)",
+    )
+    broker_health_grace: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="/healthz turns 503 once the broker connection is down this long",
     )
     start_broker: bool = Field(default=False, description="start our own mosquitto")
     broker_data_dir: Path | None = Field(

@@ -64,6 +64,7 @@ from node_engine.supervisor import (
 from schemas.common import Runtime
 from schemas.job import TaskState
 from schemas.mqtt import (
+    SESSION_TAKEN_OVER,
     AckMessage,
     Channel,
     CommandAck,
@@ -98,6 +99,14 @@ DEFAULT_SHUTDOWN_WAIT = 5.0
 
 OUTBOX_REMOVALS_S = 5.0
 """Delivered outbox entries are written away at least this often (`Outbox.save`)."""
+
+SHORT_SESSION_S = 10.0
+TAKEOVER_STREAK = 3
+"""This many connections in a row that the broker closed less than `SHORT_SESSION_S`
+after accepting them are taken for a session takeover (see `Engine._on_disconnected`)."""
+
+REJECT_LOG_EVERY_S = 10.0
+"""A rejected message is logged at most this often per reason (all are counted)."""
 
 Receipt = tuple[int, int, int]
 """(mid, qos, generation) of one delivery of a command: what `Transport.ack` needs."""
@@ -256,6 +265,14 @@ class Engine:
         self._inflight_keys: set[int] = set()
         self.messages_rejected = 0
         self.rejected_by_reason: Counter[str] = Counter()
+        self._reject_logged: dict[str, float] = {}  # reason -> monotonic time of its last log
+        self.session_takeovers = 0
+        """How often the broker closed our connection for another client with this node's
+        client id: a second engine or a copy of its credentials (see `_on_disconnected`)."""
+        self._taken_over = False  # the next online presence says why we reconnected
+        self._connected_at: float | None = None  # monotonic time of the last CONNACK
+        self._short_sessions = 0  # consecutive connections the broker closed quickly
+        self._takeover_logged: float | None = None
         self._status_seq = int(wall() * 1000)  # monotonic across restarts, +1 per status
         self._last_connect_error = ""
         self._stopping = False
@@ -336,10 +353,54 @@ class Engine:
             self._inflight[mid] = entry.key
             self._inflight_keys.add(entry.key)
 
+    def _on_disconnected(self, item: Disconnected) -> None:
+        """Log a lost connection and tell a session takeover from an ordinary drop.
+
+        Taken over: the broker said so (MQTT v5 reason 0x8E), or it closed
+        `TAKEOVER_STREAK` connections in a row each less than `SHORT_SESSION_S` after
+        accepting them, which is what two clients with one client id do to each other
+        when both reconnect (Mosquitto 2.0.11 closes the older one without the reason
+        code). One drop, e.g. a broker restart, is never taken for a takeover."""
+        lasted = None if self._connected_at is None else time.monotonic() - self._connected_at
+        self._connected_at = None
+        if lasted is not None and lasted < SHORT_SESSION_S:
+            self._short_sessions += 1
+        else:
+            self._short_sessions = 0
+        if item.taken_over or self._short_sessions >= TAKEOVER_STREAK:
+            self._on_taken_over(item.reason, lasted)
+        else:
+            log.warning("lost the broker connection (%s); reconnecting", item.reason)
+
+    def _on_taken_over(self, reason: str, lasted: float | None) -> None:
+        """The broker dropped us for another connection with our client id: count it,
+        say plainly what that means (at most once a minute), and tell the cluster in the
+        next online presence."""
+        self.session_takeovers += 1
+        self._taken_over = True
+        now = time.monotonic()
+        if self._takeover_logged is not None and now - self._takeover_logged < 60.0:
+            log.info("lost the broker connection again (%s): session taken over", reason)
+            return
+        self._takeover_logged = now
+        log.warning(
+            "the broker closed this connection (%s) after %.1f s, most likely because "
+            "another client connected with this node's MQTT client id (session taken over, "
+            "%d time(s) so far): a second engine is running with this node's identity (a "
+            "copied state directory?) or its credentials are in use elsewhere; both will "
+            "keep displacing each other until one stops (remove the node to revoke its "
+            "credentials). Reconnecting",
+            reason,
+            lasted if lasted is not None else 0.0,
+            self.session_takeovers,
+        )
+
     def _publish_presence(self) -> None:
+        reason = SESSION_TAKEN_OVER if self._taken_over else ""
+        self._taken_over = False
         message = PresenceMessage(
             node_id=self.node_id,
-            payload=Presence(online=True, engine_version=self.engine_version),
+            payload=Presence(online=True, engine_version=self.engine_version, reason=reason),
         )
         self.transport.publish(self._topics[Channel.PRESENCE], encode(message), 1, retain=True)
 
@@ -398,9 +459,10 @@ class Engine:
             )
             self._publish_presence()
             self._online = True
+            self._connected_at = time.monotonic()
         elif isinstance(item, Disconnected):
             self._online = False
-            log.warning("lost the broker connection (%s); reconnecting", item.reason)
+            self._on_disconnected(item)
         elif isinstance(item, ConnectFailed) and item.reason != self._last_connect_error:
             log.warning("cannot connect to the broker: %s (retrying)", item.reason)
             self._last_connect_error = item.reason
@@ -511,16 +573,25 @@ class Engine:
         if not waiting:
             del self._waiting[instance_id]
 
+    def _should_log_reject(self, reason: str) -> bool:
+        """At most one log line per rejection reason every `REJECT_LOG_EVERY_S`."""
+        now = time.monotonic()
+        if now - self._reject_logged.get(reason, -REJECT_LOG_EVERY_S) < REJECT_LOG_EVERY_S:
+            return False
+        self._reject_logged[reason] = now
+        return True
+
     def _on_rejected(self, item: CommandRejected) -> None:
         self.messages_rejected += 1
         self.rejected_by_reason[item.reason] += 1
-        log.warning(
-            "rejected message %s on the commands topic: %s: %s (rejected so far by reason: %s)",
-            item.command_id,
-            item.reason,
-            item.detail,
-            dict(self.rejected_by_reason),
-        )
+        if self._should_log_reject(item.reason):
+            log.warning(
+                "rejected message %s on the commands topic: %s: %s (rejected so far by reason: %s)",
+                item.command_id,
+                item.reason,
+                item.detail,
+                dict(self.rejected_by_reason),
+            )
         self._ack(
             item.command_id,
             item.kind,
@@ -561,7 +632,10 @@ class Engine:
     def _on_logs_rejected(self, item: LogsRejected) -> None:
         self.messages_rejected += 1
         self.rejected_by_reason[item.reason] += 1
-        log.warning("rejected logs request %s: %s: %s", item.request_id, item.reason, item.detail)
+        if self._should_log_reject(item.reason):
+            log.warning(
+                "rejected logs request %s: %s: %s", item.request_id, item.reason, item.detail
+            )
         if item.request_id != "unknown":
             why = f"invalid logs request: {item.reason}: {item.detail}"
             self.log_server.send(error_chunk(item.request_id, item.instance_id, "invalid", why))

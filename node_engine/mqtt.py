@@ -18,7 +18,6 @@ touches the command path.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -42,6 +41,7 @@ from schemas.mqtt import (
     MessageError,
     TerminateMessage,
     decode,
+    parse_json,
     topic,
 )
 from schemas.node import MqttConnectInfo
@@ -51,6 +51,8 @@ patch_paho_without_ssl(paho)
 
 SESSION_EXPIRY_S = 24 * 3600
 RECEIVE_MAXIMUM = 32
+SESSION_TAKEN_OVER_RC = 0x8E
+"""MQTT v5 DISCONNECT reason code: another connection with the same client id."""
 
 
 # ---------------------------------------------------------------- queue items
@@ -73,9 +75,11 @@ class ConnectFailed:
 
 @dataclass(frozen=True)
 class Disconnected:
-    """The connection is gone; paho reconnects by itself."""
+    """The connection is gone; paho reconnects by itself. `taken_over`: the broker closed
+    it because another client connected with our client id (MQTT v5 reason 0x8E)."""
 
     reason: str
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,12 +171,13 @@ class Transport(Protocol):
 
 def _envelope_fields(raw: bytes) -> tuple[str, str, str]:
     """Best-effort envelope id, kind and payload instance id of a message that failed
-    validation ("unknown" for what cannot be read)."""
+    validation ("unknown" for what cannot be read; parsed with `decode`'s bounds, so a
+    deeply nested message cannot raise RecursionError here)."""
     import re
 
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(raw)
+    except MessageError:
         return "unknown", "unknown", "unknown"
     if not isinstance(data, dict):
         return "unknown", "unknown", "unknown"
@@ -255,7 +260,8 @@ class MqttTransport:
         was = self._connected.is_set()
         self._connected.clear()
         if was:
-            self._sink.put(Disconnected(str(reason_code)))
+            taken_over = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER_RC
+            self._sink.put(Disconnected(str(reason_code), taken_over=taken_over))
 
     def _on_subscribe(
         self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
@@ -267,6 +273,22 @@ class MqttTransport:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         generation = self._generation
         try:
+            self._handle_message(message, generation)
+        except Exception as exc:  # never let a message kill the network thread
+            self._sink.put(
+                CommandRejected(
+                    "error",
+                    f"{type(exc).__name__}: {exc}"[:300],
+                    "unknown",
+                    "unknown",
+                    message.mid,
+                    message.qos,
+                    generation,
+                )
+            )
+
+    def _handle_message(self, message: Any, generation: int) -> None:
+        try:
             decoded = decode(message.payload, topic_name=message.topic)
         except MessageError as exc:
             command_id, kind, instance_id = _envelope_fields(message.payload)
@@ -277,19 +299,6 @@ class MqttTransport:
             self._sink.put(
                 CommandRejected(
                     exc.reason, exc.detail, command_id, kind, message.mid, message.qos, generation
-                )
-            )
-            return
-        except Exception as exc:  # never let a message kill the network thread
-            self._sink.put(
-                CommandRejected(
-                    "error",
-                    str(exc)[:300],
-                    "unknown",
-                    "unknown",
-                    message.mid,
-                    message.qos,
-                    generation,
                 )
             )
             return

@@ -13,12 +13,12 @@ persisted or deduplicated: a lost one costs a retry by the asker, never a wrong 
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import from_json
 
 from schemas.common import ID_PATTERN, Id, ShortText, StrictModel, Text, Timestamp, new_id, now
 from schemas.job import TaskSpec, TaskState
@@ -33,6 +33,11 @@ revision 2 engine needs a revision 2 cluster (a revision 1 cluster refuses the u
 field as `invalid`): upgrade clusters before their nodes."""
 TOPIC_PREFIX = "edge/v1/nodes"
 MAX_MESSAGE_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 200
+"""Deepest nesting of arrays and objects a message may have. The parser (pydantic's
+jiter, in both decode passes) refuses deeper input without recursing in Python, so a
+small, deeply nested message is a counted `bad_json` rejection, never a RecursionError
+on the MQTT network thread (issue 15)."""
 
 
 class Channel(StrEnum):
@@ -74,8 +79,16 @@ CURSOR_PATTERN = r"^[A-Za-z0-9:._-]{0,128}$"
 # ---------------------------------------------------------------- payloads
 
 
+SESSION_TAKEN_OVER = "session_taken_over"
+"""`Presence.reason` of an online presence sent after the broker had closed the engine's
+previous connection for another client with the same client id (MQTT v5 reason code
+0x8E): two clients use one node's credentials and displace each other in turn."""
+
+
 class Presence(StrictModel):
-    """Online/offline; the offline form is also the node's retained last will."""
+    """Online/offline; the offline form is also the node's retained last will.
+
+    An online presence may carry `reason` `SESSION_TAKEN_OVER` (see there)."""
 
     online: bool
     engine_version: ShortText = ""
@@ -356,7 +369,9 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
     """Parse and validate one message; raise `MessageError` with a countable reason.
 
     When `topic_name` is given, the envelope's node id must match the topic's and the
-    kind must be allowed on that channel, so a node cannot speak for another.
+    kind must be allowed on that channel, so a node cannot speak for another. Nothing
+    but `MessageError` leaves this function for any input: too deep nesting, numbers
+    beyond range and invalid UTF-8 are `bad_json`.
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise MessageError("too_large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
@@ -364,17 +379,28 @@ def decode(raw: bytes | str, *, topic_name: str | None = None) -> Message:
         message = _MESSAGE.validate_json(raw)
     except ValidationError:
         message = _decode_checked(raw)  # says exactly what is wrong
+    except RecursionError:  # jiter bounds the depth; a belt should that ever change
+        raise MessageError("bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     if topic_name is not None:
         _check_topic(message, topic_name)
     return message
 
 
+def parse_json(raw: bytes | str) -> Any:
+    """Parse JSON with the same bounds as `decode` (depth, number range); raise
+    `MessageError("bad_json", ...)` for anything that is not acceptable JSON."""
+    try:
+        return from_json(raw)
+    except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
+        detail = "not valid UTF-8 text" if isinstance(exc, TypeError) else str(exc)
+        if "recursion limit" in detail or isinstance(exc, RecursionError):
+            detail = f"nested deeper than {MAX_JSON_DEPTH} levels ({detail})"
+        raise MessageError("bad_json", detail) from None
+
+
 def _decode_checked(raw: bytes | str) -> Message:
     """Parse step by step, raising the `MessageError` that names the problem."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError("bad_json", str(exc)) from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise MessageError("bad_envelope", "message is not a JSON object")
     version = data.get("v")
@@ -392,6 +418,8 @@ def _decode_checked(raw: bytes | str) -> Message:
         return _MESSAGE.validate_python(data)
     except ValidationError as exc:
         raise MessageError("invalid", describe_validation_error(exc)) from None
+    except RecursionError:
+        raise MessageError("bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 def _check_topic(message: Message, topic_name: str) -> None:

@@ -368,6 +368,7 @@ def test_wrong_token_gets_401_everywhere(system: LocalSystem, tmp_path: Path) ->
         ("GET", f"{cluster.url}{api}/nodes", None),
         ("GET", f"{cluster.url}{api}/instances", None),
         ("DELETE", f"{cluster.url}{api}/instances/whatever", None),
+        ("GET", f"{cluster.url}/metrics", None),
         # node join
         ("POST", f"{cluster.url}{api}/nodes", {"info": {"name": "evil"}}),
     ]

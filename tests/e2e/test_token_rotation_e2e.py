@@ -148,7 +148,8 @@ def restart_cluster(cluster: ClusterProcess, join_token: str, **env: str) -> Non
 
 
 def joins(cluster: ClusterProcess, result: str) -> float:
-    text = httpx.get(cluster.url + "/metrics", timeout=5).text
+    with cluster.client() as http:
+        text = http.get("/metrics").text
     needle = f'edge_cluster_joins_total{{result="{result}"}} '
     for line in text.splitlines():
         if line.startswith(needle):

@@ -1368,6 +1368,7 @@ def test_cluster_chart_renders_orchestrator_and_broker() -> None:
     assert settings.operator_token is None and settings.join_token is None  # generated
     assert (settings.broker_host, settings.broker_port) == ("127.0.0.1", 1883)
     assert settings.data_dir == Path("/var/lib/edge/cluster")
+    assert settings.public_metrics is False and settings.broker_health_grace == 5.0
     # the wait-for-broker wrapper is valid Python that ends in the console script
     compile(containers["cluster"]["command"][2], "cluster-command", "exec")
     # the broker sidecar: the deploy/mosquitto configuration, its port, its data volume

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from node_engine.engine import Engine
+from node_engine.engine import SHORT_SESSION_S, TAKEOVER_STREAK, Engine
 from node_engine.mqtt import (
     CommandReceived,
     CommandRejected,
     Connected,
+    Disconnected,
     LogsRejected,
     LogsRequested,
     Published,
@@ -25,6 +26,7 @@ from node_engine.supervisor import ShedDecision, Supervisor
 from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.mqtt import (
+    SESSION_TAKEN_OVER,
     DeployCommand,
     DeployMessage,
     LogsRequest,
@@ -582,3 +584,67 @@ def test_logs_request_for_an_unknown_instance_expired_or_invalid(engine):
     chunk = transport.decoded("logs")[-1].payload
     assert (chunk.request_id, chunk.error_code) == ("r4", "invalid")
     assert eng.messages_rejected == 1 and not transport.decoded("events")
+
+
+# ------------------------------------------------------------------ session takeover
+
+
+def presences(transport: Any) -> list[tuple[bool, str]]:
+    return [(m.payload.online, m.payload.reason) for m in transport.decoded("presence")]
+
+
+def test_a_takeover_reported_by_the_broker_is_counted_and_told_to_the_cluster(engine):
+    eng, transport = engine
+    go_online(eng, transport)
+    transport.connected = False
+    eng._handle(Disconnected("Session taken over", taken_over=True))
+    assert eng.session_takeovers == 1
+    go_online(eng, transport)
+    transport.connected = False
+    eng._handle(Disconnected("Unspecified error"))  # one ordinary drop: not a takeover
+    go_online(eng, transport)
+    assert eng.session_takeovers == 1
+    assert presences(transport) == [(True, ""), (True, SESSION_TAKEN_OVER), (True, "")]
+
+
+def test_connections_closed_again_and_again_within_seconds_are_a_takeover(engine):
+    """Mosquitto 2.0.11 closes the older connection without a reason code: the pattern
+    of both clients reconnecting (each connection lasting about a second) gives it away."""
+    eng, transport = engine
+    for _ in range(TAKEOVER_STREAK - 1):
+        go_online(eng, transport)
+        eng._handle(Disconnected("Unspecified error"))
+    assert eng.session_takeovers == 0
+    go_online(eng, transport)
+    eng._handle(Disconnected("Unspecified error"))
+    assert eng.session_takeovers == 1
+    go_online(eng, transport)
+    assert presences(transport)[-1] == (True, SESSION_TAKEN_OVER)
+    # a connection that lasted ends the streak: its drop is an ordinary one
+    eng._connected_at = time.monotonic() - SHORT_SESSION_S - 1
+    eng._handle(Disconnected("Unspecified error"))
+    go_online(eng, transport)
+    eng._handle(Disconnected("Unspecified error"))
+    assert eng.session_takeovers == 1
+
+
+def test_the_transport_turns_a_deeply_nested_command_into_a_rejection(tmp_path):
+    """Issue 15: the engine's paho thread must not die on a 2,000-deep message, nor on
+    what reads the rejected message's envelope fields."""
+    from types import SimpleNamespace
+
+    from node_engine.mqtt import MqttTransport
+    from schemas.mqtt import Channel, topic
+    from schemas.node import MqttConnectInfo
+
+    sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    info = MqttConnectInfo(
+        host="127.0.0.1", port=1, username="node-node1", password="pw", client_id="node-node1"
+    )
+    transport = MqttTransport(info, NODE, sink, will_payload=b"{}")
+    deep = b'{"v":1,"kind":"deploy","id":"c1","payload":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    msg = SimpleNamespace(payload=deep, topic=topic(NODE, Channel.COMMANDS), mid=7, qos=1)
+    transport._on_message(None, None, msg)
+    item = sink.get_nowait()
+    assert isinstance(item, CommandRejected)
+    assert (item.reason, item.command_id, item.mid) == ("bad_json", "unknown", 7)

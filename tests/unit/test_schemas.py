@@ -404,6 +404,60 @@ def test_decode_rejects_with_reason(case: str, raw: bytes, reason: str, needle: 
     assert needle in info.value.detail
 
 
+def _nested(depth: int, opener: str = "[", closer: str = "]") -> str:
+    return opener * depth + closer * depth
+
+
+def _ack_with_payload(inner: str) -> bytes:
+    return (
+        '{"v":1,"kind":"ack","id":"m1","ts":1.0,"node_id":"n1","payload":' + inner + "}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("case", "raw"),
+    [
+        ("2,000-deep arrays in the payload", _ack_with_payload(_nested(2000))),
+        ("2,000-deep bare arrays", _nested(2000).encode()),
+        ("2,000-deep objects", ('{"a":' * 2000 + "1" + "}" * 2000).encode()),
+        ("deep and unterminated", b"[" * 100_000),
+        ("deep as str", _nested(5000)),
+        ("a number of 5,000 digits", b'{"v":1,"kind":"ack","n":1' + b"0" * 5000 + b"}"),
+        ("invalid UTF-8", b'{"v":1,"kind":"\xff\xfe"}'),
+        ("a lone surrogate in a str", '{"v":1,"kind":"\ud800"}'),
+    ],
+)
+def test_decode_turns_every_parser_failure_into_bad_json(case: str, raw: bytes | str) -> None:
+    """Issue 15: a 4 KB deeply nested message raised RecursionError (not a MessageError)
+    on the cluster's MQTT thread and killed it."""
+    with pytest.raises(MessageError) as info:
+        decode(raw, topic_name=topic("n1", Channel.EVENTS))
+    assert info.value.reason == "bad_json", info.value
+    if "deep" in case:
+        assert f"deeper than {schemas.mqtt.MAX_JSON_DEPTH}" in info.value.detail
+
+
+def test_decode_accepts_nesting_up_to_the_bound() -> None:
+    """Legitimate nesting (a task event's free-form `data`) well inside the bound decodes."""
+    inner = '{"k":' * 150 + "1" + "}" * 150
+    raw = (
+        '{"v":1,"kind":"task_event","id":"m1","ts":1.0,"node_id":"n1","payload":'
+        '{"instance_id":"i1","state":"RUNNING","data":{"deep":' + inner + "}}}"
+    ).encode()
+    message = decode(raw, topic_name=topic("n1", Channel.EVENTS))
+    assert isinstance(message, TaskEventMessage)
+    with pytest.raises(MessageError) as info:
+        decode(raw.replace(inner.encode(), ('{"k":' * 300 + "1" + "}" * 300).encode()))
+    assert info.value.reason == "bad_json"
+
+
+def test_parse_json_bounds_like_decode() -> None:
+    assert schemas.mqtt.parse_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    with pytest.raises(MessageError) as info:
+        schemas.mqtt.parse_json(_nested(2000))
+    assert info.value.reason == "bad_json"
+
+
 def test_decode_returns_typed_messages() -> None:
     for example in EXAMPLES:
         if isinstance(
