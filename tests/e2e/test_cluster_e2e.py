@@ -176,7 +176,8 @@ def wait_instance(
 
 
 def metric(cluster: ClusterProcess, name: str, labels: str = "") -> float:
-    text = httpx.get(cluster.url + "/metrics", timeout=5).text
+    with cluster.client() as http:
+        text = http.get("/metrics").text
     pattern = re.escape(name + (("{" + labels + "}") if labels else "")) + r" (\S+)"
     match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
