@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "labels":
             description += "; JSON or k=v,k2=v2"
         help_text = option_help(description, env_name(name, ENV_PREFIX), default_text(info))
-        if info.annotation is bool:
+        if info.annotation is bool or info.annotation == (bool | None):
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
@@ -405,19 +405,16 @@ def tls_problem(settings: ClusterSettings) -> str | None:
             f"not listen on all interfaces ({settings.plain_listen_host}); leave it unset "
             "(127.0.0.1) or name one address"
         )
-    if (
-        settings.node_broker_tls
-        and settings.node_broker_port == settings.broker_port
-        and (settings.serves_tls)
-    ):
-        return (
-            "advertised_broker_port (EDGE_ADVERTISED_BROKER_PORT) is the plain listener's "
-            f"port {settings.broker_port}, but nodes are told to use TLS"
-        )
     if settings.serves_tls and settings.broker_tls_port == settings.broker_port:
         return (
             f"broker_tls_port (EDGE_BROKER_TLS_PORT) {settings.broker_tls_port} is also the "
             "plain listener's broker_port (EDGE_BROKER_PORT)"
+        )
+    tls_to_plain = settings.node_broker_port == settings.broker_port
+    if settings.serves_tls and settings.node_broker_tls and tls_to_plain:
+        return (
+            "advertised_broker_port (EDGE_ADVERTISED_BROKER_PORT) is the plain listener's "
+            f"port {settings.broker_port}, but nodes are told to use TLS"
         )
     return None
 
