@@ -224,3 +224,48 @@ def test_node_that_cannot_verify_the_broker_is_refused(
     assert view is not None and view["liveness"] != "READY"
     assert view.get("status") is None
     assert engine.running()
+
+
+def test_external_tls_only_broker(
+    tmp_path: Path, ca: TestCa, engines: Callable[..., NodeEngineProcess]
+) -> None:
+    """A broker the cluster does not start, with one TLS listener and nothing plain
+    (docker-compose.tls.yml's layout): the orchestrator's own clients use TLS too."""
+    from cluster_orchestrator.broker import TlsFiles
+    from schemas.tls import client_context
+    from tests.fixtures.broker import start_test_broker
+
+    broker = start_test_broker(
+        tmp_path / "external-broker",
+        tls=TlsFiles(certfile=ca.server_cert, keyfile=ca.server_key),
+        tls_context=client_context(cafile=ca.ca_cert),
+    )
+    try:
+        cluster = ClusterProcess(
+            tmp_path / "cluster-ext",
+            broker_port=broker.port,
+            broker_admin_password=broker.admin_password,
+            operator_token=OPERATOR,
+            join_token=JOIN,
+            name="ext",
+            extra_args=[
+                "--broker-client-tls",
+                "--broker-tls-cafile",
+                str(ca.ca_cert),
+                "--advertised-broker-tls",
+                "--advertised-broker-host",
+                "localhost",
+            ],
+        )
+        with cluster:
+            engine = engines(cluster, "ext-node")
+            mqtt = engine.wait_identity()["mqtt"]
+            assert mqtt["tls"] is True and mqtt["port"] == broker.port
+            wait_until(
+                lambda: (n := node(cluster, "ext-node")) and n["liveness"] == "READY",
+                30,
+                "the node READY through the external TLS broker",
+            )
+            assert "ca_pem" in mqtt
+    finally:
+        broker.close()
