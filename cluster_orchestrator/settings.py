@@ -399,6 +399,23 @@ def tls_problem(settings: ClusterSettings) -> str | None:
     for name, path in files.items():
         if path is not None and not os.access(path, os.R_OK):
             return f"{name}: cannot read {path}"
+    ca = settings.broker_tls_cafile
+    if ca is not None:
+        # it goes into every TLS join reply (schemas.node.CaPem): PEM certificates only
+        try:
+            text = ca.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"broker_tls_cafile (EDGE_BROKER_TLS_CAFILE): cannot read {ca}: {exc}"
+        if not text.lstrip().startswith("-----BEGIN CERTIFICATE-----") or len(text) > 64 * 1024:
+            return (
+                f"broker_tls_cafile (EDGE_BROKER_TLS_CAFILE): {ca} is not a PEM certificate "
+                "bundle of at most 64 KiB (it must start with -----BEGIN CERTIFICATE-----)"
+            )
+    if settings.broker_client_tls and settings.starts_broker:
+        return (
+            "broker_client_tls (EDGE_BROKER_CLIENT_TLS) is for a broker this process does not "
+            "start: our own clients use the loopback plain listener of the broker we start"
+        )
     if settings.serves_tls and settings.plain_listen_host in ("0.0.0.0", "::", "*", ""):
         return (
             "broker_listen_host (EDGE_BROKER_LISTEN_HOST): with TLS the plain listener must "

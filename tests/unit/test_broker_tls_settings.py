@@ -166,3 +166,14 @@ def test_join_reply_tls_fields() -> None:
         connect_info(tls=True, ca_pem="not a certificate")
     with pytest.raises(ValidationError, match="ca_pem"):
         connect_info(tls=True, ca_pem=PEM + "x" * 70_000)
+
+
+def test_ca_file_must_be_pem(pem_files: dict[str, Path]) -> None:
+    pem_files["ca"].write_text("not a certificate\n")
+    problem = tls_problem(tls_settings(pem_files))
+    assert problem is not None and "EDGE_BROKER_TLS_CAFILE" in problem and "PEM" in problem
+
+
+def test_client_tls_is_for_an_external_broker(pem_files: dict[str, Path]) -> None:
+    problem = tls_problem(tls_settings(pem_files, "--broker-client-tls"))
+    assert problem is not None and "EDGE_BROKER_CLIENT_TLS" in problem
