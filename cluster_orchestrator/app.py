@@ -53,7 +53,7 @@ from cluster_orchestrator.records import EVENTS, INSTANCES, new_secret
 from cluster_orchestrator.settings import ClusterSettings
 from store import open_store
 
-__all__ = ["MAX_BODY_BYTES", "create_app", "read_or_create_secret"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "make_private_dir", "read_or_create_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def make_private_dir(path: Path) -> None:
+    """Create `path` with mode 0700, or tighten it to 0700 (it holds tokens and the store)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def read_or_create_secret(path: Path) -> str:
     """Read a secret file, or create it (mode 0600) with a fresh random secret."""
     try:
@@ -74,7 +81,7 @@ def read_or_create_secret(path: Path) -> str:
             return value
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = new_secret()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -145,11 +152,13 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
     from cluster_orchestrator.broker import (
         DynsecAdmin,
         MosquittoProcess,
+        TlsFiles,
+        TlsListener,
         write_broker_files,
     )
 
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     operator_token = (
         settings.operator_token.get_secret_value()
         if settings.operator_token
@@ -169,12 +178,25 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
     if settings.starts_broker:
         if admin_password is None:
             admin_password = read_or_create_secret(data_dir / "broker-admin-password")
+        tls_listener = None
+        if settings.serves_tls:
+            assert settings.broker_tls_certfile is not None
+            assert settings.broker_tls_keyfile is not None
+            tls_listener = TlsListener(
+                host=settings.broker_tls_host,
+                port=settings.broker_tls_port,
+                files=TlsFiles(
+                    certfile=settings.broker_tls_certfile.resolve(),
+                    keyfile=settings.broker_tls_keyfile.resolve(),
+                ),
+            )
         files = write_broker_files(
             settings.effective_broker_data_dir,
-            host=settings.broker_host,
+            host=settings.plain_listen_host,
             port=settings.broker_port,
             admin_username=settings.broker_admin_username,
             admin_password=admin_password,
+            tls_listener=tls_listener,
         )
         broker = MosquittoProcess(
             files,
@@ -187,17 +209,37 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
             broker.stop()
 
         stack.append(stop_broker)
-        log.info("started mosquitto on %s:%d (pid %s)", broker.host, broker.port, broker.pid)
+        log.info(
+            "started mosquitto (pid %s): plain MQTT on %s:%d%s",
+            broker.pid,
+            files.host,
+            files.port,
+            f", TLS on {files.tls_host}:{files.tls_port}" if files.tls_port else "",
+        )
     if admin_password is None:
         raise RuntimeError(
             "the broker admin password is required (--broker-admin-password or "
             "EDGE_BROKER_ADMIN_PASSWORD), unless this process starts the broker"
         )
-    connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(
-        settings.broker_host, settings.broker_host
-    )
+    # Our own clients: to the plain listener of the broker we started (loopback when
+    # TLS is on), else to broker_host; over TLS with broker_client_tls.
+    own_host = settings.plain_listen_host if settings.starts_broker else settings.broker_host
+    connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(own_host, own_host)
+    tls_context = None
+    if settings.broker_client_tls:
+        from schemas.tls import client_context
+
+        connect_host = settings.broker_host
+        tls_context = client_context(cafile=settings.broker_tls_cafile)
+    ca_pem = None
+    if settings.node_broker_tls and settings.broker_tls_cafile is not None:
+        ca_pem = settings.broker_tls_cafile.read_text(encoding="ascii").strip() + "\n"
     dynsec = DynsecAdmin(
-        connect_host, settings.broker_port, settings.broker_admin_username, admin_password
+        connect_host,
+        settings.broker_port,
+        settings.broker_admin_username,
+        admin_password,
+        tls_context=tls_context,
     ).connect()
     stack.append(dynsec.close)
     service_password = new_secret()
@@ -230,6 +272,7 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         deliver=core.deliver,
         metrics=metrics,
         deliver_logs=logs.deliver,
+        tls_context=tls_context,
     )
     core.set_publisher(mqtt.publish_command)
     logs.set_publisher(mqtt.publish_logs_request)
@@ -264,6 +307,7 @@ def _build(settings: ClusterSettings, stack: list[Callable[[], None]]) -> Servic
         store=store,
         started_at=time.time(),
         logs=logs,
+        broker_ca_pem=ca_pem,
     )
 
 

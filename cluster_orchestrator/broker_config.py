@@ -26,6 +26,7 @@ __all__ = [
     "BrokerFiles",
     "BrokerLimits",
     "TlsFiles",
+    "TlsListener",
     "find_dynsec_plugin",
     "find_mosquitto_binary",
     "find_mosquitto_ctrl",
@@ -84,6 +85,19 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener beside the plain one: ``host`` and ``port`` and its files.
+
+    With it, ``write_broker_files``'s ``host``/``port`` listener stays plain (meant for
+    loopback: the orchestrator's own clients) and nodes connect here.
+    """
+
+    host: str
+    port: int
+    files: TlsFiles
+
+
+@dataclass(frozen=True)
 class BrokerLimits:
     """Resource limits written into ``mosquitto.conf``."""
 
@@ -116,6 +130,9 @@ class BrokerFiles:
     host: str
     port: int
     tls: bool
+    #: The separate TLS listener, when one was written (``tls_listener=``).
+    tls_host: str | None = None
+    tls_port: int | None = None
 
 
 def generate_password(nbytes: int = 32) -> str:
@@ -273,6 +290,7 @@ def _render_config(
     dynsec_file: Path,
     log_file: Path,
     tls: TlsFiles | None,
+    tls_listener: TlsListener | None,
     limits: BrokerLimits,
     run_as_user: str | None,
 ) -> str:
@@ -320,22 +338,48 @@ def _render_config(
             f"user {run_as_user}",
             "",
         ]
+    # set_tcp_nodelay above is a general option: it applies to every listener below.
     lines += [
-        "# Listener.",
+        "# Listener." if tls_listener is None else "# Plain listener (the orchestrator's clients).",
         f"listener {port} {host}",
         f"max_connections {limits.max_connections}",
     ]
     if tls is not None:
+        lines += _tls_lines(tls)
+    if tls_listener is not None:
         lines += [
-            f"certfile {tls.certfile}",
-            f"keyfile {tls.keyfile}",
-            "tls_version tlsv1.2",
+            "",
+            "# TLS listener (nodes).",
+            f"listener {tls_listener.port} {tls_listener.host}",
+            f"max_connections {limits.max_connections}",
+            *_tls_lines(tls_listener.files),
         ]
-        if tls.cafile is not None:
-            lines.append(f"cafile {tls.cafile}")
-        if tls.require_certificate:
-            lines.append("require_certificate true")
     return "\n".join(lines) + "\n"
+
+
+def _tls_lines(tls: TlsFiles) -> list[str]:
+    lines = [
+        f"certfile {tls.certfile}",
+        f"keyfile {tls.keyfile}",
+        "tls_version tlsv1.2",
+    ]
+    if tls.cafile is not None:
+        lines.append(f"cafile {tls.cafile}")
+    if tls.require_certificate:
+        lines.append("require_certificate true")
+    return lines
+
+
+def _check_tls_files(tls: TlsFiles) -> None:
+    for name, value in (
+        ("certfile", tls.certfile),
+        ("keyfile", tls.keyfile),
+        ("cafile", tls.cafile),
+    ):
+        if value is not None:
+            _check_conf_value(name, str(value))
+            if not Path(value).is_file():
+                raise BrokerConfigError(f"TLS {name} not found: {value}")
 
 
 def write_broker_files(
@@ -346,6 +390,7 @@ def write_broker_files(
     admin_username: str,
     admin_password: str,
     tls: TlsFiles | None = None,
+    tls_listener: TlsListener | None = None,
     limits: BrokerLimits | None = None,
     plugin_path: str | os.PathLike[str] | None = None,
     mosquitto_ctrl: str | os.PathLike[str] | None = None,
@@ -360,6 +405,10 @@ def write_broker_files(
     (:data:`DEFAULT_ACL_ACCESS`). When resuming, ``admin_password`` is not checked
     against the stored hash. Do not call this while a broker is running on
     ``directory``: the broker owns the dynamic-security file then.
+
+    ``tls`` makes the ``host``/``port`` listener a TLS one; ``tls_listener`` adds a
+    second, TLS listener and keeps ``host``/``port`` plain (for the orchestrator's own
+    clients on loopback). Every file written here is mode 0600, the directory 0700.
 
     ``run_as_user`` is written as mosquitto's ``user`` option; by default it is the
     current user, so a broker started as root stays root instead of switching to the
@@ -387,22 +436,21 @@ def write_broker_files(
         # mosquitto splits option values on whitespace for some options.
         raise BrokerConfigError(f"broker directory must not contain whitespace: {directory}")
     if tls is not None:
-        for name, value in (
-            ("certfile", tls.certfile),
-            ("keyfile", tls.keyfile),
-            ("cafile", tls.cafile),
-        ):
-            if value is not None:
-                _check_conf_value(name, str(value))
-                if not Path(value).is_file():
-                    raise BrokerConfigError(f"TLS {name} not found: {value}")
+        _check_tls_files(tls)
+    if tls_listener is not None:
+        if tls is not None:
+            raise BrokerConfigError("give tls or tls_listener, not both")
+        _check_conf_value("tls host", tls_listener.host)
+        if not 0 < tls_listener.port < 65536 or tls_listener.port == port:
+            raise BrokerConfigError(f"invalid TLS port: {tls_listener.port}")
+        _check_tls_files(tls_listener.files)
     if run_as_user is None:
         run_as_user = pwd.getpwuid(os.geteuid()).pw_name
     _check_conf_value("run_as_user", run_as_user)
 
     plugin = find_dynsec_plugin(plugin_path)
     _check_conf_value("plugin_path", str(plugin))
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
 
     dynsec_file = directory / DYNSEC_FILE_NAME
@@ -423,6 +471,7 @@ def write_broker_files(
         dynsec_file=dynsec_file,
         log_file=log_file,
         tls=tls,
+        tls_listener=tls_listener,
         limits=limits or BrokerLimits(),
         run_as_user=run_as_user,
     )
@@ -440,4 +489,6 @@ def write_broker_files(
         host=host,
         port=port,
         tls=tls is not None,
+        tls_host=tls_listener.host if tls_listener is not None else None,
+        tls_port=tls_listener.port if tls_listener is not None else None,
     )

@@ -130,7 +130,11 @@ class MosquittoProcess:
         log_file = self.files.log_file
         self._log_offset = log_file.stat().st_size if log_file.exists() else 0
         stderr_path = self.files.directory / STDERR_FILE_NAME
-        self._stderr = stderr_path.open("wb")
+        # Private: the log and the persistence file name clients, topics and queued
+        # commands. umask 0077 below makes everything mosquitto creates 0600 too.
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        self._stderr = os.fdopen(fd, "wb")
         self._proc = subprocess.Popen(
             [str(self._binary), "-c", str(self.files.config_file)],
             stdin=subprocess.DEVNULL,
@@ -140,6 +144,7 @@ class MosquittoProcess:
             # Its own process group: a Ctrl-C in the terminal goes to the parent,
             # which stops the broker last, in order.
             start_new_session=True,
+            umask=0o077,
         )
         try:
             self._wait_ready(deadline)

@@ -49,6 +49,8 @@ class Services:
     store: Store | None = None
     started_at: float = 0.0
     logs: LogRequests | None = None
+    #: PEM of the broker's CA, sent to nodes in the join reply when they use TLS
+    broker_ca_pem: str | None = None
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def`

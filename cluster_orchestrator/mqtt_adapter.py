@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from schemas.mqtt import (
     subscription,
     topic,
 )
+from schemas.tls import last_tls_error
 
 __all__ = ["Inbound", "MqttAdapter"]
 
@@ -85,6 +87,7 @@ class MqttAdapter:
         metrics: Metrics,
         on_connected: Callable[[], None] | None = None,
         deliver_logs: Callable[[LogsChunkMessage], None] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -100,6 +103,10 @@ class MqttAdapter:
         # a callback that raises must never end the network thread (issue 15)
         self._client.suppress_exceptions = True
         self._client.username_pw_set(username, password)
+        self._tls_context = tls_context
+        if tls_context is not None:
+            # a verifying context (schemas.tls.client_context): CA and host name checked
+            self._client.tls_set_context(tls_context)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
@@ -160,6 +167,9 @@ class MqttAdapter:
             refused = self._refused
             self.stop()
             detail = f": refused ({refused})" if refused is not None else ""
+            tls_error = last_tls_error(self._tls_context)
+            if tls_error is not None:
+                detail = f": {tls_error}"
             raise ConnectionError(
                 f"cannot connect to the broker at {self._host}:{self._port}{detail}"
             )

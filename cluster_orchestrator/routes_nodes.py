@@ -59,6 +59,8 @@ def _refusal(code: int, detail: str, reason: str) -> JSONResponse:
 @router.post(
     "",
     response_model=JoinResponse,
+    # unset optional fields stay out: a plain-MQTT reply is what older engines expect
+    response_model_exclude_none=True,
     status_code=status.HTTP_201_CREATED,
     responses=_REFUSALS,
     summary="Join a node (bearer: join token) or rejoin it (its node id and secret)",
@@ -119,6 +121,11 @@ async def join(
             username=creds.username,
             password=SecretStr(password),
             client_id=creds.client_id,
+            tls=settings.node_broker_tls,
+            ca_pem=services.broker_ca_pem if settings.node_broker_tls else None,
+            server_name=settings.advertised_broker_server_name
+            if settings.node_broker_tls
+            else None,
         ),
         status_interval_s=settings.status_interval,
     )

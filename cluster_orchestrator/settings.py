@@ -42,6 +42,7 @@ __all__ = [
     "parse_labels",
     "split_tokens",
     "startup_problem",
+    "tls_problem",
     "token_accepted",
 ]
 
@@ -128,6 +129,47 @@ class ClusterSettings(FlagsEnvSettings):
     start_broker: bool = Field(default=False, description="start our own mosquitto")
     broker_data_dir: Path | None = Field(
         default=None, description="mosquitto's directory when started by us (implies start)"
+    )
+    broker_listen_host: str | None = Field(
+        default=None,
+        description="address the plain MQTT listener binds when we start the broker (default: "
+        "127.0.0.1 with TLS, else broker_host); with TLS, all interfaces (0.0.0.0, ::) are "
+        "refused: nodes use the TLS listener",
+    )
+    broker_tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the broker's TLS listener; with "
+        "broker_tls_keyfile it turns TLS on for a broker we start",
+    )
+    broker_tls_keyfile: Path | None = Field(
+        default=None, description="PEM private key of broker_tls_certfile"
+    )
+    broker_tls_cafile: Path | None = Field(
+        default=None,
+        description="PEM certificate(s) of the CA that signed the broker certificate: sent to "
+        "nodes in the join reply, and trusted by our own clients with broker_client_tls",
+    )
+    broker_tls_host: str = Field(
+        default="0.0.0.0", description="address the TLS listener binds (broker we start)"
+    )
+    broker_tls_port: int = Field(
+        default=8883, ge=1, le=65535, description="port of the TLS listener (broker we start)"
+    )
+    broker_client_tls: bool = Field(
+        default=False,
+        description="our own MQTT clients (dynsec admin, service) use TLS to "
+        "broker_host:broker_port, verifying broker_tls_cafile (an external broker without a "
+        "loopback plain listener); off: plain MQTT, meant for loopback",
+    )
+    advertised_broker_tls: bool | None = Field(
+        default=None,
+        description="tell nodes to use TLS (default: on when broker_tls_certfile is set; set "
+        "it for an external broker with a TLS listener)",
+    )
+    advertised_broker_server_name: str | None = Field(
+        default=None,
+        description="name nodes verify in the broker certificate (default: the advertised "
+        "broker host)",
     )
 
     # root
@@ -272,9 +314,30 @@ class ClusterSettings(FlagsEnvSettings):
         return self.advertised_broker_host or self.broker_host
 
     @property
+    def serves_tls(self) -> bool:
+        """True when the broker this process starts gets a TLS listener."""
+        return self.starts_broker and self.broker_tls_certfile is not None
+
+    @property
+    def node_broker_tls(self) -> bool:
+        """Whether joining nodes are told to connect over TLS."""
+        if self.advertised_broker_tls is not None:
+            return self.advertised_broker_tls
+        return self.broker_tls_certfile is not None
+
+    @property
     def node_broker_port(self) -> int:
-        """Broker port handed to joining nodes."""
-        return self.advertised_broker_port or self.broker_port
+        """Broker port handed to joining nodes (the TLS port when we serve TLS)."""
+        if self.advertised_broker_port:
+            return self.advertised_broker_port
+        return self.broker_tls_port if self.serves_tls else self.broker_port
+
+    @property
+    def plain_listen_host(self) -> str:
+        """Address of the plain listener of a broker we start."""
+        if self.broker_listen_host:
+            return self.broker_listen_host
+        return "127.0.0.1" if self.serves_tls else self.broker_host
 
     @property
     def effective_broker_data_dir(self) -> Path:
@@ -305,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "labels":
             description += "; JSON or k=v,k2=v2"
         help_text = option_help(description, env_name(name, ENV_PREFIX), default_text(info))
-        if info.annotation is bool:
+        if info.annotation is bool or info.annotation == (bool | None):
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
@@ -325,6 +388,59 @@ def startup_problem(settings: ClusterSettings) -> str | None:
             "broker_admin_password (--broker-admin-password, EDGE_BROKER_ADMIN_PASSWORD) is "
             "required unless this process starts the broker (--start-broker or "
             "--broker-data-dir)"
+        )
+    return tls_problem(settings)
+
+
+def tls_problem(settings: ClusterSettings) -> str | None:
+    """A contradiction or an unreadable file in the broker TLS settings, as one line."""
+    cert, key = settings.broker_tls_certfile, settings.broker_tls_keyfile
+    if (cert is None) != (key is None):
+        return (
+            "broker_tls_certfile (EDGE_BROKER_TLS_CERTFILE) and broker_tls_keyfile "
+            "(EDGE_BROKER_TLS_KEYFILE) go together: set both or neither"
+        )
+    files = {
+        "broker_tls_certfile (EDGE_BROKER_TLS_CERTFILE)": cert,
+        "broker_tls_keyfile (EDGE_BROKER_TLS_KEYFILE)": key,
+        "broker_tls_cafile (EDGE_BROKER_TLS_CAFILE)": settings.broker_tls_cafile,
+    }
+    for name, path in files.items():
+        if path is not None and not os.access(path, os.R_OK):
+            return f"{name}: cannot read {path}"
+    ca = settings.broker_tls_cafile
+    if ca is not None:
+        # it goes into every TLS join reply (schemas.node.CaPem): PEM certificates only
+        try:
+            text = ca.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"broker_tls_cafile (EDGE_BROKER_TLS_CAFILE): cannot read {ca}: {exc}"
+        if not text.lstrip().startswith("-----BEGIN CERTIFICATE-----") or len(text) > 64 * 1024:
+            return (
+                f"broker_tls_cafile (EDGE_BROKER_TLS_CAFILE): {ca} is not a PEM certificate "
+                "bundle of at most 64 KiB (it must start with -----BEGIN CERTIFICATE-----)"
+            )
+    if settings.broker_client_tls and settings.starts_broker:
+        return (
+            "broker_client_tls (EDGE_BROKER_CLIENT_TLS) is for a broker this process does not "
+            "start: our own clients use the loopback plain listener of the broker we start"
+        )
+    if settings.serves_tls and settings.plain_listen_host in ("0.0.0.0", "::", "*", ""):
+        return (
+            "broker_listen_host (EDGE_BROKER_LISTEN_HOST): with TLS the plain listener must "
+            f"not listen on all interfaces ({settings.plain_listen_host}); leave it unset "
+            "(127.0.0.1) or name one address"
+        )
+    if settings.serves_tls and settings.broker_tls_port == settings.broker_port:
+        return (
+            f"broker_tls_port (EDGE_BROKER_TLS_PORT) {settings.broker_tls_port} is also the "
+            "plain listener's broker_port (EDGE_BROKER_PORT)"
+        )
+    tls_to_plain = settings.node_broker_port == settings.broker_port
+    if settings.serves_tls and settings.node_broker_tls and tls_to_plain:
+        return (
+            "advertised_broker_port (EDGE_ADVERTISED_BROKER_PORT) is the plain listener's "
+            f"port {settings.broker_port}, but nodes are told to use TLS"
         )
     return None
 

@@ -272,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     from node_engine.supervisor import Supervisor
 
     node_id = identity.node_id
-    transport = MqttTransport(
-        identity.mqtt,
-        node_id,
-        inbox,
-        will_payload=offline_presence(node_id, __version__, "connection lost"),
-        ca_file=settings.mqtt_ca_file,
-    )
+    try:
+        transport = MqttTransport(
+            identity.mqtt,
+            node_id,
+            inbox,
+            will_payload=offline_presence(node_id, __version__, "connection lost"),
+            ca_file=settings.mqtt_ca_file,
+            server_name=settings.mqtt_server_name,
+        )
+    except ValueError as exc:  # schemas.tls.TlsSetupError: the CA cannot be loaded
+        print(
+            f"node-engine: broker TLS: {exc} (--mqtt-ca-file, EDGE_NODE_MQTT_CA_FILE)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     store = TaskStore(settings.state_dir)
     store.load()
     seen = SeenCommands(settings.state_dir / "commands.json")

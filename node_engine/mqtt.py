@@ -203,6 +203,7 @@ class MqttTransport:
         will_payload: bytes,
         keepalive: int = 30,
         ca_file: Path | None = None,
+        server_name: str | None = None,
         client_factory: Callable[..., Any] = paho.Client,
     ) -> None:
         self.info = info
@@ -223,11 +224,29 @@ class MqttTransport:
         client.username_pw_set(info.username, info.password.get_secret_value())
         client.will_set(self._presence_topic, will_payload, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._tls_context: Any = None
+        self._tls_hint = ""
         if info.tls:
-            import ssl
+            # imported only here: a plain-MQTT engine never loads OpenSSL (node_engine.lean)
+            from schemas.tls import client_context
 
-            context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            client.tls_set_context(context)
+            # the operator's CA file wins over the CA in the join reply; hostname checked
+            self._tls_context = client_context(
+                cafile=ca_file,
+                cadata=info.ca_pem,
+                server_name=server_name or info.server_name,
+            )
+            client.tls_set_context(self._tls_context)
+            trusted = (
+                f"CA file {ca_file}"
+                if ca_file is not None
+                else "the CA from the join reply"
+                if info.ca_pem
+                else "the system CA store"
+            )
+            self._tls_hint = (
+                f"trusting {trusted}, expecting {server_name or info.server_name or info.host}"
+            )
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -252,7 +271,14 @@ class MqttTransport:
         self._sink.put(Connected(bool(flags.session_present), self._generation))
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._sink.put(ConnectFailed("cannot reach the broker"))
+        reason = "cannot reach the broker"
+        if self._tls_context is not None:
+            from schemas.tls import last_tls_error
+
+            tls_error = last_tls_error(self._tls_context)
+            if tls_error is not None:
+                reason = f"{tls_error} ({self._tls_hint})"
+        self._sink.put(ConnectFailed(reason))
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any

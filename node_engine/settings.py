@@ -122,7 +122,14 @@ class NodeEngineSettings(BaseSettings):
     )
     mqtt_ca_file: Path | None = Field(
         default=None,
-        description="CA bundle to verify a TLS broker (default: the system store)",
+        description="CA bundle to verify a TLS broker (default: the CA in the cluster's join "
+        "reply, else the system store); set it to pin the CA instead of trusting the reply",
+    )
+    mqtt_server_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="name the TLS broker's certificate must carry (default: the cluster's "
+        "server_name, else the broker host)",
     )
     join_max_delay: float = Field(
         default=30.0, gt=0, le=3600, description="cap of the join retry backoff (seconds)"
@@ -256,6 +263,7 @@ _FLAG_HELP: dict[str, tuple[str, str | None]] = {
     "runtime_workers": ("--runtime-workers", "N"),
     "join_max_delay": ("--join-max-delay", "SECONDS"),
     "mqtt_ca_file": ("--mqtt-ca-file", "FILE"),
+    "mqtt_server_name": ("--mqtt-server-name", "NAME"),
     "shedding": ("--shedding", "on|off"),
     "shedding_signals": ("--shedding-signals", "LIST"),
     "shedding_cpu_source": ("--shedding-cpu-source", "host|tasks"),

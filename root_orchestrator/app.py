@@ -125,7 +125,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _ensure_sqlite_dir(url: str) -> None:
-    """Create the directory of an SQLite store file (the default lives in ./data)."""
+    """Create the directory of an SQLite store file, mode 0700 (the default lives in ./data)."""
     if url.startswith("mongodb") or ":memory:" in url:
         return
     path = url
@@ -135,7 +135,9 @@ def _ensure_sqlite_dir(url: str) -> None:
             path = path[2:]
     path = path.split("?", 1)[0]
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # private: the store holds cluster credentials (the file itself is made 0600
+        # by the SQLite backend); an existing directory is left as it is
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,13 @@ from schemas.job import TaskState
 from schemas.resources import Accelerator
 
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+#: PEM text of one or more CA certificates (a bundle of a few is a few KiB).
+CaPem = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=64 * 1024, pattern=r"^\s*-----BEGIN CERTIFICATE-----"
+    ),
+]
 
 
 class NodeInfo(StrictModel):
@@ -65,6 +72,12 @@ class MqttConnectInfo(StrictModel):
     password: SecretStr
     tls: bool = False
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    #: With ``tls``: the PEM certificate(s) of the CA that signed the broker's
+    #: certificate (absent: the node verifies with its own CA file or the system store).
+    ca_pem: CaPem | None = None
+    #: With ``tls``: the name the broker's certificate must carry, when it differs
+    #: from ``host`` (absent: ``host`` is verified).
+    server_name: Hostname | None = None
 
     @field_serializer("password", when_used="json")
     def _dump_password(self, value: SecretStr) -> str:

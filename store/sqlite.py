@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +53,31 @@ _JSON_TYPES: dict[ScalarKind, str] = {
 }
 
 
+#: Files of one database: SQLite gives -wal and -shm the mode of the main file.
+_DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _private_files(path: str) -> None:
+    """Create the database file with mode 0600 and tighten existing ones to 0600.
+
+    The store holds credentials. SQLite creates its -wal and -shm files with the mode of
+    the main file, so creating that one private (before SQLite does, with the process
+    umask) keeps all three private; files of an older run are tightened.
+    """
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    for suffix in _DB_SUFFIXES:
+        name = path + suffix
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(name, mode & 0o600)
+
+
 class SQLiteStore(Store):
     """A :class:`Store` in one SQLite file (or ``:memory:``).
 
@@ -79,6 +105,10 @@ class SQLiteStore(Store):
         self.synchronous = mode
         self._lock = threading.RLock()
         self._tables: set[str] = set()
+        try:
+            _private_files(path)
+        except OSError as exc:
+            raise StoreError(f"cannot create SQLite store {path!r}: {exc}") from exc
         try:
             conn = sqlite3.connect(
                 path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False

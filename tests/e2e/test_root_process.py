@@ -151,3 +151,29 @@ def test_root_refuses_to_start_without_operator_token(tmp_path: Path) -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and b"cluster_lost_after" in bad.stderr
+
+
+def test_root_process_store_files_are_private(tmp_path: Path, cluster: FakeCluster) -> None:
+    """A real start with the SQLite store under a permissive umask: the data directory
+    it creates is 0700, the database and its -wal/-shm files 0600 (they hold cluster
+    credentials)."""
+    import stat
+
+    data = tmp_path / "data"
+    db = data / "root.db"
+    old_umask = os.umask(0o022)
+    try:
+        root = RootProcess(tmp_path, free_port(), EDGE_STORE_URL=f"sqlite:///{db}").start()
+    finally:
+        os.umask(old_umask)
+    try:
+        with httpx.Client(base_url=root.url, timeout=10) as http:
+            cluster.register(http)  # a credential is written to the store
+            cluster.report(http)
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for name in ("root.db", "root.db-wal", "root.db-shm"):
+            path = data / name
+            assert path.exists(), name
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{name}: {oct(path.stat().st_mode)}"
+    finally:
+        assert root.stop() in CLEAN_EXIT, root.output()

@@ -33,7 +33,9 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
+import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +55,8 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
 MOSQUITTO_CONF = MOSQUITTO_DIR / "mosquitto.conf"
+MOSQUITTO_TLS_CONF = MOSQUITTO_DIR / "mosquitto-tls.conf"
+COMPOSE_TLS_FILE = REPO / "docker-compose.tls.yml"
 INIT_DYNSEC = MOSQUITTO_DIR / "init-dynsec.sh"
 HELM = REPO / "helm"
 CHARTS = ("edge-root", "edge-cluster")
@@ -150,11 +154,12 @@ def compose_binary() -> str:
     return binary
 
 
-def compose_config(env_file: Path) -> dict[str, Any]:
+def compose_config(env_file: Path, *overlays: Path) -> dict[str, Any]:
     """`docker-compose config` with only `env_file` as the source of variables."""
     clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL")}
+    files = [arg for path in (COMPOSE_FILE, *overlays) for arg in ("-f", str(path))]
     proc = subprocess.run(
-        [compose_binary(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config"],
+        [compose_binary(), *files, "--env-file", str(env_file), "config"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -400,6 +405,24 @@ def test_mosquitto_conf_matches_the_generated_configuration() -> None:
     for key, value in expected.items():
         assert conf.get(key) == value, key
     assert "password_file" not in conf and "acl_file" not in conf
+
+
+TLS_LISTENER_KEYS = {"listener", "max_connections", "certfile", "keyfile", "tls_version"}
+
+
+def test_mosquitto_tls_conf_differs_only_in_its_listeners() -> None:
+    plain = parse_mosquitto_conf(MOSQUITTO_CONF.read_text())
+    tls = parse_mosquitto_conf(MOSQUITTO_TLS_CONF.read_text())
+    for key in set(plain) | set(tls):
+        if key not in TLS_LISTENER_KEYS:
+            assert plain.get(key) == tls.get(key), key
+    assert tls["set_tcp_nodelay"] == ["true"]
+    # plain MQTT on loopback only, TLS (>= 1.2) on every interface of the container
+    assert tls["listener"] == ["1883 127.0.0.1", "8883"]
+    assert tls["certfile"] == ["/mosquitto/tls/tls.crt"]
+    assert tls["keyfile"] == ["/mosquitto/tls/tls.key"]
+    assert tls["tls_version"] == ["tlsv1.2"]
+    assert tls["max_connections"] == plain["max_connections"] * 2
 
 
 def _require(binary: str) -> str:
@@ -844,7 +867,11 @@ def test_cluster_chart_ships_the_deploy_broker_files() -> None:
     """One source: the chart's files are links to deploy/mosquitto/ (Helm can only read
     files inside the chart and follows links when it loads or packages it)."""
     files = chart_dir("edge-cluster") / "files"
-    for name, source in (("mosquitto.conf", MOSQUITTO_CONF), ("init-dynsec.sh", INIT_DYNSEC)):
+    for name, source in (
+        ("mosquitto.conf", MOSQUITTO_CONF),
+        ("mosquitto-tls.conf", MOSQUITTO_TLS_CONF),
+        ("init-dynsec.sh", INIT_DYNSEC),
+    ):
         assert (files / name).is_symlink(), name
         assert (files / name).resolve() == source.resolve(), name
         assert (files / name).read_text() == source.read_text()
@@ -1420,6 +1447,149 @@ def test_cluster_chart_with_a_root_and_outside_nodes() -> None:
     assert mqtt_service["spec"]["ports"][0]["nodePort"] == 31883
 
 
+def test_cluster_chart_with_broker_tls() -> None:
+    values = deep_merge(
+        CLUSTER_VALUES,
+        {
+            "broker": {
+                "advertisedHost": "mqtt.site-a.example",
+                "tls": {"enabled": True, "secretName": "site-a-tls", "serverName": "mqtt.x"},
+            },
+            "service": {"mqtt": {"type": "LoadBalancer", "port": 8883}},
+        },
+    )
+    objects = render_chart("edge-cluster", values)
+    deployment = check_pod(objects)
+    spec = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    (configmap,) = objects["ConfigMap"]
+    assert configmap["data"]["mosquitto.conf"] == MOSQUITTO_TLS_CONF.read_text()
+    broker = containers["mosquitto"]
+    assert broker["ports"] == [{"name": "mqtts", "containerPort": 8883, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert broker[probe]["tcpSocket"] == {"port": "mqtts"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    broker_mounts = {m["mountPath"]: m["name"] for m in broker["volumeMounts"]}
+    tls_volume = volumes[broker_mounts["/mosquitto/tls"]]["secret"]
+    assert tls_volume["secretName"] == "site-a-tls"
+    assert {i["path"] for i in tls_volume["items"]} == {"tls.crt", "tls.key"}
+    cluster_mounts = {m["mountPath"]: m["name"] for m in containers["cluster"]["volumeMounts"]}
+    ca_volume = volumes[cluster_mounts["/etc/edge/tls"]]["secret"]
+    assert [i["path"] for i in ca_volume["items"]] == ["ca.crt"]  # not the key
+    _, _, settings = check_project_container(containers["cluster"], objects)
+    assert settings.node_broker_tls and not settings.starts_broker
+    assert (settings.node_broker_host, settings.node_broker_port) == ("mqtt.site-a.example", 8883)
+    assert settings.broker_tls_cafile == Path("/etc/edge/tls/ca.crt")
+    assert settings.advertised_broker_server_name == "mqtt.x"
+    # the orchestrator itself stays on the pod's loopback plain listener
+    assert (settings.broker_host, settings.broker_port) == ("127.0.0.1", 1883)
+    assert not settings.broker_client_tls
+    mqtt_service = next(s for s in objects["Service"] if s["metadata"]["name"].endswith("-mqtt"))
+    assert mqtt_service["spec"]["ports"][0] == {
+        "name": "mqtts",
+        "port": 8883,
+        "targetPort": "mqtts",
+        "protocol": "TCP",
+    }
+    with pytest.raises(TemplateError, match="secretName"):
+        render_chart(
+            "edge-cluster", deep_merge(CLUSTER_VALUES, {"broker": {"tls": {"enabled": True}}})
+        )
+
+
+def test_compose_tls_overlay(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    config = compose_config(empty, COMPOSE_TLS_FILE)
+    for site in ("a", "b"):
+        broker = config["services"][f"mosquitto-{site}"]
+        volumes = [str(v) for v in broker["volumes"]]
+        assert f"{MOSQUITTO_TLS_CONF}:/mosquitto/config/mosquitto.conf:ro" in volumes
+        assert any(v.endswith(f"deploy/tls/mosquitto-{site}:/mosquitto/tls:ro") for v in volumes)
+        env = service_env(config["services"][f"cluster-{site}"])
+        settings = load_program_settings("cluster-orchestrator", env)
+        assert settings.broker_client_tls and settings.node_broker_tls
+        assert settings.broker_port == 8883 and settings.node_broker_port == 8883
+        assert settings.broker_host == f"mosquitto-{site}"
+        assert settings.broker_tls_cafile == Path("/etc/edge/tls/ca.crt")
+
+
+@pytest.mark.broker
+def test_mosquitto_tls_conf_serves_tls_with_script_made_certs(tmp_path: Path) -> None:
+    """deploy/mosquitto/mosquitto-tls.conf for real, with certificates from
+    scripts/make-broker-certs.sh: TLS verified by name; plain MQTT on loopback."""
+    from cluster_orchestrator.broker import BrokerConfigError, find_dynsec_plugin, find_free_port
+    from schemas.tls import client_context
+    from tests.fixtures.broker import MqttProbe
+
+    mosquitto = _require("mosquitto")
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    try:
+        plugin = find_dynsec_plugin()
+    except BrokerConfigError as exc:
+        pytest.skip(str(exc))
+    pki = tmp_path / "pki"
+    made = subprocess.run(
+        ["sh", str(REPO / "scripts" / "make-broker-certs.sh"), str(pki), "mosquitto-a"],
+        env={**os.environ, "DAYS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    site = pki / "mosquitto-a"
+    assert stat_mode(site / "tls.key") == 0o600 and stat_mode(pki / "ca.key") == 0o600
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    password = "tls-admin-password"
+    assert run_init_dynsec(["/bin/sh"], data / "dynamic-security.json", password).returncode == 0
+    plain, tls = find_free_port(), find_free_port()
+    text = MOSQUITTO_TLS_CONF.read_text()
+    text = text.replace(MOSQUITTO_PLUGIN_IN_IMAGE, str(plugin))
+    text = text.replace("/mosquitto/data/", f"{data}/").replace("/mosquitto/tls/", f"{site}/")
+    text = text.replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
+    text = re.sub(r"^listener 8883$", f"listener {tls} 127.0.0.1", text, flags=re.MULTILINE)
+    text += f"user {os.environ.get('USER') or 'root'}\n" if os.getuid() == 0 else ""
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(text)
+    log = (tmp_path / "mosquitto.out").open("wb")
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    probes: list[Any] = []
+    try:
+
+        def connect(port: int, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    probe = MqttProbe.connect("127.0.0.1", port, "admin", password, **kwargs)
+                    probes.append(probe)
+                    return probe
+                except ConnectionRefusedError:
+                    assert broker.poll() is None, (tmp_path / "mosquitto.out").read_text()
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+        # 127.0.0.1 is in no SAN: the name nodes are told (server_name) is verified
+        good = client_context(cafile=site / "ca.crt", server_name="mosquitto-a")
+        assert connect(tls, tls_context=good).connected
+        assert connect(plain).connected
+        with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+            connect(tls, tls_context=client_context(cafile=site / "ca.crt"))
+    finally:
+        for probe in probes:
+            probe.close()
+        broker.terminate()
+        broker.wait(10)
+        log.close()
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -1543,6 +1713,9 @@ def test_systemd_units_run_console_scripts_with_real_flags(unit: str) -> None:
     check_entry_point(script)
     assert unit == f"{script}.service"
     parsers[script]().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag
+    # private files (stores, tokens, identities) whatever the program forgets
+    assert re.search(r"^UMask=0077$", text, re.M), unit
+    assert "0.0.0.0" not in exec_start, "no listener on all interfaces by default"
     assert re.search(r"^EnvironmentFile=/etc/edge/" + re.escape(script) + r"\.env$", text, re.M)
     if script == "node-engine":
         assert "KillMode=process" in text, "stopping the engine must not stop its tasks"

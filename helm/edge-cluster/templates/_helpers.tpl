@@ -72,3 +72,12 @@ app.kubernetes.io/component: cluster-orchestrator
 {{- .Values.service.mqtt.port -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The broker port the nodes use: mqtts (TLS, 8883) with broker.tls.enabled, else mqtt. */}}
+{{- define "edge-cluster.mqttPortName" -}}
+{{- if .Values.broker.tls.enabled -}}
+mqtts
+{{- else -}}
+mqtt
+{{- end -}}
+{{- end -}}
