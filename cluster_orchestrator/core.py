@@ -290,13 +290,14 @@ class ClusterCore:
 
         A message that makes the decision fail is logged and dropped; the effects
         emitted before the failure still run (they describe state already changed)."""
-        fx = Effects(self.now())
+        fx = Effects(Now(self._mono(), self._wall()))
         try:
             apply_into(self.state, fx, inbound)
         except Exception:
             message = inbound.message
             log.exception("handling %s from %s failed", message.kind, message.node_id)
-        self._runner.run(fx.items)
+        if fx.items:  # a steady status has none: the hot path skips the runner
+            self._runner.run(fx.items)
 
     def tick(self, now_mono: float) -> None:
         """One step of the timers at monotonic time `now_mono` (core thread)."""

@@ -7,6 +7,10 @@ metrics registry or the reporter themselves. The `runner.EffectRunner` executes 
 effects afterwards, in order. So a decision is a plain function of (state, input,
 time) that a test can call and inspect, and the I/O happens in one place.
 
+Effects are values: nothing changes one after it was emitted. (They are plain slotted
+dataclasses, not frozen ones: a frozen dataclass costs about three times as much to
+build, and a placement emits a dozen of them.)
+
 | effect | executed by the runner as |
 | --- | --- |
 | `Persist`, `PersistMany`, `Delete` | a queued write to the persister (store writer thread) |
@@ -19,7 +23,7 @@ time) that a test can call and inspect, and the I/O happens in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cluster_orchestrator.records import INSTANCES, NODES, InstanceRecord, NodeRecord, make_event
@@ -43,7 +47,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Now:
     """The time of one step: monotonic seconds (liveness, deadlines) and wall seconds
     (timestamps of events and instances)."""
@@ -52,7 +56,7 @@ class Now:
     wall: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Persist:
     """Upsert one document; `durable`: the caller gets a future done once it is written."""
 
@@ -61,7 +65,7 @@ class Persist:
     durable: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PersistMany:
     """Upsert several documents of one collection (a status snapshot batch)."""
 
@@ -69,7 +73,7 @@ class PersistMany:
     docs: Sequence[Mapping[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     """Delete one document."""
 
@@ -77,14 +81,14 @@ class Delete:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordEvent:
     """Keep an event (already appended to its instance's recent events in memory)."""
 
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish:
     """Send a command to its node. `warn`: log when the broker does not take it now
     (a first send; a resend after an ack timeout is quiet)."""
@@ -93,14 +97,14 @@ class Publish:
     warn: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Report:
     """Tell the root: an instance change, or (None) a capacity change (report soon)."""
 
     change: InstanceChange | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Count:
     """Add `value` to a counter."""
 
@@ -109,14 +113,14 @@ class Count:
     value: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ObserveLags:
     """Status ingestion lags (publish -> applied) collected since the last tick."""
 
     samples: Sequence[float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetGauges:
     """The state gauges: nodes by liveness, instances by state, commands waiting."""
 
@@ -138,7 +142,6 @@ Effect = (
 )
 
 
-@dataclass(slots=True)
 class Effects:
     """The effects of one step, in order, and the time of the step.
 
@@ -146,8 +149,11 @@ class Effects:
     in-memory list, which is state); nothing here does I/O.
     """
 
-    now: Now
-    items: list[Effect] = field(default_factory=list)
+    __slots__ = ("items", "now")
+
+    def __init__(self, now: Now) -> None:
+        self.now = now
+        self.items: list[Effect] = []
 
     def persist(self, collection: str, doc: Mapping[str, Any], *, durable: bool = False) -> None:
         """Upsert a document (see `Persist`)."""
