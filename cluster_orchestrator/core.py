@@ -10,7 +10,8 @@ side effects as values (docs/architecture.md, "Inside the cluster orchestrator")
   drain, cordon), `scheduling` (the placement plan and its application),
   `queries` (API views and the root report);
 * `runner.EffectRunner`: executes the effects (persister, MQTT publish, reporter
-  buffer, metrics).
+  buffer, metrics);
+* `loading.load_state`: the tables from the store at startup.
 
 One thread runs `ClusterCore._run`; it is the only code that reads or changes the
 state. Everything else talks to it through its inbox:
@@ -52,18 +53,11 @@ from cluster_orchestrator.errors import (
     NotFound,
 )
 from cluster_orchestrator.inbound import apply_into
+from cluster_orchestrator.loading import load_state
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
-from cluster_orchestrator.records import (
-    EVENTS,
-    INSTANCES,
-    NODE_STATUS,
-    NODES,
-    InstanceRecord,
-    NodeRecord,
-    event_from_doc,
-)
+from cluster_orchestrator.records import InstanceRecord, NodeRecord
 from cluster_orchestrator.runner import EffectRunner
 from cluster_orchestrator.settings import ClusterSettings
 from cluster_orchestrator.state import ClusterState
@@ -78,7 +72,7 @@ from schemas.cluster import (
 )
 from schemas.job import InstanceState
 from schemas.mqtt import CommandMessage
-from schemas.node import JoinRequest, Liveness, NodeInfo, NodeStatus
+from schemas.node import JoinRequest, Liveness, NodeInfo
 from store import Store
 
 __all__ = [
@@ -173,47 +167,7 @@ class ClusterCore:
 
     def load(self) -> None:
         """Load nodes and unfinished instances from the store (before `start`)."""
-        st = self.state
-        now = self._mono()
-        for doc in self._store.find(REMOVED_NODES):
-            st.removed_nodes[str(doc["_id"])] = dict(doc)
-        for doc in self._store.find(NODES):
-            try:
-                node = NodeRecord.from_doc(doc, now, hold=self.settings.restart_grace)
-            except (KeyError, ValueError) as exc:
-                log.error("skipping unreadable node document %s: %s", doc.get("_id"), exc)
-                continue
-            if node.id in st.removed_nodes:  # the delete of a removed node did not land
-                continue
-            st.nodes[node.id] = node
-        for doc in self._store.find(NODE_STATUS):
-            node_or_none = st.nodes.get(str(doc.get("_id")))
-            if node_or_none is None or "status" not in doc:
-                continue
-            try:
-                node_or_none.status = NodeStatus.model_validate(doc["status"])
-            except ValueError:
-                continue
-        for state in InstanceState:
-            if state.terminal:
-                continue
-            for doc in self._store.find(INSTANCES, {"state": state.value}):
-                try:
-                    inst = InstanceRecord.from_doc(doc)
-                except (KeyError, ValueError) as exc:
-                    log.error("skipping unreadable instance %s: %s", doc.get("_id"), exc)
-                    continue
-                inst.acked_at = now
-                inst.assigned_at = now
-                st.instances[inst.id] = inst
-                if inst.node_id:
-                    st.by_node.setdefault(inst.node_id, set()).add(inst.id)
-                for ev in self._store.find(
-                    EVENTS, {"instance_id": inst.id}, order_by="_id", descending=True, limit=50
-                ):
-                    inst.events.appendleft(event_from_doc(ev))
-        st.index.reset(st.instances.values())
-        log.info("loaded %d nodes and %d unfinished instances", len(st.nodes), len(st.instances))
+        load_state(self.state, self._store, self._mono())
 
     def start(self) -> None:
         """Start the loop thread."""
