@@ -8,7 +8,7 @@ handler, with a realistic mix: architectures arm64/amd64/arm 6:3:1, 20% native
 only, 2/4/8 cores, 1-8 GiB, zones and tiers as labels, 10% with a GPU, random CPU
 load and memory use, 35-88 C, 4% throttled, 1% shedding, 3% silent (never reported:
 NOT_READY), 2% cordoned; 1,000 instances already placed (reservations). Each timed
-decision is `ClusterCore._decide`, what `place_instance`, retries, moves and
+decision is `scheduling.decide`, what `place_instance`, retries, moves and
 rebalancing call: the candidates with their reservations, every filter (a named
 reason for each rejected node), the scores of every feasible node, the tie broken
 by the core's rng, and the `to_dict(limit=10)` explanation stored with the instance.
@@ -25,7 +25,10 @@ Also measured in the same run, on the same core:
 * ``place_instance``: the whole API call on the core thread (the decision, the
   instance, its events and document handed to the store writer, the DEPLOY handed to
   the publisher; the writer thread's own work is not counted);
-* floor: `_decide` in a core with one node: the fixed cost of a decision;
+* status step: one steady node status (already READY, no task) through the core's
+  message handler (`ClusterCore.handle`: `inbound.apply`, then the effects, of which
+  there are none), the hot path of status ingestion; the status is built untimed;
+* floor: `scheduling.decide` in a core with one node: the fixed cost of a decision;
 * candidates: building every node's candidate from its status and reservations once
   (what each decision started with before the core kept them).
 
@@ -56,9 +59,9 @@ from cluster_orchestrator.core import ClusterCore
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
-from cluster_orchestrator.records import InstanceRecord
+from cluster_orchestrator.records import InstanceRecord, NodeRecord
 from cluster_orchestrator.settings import ClusterSettings
-from placement import Request, place
+from placement import Decision, Request, place
 from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
 from schemas.cluster import ClusterReport, NodeCapacity, PlaceInstanceRequest
 from schemas.common import Arch, Runtime
@@ -74,6 +77,13 @@ from schemas.node import (
 )
 from schemas.resources import Accelerator, Resources
 from store import open_store
+
+#: the cluster core as plan functions and effects (docs/architecture.md); an older
+#: checkout (--repo) has the decisions as private methods of `ClusterCore`
+SPLIT = hasattr(ClusterCore, "execute")
+if SPLIT:
+    from cluster_orchestrator.effects import Effects
+    from cluster_orchestrator.scheduling import decide
 
 ZONES = ("factory", "warehouse", "office", "yard")
 #: bench placements kept on the fleet; older ones leave, so the load stays as it was
@@ -169,8 +179,8 @@ class Fleet:
             self.reporting.append(node_id)
             self.status(node_id)
 
-    def status(self, node_id: str) -> None:
-        """One status of the node through the core's MQTT handler."""
+    def status_message(self, node_id: str) -> StatusMessage:
+        """The node's next status (random load, temperature, throttling)."""
         rng = self.rng
         info = self.core.nodes[node_id].info
         seq = self.seq[node_id] = self.seq.get(node_id, 0) + 1
@@ -191,8 +201,12 @@ class Fleet:
             shedding=rng.random() < 0.01,
             runtimes=info.runtimes,
         )
-        message = StatusMessage(node_id=node_id, ts=now, payload=payload)
-        self.core._handle(Inbound(message=message, retained=False, received_at=now))
+        return StatusMessage(node_id=node_id, ts=now, payload=payload)
+
+    def status(self, node_id: str) -> None:
+        """One status of the node through the core's MQTT handler."""
+        message = self.status_message(node_id)
+        handle(self.core, Inbound(message=message, retained=False, received_at=message.ts))
 
     def request(self, i: int, shape: int | None = None) -> PlaceInstanceRequest:
         """The i-th placement request (shapes and policies in turn)."""
@@ -218,12 +232,13 @@ class Fleet:
                     accepted=True,
                 )
                 now = time.time()
-                self.core._handle(
+                handle(
+                    self.core,
                     Inbound(
                         message=AckMessage(node_id=message.node_id, payload=ack),
                         retained=False,
                         received_at=now,
-                    )
+                    ),
                 )
         self.sent.clear()
 
@@ -253,8 +268,42 @@ def best(fn: Callable[[], float], repeat: int) -> float:
     return min(fn() for _ in range(repeat))
 
 
+def plan_decision(core: ClusterCore, inst: InstanceRecord) -> Decision:
+    """One decision as the core makes it: `scheduling.decide` on the core's state, then
+    its effects (the placement counter) through the core's runner."""
+    if not SPLIT:  # older checkout: the decision and its counter in one method
+        return core._decide(inst, exclude=set())  # type: ignore[attr-defined,no-any-return]
+    fx = Effects(core.now())
+    decision = decide(core.state, fx, inst, set())
+    core.execute(fx.items)
+    return decision
+
+
+def handle(core: ClusterCore, inbound: Inbound) -> None:
+    """One node message through the core, as its loop handles it."""
+    if not SPLIT:
+        core._handle(inbound)  # type: ignore[attr-defined]
+    else:
+        core.handle(inbound)
+
+
+def set_node(core: ClusterCore, inst: InstanceRecord, node_id: str | None) -> None:
+    """Assign `inst` to `node_id` in the core's tables (indexes kept current)."""
+    if not SPLIT:
+        core._set_node(inst, node_id)  # type: ignore[attr-defined]
+    else:
+        core.state.set_node(inst, node_id)
+
+
+def node_candidate(core: ClusterCore, node: NodeRecord, reserved: Any) -> Any:
+    """The node's placement candidate built from scratch."""
+    if not SPLIT:
+        return core._candidate(node, reserved)  # type: ignore[attr-defined]
+    return core.state.candidate(node, reserved)
+
+
 def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
-    """The cluster shape: `_decide`, `place_instance`, floor, candidate build."""
+    """The cluster shape: `scheduling.decide`, `place_instance`, floor, candidate build."""
     fleet = Fleet(nodes)
     core = fleet.core
     for i in range(1000):  # instances already placed: reservations
@@ -268,16 +317,16 @@ def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
         while len(placed) > WINDOW:
             inst = core.instances.pop(placed.popleft(), None)
             if inst is not None:
-                core._set_node(inst, None)
+                set_node(core, inst, None)
 
     def decide(i: int) -> object:
         request = fleet.request(i)
         inst = InstanceRecord.from_request(request, time.time())
-        decision = core._decide(inst, exclude=set())
+        decision = plan_decision(core, inst)
         if decision.chosen is not None:
             placed.append(inst.id)
             core.instances[inst.id] = inst
-            core._set_node(inst, decision.chosen.id)
+            set_node(core, inst, decision.chosen.id)
         return decision
 
     def churn(i: int) -> None:
@@ -287,12 +336,23 @@ def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
     feasible = []
     for shape in range(len(SHAPES)):
         inst = InstanceRecord.from_request(fleet.request(shape, shape=shape), time.time())
-        d = core._decide(inst, exclude=set())
+        d = plan_decision(core, inst)
         feasible.append(f"req{shape + 1}: {d.feasible}/{d.considered} feasible")
     print(f"== cluster core, {nodes} nodes: " + "; ".join(feasible), flush=True)
     decide_cpu = best(lambda: timed(decide, seconds, churn), repeat)
-    sample = core._decide(InstanceRecord.from_request(fleet.request(0), time.time()), set())
+    sample = plan_decision(core, InstanceRecord.from_request(fleet.request(0), time.time()))
     print(f"  sample explanation: {sample.explain()}")
+
+    upcoming = [fleet.status_message(reporting[0])]
+
+    def status_step(_i: int) -> None:
+        message = upcoming[0]
+        handle(core, Inbound(message=message, retained=False, received_at=message.ts))
+
+    def next_status(i: int) -> None:
+        upcoming[0] = fleet.status_message(reporting[(i + 1) % len(reporting)])
+
+    status_cpu = best(lambda: timed(status_step, seconds / 2, next_status), repeat)
 
     def place_api(i: int) -> object:
         response = core.place_instance(fleet.request(i))
@@ -317,13 +377,14 @@ def cluster_figures(nodes: int, seconds: float, repeat: int) -> dict[str, Any]:
 
     def decide_one(i: int) -> object:
         inst = InstanceRecord.from_request(one.request(i, shape=0), time.time())
-        return one.core._decide(inst, exclude=set())
+        return plan_decision(one.core, inst)
 
     floor_cpu = best(lambda: timed(decide_one, seconds / 2, lambda _i: None), repeat)
     one.close()
     return {
         "decide_cpu_us": decide_cpu * 1e6,
         "place_instance_cpu_us": place_cpu * 1e6,
+        "status_step_cpu_us": status_cpu * 1e6,
         "floor_cpu_us": floor_cpu * 1e6,
         "build_candidates_cpu_us": build_cpu * 1e6,
     }
@@ -338,7 +399,7 @@ def _scratch_candidates(core: ClusterCore) -> list[Any]:
         for inst in core.instances.values()
         if inst.node_id is not None and not inst.state.terminal
     )
-    return [core._candidate(node, reserved.get(node.id)) for node in core.nodes.values()]
+    return [node_candidate(core, node, reserved.get(node.id)) for node in core.nodes.values()]
 
 
 def make_reports(clusters: int, units_each: int, seed: int = 2) -> list[ClusterSnapshot]:
@@ -457,7 +518,7 @@ def main() -> None:
     figures.update(root_figures(args.seconds, args.repeat))
     d_us = figures["decide_cpu_us"]
     print(
-        f"  _decide        : {d_us:8.1f} us CPU per decision = {1e6 / d_us:7.0f} decisions/s "
+        f"  decide         : {d_us:8.1f} us CPU per decision = {1e6 / d_us:7.0f} decisions/s "
         "(candidates, every filter and score, to_dict(limit=10))"
     )
     print(
@@ -465,7 +526,11 @@ def main() -> None:
         f"= {1e6 / figures['place_instance_cpu_us']:7.0f}/s (decision, instance, events, DEPLOY)"
     )
     print(
-        f"  floor          : {figures['floor_cpu_us']:8.1f} us CPU per _decide with 1 node "
+        f"  status step    : {figures['status_step_cpu_us']:8.1f} us CPU on the core thread per "
+        "steady node status (no liveness change, no task)"
+    )
+    print(
+        f"  floor          : {figures['floor_cpu_us']:8.1f} us CPU per decide with 1 node "
         f"(ratio {d_us / figures['floor_cpu_us']:.1f}x)"
     )
     print(

@@ -1,6 +1,7 @@
 """In-memory records of nodes and instances, owned by the core loop, and their store form.
 
-The core (`cluster_orchestrator.core`) is the only code that mutates these objects;
+The core loop (`cluster_orchestrator.core`, through its plan functions over
+`state.ClusterState`) is the only code that mutates these objects;
 everything else sees copies (views) or store documents.
 
 Store collections (one document per object, ``_id`` = the object's id):

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from cluster_orchestrator.core import ClusterCore
 from cluster_orchestrator.metrics import Metrics
+from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
 from cluster_orchestrator.reporter import REGISTRATION_DOC, Reporter
 from cluster_orchestrator.root_client import (
@@ -26,7 +27,7 @@ from cluster_orchestrator.settings import ClusterSettings
 from schemas.cluster import ClusterRegistration, ClusterReport, PlaceInstanceRequest
 from schemas.common import Arch, Runtime
 from schemas.job import InstanceState, TaskSpec, TaskState
-from schemas.mqtt import TaskEvent
+from schemas.mqtt import TaskEvent, TaskEventMessage
 from schemas.node import JoinRequest, Liveness, NodeInfo
 from store import open_store
 from tests.harness.wait import wait_for
@@ -183,7 +184,8 @@ def place(core: ClusterCore, iid: str) -> None:
         answer = core.place_instance(req)
         assert answer.accepted and answer.node_id is not None
         event = TaskEvent(instance_id=iid, state=TaskState.RUNNING)
-        core._apply_task_event(answer.node_id, time.time(), event)
+        message = TaskEventMessage(node_id=answer.node_id, ts=time.time(), payload=event)
+        core.handle(Inbound(message=message, retained=False, received_at=time.time()))
 
     core.call(place_and_run).result(5)
 

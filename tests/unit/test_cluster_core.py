@@ -1,7 +1,8 @@
 """The core loop's decisions, driven synchronously with a fake clock and a fake broker.
 
-No thread runs here: tests feed messages with `_handle` and advance time with `_tick`,
-so dispatch retries, liveness, rescheduling and reconcile are checked exactly.
+No thread runs here: tests feed messages with `handle` (one step: `inbound.apply`,
+then its effects) and advance time with `tick` (`timers.tick`, then its effects), so
+dispatch retries, liveness, rescheduling and reconcile are checked exactly.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Harness:
         end = self.clock.t + seconds
         while self.clock.t < end - 1e-9:
             self.clock.t = min(end, self.clock.t + step)
-            self.core._tick(self.clock.t)
+            self.core.tick(self.clock.t)
 
     # ---- nodes
     def join(self, name: str, cores: float = 4, mem: int = 4096, **kw) -> str:
@@ -107,9 +108,7 @@ class Harness:
         return grant.node_id
 
     def deliver(self, message, retained: bool = False) -> None:
-        self.core._handle(
-            Inbound(message=message, retained=retained, received_at=self.clock.wall())
-        )
+        self.core.handle(Inbound(message=message, retained=retained, received_at=self.clock.wall()))
 
     def status(self, node_id: str, tasks: Sequence[tuple[str, TaskState]] = (), **kw) -> None:
         seq = self.seq.get(node_id, 0) + 1
@@ -581,7 +580,7 @@ def test_restart_reloads_state(h: Harness) -> None:
     a = h.join("a")
     h.place("i1")
     h.run("i1")
-    h.core._flush_snapshots()
+    h.core.flush_snapshots()
     assert h.persister.flush(5)
     fresh = ClusterCore(
         settings=h.core.settings,
@@ -601,7 +600,7 @@ def test_restart_reloads_state(h: Harness) -> None:
 
 def _restarted(h: Harness, **settings: object) -> ClusterCore:
     """A new core over the same store, as after a restart of the orchestrator."""
-    h.core._flush_snapshots()
+    h.core.flush_snapshots()
     assert h.persister.flush(5)
     sent: list[CommandMessage] = []
     fresh = ClusterCore(

@@ -5,7 +5,7 @@
 and as instances are placed, acked, refused, finish or move. Here a real core
 (fake clock and broker, in-memory SQLite) goes through random sequences of those
 events; after each one, what the index holds must equal what a pass over every node
-and instance computes (the way `_decide` worked before the index), and decisions
+and instance computes (the way `scheduling.decide` worked before the index), and decisions
 through the kept table must equal decisions over freshly built candidates, with the
 same seed, explanations and `to_dict` included.
 """
@@ -23,9 +23,11 @@ from pydantic import SecretStr
 
 from cluster_orchestrator.candidates import placement_request, reservations
 from cluster_orchestrator.core import ClusterCore, NodeBusy
+from cluster_orchestrator.effects import Effects
 from cluster_orchestrator.metrics import Metrics
 from cluster_orchestrator.persister import Persister
 from cluster_orchestrator.records import InstanceRecord
+from cluster_orchestrator.scheduling import decide, with_excluded
 from cluster_orchestrator.settings import ClusterSettings
 from placement import Candidate, Decision, place
 from schemas.cluster import PlaceInstanceRequest
@@ -154,7 +156,7 @@ def scratch_candidates(
         if inst.node_id is not None and not inst.state.terminal
     )
     return [
-        core._candidate(node, reserved.get(node.id))
+        core.state.candidate(node, reserved.get(node.id))
         for node in core.nodes.values()
         if node.id not in exclude
     ]
@@ -176,7 +178,7 @@ def scratch_replicas(core: ClusterCore, inst: InstanceRecord) -> dict[str, int]:
 def reference_decide(
     core: ClusterCore, inst: InstanceRecord, exclude: set[str], seed: int
 ) -> Decision:
-    """The decision `_decide` made before the index: everything rebuilt, then `place`."""
+    """The decision `scheduling.decide` made before the index: everything rebuilt, then `place`."""
     pinned = None
     if inst.constraints.node is not None:
         named = [n for n in core.nodes.values() if n.info.name == inst.constraints.node]
@@ -194,9 +196,7 @@ def reference_decide(
         existing=scratch_replicas(core, inst),
         noun="node",
     )
-    from cluster_orchestrator.core import _with_excluded
-
-    return _with_excluded(decision, len(exclude & core.nodes.keys())) if exclude else decision
+    return with_excluded(decision, len(exclude & core.nodes.keys())) if exclude else decision
 
 
 def check(core: ClusterCore, seed: int) -> None:
@@ -204,9 +204,10 @@ def check(core: ClusterCore, seed: int) -> None:
     assert core.candidates() == scratch_candidates(core)
     for job in JOBS:
         probe = InstanceRecord.from_request(request_for("probe", job, 0.1, 0), 0.0)
-        assert core._index.replicas(job, without="probe") == scratch_replicas(core, probe)
+        assert core.state.index.replicas(job, without="probe") == scratch_replicas(core, probe)
     for inst in list(core.instances.values())[:3]:
-        assert core._index.replicas(inst.job_id, without=inst.id) == scratch_replicas(core, inst)
+        kept = core.state.index.replicas(inst.job_id, without=inst.id)
+        assert kept == scratch_replicas(core, inst)
     rng = random.Random(seed)
     for inst in [*list(core.instances.values())[-2:], None]:
         if inst is None:
@@ -214,8 +215,8 @@ def check(core: ClusterCore, seed: int) -> None:
         exclude = set(rng.sample(sorted(core.nodes), min(len(core.nodes), rng.randrange(3))))
         expected = reference_decide(core, inst, exclude, seed)
         kept = inst.placement
-        core._rng = random.Random(seed)
-        got = core._decide(inst, exclude)
+        core.state.rng = random.Random(seed)
+        got = decide(core.state, Effects(core.now()), inst, exclude)
         inst.placement = kept
         assert got == expected
         assert got.explain() == expected.explain()
