@@ -48,7 +48,7 @@ from cluster_orchestrator.broker import (
     find_free_port,
     write_broker_files,
 )
-from cluster_orchestrator.process import ClusterProcess
+from tests.harness.cluster_process import ClusterProcess
 
 JOIN = "bench-join"
 OPERATOR = "bench-operator"

@@ -60,7 +60,7 @@ from paho.mqtt.properties import Properties
 
 from bench.cluster_ingest import JOIN, OPERATOR, Simulator, join_nodes, start_broker, wait_ready
 from cluster_orchestrator.broker import Acl
-from cluster_orchestrator.process import ClusterProcess
+from tests.harness.cluster_process import ClusterProcess
 
 JOBS = 20
 

@@ -39,7 +39,7 @@ import httpx
 import psutil
 
 from cluster_orchestrator.broker import MosquittoProcess, find_free_port, write_broker_files
-from cluster_orchestrator.process import REPO_ROOT, ClusterProcess
+from tests.harness.cluster_process import REPO_ROOT, ClusterProcess
 
 JOIN = "bench-join"
 OPERATOR = "bench-operator"

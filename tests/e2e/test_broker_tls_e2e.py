@@ -21,9 +21,9 @@ import httpx
 import psutil
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess, free_port
 from tests.fixtures.broker import _require_mosquitto
 from tests.harness.certs import TestCa, make_ca, openssl_missing
+from tests.harness.cluster_process import ClusterProcess, free_port
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
 

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from schemas.common import Arch
 from schemas.mqtt import (
     Presence,
@@ -32,6 +31,7 @@ from schemas.mqtt import (
 )
 from schemas.node import DiskStatus, MemoryStatus, NodeStatus
 from tests.fixtures.broker import BrokerHandle, MqttProbe
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args
 from tests.harness.wait import wait_for

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle, MqttProbe
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args
 from tests.harness.wait import wait_for

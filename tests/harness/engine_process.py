@@ -10,12 +10,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from tests.harness.child import ChildProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class NodeEngineProcess:
+class NodeEngineProcess(ChildProcess):
     """One node engine process; output goes to ``<state_dir>.log`` (appended per start)."""
 
     def __init__(
@@ -44,9 +46,7 @@ class NodeEngineProcess:
         self.env = env or {}
         self.log_level = log_level
         self.repo = Path(repo).resolve() if repo is not None else None
-        self.log_path = self.state_dir.parent / f"{self.state_dir.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(self.state_dir.parent / f"{self.state_dir.name}.log")
 
     def argv(self) -> list[str]:
         """The command line (the join token goes through the environment, not argv)."""
@@ -78,59 +78,8 @@ class NodeEngineProcess:
         if self.join_token is not None:
             env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
         env.update(self.env)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.repo or REPO_ROOT,
-        )
+        self._spawn(self.argv(), env, self.repo or REPO_ROOT)
         return self
-
-    @property
-    def pid(self) -> int:
-        """Process id of the running engine."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait(self, timeout: float = 30.0) -> int:
-        """Wait for the process to exit; its exit status."""
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait (the engine's clean shutdown)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL (a crash: no shutdown code runs)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def output(self) -> str:
-        """Everything the engine printed so far (all starts)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def identity(self) -> dict[str, Any] | None:
         """The stored join response, or None before the first join."""

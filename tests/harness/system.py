@@ -12,7 +12,7 @@ Processes:
 
 * root: ``python -m root_orchestrator.main`` (`RootProcess`), settings through ``EDGE_*``,
   its own process group;
-* cluster: `cluster_orchestrator.process.ClusterProcess` with ``--start-broker`` (the
+* cluster: `tests.harness.cluster_process.ClusterProcess` with ``--start-broker`` (the
   orchestrator starts and owns its Mosquitto with dynsec) and ``--root-url``;
 * node engine: `tests.harness.engine_process.NodeEngineProcess` (native runtime; also
   docker with ``add_node(..., runtimes=("native", "docker"))``, whose containers are
@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from cluster_orchestrator.process import ClusterProcess, free_port
+from tests.harness.cluster_process import ClusterProcess, free_port
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
 

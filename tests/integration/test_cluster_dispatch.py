@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from schemas.common import Runtime
 from schemas.job import TaskState
 from schemas.mqtt import (
@@ -33,6 +32,7 @@ from schemas.mqtt import (
 )
 from schemas.node import DiskStatus, MemoryStatus, NodeStatus, TaskStatus
 from tests.fixtures.broker import BrokerHandle
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker]

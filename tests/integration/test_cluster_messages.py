@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from schemas.mqtt import AckMessage, decode
 from tests.fixtures.broker import BrokerHandle
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.procs import count_processes
 from tests.harness.wait import wait_for

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.wait import wait_for
 from tests.integration.test_cluster_dispatch import (
     JOIN,

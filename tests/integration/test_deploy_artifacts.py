@@ -556,8 +556,8 @@ def test_compose_broker_serves_a_cluster_orchestrator(
     compose_style_broker: RunningBroker, resolved_compose: dict[str, Any], tmp_path: Path
 ) -> None:
     """The compose broker + cluster settings work end to end (external broker mode)."""
-    from cluster_orchestrator.process import ClusterProcess, free_port
     from tests.fixtures.broker import MqttProbe
+    from tests.harness.cluster_process import ClusterProcess, free_port
 
     cluster_env = service_env(resolved_compose["services"]["cluster-a"])
     env = {

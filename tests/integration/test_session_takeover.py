@@ -20,8 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
 from tests.integration.test_cluster_dispatch import JOIN, api, wait_ready

@@ -24,8 +24,8 @@ import httpx
 import psutil
 import pytest
 
-from cluster_orchestrator.process import ClusterProcess
 from tests.fixtures.broker import BrokerHandle
+from tests.harness.cluster_process import ClusterProcess
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
 

@@ -1,4 +1,4 @@
-"""Run a cluster orchestrator as a child process (tests, benchmarks, ``edgectl local up``).
+"""Run a cluster orchestrator as a child process (tests and benchmarks).
 
 Secrets (tokens, the broker admin password) travel in the child's environment as
 ``EDGE_*`` variables, never on its command line, where ``ps`` would show them.
@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
+from tests.harness.child import ChildProcess
+
 __all__ = ["ClusterProcess", "free_port"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,7 +32,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class ClusterProcess:
+class ClusterProcess(ChildProcess):
     """One ``cluster-orchestrator`` process; output goes to ``<data_dir>/orchestrator.log``."""
 
     def __init__(
@@ -65,20 +65,12 @@ class ClusterProcess:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.log_level = log_level
-        self.log_path = self.data_dir / "orchestrator.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(self.data_dir / "orchestrator.log")
 
     @property
     def url(self) -> str:
         """Base URL of the API."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """Process id."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
 
     def argv(self) -> list[str]:
         """The command line (no secrets)."""
@@ -116,15 +108,7 @@ class ClusterProcess:
         if self._admin_password is not None:
             env["EDGE_BROKER_ADMIN_PASSWORD"] = self._admin_password
         env.update(self.env)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.data_dir,
-        )
+        self._spawn(self.argv(), env, self.data_dir)
         try:
             self.wait_healthy(timeout)
         except BaseException:
@@ -159,40 +143,9 @@ class ClusterProcess:
             headers={"authorization": f"Bearer {token or self.operator_token}"},
         )
 
-    def output(self, tail: int = 60) -> str:
+    def output(self, tail: int | None = 60) -> str:
         """The last lines of the process log."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-tail:])
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; SIGKILL after `timeout`."""
-        code: int | None = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            code = self.proc.returncode
-        self._close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL (a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        return super().output(tail)
 
     def __enter__(self) -> ClusterProcess:
         if self.proc is None:

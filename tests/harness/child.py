@@ -1,0 +1,90 @@
+"""A service under test run as a child process: start with a log file, stop, kill.
+
+The cluster orchestrator and the node engine harnesses (and the root's in
+tests/harness/system.py) share this: output appended to one log file per process,
+SIGTERM then SIGKILL, and the log's text for failure messages.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+class ChildProcess:
+    """One child process whose stdout and stderr go to `log_path` (appended per start)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def _spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        """Start `argv` with stdin from /dev/null and output into the log."""
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close()
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+        )
+
+    @property
+    def pid(self) -> int:
+        """Process id."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (the clean shutdown); `subprocess.TimeoutExpired` if it hangs."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._close()
+        return code
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; SIGKILL after `timeout`. The exit status, None if never started."""
+        if self.proc is None:
+            self._close()
+            return None
+        try:
+            return self.terminate(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown code runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def output(self, tail: int | None = None) -> str:
+        """What the process printed (all starts), or its last `tail` lines."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text if tail is None else "\n".join(text.splitlines()[-tail:])
