@@ -7,6 +7,8 @@ SIGTERM then SIGKILL, and the log's text for failure messages.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -21,10 +23,15 @@ class ChildProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._own_group = False
 
-    def _spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-        """Start `argv` with stdin from /dev/null and output into the log."""
+    def _spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, *, new_session: bool = False
+    ) -> None:
+        """Start `argv` with stdin from /dev/null and output into the log; `new_session`:
+        in a process group of its own, which `kill` then kills as a whole."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close()
+        self._own_group = new_session
         self.proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -32,6 +39,7 @@ class ChildProcess:
             stderr=subprocess.STDOUT,
             env=dict(env),
             cwd=cwd,
+            start_new_session=new_session,
         )
 
     @property
@@ -70,10 +78,15 @@ class ChildProcess:
             return self.proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL (a crash: no shutdown code runs)."""
+        """SIGKILL (a crash: no shutdown code runs); the whole group if it has its own."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            if self._own_group:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
         self._close()
 
     def _close(self) -> None:

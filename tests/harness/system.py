@@ -32,7 +32,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
+from tests.harness.child import ChildProcess
 from tests.harness.cluster_process import ClusterProcess, free_port
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
@@ -80,7 +80,7 @@ def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(kept[-lines:])
 
 
-class RootProcess:
+class RootProcess(ChildProcess):
     """One ``root-orchestrator`` process on a fixed port (kept across restarts)."""
 
     def __init__(
@@ -104,24 +104,13 @@ class RootProcess:
         self.settings = dict(settings or {})
         self.env = dict(env or {})
         self.log_level = log_level
-        self.log_path = self.workdir / "root.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(self.workdir / "root.log")
         self.starts = 0
 
     @property
     def url(self) -> str:
         """Base URL of the API."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """Process id of the running root."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> RootProcess:
         """Start (again) and wait until ``/healthz`` answers 200."""
@@ -143,16 +132,9 @@ class RootProcess:
         env.update(self.env)
         with self.log_path.open("ab") as log:
             log.write(f"----- start {self.starts + 1} -----\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "root_orchestrator.main"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
+        self._spawn(
+            [sys.executable, "-m", "root_orchestrator.main"], env, self.workdir, new_session=True
+        )
         self.starts += 1
 
         def healthy() -> bool:
@@ -170,29 +152,11 @@ class RootProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM and wait; SIGKILL the group after `timeout`. The exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return super().stop(timeout)
 
-    def kill(self) -> None:
-        """SIGKILL the root's process group (a crash)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
-    def output(self, lines: int = 60) -> str:
+    def output(self, lines: int | None = 60) -> str:
         """The last lines of the root's log (all starts), without successful requests."""
-        return _tail(self.log_path, lines)
+        return _tail(self.log_path, 60 if lines is None else lines)
 
     def client(self, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
         """An HTTP client for the root with the operator token (caller closes it)."""
