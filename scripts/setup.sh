@@ -27,6 +27,20 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
+# ---- run-as user for native tasks ----------------------------------------------------
+# A node engine running as root runs native tasks as this unprivileged system user
+# (node engine setting native_run_as, default edge-task; docs/node-engine.md).
+EDGE_TASK_USER="${EDGE_TASK_USER:-edge-task}"
+if ! getent passwd "$EDGE_TASK_USER" >/dev/null; then
+  log "creating system user $EDGE_TASK_USER (no login shell, no home) for native tasks"
+  if command -v useradd >/dev/null 2>&1; then
+    $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin --comment "edge orchestrator native tasks" "$EDGE_TASK_USER"
+  else
+    $SUDO adduser -S -D -H -h /nonexistent -s /sbin/nologin "$EDGE_TASK_USER"
+  fi
+fi
+
 # ---- Docker engine -------------------------------------------------------------------
 if [ "${EDGE_SKIP_DOCKER:-0}" != "1" ]; then
   if ! docker info >/dev/null 2>&1; then
