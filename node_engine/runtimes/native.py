@@ -3,7 +3,8 @@
 Process model. Each task runs under a tiny `/bin/sh` wrapper started in a new session
 (so the wrapper's pid is the process group id and the session id):
 
-    sh -c '<join cgroup>; <ulimit -v>; trap : TERM INT HUP QUIT; "$@"; echo $? > exit_code'
+    sh -c '<wait for the engine: cgroup>; <ulimit -v>; trap : TERM INT HUP QUIT;
+           "$@" 3>&-; echo $? >&3' edge-task <gate> <limit> <program> <args...>
 
 The wrapper costs one shell (~1.7 MiB RSS, mostly shared pages) instead of a Python shim,
 and makes the task independent of the engine: the engine may crash or be SIGKILLed, the
@@ -15,23 +16,38 @@ wrapper's, or free) plus the processes of the task cgroup that belong to the tas
 older than the wrapper, and not in the session of another task's wrapper. A process of
 the task that left its session (a daemon) is still reached through the cgroup.
 
-State on disk, per task, in `<state_dir>/tasks/<instance_id>/`:
+Who runs it (`native_policy.NativeGuard`, docs/node-engine.md "Native tasks: security"):
+an engine that is root starts the wrapper as the node's run-as user (uid, gid and that
+user's groups, set by `subprocess` between fork and exec), after the policy checks
+(command and working-directory allow-lists, guarded environment names). The engine does
+what that user could not: it opens the log (stdout, O_APPEND) and the exit-code file
+(handed as stderr; the wrapper moves it to fd 3, sends its stderr to the log, and closes
+fd 3 for the program), and with a cgroup it writes the wrapper's pid into the task
+cgroup itself and only then lets the wrapper go on (a "go" line on a pipe that is the
+wrapper's stdin; the program's stdin is /dev/null).
+
+State on disk, per task, in `<state_dir>/tasks/<instance_id>/` (0700 with a run-as user):
 
 - `handle.json`   the `TaskHandle` (pid + psutil create time, log and exit-code paths,
-                  cgroup paths); written at deploy, deleted by `stop()`. `adopt()` scans it.
+                  cgroup paths, the working directory); written at deploy, deleted by
+                  `stop()`. `adopt()` scans it.
 - `output.log`    stdout and stderr (O_APPEND), `output.log.1` the previous chunk,
                   `output.log.offset` where `output.log` starts in the task's whole
                   output (bytes written before it, rotated away or into `.1`). Kept
                   across restarts of the instance (each run appends) and deleted by
                   `discard_logs()` when the engine forgets the task.
-- `exit_code`     written by the wrapper when the program exits.
+- `exit_code`     written by the wrapper (through fd 3) when the program exits.
 - `result.json`   the final observation, written once the task is seen finished (so OOM
                   counters survive the removal of the cgroup).
-- `work/`         the working directory when the spec gives none.
+
+and `<state_dir>/work/<instance_id>/`, the working directory when the spec gives none
+(0700, owned by the run-as user; `work/` and the runtime's directory are 0711 then, so
+the task reaches it by path).
 
 Environment: `spec.env` is merged over a minimal, fixed base (nothing is inherited from
 the engine): PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
-HOME=<the task's working directory>, LANG=C.UTF-8.
+HOME=<the task's working directory>, LANG=C.UTF-8. PATH and the loader's names (LD_*,
+...) from the spec are dropped unless the node allows them (noted in the task's output).
 
 Log bound: when `output.log` exceeds `max_log_bytes` (default 4 MiB) its newest
 `max_log_bytes` are copied to `output.log.1` and it is truncated (copytruncate; the
@@ -92,7 +108,7 @@ from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-"""PATH given to every native task unless its spec sets one."""
+"""PATH given to every native task (a spec's own PATH only where the node allows it)."""
 
 DEFAULT_MAX_LOG_BYTES = 4 * 1024 * 1024
 LOG_FILES = ("output.log", "output.log.1", "output.log.offset")

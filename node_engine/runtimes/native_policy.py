@@ -59,6 +59,9 @@ GUARDED_ENV_NAMES = frozenset(
 that load code or files by path (those glibc ignores for setuid programs)."""
 
 
+NO_WORKDIRS = "none: only the task's own directory"
+
+
 class PolicyRefusal(RuntimeFailure):
     """A deploy the node's native policy does not allow; `setting` names the setting."""
 
@@ -326,7 +329,7 @@ class NativeGuard:
             self.refuse(
                 "native_allowed_workdirs",
                 f"working directory {shown} is outside native_allowed_workdirs "
-                f"({', '.join(self.allowed_workdirs) or 'none: only the task own directory'})",
+                f"({', '.join(self.allowed_workdirs) or NO_WORKDIRS})",
             )
         try:
             st = os.stat(real)
