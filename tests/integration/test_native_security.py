@@ -79,12 +79,14 @@ def runtimes(tmp_path: Path):
 def test_task_runs_as_the_unprivileged_user_with_its_groups_only(runtimes) -> None:
     rt = runtimes(NativeGuard(DEFAULT_RUN_AS))
     assert TASK_USER is not None
-    h = rt.deploy("who", spec("sh", "-c", "id -u > uid.txt; id -u; id -G; echo home=$HOME"))
+    script = "id -u > uid.txt; grep CapEff /proc/self/status; id -u; id -G; echo home=$HOME"
+    h = rt.deploy("who", spec("sh", "-c", script))
     obs = finish(rt, h)
     assert obs.state is TaskState.SUCCEEDED, rt.logs(h)
     written = (rt.work_dir("who") / "uid.txt").read_text().strip()
     assert written == str(TASK_USER.pw_uid) != "0"
-    uid, groups, home = rt.logs(h).splitlines()[-3:]
+    caps, uid, groups, home = rt.logs(h).splitlines()[-4:]
+    assert caps.split() == ["CapEff:", "0" * 16]  # no capabilities left either
     assert uid == str(TASK_USER.pw_uid)
     assert "0" not in groups.split()  # root's supplementary groups are dropped
     assert home == f"home={rt.work_dir('who')}"
