@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     from node_engine.runtimes.native_policy import NativeGuard
+    from schemas.common import Runtime as RuntimeKind
 
     native_guard = NativeGuard(
         settings.native_run_as,
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         allow_env=settings.native_allow_env_overrides,
     )
     try:
-        prepare_state_dir(settings.state_dir, traversable=native_guard.switches)
+        prepare_state_dir(
+            settings.state_dir,
+            traversable=native_guard.switches and RuntimeKind.NATIVE in settings.runtimes,
+        )
     except OSError as exc:
         print(
             f"node-engine: cannot use state directory {settings.state_dir}: {exc}", file=sys.stderr
@@ -263,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     runtimes, unavailable = build_runtimes(
         settings.runtimes, settings.state_dir, engine_id(settings.state_dir), native_guard
     )
-    from schemas.common import Runtime as RuntimeKind
-
     if RuntimeKind.NATIVE in runtimes:
         for level, line in native_guard.describe():
             log.log(level, "%s", line)
