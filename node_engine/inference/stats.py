@@ -184,7 +184,7 @@ class StatsReader:
     def read(self, path: Path) -> InferenceStats | None:
         """The latest figures in `path`, or None when there is no (valid) file."""
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             self._cache.pop(path, None)
             return None
@@ -192,8 +192,9 @@ class StatsReader:
         if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
             return cached[2]
         stats: InferenceStats | None = None
-        # Only a regular file: the task owns its directory, and a FIFO there would block
-        # the engine's read.
+        # Only a regular file, not a symlink: the task owns its directory, a FIFO there
+        # would block the engine's read and a link could point the engine (root) at a
+        # file the task may not read.
         if st.st_size <= MAX_STATS_BYTES and S_ISREG(st.st_mode):
             try:
                 stats = parse_stats(json.loads(path.read_bytes()))

@@ -168,6 +168,11 @@ def test_stats_reader_ignores_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / DEFAULT_STATS_FILE
     os.mkfifo(fifo)
     assert StatsReader().read(fifo) is None
+    real = tmp_path / "elsewhere.json"
+    write_stats_file(real, {"v": 1, "frames_executed": 3})
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert StatsReader().read(link) is None and StatsReader().read(real) is not None
 
 
 def test_supervisor_reports_inference_figures_and_restarts_stopped_tasks(tmp_path: Path) -> None:
