@@ -28,6 +28,7 @@ from node_engine import __version__, lean
 
 if TYPE_CHECKING:  # the real imports happen in main(), after the footprint measures
     from node_engine.runtimes.base import TaskRuntime
+    from node_engine.runtimes.native_policy import NativeGuard
     from node_engine.settings import NodeEngineSettings
     from schemas.common import Runtime
     from schemas.node import JoinRequest, JoinResponse
@@ -56,9 +57,15 @@ def _docker_client() -> Any:
 
 
 def build_runtimes(
-    enabled: list[Runtime], state_dir: Path, engine_id: str
+    enabled: list[Runtime],
+    state_dir: Path,
+    engine_id: str,
+    native_guard: NativeGuard | None = None,
 ) -> tuple[dict[Runtime, TaskRuntime], dict[Runtime, str]]:
-    """Instantiate the enabled runtimes and keep those that say they are usable here."""
+    """Instantiate the enabled runtimes and keep those that say they are usable here.
+
+    `native_guard` is the node's native policy (None: tasks run as this process and
+    anything is allowed, what ``edgectl local down`` needs to find and stop tasks)."""
     from schemas.common import Runtime
 
     usable: dict[Runtime, TaskRuntime] = {}
@@ -69,7 +76,9 @@ def build_runtimes(
             if kind is Runtime.NATIVE:
                 from node_engine.runtimes.native import NativeRuntime
 
-                runtime = NativeRuntime(state_dir / "native", engine_id=engine_id)
+                runtime = NativeRuntime(
+                    state_dir / "native", engine_id=engine_id, guard=native_guard
+                )
             elif kind is Runtime.DOCKER:
                 present, why = docker_endpoint_present()
                 if not present:
@@ -93,12 +102,31 @@ def build_runtimes(
     return usable, unavailable
 
 
-def prepare_state_dir(path: Path) -> None:
-    """Create the state directory with mode 0700 (it holds secrets) or tighten it."""
+STATE_PRIVATE = ("docker",)
+"""Directories of the state directory made 0700 before the runtimes fill them."""
+
+
+def prepare_state_dir(path: Path, *, traversable: bool = False) -> None:
+    """Create the state directory with mode 0700 (it holds secrets) or tighten it.
+
+    `traversable` (native tasks run as another user, whose working directories are under
+    ``native/work/``): 0711, others may pass through but not list it; then nothing else
+    in it may be open to others (group/other bits are removed from its entries but
+    ``native``, which the native runtime sets up itself)."""
+    wanted = 0o711 if traversable else 0o700
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        os.chmod(path, 0o700)
+    if path.stat().st_mode & 0o777 != wanted:
+        os.chmod(path, wanted)
+    if not traversable:
+        return
+    for name in STATE_PRIVATE:
+        (path / name).mkdir(exist_ok=True, mode=0o700)
+    for entry in os.scandir(path):
+        if entry.name == "native":
+            continue
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if mode & 0o077 and not entry.is_symlink():
+            os.chmod(entry.path, mode & 0o7700)
 
 
 def obtain_identity(
@@ -211,8 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    from node_engine.runtimes.native_policy import NativeGuard
+    from schemas.common import Runtime as RuntimeKind
+
+    native_guard = NativeGuard(
+        settings.native_run_as,
+        allowed_commands=settings.native_allowed_commands,
+        allowed_workdirs=settings.native_allowed_workdirs,
+        allow_env=settings.native_allow_env_overrides,
+    )
     try:
-        prepare_state_dir(settings.state_dir)
+        prepare_state_dir(
+            settings.state_dir,
+            traversable=native_guard.switches and RuntimeKind.NATIVE in settings.runtimes,
+        )
     except OSError as exc:
         print(
             f"node-engine: cannot use state directory {settings.state_dir}: {exc}", file=sys.stderr
@@ -225,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     from node_engine.monitor import Monitor
 
     runtimes, unavailable = build_runtimes(
-        settings.runtimes, settings.state_dir, engine_id(settings.state_dir)
+        settings.runtimes, settings.state_dir, engine_id(settings.state_dir), native_guard
     )
+    if RuntimeKind.NATIVE in runtimes:
+        for level, line in native_guard.describe():
+            log.log(level, "%s", line)
     monitor = Monitor(psutil, settings.state_dir)
     monitor.probe()
     info = describe_node(

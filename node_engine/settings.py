@@ -131,6 +131,30 @@ class NodeEngineSettings(BaseSettings):
         description="name the TLS broker's certificate must carry (default: the cluster's "
         "server_name, else the broker host)",
     )
+    # native tasks: who they run as, what they may run (docs/node-engine.md, security)
+    native_run_as: str = Field(
+        default="edge-task",
+        description="user native tasks run as when the engine is root: a name or "
+        "uid[:gid] (user:group too); 'root' keeps them root (logged as a warning); an "
+        "engine that is not root runs them as itself",
+    )
+    native_allowed_commands: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="executables native tasks may run: absolute paths or globs "
+        "(comma-separated), matched before and after symlinks; * allows any",
+    )
+    native_allowed_workdirs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="directories (absolute path prefixes, comma-separated, compared after "
+        "realpath) a job may name as its workdir; each task's own directory is always "
+        "allowed (default: only that one)",
+    )
+    native_allow_env_overrides: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="environment names a job may set although the node guards them "
+        "(LD_*, PATH, GCONV_PATH, ...): names or globs, comma-separated (default: none, "
+        "they are dropped)",
+    )
     join_max_delay: float = Field(
         default=30.0, gt=0, le=3600, description="cap of the join retry backoff (seconds)"
     )
@@ -202,6 +226,50 @@ class NodeEngineSettings(BaseSettings):
     def _dedupe(cls, value: list[Runtime]) -> list[Runtime]:
         return list(dict.fromkeys(value))
 
+    @field_validator(
+        "native_allowed_commands",
+        "native_allowed_workdirs",
+        "native_allow_env_overrides",
+        mode="before",
+    )
+    @classmethod
+    def _native_lists(cls, value: Any) -> Any:
+        return _parse_list(value)
+
+    @field_validator("native_run_as")
+    @classmethod
+    def _run_as(cls, value: str) -> str:
+        value = value.strip()
+        if not re.fullmatch(
+            r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", value
+        ):
+            raise ValueError("must be a user name or uid, optionally :group or :gid")
+        return value
+
+    @field_validator("native_allowed_commands")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "*" and not item.startswith("/"):
+                raise ValueError(f"{item!r} is neither * nor an absolute path or glob")
+        return list(dict.fromkeys(value))
+
+    @field_validator("native_allowed_workdirs")
+    @classmethod
+    def _workdirs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.startswith("/"):
+                raise ValueError(f"{item!r} is not an absolute path")
+        return list(dict.fromkeys(value))
+
+    @field_validator("native_allow_env_overrides")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[A-Za-z_*][A-Za-z0-9_*]*", item):
+                raise ValueError(f"{item!r} is not an environment name or glob")
+        return list(dict.fromkeys(value))
+
     @field_validator("shedding_signals", mode="before")
     @classmethod
     def _signals(cls, value: Any) -> Any:
@@ -264,6 +332,10 @@ _FLAG_HELP: dict[str, tuple[str, str | None]] = {
     "join_max_delay": ("--join-max-delay", "SECONDS"),
     "mqtt_ca_file": ("--mqtt-ca-file", "FILE"),
     "mqtt_server_name": ("--mqtt-server-name", "NAME"),
+    "native_run_as": ("--native-run-as", "USER"),
+    "native_allowed_commands": ("--native-allowed-commands", "LIST"),
+    "native_allowed_workdirs": ("--native-allowed-workdirs", "LIST"),
+    "native_allow_env_overrides": ("--native-allow-env-overrides", "LIST"),
     "shedding": ("--shedding", "on|off"),
     "shedding_signals": ("--shedding-signals", "LIST"),
     "shedding_cpu_source": ("--shedding-cpu-source", "host|tasks"),

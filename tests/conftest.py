@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.mongo",
     "tests.fixtures.broker",
     "tests.fixtures.images",
+    "tests.fixtures.task_paths",
 ]

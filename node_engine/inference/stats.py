@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from pydantic import ValidationError
@@ -154,9 +155,10 @@ def parse_stats(doc: Any) -> InferenceStats | None:
 def stats_path(spec: TaskSpec, handle: TaskHandle | None) -> Path | None:
     """Where a task's worker writes its stats, as seen from the engine (None: unknown).
 
-    Native tasks only: the working directory is the spec's `workdir`, or ``work/`` next
-    to the task's log file (the native runtime's layout). A container's files are not
-    visible to the engine.
+    Native tasks only: the working directory is the one the runtime recorded in the
+    handle (``extra["workdir"]``), else the spec's `workdir`, else ``work/`` next to the
+    task's log file (the layout of engines before the run-as user). A container's files
+    are not visible to the engine.
     """
     if spec.runtime is not Runtime.NATIVE:
         return None
@@ -164,6 +166,8 @@ def stats_path(spec: TaskSpec, handle: TaskHandle | None) -> Path | None:
     target = Path(name)
     if target.is_absolute():
         return target
+    if handle is not None and handle.extra.get("workdir"):
+        return Path(handle.extra["workdir"]) / target
     if spec.workdir:
         return Path(spec.workdir) / target
     if handle is not None and handle.log_path:
@@ -180,7 +184,7 @@ class StatsReader:
     def read(self, path: Path) -> InferenceStats | None:
         """The latest figures in `path`, or None when there is no (valid) file."""
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             self._cache.pop(path, None)
             return None
@@ -188,7 +192,10 @@ class StatsReader:
         if cached is not None and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
             return cached[2]
         stats: InferenceStats | None = None
-        if st.st_size <= MAX_STATS_BYTES:
+        # Only a regular file, not a symlink: the task owns its directory, a FIFO there
+        # would block the engine's read and a link could point the engine (root) at a
+        # file the task may not read.
+        if st.st_size <= MAX_STATS_BYTES and S_ISREG(st.st_mode):
             try:
                 stats = parse_stats(json.loads(path.read_bytes()))
             except (OSError, ValueError):

@@ -3,7 +3,8 @@
 Process model. Each task runs under a tiny `/bin/sh` wrapper started in a new session
 (so the wrapper's pid is the process group id and the session id):
 
-    sh -c '<join cgroup>; <ulimit -v>; trap : TERM INT HUP QUIT; "$@"; echo $? > exit_code'
+    sh -c '<wait for the engine: cgroup>; <ulimit -v>; trap : TERM INT HUP QUIT;
+           "$@" 3>&-; echo $? >&3' edge-task <gate> <limit> <program> <args...>
 
 The wrapper costs one shell (~1.7 MiB RSS, mostly shared pages) instead of a Python shim,
 and makes the task independent of the engine: the engine may crash or be SIGKILLed, the
@@ -15,23 +16,38 @@ wrapper's, or free) plus the processes of the task cgroup that belong to the tas
 older than the wrapper, and not in the session of another task's wrapper. A process of
 the task that left its session (a daemon) is still reached through the cgroup.
 
-State on disk, per task, in `<state_dir>/tasks/<instance_id>/`:
+Who runs it (`native_policy.NativeGuard`, docs/node-engine.md "Native tasks: security"):
+an engine that is root starts the wrapper as the node's run-as user (uid, gid and that
+user's groups, set by `subprocess` between fork and exec), after the policy checks
+(command and working-directory allow-lists, guarded environment names). The engine does
+what that user could not: it opens the log (stdout, O_APPEND) and the exit-code file
+(handed as stderr; the wrapper moves it to fd 3, sends its stderr to the log, and closes
+fd 3 for the program), and with a cgroup it writes the wrapper's pid into the task
+cgroup itself and only then lets the wrapper go on (a "go" line on a pipe that is the
+wrapper's stdin; the program's stdin is /dev/null).
+
+State on disk, per task, in `<state_dir>/tasks/<instance_id>/` (0700 with a run-as user):
 
 - `handle.json`   the `TaskHandle` (pid + psutil create time, log and exit-code paths,
-                  cgroup paths); written at deploy, deleted by `stop()`. `adopt()` scans it.
+                  cgroup paths, the working directory); written at deploy, deleted by
+                  `stop()`. `adopt()` scans it.
 - `output.log`    stdout and stderr (O_APPEND), `output.log.1` the previous chunk,
                   `output.log.offset` where `output.log` starts in the task's whole
                   output (bytes written before it, rotated away or into `.1`). Kept
                   across restarts of the instance (each run appends) and deleted by
                   `discard_logs()` when the engine forgets the task.
-- `exit_code`     written by the wrapper when the program exits.
+- `exit_code`     written by the wrapper (through fd 3) when the program exits.
 - `result.json`   the final observation, written once the task is seen finished (so OOM
                   counters survive the removal of the cgroup).
-- `work/`         the working directory when the spec gives none.
+
+and `<state_dir>/work/<instance_id>/`, the working directory when the spec gives none
+(0700, owned by the run-as user; `work/` and the runtime's directory are 0711 then, so
+the task reaches it by path).
 
 Environment: `spec.env` is merged over a minimal, fixed base (nothing is inherited from
 the engine): PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
-HOME=<the task's working directory>, LANG=C.UTF-8.
+HOME=<the task's working directory>, LANG=C.UTF-8. PATH and the loader's names (LD_*,
+...) from the spec are dropped unless the node allows them (noted in the task's output).
 
 Log bound: when `output.log` exceeds `max_log_bytes` (default 4 MiB) its newest
 `max_log_bytes` are copied to `output.log.1` and it is truncated (copytruncate; the
@@ -87,11 +103,12 @@ from node_engine.runtimes.base import (
     TaskObservation,
     utf8_prefix,
 )
+from node_engine.runtimes.native_policy import NativeGuard, RunAs
 from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-"""PATH given to every native task unless its spec sets one."""
+"""PATH given to every native task (a spec's own PATH only where the node allows it)."""
 
 DEFAULT_MAX_LOG_BYTES = 4 * 1024 * 1024
 LOG_FILES = ("output.log", "output.log.1", "output.log.offset")
@@ -110,13 +127,18 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _MIB = 1024 * 1024
 
 _WRAPPER = (
-    "ef=$1; cgs=$2; lim=$3; shift 3; "
-    'for f in $cgs; do echo $$ > "$f" || { echo "edge: cannot join cgroup $f" >&2; exit 125; }; '
-    "done; "
-    'if [ -n "$lim" ]; then ulimit -v "$lim" || exit 125; fi; '
+    # fd 2 is the exit-code file and fd 1 the log: keep the first as fd 3, send stderr to
+    # the log. With a cgroup, stdin is a pipe: wait until the engine has put this shell
+    # into the task cgroup ("go"); EOF (the engine died) stops here.
+    "exec 3>&2 2>&1; gate=$1; lim=$2; shift 2; "
+    'if [ -n "$gate" ]; then read -r go || go=; '
+    '[ "$go" = go ] || { echo "edge: the engine did not place the task in its cgroup" >&2; '
+    "echo 125 >&3; exit 125; }; fi; "
+    "exec </dev/null; "
+    'if [ -n "$lim" ]; then ulimit -v "$lim" || { echo 125 >&3; exit 125; }; fi; '
     "trap : TERM INT HUP QUIT; "
-    '"$@"; '
-    'echo $? > "$ef"'
+    '"$@" 3>&-; '
+    "echo $? >&3"
 )
 
 _MEMORY_ERROR_MARKERS = (
@@ -139,6 +161,13 @@ def _atomic_write_bytes(path: Path, data: bytes | bytearray) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def _ensure_dir(path: Path, mode: int) -> None:
+    """Create `path` (and parents) and give it exactly `mode`."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    if path.stat().st_mode & 0o777 != mode:
+        os.chmod(path, mode)
 
 
 def _read_int(path: Path) -> int | None:
@@ -417,6 +446,7 @@ class NativeRuntime:
         use_cgroups: bool = True,
         cgroup_parent: str = "edge-tasks",
         cgroup_support: cgroups.CgroupSupport | None = None,
+        guard: NativeGuard | None = None,
     ) -> None:
         """`state_dir` holds `tasks/<instance_id>/`; `use_cgroups=False` forces the rlimit
         fallback.
@@ -428,6 +458,12 @@ class NativeRuntime:
         """
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
+        self.work_root = self.state_dir / "work"
+        self.guard = guard or NativeGuard()
+        """The node's native policy (run-as user, allow-lists); the library default
+        runs tasks as the calling process and allows anything."""
+        if self.guard.switches:
+            self._open_paths()
         self.max_log_bytes = max_log_bytes
         self.cgroup_scope = cgroups.engine_scope(engine_id, self.state_dir)
         self.cgroup_parent = cgroups.check_parent(f"{cgroup_parent.strip('/')}/{self.cgroup_scope}")
@@ -649,6 +685,7 @@ class NativeRuntime:
         return True, (f"limits via {why}" if ok else f"limits via RLIMIT_AS ({why})")
 
     def _resolve(self, spec: TaskSpec, env: dict[str, str], cwd: Path) -> str:
+        """The absolute path of the task's executable (the task's PATH applies)."""
         exe = spec.command[0]
         if "/" in exe:
             path = Path(exe) if os.path.isabs(exe) else cwd / exe
@@ -656,19 +693,67 @@ class NativeRuntime:
                 raise RuntimeFailure(f"executable not found: {exe}")
             if not os.access(path, os.X_OK):
                 raise RuntimeFailure(f"executable not runnable (no execute permission): {exe}")
-            return str(path)
+            return os.path.abspath(path)
         found = shutil.which(exe, path=env.get("PATH", SAFE_PATH))
         if found is None:
             raise RuntimeFailure(f"executable not found: {exe} (PATH={env.get('PATH')})")
-        return found
+        return os.path.abspath(found)
+
+    def work_dir(self, instance_id: str) -> Path:
+        """The task's own working directory (the default one, always allowed)."""
+        self.task_dir(instance_id)  # validates the id
+        return self.work_root / instance_id
+
+    def _own_work_dir(self, instance_id: str, who: RunAs | None) -> Path:
+        """Create the task's own working directory, owned by the run-as user (0700)."""
+        cwd = self.work_dir(instance_id)
+        if who is not None:
+            _ensure_dir(self.work_root, 0o711)
+        cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if who is not None:
+            st = os.lstat(cwd)
+            if (st.st_uid, st.st_gid) != (who.uid, who.gid):
+                os.lchown(cwd, who.uid, who.gid)
+        return cwd
+
+    def _open_paths(self) -> None:
+        """With a run-as user: its own working directories must be reachable by path, so
+        the runtime's directory and `work/` get o+x (traverse, no listing); `tasks/`
+        (handles, logs, exit codes) stays 0700."""
+        _ensure_dir(self.state_dir, 0o711)
+        _ensure_dir(self.tasks_dir, 0o700)
+        _ensure_dir(self.work_root, 0o711)
+
+    def _prepare_env(
+        self, spec: TaskSpec, cwd: Path, log_path: Path
+    ) -> tuple[dict[str, str], list[str]]:
+        """The task's environment: the fixed base, then the job's names the policy keeps."""
+        env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8"}
+        job_env, dropped = self.guard.filter_env(spec.env)
+        env.update(job_env)
+        if dropped:
+            note = (
+                f"edge: dropped environment {', '.join(sorted(dropped))} "
+                "(not allowed by native_allow_env_overrides on this node)\n"
+            )
+            with contextlib.suppress(OSError):
+                fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, note.encode())
+                finally:
+                    os.close(fd)
+        return env, dropped
 
     def deploy(self, instance_id: str, spec: TaskSpec) -> TaskHandle:
         """Start the task under the wrapper in a new session and persist its handle.
 
-        An instance that is still running from an earlier deploy is stopped first.
+        An instance that is still running from an earlier deploy is stopped first. The
+        node's policy (`native_policy.NativeGuard`) is checked before anything starts: a
+        refusal raises `PolicyRefusal` naming the setting.
         """
         if not spec.command:
             raise RuntimeFailure("native task has no command")
+        who = self.guard.identity()
         d = self.task_dir(instance_id)
         old = self._load(d / "handle.json")
         if old is not None:
@@ -679,20 +764,24 @@ class NativeRuntime:
             with contextlib.suppress(FileNotFoundError):
                 (d / name).unlink()
 
+        own = self.work_dir(instance_id)
         if spec.workdir:
-            cwd = Path(spec.workdir)
-            if not cwd.is_dir():
-                raise RuntimeFailure(f"working directory does not exist: {spec.workdir}")
+            cwd = Path(self.guard.check_workdir(spec.workdir, str(own), who))
         else:
-            cwd = d / "work"
-            cwd.mkdir(exist_ok=True)
-        env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8"}
-        env.update(spec.env)
-        self._resolve(spec, env, cwd)
+            cwd = self._own_work_dir(instance_id, who)
+        log_path = d / "output.log"
+        exit_path = d / "exit_code"
+        env, dropped = self._prepare_env(spec, cwd, log_path)
+        exe = self._resolve(spec, env, cwd)
+        self.guard.check_command(exe, who)
 
         memory_bytes = spec.resources.memory_mib * 1024 * 1024 or None
         cpu = spec.resources.cpu or None
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"workdir": str(cwd)}
+        if who is not None:
+            extra["run_as"] = f"{who.uid}:{who.gid}"
+        if dropped:
+            extra["env_dropped"] = ",".join(sorted(dropped))[:500]
         cg = None
         if memory_bytes or cpu:
             cg = cgroups.create(
@@ -712,27 +801,42 @@ class NativeRuntime:
         if cpu:
             extra["cpu_limit"] = "cgroup" if cg is not None and cg.cpu_dir else "none"
 
-        log_path = d / "output.log"
-        exit_path = d / "exit_code"
-        procs = " ".join(str(p) for p in cg.procs_files()) if cg is not None else ""
-        argv = [WRAPPER_SHELL, "-c", _WRAPPER, "edge-task", str(exit_path), procs, rlimit_kib]
-        argv += list(spec.command)
+        procs = list(cg.procs_files()) if cg is not None else []
+        argv = [WRAPPER_SHELL, "-c", _WRAPPER, "edge-task", "1" if procs else "", rlimit_kib]
+        argv += [exe, *spec.command[1:]]
+        gate_r = gate_w = -1
         try:
-            with open(log_path, "ab") as log:
+            if procs:
+                gate_r, gate_w = os.pipe()
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            exit_fd = os.open(exit_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
                 popen = subprocess.Popen(
                     argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    stdin=gate_r if procs else subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=exit_fd,
                     cwd=cwd,
                     env=env,
                     start_new_session=True,
                     close_fds=True,
+                    user=who.uid if who is not None else None,
+                    group=who.gid if who is not None else None,
+                    extra_groups=list(who.groups) if who is not None else None,
                 )
-        except OSError as exc:
+            finally:
+                os.close(log_fd)
+                os.close(exit_fd)
+                if gate_r >= 0:
+                    os.close(gate_r)
+        except (OSError, subprocess.SubprocessError) as exc:
+            if gate_w >= 0:
+                os.close(gate_w)
             if cg is not None:
                 cg.remove()
             raise RuntimeFailure(f"cannot start task: {exc}") from exc
+        if procs:
+            self._place(popen, procs, gate_w, cg)
         st = _read_stat(popen.pid)
         create_time = self._created(st) if st is not None else time.time()
         self._popen[instance_id] = popen
@@ -751,6 +855,34 @@ class NativeRuntime:
         return handle
 
     @staticmethod
+    def _place(
+        popen: subprocess.Popen[bytes],
+        procs: list[Path],
+        gate: int,
+        cg: cgroups.TaskCgroup | None,
+    ) -> None:
+        """Write the wrapper's pid into each of the task's `cgroup.procs` (the engine does
+        it: a run-as user could not), then let the wrapper go on. On a failure the wrapper
+        is killed and the deploy fails."""
+        try:
+            for f in procs:
+                try:
+                    with open(f, "w") as fh:
+                        fh.write(str(popen.pid))
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.killpg(popen.pid, signal.SIGKILL)
+                    popen.wait()
+                    if cg is not None:
+                        cg.remove()
+                    raise RuntimeFailure(
+                        f"cannot place the task in its cgroup {f}: {exc.strerror or exc}"
+                    ) from exc
+            os.write(gate, b"go\n")
+        finally:
+            os.close(gate)
+
+    @staticmethod
     def _wait_exec(popen: subprocess.Popen[bytes], timeout_s: float = 2.0) -> None:
         """Return once the wrapper's child has exec'd the program (or either has exited).
 
@@ -762,8 +894,15 @@ class NativeRuntime:
         no ``children`` file), typically one or two looks.
         """
         pid = popen.pid
+        deadline = time.monotonic() + timeout_s
+        # A process in the middle of execve shows an empty command line for a moment
+        # (Popen returns at the exec's close-on-exec point, before the new arguments are
+        # in place): an empty one is read again, it is no answer.
         own = _read_raw(f"/proc/{pid}/cmdline", _CMDLINE_MAX)
-        if own is None:
+        while own == b"" and time.monotonic() < deadline:
+            time.sleep(0.0005)
+            own = _read_raw(f"/proc/{pid}/cmdline", _CMDLINE_MAX)
+        if not own:
             return
         children_file = f"/proc/{pid}/task/{pid}/children"
         wrapper: psutil.Process | None = None
@@ -774,19 +913,21 @@ class NativeRuntime:
                 own_args = wrapper.cmdline()
             except psutil.Error:
                 return
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and popen.poll() is None:
             if wrapper is None:
                 raw = _read_raw(children_file)
                 if raw is None:
                     return
                 kids = raw.split()
-                if kids and _read_raw(f"/proc/{int(kids[0])}/cmdline", _CMDLINE_MAX) != own:
-                    return
+                if kids:
+                    line = _read_raw(f"/proc/{int(kids[0])}/cmdline", _CMDLINE_MAX)
+                    if line != own and line != b"":
+                        return
             else:
                 try:
                     children = wrapper.children()
-                    if children and children[0].cmdline() != own_args:
+                    args = children[0].cmdline() if children else []
+                    if args and args != own_args:
                         return
                 except psutil.Error:
                     return
@@ -1079,11 +1220,14 @@ class NativeRuntime:
             if (d / "stopped").exists():
                 continue
             alive = self._wrapper(handle) is not None
-            if alive or (d / "result.json").exists() or (d / "exit_code").exists():
+            exited = _read_int(d / "exit_code") is not None
+            if alive or exited or (d / "result.json").exists():
                 out.append(handle)
         return out
 
     def purge(self, handle: TaskHandle) -> None:
-        """Stop the task if needed and delete its directory (logs included)."""
+        """Stop the task if needed and delete its directories (logs and its own working
+        directory included)."""
         self.stop(handle, timeout_s=5.0)
         shutil.rmtree(self._dir(handle), ignore_errors=True)
+        shutil.rmtree(self.work_dir(handle.instance_id), ignore_errors=True)

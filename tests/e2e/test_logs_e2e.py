@@ -71,8 +71,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 
 
 @pytest.fixture
-def trigger(tmp_path: Path) -> Path:
-    return tmp_path / "go"
+def trigger(task_tmp: Path) -> Path:
+    """A file the task waits for: where its run-as user (edge-task) can see it."""
+    return task_tmp / "go"
 
 
 # ------------------------------------------------------------------ helpers

@@ -45,6 +45,16 @@ def cleanup_procs():
                 proc.kill()
 
 
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def native(argv: list[str], **kw: Any) -> TaskSpec:
     return TaskSpec(runtime=Runtime.NATIVE, command=argv, **kw)
 
@@ -74,7 +84,9 @@ def test_join_rejoin_keeps_id_and_sigterm_leaves_tasks(cluster, tmp_path, cleanu
     assert first.node_id is None and first.info.name == "edge-1"
     assert first.info.labels == {"zone": "lab"} and first.info.runtimes == [Runtime.NATIVE]
     assert stat.S_IMODE(os.stat(state / "identity.json").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    # 0711 (not listable) when native tasks run as another user, to reach their workdirs
+    switching = os.geteuid() == 0 and _user_exists("edge-task")
+    assert stat.S_IMODE(os.stat(state).st_mode) == (0o711 if switching else 0o700)
     presence = cluster.service.wait_for(lambda s: s.presence(node_id), 5, "presence")
     assert presence.payload.online
 
@@ -335,21 +347,22 @@ def test_logs_requests_are_answered_on_the_logs_topic(cluster, tmp_path, cleanup
 # ---------------------------------------------------------------- autonomy
 
 
-def _gate_task(tmp_path: Any, name: str, code: int) -> Any:
-    """A task that exits with `code` once the file `name` appears."""
-    gate = tmp_path / name
+def _gate_task(where: Any, name: str, code: int) -> Any:
+    """A task that exits with `code` once the file `name` appears in `where` (a
+    `task_tmp`: the task runs as the unprivileged run-as user)."""
+    gate = where / name
     script = f"while [ ! -e {gate} ]; do sleep 0.05; done; exit {code}"
     return gate, ["sh", "-c", script]
 
 
 def test_broker_outage_tasks_keep_running_events_delivered(
-    cluster, mosquitto_broker, tmp_path, cleanup_procs
+    cluster, mosquitto_broker, tmp_path, task_tmp, cleanup_procs
 ):
     engine = cluster.engine(tmp_path / "node")
     svc, node_id = cluster.service, engine.node_id
     argv = unique_sleep_args()
     cleanup_procs.append(argv)
-    gate, gated = _gate_task(tmp_path, "gate", 3)
+    gate, gated = _gate_task(task_tmp, "gate", 3)
     svc.deploy(node_id, "steady", native(argv))
     svc.deploy(node_id, "gated", native(gated))
     cluster.wait_state(engine, "steady", TaskState.RUNNING)
@@ -386,7 +399,7 @@ def test_broker_outage_tasks_keep_running_events_delivered(
     assert engine.running()
 
 
-def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, cleanup_procs):
+def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, task_tmp, cleanup_procs):
     state = tmp_path / "node"
     engine = cluster.engine(state)
     svc, node_id = cluster.service, engine.node_id
@@ -394,7 +407,7 @@ def test_sigkill_restart_adopts_without_duplicates(cluster, tmp_path, cleanup_pr
     cleanup_procs.extend(sleepers.values())
     for instance_id, argv in sleepers.items():
         svc.deploy(node_id, instance_id, native(argv))
-    gate, gated = _gate_task(tmp_path, "gate2", 5)
+    gate, gated = _gate_task(task_tmp, "gate2", 5)
     svc.deploy(
         node_id,
         "crashy",

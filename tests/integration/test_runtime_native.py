@@ -155,7 +155,7 @@ def test_env_and_workdir(
     assert str(wd) in out
     h2 = rt.deploy("t-env2", spec("sh", "-c", "pwd"))
     wait_for(lambda: rt.status(h2).state.terminal, what="exit")
-    assert rt.logs(h2).strip() == str(rt.task_dir("t-env2") / "work")
+    assert rt.logs(h2).strip() == str(rt.work_dir("t-env2"))
 
 
 def test_missing_executable_is_refused(rt: NativeRuntime) -> None:

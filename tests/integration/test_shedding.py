@@ -107,10 +107,11 @@ def engines(cluster: ClusterProcess, tmp_path: Path) -> Iterator[Callable[..., N
 
 
 @pytest.fixture
-def burner(tmp_path: Path) -> tuple[list[str], Path]:
-    script = tmp_path / "burner.py"
+def burner(task_tmp: Path) -> tuple[list[str], Path]:
+    """The burner script and its flag, where the task's run-as user can read them."""
+    script = task_tmp / "burner.py"
     script.write_text(BURNER)
-    flag = tmp_path / "stop-burning"
+    flag = task_tmp / "stop-burning"
     return [sys.executable, str(script), str(flag)], flag
 
 
@@ -264,12 +265,12 @@ def test_reschedule_moves_a_shed_instance_to_another_node(
 
 
 def test_inference_worker_figures_reach_the_cluster_api(
-    cluster: ClusterProcess, engines: Callable[..., NodeEngineProcess], tmp_path: Path
+    cluster: ClusterProcess, engines: Callable[..., NodeEngineProcess], task_tmp: Path
 ) -> None:
     pytest.importorskip("onnx")
     from scripts.make_test_model import write_model
 
-    model = write_model(tmp_path / "model" / "tiny.onnx", 32, 8)
+    model = write_model(task_tmp / "model" / "tiny.onnx", 32, 8)  # readable by the task user
     engine = engines("edge")
     node_id = wait_ready(cluster, "edge")["edge"]
     command = [
@@ -295,5 +296,5 @@ def test_inference_worker_figures_reach_the_cluster_api(
     assert inf["frames_executed"] <= 15  # one second's worth at 10 fps
     tasks = {t["instance_id"]: t for t in node_status(cluster, node_id)["tasks"]}
     assert tasks["detector"]["inference"]["budget_ms"] == 500.0
-    stats_file = engine.state_dir / "native" / "tasks" / "detector" / "work"
+    stats_file = engine.state_dir / "native" / "work" / "detector"  # the task's own workdir
     assert (stats_file / "inference-stats.json").is_file()

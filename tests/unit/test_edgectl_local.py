@@ -153,7 +153,7 @@ def test_terminate_records_stops_a_process_group_and_checks_identity(tmp_path: P
 
 
 def test_leftover_processes_finds_tasks_by_their_directory(tmp_path: Path) -> None:
-    work = tmp_path / "nodes" / "c1-n1" / "native" / "tasks" / "t" / "work"
+    work = tmp_path / "nodes" / "c1-n1" / "native" / "work" / "t"
     work.mkdir(parents=True)
     proc = subprocess.Popen(["sleep", "600"], cwd=work)
     try:

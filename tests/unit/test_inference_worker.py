@@ -5,6 +5,7 @@ worker running a generated ONNX model for real."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -157,6 +158,21 @@ def test_stats_path_rules(tmp_path: Path) -> None:
     assert stats_path(absolute, handle) == Path("/run/cam.json")
     docker = TaskSpec(runtime=Runtime.DOCKER, image="busybox")
     assert stats_path(docker, handle) is None
+    # the runtime records the working directory it used (native/work/<instance>)
+    recorded = handle.model_copy(update={"extra": {"workdir": str(tmp_path / "w" / "i1")}})
+    assert stats_path(native, recorded) == tmp_path / "w" / "i1" / DEFAULT_STATS_FILE
+
+
+def test_stats_reader_ignores_a_fifo(tmp_path: Path) -> None:
+    """The task owns its directory: a FIFO in place of the stats file must not block."""
+    fifo = tmp_path / DEFAULT_STATS_FILE
+    os.mkfifo(fifo)
+    assert StatsReader().read(fifo) is None
+    real = tmp_path / "elsewhere.json"
+    write_stats_file(real, {"v": 1, "frames_executed": 3})
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert StatsReader().read(link) is None and StatsReader().read(real) is not None
 
 
 def test_supervisor_reports_inference_figures_and_restarts_stopped_tasks(tmp_path: Path) -> None:

@@ -112,3 +112,45 @@ def test_help_says_the_join_token_is_for_the_first_join_only():
     text = " ".join(build_parser().format_help().split())
     assert "needed for the first join only" in text
     assert "rejoins with its stored node secret" in text
+
+
+def test_native_policy_settings(monkeypatch):
+    defaults = load_settings(["--cluster-url", "http://x"])
+    assert defaults.native_run_as == "edge-task"
+    assert defaults.native_allowed_commands == ["*"]
+    assert defaults.native_allowed_workdirs == [] and defaults.native_allow_env_overrides == []
+    monkeypatch.setenv("EDGE_NODE_NATIVE_ALLOWED_WORKDIRS", "/srv/jobs,/data")
+    monkeypatch.setenv("EDGE_NODE_NATIVE_ALLOW_ENV_OVERRIDES", "LD_LIBRARY_PATH,LC_*")
+    s = load_settings(
+        [
+            "--cluster-url",
+            "http://x",
+            "--native-run-as",
+            "1234:1234",
+            "--native-allowed-commands",
+            "/opt/apps/*, /usr/bin/python3",
+        ]
+    )
+    assert s.native_run_as == "1234:1234"
+    assert s.native_allowed_commands == ["/opt/apps/*", "/usr/bin/python3"]
+    assert s.native_allowed_workdirs == ["/srv/jobs", "/data"]
+    assert s.native_allow_env_overrides == ["LD_LIBRARY_PATH", "LC_*"]
+    text = build_parser().format_help()
+    for flag in ("--native-run-as", "--native-allowed-commands", "--native-allowed-workdirs"):
+        assert flag in text
+    assert "EDGE_NODE_NATIVE_ALLOW_ENV_OVERRIDES" in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--native-allowed-commands", "python3", "native_allowed_commands"),
+        ("--native-allowed-workdirs", "relative/dir", "native_allowed_workdirs"),
+        ("--native-allow-env-overrides", "LD PRELOAD", "native_allow_env_overrides"),
+        ("--native-run-as", "a b", "native_run_as"),
+        ("--native-run-as", "", "native_run_as"),
+    ],
+)
+def test_native_policy_settings_refuse_bad_values(flag, value, field):
+    with pytest.raises(ValidationError, match=field):
+        load_settings(["--cluster-url", "http://x", flag, value])
