@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, SecretStr, StringConstraints, field_serializer
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_serializer,
+    field_validator,
+)
 
 from schemas.common import (
     MAX_INT64,
@@ -28,6 +36,7 @@ from schemas.node import Liveness
 from schemas.resources import AcceleratorCounts, Resources
 
 MAX_NODE_SUMMARIES = 256
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")
 MAX_INSTANCE_CHANGES = 1000
 
 
@@ -50,6 +59,14 @@ class ClusterRegistration(StrictModel):
     @field_serializer("credential", "api_token", when_used="json")
     def _dump_secret(self, value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        """The root sends it in an HTTP header: visible ASCII only."""
+        if value is not None and not _TOKEN.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 visible ASCII characters (no spaces)")
+        return value
 
 
 class ClusterRegistrationResponse(StrictModel):

@@ -22,7 +22,9 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 """Identifiers (jobs, instances, nodes, clusters, commands): URL- and topic-safe."""
 
-LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_/-]{0,61}[A-Za-z0-9])?$"
+"""Label keys (``zone``, ``edge-io/site``): no dots, as they are keys of stored objects
+(the stores refuse dotted keys; a dotted key is a 422 at the edge, not a 500)."""
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9_.:/-]{0,63}$"
 
 MAX_LABELS = 32

@@ -8,7 +8,8 @@ from pydantic import AfterValidator, Field
 
 from schemas.common import MAX_INT64, ShortText, StrictModel
 
-ACCELERATOR_KIND_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+ACCELERATOR_KIND_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+"""Accelerator kinds (nvidia-gpu, coral-tpu): no dots, as they are keys of stored objects."""
 
 
 def _check_accelerators(value: dict[str, int]) -> dict[str, int]:

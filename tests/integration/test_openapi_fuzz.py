@@ -37,7 +37,7 @@ from tests.harness.system import REGISTRATION_TOKEN, RootProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-EXAMPLES = int(os.environ.get("EDGE_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("EDGE_FUZZ_EXAMPLES", "40"))
 #: where fuzzed registrations point: a closed loopback port (connection refused)
 NOWHERE = "http://127.0.0.1:9"
 CLUSTER_OPERATOR_TOKEN = "fuzz-cluster-operator-token"
