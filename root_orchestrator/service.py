@@ -1553,6 +1553,7 @@ class RootService:
                 if old is not None:
                     given = reg.credential.get_secret_value() if reg.credential else ""
                     if not verify_secret(given, old.credential_hash):
+                        self._metrics.registrations.inc("refused_identity")
                         raise IdentityRefused(
                             f"wrong credential for cluster id {reg.cluster_id}: register "
                             "afresh (without cluster_id)"
@@ -1571,8 +1572,10 @@ class RootService:
                 elif old is None and bound is not None and bound.used_by is None:
                     took_over = f"registration token {bound.id} bound to the name"
                 elif old is not None:
+                    self._metrics.registrations.inc("refused_takeover")
                     raise Conflict(f"cluster name {reg.name!r} is used by {same_name.id}")
                 else:
+                    self._metrics.registrations.inc("refused_takeover")
                     log.warning(
                         "refused a registration of cluster name %r from %s: the name belongs "
                         "to cluster %s (%s) and no operator approved a new identity",
@@ -1614,6 +1617,8 @@ class RootService:
             how = "re-registered" if old else "registered"
             if took_over:
                 how = f"registered with a new identity ({took_over})"
+            result = "new_identity" if took_over else ("reregistered" if old else "new")
+            self._metrics.registrations.inc(result)
             self._emit(
                 "cluster.registered",
                 cluster_id,
@@ -1649,13 +1654,16 @@ class RootService:
         """The bound token of a registration, if it may register `reg` (else Unauthorized)."""
         bound = self._reg_tokens.get(token_id)
         if bound is None:
+            self._metrics.registrations.inc("refused_token")
             raise Unauthorized("the registration token was deleted")
         if bound.name != reg.name:
+            self._metrics.registrations.inc("refused_token")
             raise Unauthorized(
                 f"this registration token only registers cluster name {bound.name!r}, "
                 f"not {reg.name!r}"
             )
         if bound.used_by is not None and reg.cluster_id != bound.used_by:
+            self._metrics.registrations.inc("refused_token")
             raise Unauthorized(
                 f"this registration token was used by cluster {bound.used_by}; it now only "
                 "re-registers that cluster (with its cluster_id and credential)"

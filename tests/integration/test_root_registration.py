@@ -83,6 +83,8 @@ def test_takeover_of_a_silent_cluster_is_refused(
     detail = r.json()["detail"]
     assert cid in detail and liveness in detail and "reset-identity" in detail
     assert "registration-tokens" in detail
+    metrics = client.get("/metrics", headers=AUTH).text
+    assert 'edge_root_cluster_registrations_total{result="refused_takeover"} 1' in metrics
     # ... nor with a made-up id, nor with the real id and a guessed credential
     r = register(client, {**attacker, "cluster_id": "cmadeup"})
     assert r.status_code == 409, r.text
