@@ -17,10 +17,7 @@ Store collections (one document per object, ``_id`` = the object's id):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
-import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +26,7 @@ from cluster_orchestrator.liveness import LivenessTracker
 from schemas.cluster import PlaceInstanceRequest
 from schemas.job import Constraints, Event, InstanceState, PlacementPolicy, TaskSpec
 from schemas.node import Liveness, NodeInfo, NodeStatus
+from schemas.secrets import hash_secret, new_secret, verify_secret
 
 __all__ = [
     "EVENTS",
@@ -54,27 +52,6 @@ MAX_EVENTS_IN_MEMORY = 100
 _EVENT_COUNTER = itertools.count()
 
 Desired = Literal["running", "stopped"]
-
-
-def new_secret() -> str:
-    """A fresh random secret (node identity secrets, generated tokens, passwords)."""
-    return secrets.token_urlsafe(32)
-
-
-def hash_secret(secret: str) -> str:
-    """The stored form of a node secret: salted SHA-256 (``salt$hex``)."""
-    salt = secrets.token_hex(8)
-    digest = hashlib.sha256((salt + secret).encode()).hexdigest()
-    return f"{salt}${digest}"
-
-
-def verify_secret(secret: str, stored: str) -> bool:
-    """Constant-time check of a presented secret against :func:`hash_secret` output."""
-    salt, sep, digest = stored.partition("$")
-    if not sep:
-        return False
-    candidate = hashlib.sha256((salt + secret).encode()).hexdigest()
-    return hmac.compare_digest(candidate, digest)
 
 
 @dataclass(slots=True)

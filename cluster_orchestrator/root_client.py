@@ -148,5 +148,5 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])[:200]
+        return str(body["detail"])[:600]
     return response.text[:200]

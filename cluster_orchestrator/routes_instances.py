@@ -8,14 +8,19 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import CoreDep, OperatorAuth
-from cluster_orchestrator.views import InstanceList, InstanceView
+from cluster_orchestrator.views import API_ERRORS, InstanceList, InstanceView
 from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
 from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/instances", tags=["instances"], dependencies=[OperatorAuth])
+router = APIRouter(
+    prefix="/api/v1/instances",
+    tags=["instances"],
+    dependencies=[OperatorAuth],
+    responses=API_ERRORS,
+)
 
 #: An instance id in a path: anything else is a 422 naming the parameter.
 InstanceId = Annotated[str, Path(pattern=ID_PATTERN, description="instance id")]
@@ -56,7 +61,12 @@ async def list_instances(
     return InstanceList(instances=items, count=len(items))
 
 
-@router.get("/{instance_id}", response_model=InstanceView, summary="Get an instance")
+@router.get(
+    "/{instance_id}",
+    response_model=InstanceView,
+    responses={404: {"description": "no such instance"}},
+    summary="Get an instance",
+)
 async def get_instance(instance_id: InstanceId, core: CoreDep) -> InstanceView:
     """State, node, placement explanation and recent events of one instance."""
     try:
@@ -69,6 +79,7 @@ async def get_instance(instance_id: InstanceId, core: CoreDep) -> InstanceView:
     "/{instance_id}",
     response_model=InstanceView,
     status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"description": "no such instance"}},
     summary="Terminate an instance",
 )
 async def delete_instance(instance_id: InstanceId, core: CoreDep) -> InstanceView:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import OperatorAuth, ServicesDep
 from cluster_orchestrator.logs import NodeLogs, NodeLogsError, NodeLogsRefused, NodeLogsTimeout
+from cluster_orchestrator.views import API_ERRORS
 from schemas.cluster import InstanceLogs
 from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
@@ -26,7 +27,12 @@ from schemas.node import Liveness
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/instances", tags=["instances"], dependencies=[OperatorAuth])
+router = APIRouter(
+    prefix="/api/v1/instances",
+    tags=["instances"],
+    dependencies=[OperatorAuth],
+    responses=API_ERRORS,
+)
 
 POLL_INTERVAL_S = 0.5
 MAX_WAIT_S = 30.0

@@ -25,7 +25,7 @@ from cluster_orchestrator.deps import (
     ServicesDep,
 )
 from cluster_orchestrator.records import new_secret
-from cluster_orchestrator.views import DrainResult, NodeDetail, NodeList
+from cluster_orchestrator.views import API_ERRORS, DrainResult, NodeDetail, NodeList
 from schemas.common import ID_PATTERN
 from schemas.node import JoinRequest, JoinResponse, Liveness, MqttConnectInfo
 
@@ -33,7 +33,7 @@ __all__ = ["router"]
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], responses=API_ERRORS)
 
 #: A node id in a path: anything else is a 422 naming the parameter.
 NodeId = Annotated[str, Path(pattern=ID_PATTERN, description="node id")]
@@ -145,7 +145,11 @@ async def list_nodes(
 
 
 @router.get(
-    "/{node_id}", response_model=NodeDetail, dependencies=[OperatorAuth], summary="Get a node"
+    "/{node_id}",
+    response_model=NodeDetail,
+    dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
+    summary="Get a node",
 )
 async def get_node(node_id: NodeId, core: CoreDep) -> NodeDetail:
     """Static description, latest status (with its task list), liveness, instances."""
@@ -159,6 +163,7 @@ async def get_node(node_id: NodeId, core: CoreDep) -> NodeDetail:
     "/{node_id}",
     response_model=NodeDetail,
     dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
     summary="Remove a node for good",
 )
 async def remove_node(node_id: NodeId, services: ServicesDep) -> NodeDetail:
@@ -202,6 +207,7 @@ async def remove_node(node_id: NodeId, services: ServicesDep) -> NodeDetail:
     "/{node_id}/drain",
     response_model=DrainResult,
     dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
     summary="Drain a node",
 )
 async def drain(node_id: NodeId, core: CoreDep) -> DrainResult:
@@ -216,6 +222,7 @@ async def drain(node_id: NodeId, core: CoreDep) -> DrainResult:
     "/{node_id}/drain",
     response_model=DrainResult,
     dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
     summary="Stop draining a node",
 )
 async def undrain(node_id: NodeId, core: CoreDep) -> DrainResult:
@@ -230,6 +237,7 @@ async def undrain(node_id: NodeId, core: CoreDep) -> DrainResult:
     "/{node_id}/cordon",
     response_model=DrainResult,
     dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
     summary="Cordon a node",
 )
 async def cordon(node_id: NodeId, core: CoreDep) -> DrainResult:
@@ -244,6 +252,7 @@ async def cordon(node_id: NodeId, core: CoreDep) -> DrainResult:
     "/{node_id}/uncordon",
     response_model=DrainResult,
     dependencies=[OperatorAuth],
+    responses={404: {"description": "no such node"}},
     summary="Uncordon a node (ends a drain too)",
 )
 async def uncordon(node_id: NodeId, core: CoreDep) -> DrainResult:

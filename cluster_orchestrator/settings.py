@@ -493,8 +493,8 @@ def parse_labels(value: Any, source: str) -> dict[str, str]:
         val = str(raw).lower() if isinstance(raw, bool) else str(raw)
         if not isinstance(key, str) or not _LABEL_KEY.match(key):
             raise InvalidSetting(
-                f"{source}: invalid label key {key!r} (1-63 letters, digits, '-', '_', '.', "
-                "'/', starting and ending with a letter or digit)"
+                f"{source}: invalid label key {key!r} (1-63 letters, digits, '-', '_', "
+                "'/', starting and ending with a letter or digit; no '.')"
             )
         if not _LABEL_VALUE.match(val):
             raise InvalidSetting(

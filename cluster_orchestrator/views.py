@@ -9,7 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.job import Constraints, Event, InstanceState, PlacementPolicy, TaskSpec
 from schemas.node import InferenceStats, NodeView
 
-__all__ = ["DrainResult", "ErrorBody", "InstanceList", "InstanceView", "NodeDetail", "NodeList"]
+#: Answers every /api/v1 route can give (documented in the OpenAPI document).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong bearer token"},
+    422: {"description": "a bad path, query or body value (the field is named)"},
+}
+
+__all__ = [
+    "API_ERRORS",
+    "DrainResult",
+    "ErrorBody",
+    "InstanceList",
+    "InstanceView",
+    "NodeDetail",
+    "NodeList",
+]
 
 
 class NodeDetail(NodeView):

@@ -354,6 +354,28 @@ class RootClient:
         """Every registered cluster."""
         return list(self.request("GET", "/api/v1/clusters").get("clusters", []))
 
+    def reset_cluster_identity(self, cluster: str, ttl_s: float) -> Any:
+        """``POST /clusters/{cluster}/reset-identity``: approve a new identity."""
+        return self.request(
+            "POST",
+            f"/api/v1/clusters/{self._ref(cluster)}/reset-identity",
+            json_body={"ttl_s": ttl_s},
+        )
+
+    def create_registration_token(self, name: str, ttl_s: float | None) -> Any:
+        """``POST /registration-tokens``: a token bound to one cluster name (shown once)."""
+        return self.request(
+            "POST", "/api/v1/registration-tokens", json_body={"name": name, "ttl_s": ttl_s}
+        )
+
+    def list_registration_tokens(self) -> list[Any]:
+        """``GET /registration-tokens`` (without the tokens)."""
+        return list(self.request("GET", "/api/v1/registration-tokens").get("tokens", []))
+
+    def delete_registration_token(self, token_id: str) -> Any:
+        """``DELETE /registration-tokens/{id}``."""
+        return self.request("DELETE", f"/api/v1/registration-tokens/{self._ref(token_id)}")
+
     def cluster_nodes(self, cluster: str) -> Any:
         """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
         return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")

@@ -672,6 +672,115 @@ def clusters_ls(
         _print(output.clusters_table(clusters, time.time()))
 
 
+ClusterArg = Annotated[str, typer.Argument(help="cluster id or name.", show_default=False)]
+
+
+@clusters_app.command("reset-identity")
+@handles_errors
+def clusters_reset_identity(
+    cluster: ClusterArg,
+    ttl: Annotated[
+        float,
+        typer.Option("--ttl", help="seconds the approval waits for the cluster's registration."),
+    ] = 3600.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Approve a new identity for a cluster (e.g. it lost its disk).
+
+    Its credential stops working now; the next registration of its name within --ttl
+    seconds takes the record over (same id, jobs and history) with a new credential.
+    Without this (or a token from `clusters token create`), the root refuses a
+    registration that names a known cluster without its credential.
+    """
+    with _client(root_url, token, data_dir) as client:
+        view = client.reset_cluster_identity(cluster, ttl)
+    if fmt is OutputFormat.JSON:
+        output.print_json(view)
+    else:
+        _print(
+            f"cluster {view.get('name')} ({view.get('id')}): identity reset; its next "
+            f"registration within {ttl:g} s takes the record over"
+        )
+
+
+clusters_token_app = typer.Typer(
+    help="Registration tokens bound to one cluster name.", no_args_is_help=True
+)
+clusters_app.add_typer(clusters_token_app, name="token")
+
+
+@clusters_token_app.command("create")
+@handles_errors
+def clusters_token_create(
+    name: Annotated[str, typer.Argument(help="the cluster name it registers.")],
+    ttl: Annotated[
+        float,
+        typer.Option("--ttl", help="seconds within which it must be used (0: no limit)."),
+    ] = 86400.0,
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Create a registration token that registers only NAME, once (printed once).
+
+    Give it to the cluster as its registration token. It registers a new cluster of
+    that name, or takes over the record of a known one (an operator's approval);
+    afterwards it only re-registers the cluster it registered.
+    """
+    with _client(root_url, token, data_dir) as client:
+        created = client.create_registration_token(name, ttl if ttl > 0 else None)
+    if fmt is OutputFormat.JSON:
+        output.print_json(created)
+    else:
+        _print(f"registration token {created.get('id')} for cluster name {name} (shown once):")
+        typer.echo(str(created.get("token")))
+
+
+@clusters_token_app.command("ls")
+@handles_errors
+def clusters_token_ls(
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """List name-bound registration tokens (never the tokens themselves)."""
+    with _client(root_url, token, data_dir) as client:
+        tokens = client.list_registration_tokens()
+    if fmt is OutputFormat.JSON:
+        output.print_json({"tokens": tokens})
+        return
+    if not tokens:
+        _err("no registration tokens")
+    for t in tokens:
+        state = f"used by {t['used_by']}" if t.get("used_by") else "unused"
+        if t.get("expired"):
+            state = "expired unused"
+        typer.echo(f"{t.get('id')}  {t.get('name')}  {state}")
+
+
+@clusters_token_app.command("rm")
+@handles_errors
+def clusters_token_rm(
+    token_id: Annotated[str, typer.Argument(help="the token id (from `token ls`).")],
+    root_url: RootUrlOpt = None,
+    token: TokenOpt = None,
+    data_dir: DataDirOpt = None,
+    fmt: OutputOpt = OutputFormat.TABLE,
+) -> None:
+    """Delete (revoke) a name-bound registration token."""
+    with _client(root_url, token, data_dir) as client:
+        gone = client.delete_registration_token(token_id)
+    if fmt is OutputFormat.JSON:
+        output.print_json(gone)
+    else:
+        _print(f"registration token {gone.get('id')} for {gone.get('name')} deleted")
+
+
 @nodes_app.command("ls")
 @handles_errors
 def nodes_ls(

@@ -28,7 +28,7 @@ from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.deps import Deps
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.reconciler import Reconciler
-from root_orchestrator.routers import clusters, events, health, jobs
+from root_orchestrator.routers import clusters, events, health, jobs, registration_tokens
 from root_orchestrator.routers import logs as logs_router
 from root_orchestrator.service import (
     Conflict,
@@ -253,6 +253,7 @@ def create_app(
     app.include_router(logs_router.router, prefix=API_PREFIX)
     app.include_router(clusters.cluster_api, prefix=API_PREFIX)
     app.include_router(clusters.router, prefix=API_PREFIX)
+    app.include_router(registration_tokens.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)
     install_web(app)  # the dashboard at /ui and the offline API docs
     return app

@@ -12,13 +12,15 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from root_orchestrator.deps import Deps, get_deps
+from root_orchestrator.registration import RegistrationGrant
 from schemas.settings_file import token_accepted
 
 __all__ = [
     "ClusterCredential",
+    "Registration",
     "bearer",
+    "registration_grant",
     "require_operator",
-    "require_registration",
     "unauthorized",
 ]
 
@@ -52,12 +54,20 @@ def require_operator(
         raise unauthorized()
 
 
-def require_registration(
+def registration_grant(
     deps: Annotated[Deps, Depends(get_deps)], credentials: ClusterCredentials
-) -> None:
-    """Dependency: the request carries one of the cluster registration tokens."""
-    if credentials is None or not deps.settings.registration_token_ok(credentials.credentials):
+) -> RegistrationGrant:
+    """Dependency: the request carries a shared registration token or a name-bound one
+    (which one decides what it may register: `root_orchestrator.registration`)."""
+    grant = None
+    if credentials is not None:
+        grant = deps.service.registration_grant(credentials.credentials)
+    if grant is None:
         raise unauthorized()
+    return grant
+
+
+Registration = Annotated[RegistrationGrant, Depends(registration_grant)]
 
 
 def cluster_credential(request: Request, credentials: ClusterCredentials) -> str:

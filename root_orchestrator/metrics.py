@@ -207,6 +207,12 @@ class RootMetrics:
         self.reports = Counter(
             "edge_root_cluster_reports_total", "Cluster reports received.", ("full",)
         )
+        self.registrations = Counter(
+            "edge_root_cluster_registrations_total",
+            "Cluster registrations by result (new, reregistered, new_identity, "
+            "refused_takeover, refused_identity, refused_token).",
+            ("result",),
+        )
 
     def families(self) -> list[Counter | Histogram]:
         """Every recorded family, in exposition order."""
@@ -220,4 +226,5 @@ class RootMetrics:
             self.cluster_call_seconds,
             self.reconcile_seconds,
             self.reports,
+            self.registrations,
         ]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from root_orchestrator.replicas import JobState
 from root_orchestrator.rollout import RolloutState
 from schemas.cluster import ClusterLiveness, ClusterReport
-from schemas.common import Id, Runtime, StrictModel
+from schemas.common import Id, Name, Runtime, StrictModel
 from schemas.job import (
     MAX_PRIORITY,
     Constraints,
@@ -33,6 +33,7 @@ __all__ = [
     "ClusterView",
     "EventList",
     "EventRecord",
+    "IdentityReset",
     "InstanceView",
     "JobList",
     "JobPatch",
@@ -45,6 +46,10 @@ __all__ = [
     "PlanBatch",
     "PlanStop",
     "PlannedPlacement",
+    "RegistrationTokenCreated",
+    "RegistrationTokenList",
+    "RegistrationTokenRequest",
+    "RegistrationTokenView",
     "ReportAck",
     "RolloutView",
     "StuckInstance",
@@ -307,6 +312,11 @@ class ClusterView(BaseModel):
         default_factory=dict, description="active instances the root placed here, by state"
     )
     report: ClusterReport | None = None
+    identity_reset_until: float | None = Field(
+        default=None,
+        description="an operator reset the identity: until then the next registration of "
+        "this name takes the record over (with a new credential)",
+    )
 
 
 class ClusterList(BaseModel):
@@ -369,3 +379,56 @@ class ReportAck(BaseModel):
     cluster_id: Id
     liveness: ClusterLiveness
     report_interval_s: float
+
+
+#: Longest an identity reset or an unused registration token stays valid: 30 days.
+MAX_APPROVAL_TTL_S = 30 * 86400.0
+
+
+class IdentityReset(StrictModel):
+    """Body of `POST /clusters/{cluster}/reset-identity` (optional)."""
+
+    ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=MAX_APPROVAL_TTL_S,
+        description="how long the approval waits for the cluster's registration",
+    )
+
+
+class RegistrationTokenRequest(StrictModel):
+    """Body of `POST /registration-tokens`: a token that registers one cluster name."""
+
+    name: Name
+    ttl_s: float | None = Field(
+        default=86400.0,
+        gt=0,
+        le=MAX_APPROVAL_TTL_S,
+        description="the token must be used within this many seconds (null: no limit)",
+    )
+
+
+class RegistrationTokenView(BaseModel):
+    """A name-bound registration token, without the token itself."""
+
+    id: str
+    name: str
+    created_at: float
+    expires_at: float | None = None
+    used_by: str | None = Field(
+        default=None, description="the cluster it registered (then it only re-registers it)"
+    )
+    used_at: float | None = None
+    expired: bool = False
+
+
+class RegistrationTokenCreated(RegistrationTokenView):
+    """A new name-bound registration token: `token` is shown this once."""
+
+    token: str
+
+
+class RegistrationTokenList(BaseModel):
+    """Every name-bound registration token."""
+
+    tokens: list[RegistrationTokenView]

@@ -22,9 +22,11 @@ __all__ = [
     "INSTANCES",
     "JOBS",
     "JOB_VERSIONS",
+    "REGISTRATION_TOKENS",
     "ClusterRecord",
     "InstanceRecord",
     "JobRecord",
+    "RegistrationTokenRecord",
     "VersionRecord",
 ]
 
@@ -34,6 +36,7 @@ CLUSTERS = "clusters"
 EVENTS = "events"
 IDEMPOTENCY = "idempotency"
 JOB_VERSIONS = "job_versions"
+REGISTRATION_TOKENS = "registration_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +243,13 @@ class InstanceRecord:
 class ClusterRecord:
     """A registered cluster: identity, how to reach it, liveness and its latest report.
 
-    The credential is kept only as a SHA-256 hash. `api_token` is the bearer token the
-    root presents to the cluster's API (sent by the cluster when it registers); the
-    root needs it in clear to call the cluster, and never returns it from its API.
+    The credential is kept only as a salted SHA-256 hash (`schemas.secrets`); an empty
+    `credential_hash` matches no credential (an operator reset the identity).
+    `api_token` is the bearer token the root presents to the cluster's API (sent by
+    the cluster when it registers); the root needs it in clear to call the cluster,
+    and never returns it from its API. `identity_reset_until`: an operator approved
+    that the next registration of this name, until then, takes this record over
+    with a new credential (`RootService.reset_identity`).
     """
 
     id: str
@@ -258,6 +265,7 @@ class ClusterRecord:
     reason: str = ""
     last_report_at: float | None = None
     report: ClusterReport | None = None
+    identity_reset_until: float | None = None
     version: int = 0
 
     def to_doc(self) -> dict[str, Any]:
@@ -276,6 +284,7 @@ class ClusterRecord:
             "reason": self.reason,
             "last_report_at": self.last_report_at,
             "report": self.report.model_dump(mode="json") if self.report else None,
+            "identity_reset_until": self.identity_reset_until,
         }
 
     @classmethod
@@ -296,5 +305,39 @@ class ClusterRecord:
             reason=doc.get("reason", ""),
             last_report_at=doc.get("last_report_at"),
             report=ClusterReport.model_validate(report) if report else None,
+            identity_reset_until=doc.get("identity_reset_until"),
             version=doc.get("_version", 0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationTokenRecord:
+    """A registration token an operator bound to one cluster name (only its hash kept).
+
+    Unused, it registers that name once (a new cluster, or taking over the record of
+    that name: the operator's approval) until `expires_at` (None: no expiry). Once
+    used (`used_by` set) it only authenticates re-registrations of that cluster that
+    prove its cluster_id and credential, so the cluster it registered keeps working.
+    """
+
+    id: str
+    name: str
+    token_hash: str
+    created_at: float
+    expires_at: float | None = None
+    used_by: str | None = None
+    used_at: float | None = None
+    version: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        """The store document (without `_version`)."""
+        doc = asdict(self)
+        doc.pop("version")
+        doc["_id"] = doc.pop("id")
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> RegistrationTokenRecord:
+        """Rebuild a record from a store document."""
+        values = {k: v for k, v in doc.items() if not k.startswith("_")}
+        return cls(id=doc["_id"], version=doc.get("_version", 0), **values)

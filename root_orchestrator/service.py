@@ -15,8 +15,6 @@ the cluster's answer), and `termination_work` / `finish_termination`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import logging
 import random
 import re
@@ -48,6 +46,9 @@ from root_orchestrator.models import (
     PlanBatch,
     PlannedPlacement,
     PlanStop,
+    RegistrationTokenCreated,
+    RegistrationTokenList,
+    RegistrationTokenView,
     RolloutView,
     UpdatePlan,
     VersionList,
@@ -60,11 +61,20 @@ from root_orchestrator.records import (
     INSTANCES,
     JOB_VERSIONS,
     JOBS,
+    REGISTRATION_TOKENS,
     ClusterRecord,
     InstanceRecord,
     JobRecord,
+    RegistrationTokenRecord,
     VersionRecord,
     version_id,
+)
+from root_orchestrator.registration import (
+    RegistrationGrant,
+    new_token,
+    takeover_refusal,
+    token_id_of,
+    token_view,
 )
 from root_orchestrator.replicas import InstanceFacts, JobState, diff_replicas, job_state
 from root_orchestrator.rollout import (
@@ -91,6 +101,7 @@ from schemas.cluster import (
 from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
+from schemas.secrets import digest, hash_secret, new_secret, verify_secret
 from store import Store, VersionConflict
 
 __all__ = [
@@ -104,7 +115,6 @@ __all__ = [
     "ServiceError",
     "TerminateStep",
     "Unauthorized",
-    "hash_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,11 +167,6 @@ class IdentityRefused(ServiceError):
     cluster then knows its stored identity is no longer valid and registers afresh,
     instead of dropping its identity because of a token typo.
     """
-
-
-def hash_secret(secret: str) -> str:
-    """SHA-256 hex digest of a high-entropy secret (credentials are 256-bit random)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _short(text: str, limit: int = MAX_TEXT) -> str:
@@ -235,6 +240,7 @@ class RootService:
         self._instances: dict[str, InstanceRecord] = {}
         self._by_job: dict[str, set[str]] = {}
         self._clusters: dict[str, ClusterRecord] = {}
+        self._reg_tokens: dict[str, RegistrationTokenRecord] = {}
         self._seen_at: dict[str, float] = {}
         self._reservations: dict[str, dict[str, tuple[Request, float]]] = {}
         self._in_flight: set[str] = set()
@@ -276,6 +282,9 @@ class RootService:
                 # A restarted root gives every cluster a fresh grace period: its own
                 # downtime is not the clusters' silence.
                 self._seen_at[rec.id] = max(rec.last_report_at or rec.registered_at, now)
+            for doc in store.find(REGISTRATION_TOKENS):
+                token = RegistrationTokenRecord.from_doc(doc)
+                self._reg_tokens[token.id] = token
             for state in JobState:
                 if state is JobState.TERMINATED:
                     continue
@@ -936,14 +945,14 @@ class RootService:
         Returns the job and whether it was created now. Conflict if the key was used
         for a different spec, or if an active job already has this name.
         """
-        body_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+        body_hash = digest(spec.model_dump_json())
         with self._lock:
             now = self._clock()
             job_id: str | None = None
             key_doc: dict[str, Any] | None = None
             key_id = None
             if idempotency_key is not None:
-                key_id = hash_secret("idem:" + idempotency_key)
+                key_id = digest("idem:" + idempotency_key)
                 key_doc = self._store.get(IDEMPOTENCY, key_id)
                 if key_doc is not None:
                     if key_doc["body_hash"] != body_hash:
@@ -1501,50 +1510,86 @@ class RootService:
                 return candidate
         return None
 
-    def register_cluster(self, reg: ClusterRegistration) -> ClusterRegistrationResponse:
+    def registration_grant(self, token: str) -> RegistrationGrant | None:
+        """What a presented registration token allows: a shared token (settings), a
+        name-bound one, or None (unknown: 401). Unauthorized for a known bound token
+        that expired unused, so the message can say so."""
+        if self._settings.registration_token_ok(token):
+            return RegistrationGrant()
+        token_id = token_id_of(token)
+        rec = self._reg_tokens.get(token_id) if token_id else None
+        if rec is None or not verify_secret(token, rec.token_hash):
+            return None
+        if rec.used_by is None and rec.expires_at is not None and self._clock() > rec.expires_at:
+            raise Unauthorized(
+                f"registration token {rec.id} for cluster name {rec.name!r} expired unused; "
+                "ask an operator for a new one (POST /api/v1/registration-tokens)"
+            )
+        return RegistrationGrant(token_id=rec.id)
+
+    def register_cluster(
+        self, reg: ClusterRegistration, grant: RegistrationGrant | None = None
+    ) -> ClusterRegistrationResponse:
         """Register a cluster, or re-register one that proves its id with its credential.
 
-        A new cluster gets an id and a credential (only its hash is kept). A cluster
-        that sends its `cluster_id` and `credential` keeps its id and credential.
-        IdentityRefused if it names a known id with a wrong credential; Conflict if a
-        new registration takes the name of a READY cluster.
+        A new name gets a new id and credential (only its hash is kept). A cluster that
+        sends its `cluster_id` and `credential` keeps both. A known name is never taken
+        over without an operator's approval (see `root_orchestrator.registration`):
+        Conflict (409) otherwise. IdentityRefused (403) for a known id with a wrong
+        credential; Unauthorized (401) for a name-bound token used for another name or,
+        once used, for another cluster. `grant` None: a shared registration token.
         """
+        grant = grant or RegistrationGrant()
         with self._lock:
             now = self._clock()
+            bound = None
+            if grant.token_id is not None:
+                bound = self._check_bound_token(grant.token_id, reg)
             old: ClusterRecord | None = None
             credential: str | None = None
-            cluster_id: str
+            cluster_id = ""
             if reg.cluster_id is not None:
                 old = self._clusters.get(reg.cluster_id)
                 if old is not None:
                     given = reg.credential.get_secret_value() if reg.credential else ""
-                    if not hmac.compare_digest(hash_secret(given), old.credential_hash):
-                        raise IdentityRefused("wrong credential for this cluster id")
+                    if not verify_secret(given, old.credential_hash):
+                        self._metrics.registrations.inc("refused_identity")
+                        raise IdentityRefused(
+                            f"wrong credential for cluster id {reg.cluster_id}: register "
+                            "afresh (without cluster_id)"
+                        )
                     credential = given
                 cluster_id = reg.cluster_id
-            else:
-                cluster_id = ""
             same_name = next(
                 (c for c in self._clusters.values() if c.name == reg.name and c.id != cluster_id),
                 None,
             )
+            took_over: str | None = None
             if same_name is not None:
-                if same_name.liveness is ClusterLiveness.READY:
-                    raise Conflict(
-                        f"cluster name {reg.name!r} belongs to READY cluster {same_name.id}; "
-                        "re-register with its cluster_id and credential"
-                    )
-                if old is None and reg.cluster_id is None:
-                    # The cluster lost its identity (new disk?) while the root lists it as
-                    # silent: it takes its old record over, with a new credential.
-                    old = same_name
-                    cluster_id = same_name.id
-                else:
+                reset = same_name.identity_reset_until
+                if old is None and reset is not None and now <= reset:
+                    took_over = "identity reset by an operator"
+                elif old is None and bound is not None and bound.used_by is None:
+                    took_over = f"registration token {bound.id} bound to the name"
+                elif old is not None:
+                    self._metrics.registrations.inc("refused_takeover")
                     raise Conflict(f"cluster name {reg.name!r} is used by {same_name.id}")
+                else:
+                    self._metrics.registrations.inc("refused_takeover")
+                    log.warning(
+                        "refused a registration of cluster name %r from %s: the name belongs "
+                        "to cluster %s (%s) and no operator approved a new identity",
+                        reg.name,
+                        reg.url,
+                        same_name.id,
+                        same_name.liveness.value,
+                    )
+                    raise Conflict(takeover_refusal(reg.name, same_name))
+                old, cluster_id = same_name, same_name.id
             if not cluster_id:
                 cluster_id = "c" + secrets.token_hex(8)
             if credential is None:
-                credential = secrets.token_urlsafe(32)
+                credential = new_secret()
             token = reg.api_token.get_secret_value() if reg.api_token else None
             rec = ClusterRecord(
                 id=cluster_id,
@@ -1562,17 +1607,30 @@ class RootService:
                 reason="registered",
                 last_report_at=old.last_report_at if old else None,
                 report=old.report if old else None,
+                identity_reset_until=None if took_over or old is None else old.identity_reset_until,
                 version=old.version if old else 0,
             )
             self._save_cluster(rec, old)
+            if bound is not None and bound.used_by is None:
+                self._save_reg_token(replace(bound, used_by=cluster_id, used_at=now), bound)
             self._seen_at[cluster_id] = now
+            how = "re-registered" if old else "registered"
+            if took_over:
+                how = f"registered with a new identity ({took_over})"
+            result = "new_identity" if took_over else ("reregistered" if old else "new")
+            self._metrics.registrations.inc(result)
             self._emit(
                 "cluster.registered",
                 cluster_id,
                 cluster_id=cluster_id,
                 state=ClusterLiveness.READY.value,
-                reason=("re-registered" if old else "registered") + f" from {rec.url}",
-                data={"name": rec.name, "url": rec.url, "labels": rec.labels},
+                reason=f"{how} from {rec.url}",
+                data={
+                    "name": rec.name,
+                    "url": rec.url,
+                    "labels": rec.labels,
+                    "new_identity": took_over is not None,
+                },
             )
             if old is not None and old.liveness is not ClusterLiveness.READY:
                 self._emit(
@@ -1590,6 +1648,109 @@ class RootService:
             report_interval_s=self._settings.report_interval,
         )
 
+    def _check_bound_token(
+        self, token_id: str, reg: ClusterRegistration
+    ) -> RegistrationTokenRecord:
+        """The bound token of a registration, if it may register `reg` (else Unauthorized)."""
+        bound = self._reg_tokens.get(token_id)
+        if bound is None:
+            self._metrics.registrations.inc("refused_token")
+            raise Unauthorized("the registration token was deleted")
+        if bound.name != reg.name:
+            self._metrics.registrations.inc("refused_token")
+            raise Unauthorized(
+                f"this registration token only registers cluster name {bound.name!r}, "
+                f"not {reg.name!r}"
+            )
+        if bound.used_by is not None and reg.cluster_id != bound.used_by:
+            self._metrics.registrations.inc("refused_token")
+            raise Unauthorized(
+                f"this registration token was used by cluster {bound.used_by}; it now only "
+                "re-registers that cluster (with its cluster_id and credential)"
+            )
+        return bound
+
+    def _save_reg_token(
+        self, new: RegistrationTokenRecord, old: RegistrationTokenRecord | None
+    ) -> RegistrationTokenRecord:
+        version = self._store.put(
+            REGISTRATION_TOKENS, new.to_doc(), expected_version=old.version if old else 0
+        )
+        new = replace(new, version=version)
+        self._reg_tokens[new.id] = new
+        return new
+
+    def reset_identity(self, ref: str, ttl_s: float) -> ClusterView:
+        """An operator's approval of a new identity for a cluster (by id or name).
+
+        The cluster's credential stops working now, and the next registration of its
+        name within `ttl_s` takes the record over (same id, jobs and history) with a
+        new credential. For a cluster that lost its stored identity (new disk), or
+        whose credential may have leaked.
+        """
+        with self._lock:
+            rec = self._cluster_by_ref(ref)
+            if rec is None:
+                raise NotFound(f"no cluster {_shown(ref)}")
+            now = self._clock()
+            new = replace(rec, credential_hash="", identity_reset_until=now + ttl_s)
+            new = self._save_cluster(new, rec)
+            self._emit(
+                "cluster.identity_reset",
+                rec.id,
+                cluster_id=rec.id,
+                state=rec.liveness.value,
+                reason=f"identity of cluster {rec.name} reset by an operator: the next "
+                f"registration of the name within {ttl_s:g} s takes it over",
+                data={"name": rec.name, "until": now + ttl_s},
+            )
+            return self._cluster_view(new)
+
+    def create_registration_token(self, name: str, ttl_s: float | None) -> RegistrationTokenCreated:
+        """A registration token bound to one cluster name; the token is returned once."""
+        with self._lock:
+            now = self._clock()
+            token_id, token = new_token()
+            rec = RegistrationTokenRecord(
+                id=token_id,
+                name=name,
+                token_hash=hash_secret(token),
+                created_at=now,
+                expires_at=now + ttl_s if ttl_s is not None else None,
+            )
+            rec = self._save_reg_token(rec, None)
+            self._emit(
+                "cluster.registration_token",
+                token_id,
+                reason=f"registration token {token_id} created for cluster name {name}",
+                data={"name": name, "expires_at": rec.expires_at},
+            )
+            return RegistrationTokenCreated(**token_view(rec, now).model_dump(), token=token)
+
+    def list_registration_tokens(self) -> RegistrationTokenList:
+        """Every name-bound registration token (without the tokens)."""
+        with self._lock:
+            now = self._clock()
+            recs = sorted(self._reg_tokens.values(), key=lambda r: (r.created_at, r.id))
+            return RegistrationTokenList(tokens=[token_view(r, now) for r in recs])
+
+    def delete_registration_token(self, token_id: str) -> RegistrationTokenView:
+        """Revoke a name-bound registration token (the cluster it registered keeps its
+        credential, but can no longer re-register with this token)."""
+        with self._lock:
+            rec = self._reg_tokens.get(token_id)
+            if rec is None:
+                raise NotFound(f"no registration token {_shown(token_id)}")
+            self._store.delete(REGISTRATION_TOKENS, token_id)
+            del self._reg_tokens[token_id]
+            self._emit(
+                "cluster.registration_token",
+                token_id,
+                reason=f"registration token {token_id} for cluster name {rec.name} deleted",
+                data={"name": rec.name, "deleted": True},
+            )
+            return token_view(rec, self._clock())
+
     def authenticate_cluster(self, cluster_id: str, credential: str) -> bool:
         """True if `credential` is the one issued to `cluster_id`.
 
@@ -1597,8 +1758,8 @@ class RootService:
         from the dict is atomic, so a report does not queue for the lock twice.
         """
         rec = self._clusters.get(cluster_id)
-        expected = rec.credential_hash if rec else hash_secret(secrets.token_hex(16))
-        return hmac.compare_digest(hash_secret(credential), expected) and rec is not None
+        expected = rec.credential_hash if rec else hash_secret(new_secret())
+        return verify_secret(credential, expected) and rec is not None
 
     def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
         """Take a cluster's aggregated capacity and instance changes."""
@@ -1806,6 +1967,7 @@ class RootService:
             has_api_token=rec.api_token is not None,
             instances=counts,
             report=rec.report,
+            identity_reset_until=rec.identity_reset_until,
         )
 
     def list_clusters(self) -> ClusterList:

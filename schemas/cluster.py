@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, SecretStr, StringConstraints, field_serializer
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_serializer,
+    field_validator,
+)
 
 from schemas.common import (
+    MAX_INT64,
     Arch,
     Id,
+    Int64,
+    LabelKey,
     Labels,
     Name,
     Runtime,
     ShortText,
+    StorableDict,
     StrictModel,
     Text,
     Timestamp,
@@ -24,6 +36,7 @@ from schemas.node import Liveness
 from schemas.resources import AcceleratorCounts, Resources
 
 MAX_NODE_SUMMARIES = 256
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")
 MAX_INSTANCE_CHANGES = 1000
 
 
@@ -46,6 +59,14 @@ class ClusterRegistration(StrictModel):
     @field_serializer("credential", "api_token", when_used="json")
     def _dump_secret(self, value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        """The root sends it in an HTTP header: visible ASCII only."""
+        if value is not None and not _TOKEN.match(value.get_secret_value()):
+            raise ValueError("must be 1-256 visible ASCII characters (no spaces)")
+        return value
 
 
 class ClusterRegistrationResponse(StrictModel):
@@ -75,8 +96,8 @@ class ThermalSummary(StrictModel):
     """How hot a cluster runs."""
 
     max_temperature_c: float | None = None
-    hot_nodes: int = Field(default=0, ge=0)
-    throttled_nodes: int = Field(default=0, ge=0)
+    hot_nodes: int = Field(default=0, ge=0, le=MAX_INT64)
+    throttled_nodes: int = Field(default=0, ge=0, le=MAX_INT64)
 
 
 class InstanceChange(StrictModel):
@@ -88,8 +109,8 @@ class InstanceChange(StrictModel):
     node_id: Id | None = None
     reason: Text = ""
     ts: Timestamp
-    exit_code: int | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    exit_code: Int64 | None = None
+    data: StorableDict = Field(default_factory=dict)
 
 
 class ClusterReport(StrictModel):
@@ -99,23 +120,24 @@ class ClusterReport(StrictModel):
     """
 
     ts: Timestamp
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_INT64)
     full: bool = Field(default=True, description="true when `instances` lists every instance")
     nodes_by_liveness: dict[Liveness, int] = Field(default_factory=dict)
     nodes_cordoned: int = Field(
         default=0,
         ge=0,
+        le=MAX_INT64,
         description="nodes cordoned or draining by an operator (not in total, free or nodes)",
     )
     total: Resources = Field(default_factory=Resources)
     free: Resources = Field(default_factory=Resources)
     largest_free_cpu: float = Field(default=0.0, ge=0)
-    largest_free_memory_mib: int = Field(default=0, ge=0)
+    largest_free_memory_mib: int = Field(default=0, ge=0, le=MAX_INT64)
     nodes: list[NodeCapacity] = Field(default_factory=list, max_length=MAX_NODE_SUMMARIES)
     runtimes: list[Runtime] = Field(default_factory=list, max_length=4)
     archs: list[Arch] = Field(default_factory=list, max_length=8)
     accelerators: AcceleratorCounts = Field(default_factory=dict)
-    labels: dict[ShortText, list[ShortText]] = Field(default_factory=dict, max_length=256)
+    labels: dict[LabelKey, list[ShortText]] = Field(default_factory=dict, max_length=256)
     thermal: ThermalSummary = Field(default_factory=ThermalSummary)
     instances: list[InstanceChange] = Field(default_factory=list, max_length=MAX_INSTANCE_CHANGES)
 
@@ -134,7 +156,7 @@ class PlaceInstanceRequest(StrictModel):
     instance_id: Id
     job_id: Id
     job_name: Name
-    replica: int = Field(default=0, ge=0)
+    replica: int = Field(default=0, ge=0, le=MAX_INT64)
     spec: TaskSpec
     constraints: Constraints = Field(default_factory=Constraints)
     placement_policy: PlacementPolicy | None = None
@@ -177,4 +199,4 @@ class InstanceLogs(StrictModel):
     incomplete: bool = False
     state: InstanceState
     task_state: TaskState | None = None
-    exit_code: int | None = None
+    exit_code: Int64 | None = None

@@ -7,11 +7,12 @@ bound so a hostile or buggy peer cannot make a program allocate without limit.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -21,7 +22,9 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 """Identifiers (jobs, instances, nodes, clusters, commands): URL- and topic-safe."""
 
-LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_/-]{0,61}[A-Za-z0-9])?$"
+"""Label keys (``zone``, ``edge-io/site``): no dots, as they are keys of stored objects
+(the stores refuse dotted keys; a dotted key is a 422 at the edge, not a 500)."""
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9_.:/-]{0,63}$"
 
 MAX_LABELS = 32
@@ -29,6 +32,8 @@ MAX_ENV = 128
 MAX_ARGS = 256
 MAX_TASKS_PER_NODE = 256
 MAX_TEXT = 1024
+MAX_INT64 = 2**63 - 1
+"""Largest integer any field takes: what SQLite and MongoDB store (signed 64 bits)."""
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -36,6 +41,42 @@ Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 ShortText = Annotated[str, StringConstraints(max_length=128)]
 LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
+Int64 = Annotated[int, Field(ge=-MAX_INT64 - 1, le=MAX_INT64)]
+"""Any integer a store can hold; larger ones are a 422 naming the field, not a 500."""
+
+_MAX_DEPTH = 16
+
+
+def _check_storable(value: Any, depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or key.startswith("$"):
+                raise ValueError(f"invalid key {key!r}: must be non-empty, not starting with '$'")
+            if "." in key or "\x00" in key:
+                raise ValueError(f"invalid key {key!r}: must not contain '.' or NUL")
+            _check_storable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item, depth + 1)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+            raise ValueError("integer does not fit in 64 bits")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("number must be finite")
+
+
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    _check_storable(value)
+    return value
+
+
+StorableDict = Annotated[dict[str, Any], AfterValidator(_storable)]
+"""Free-form JSON object a store can hold: keys without '.', NUL or a leading '$',
+64-bit integers, finite numbers, at most 16 levels deep (else a 422, not a 500)."""
 
 
 def _check_labels(value: dict[str, str]) -> dict[str, str]:
@@ -109,9 +150,12 @@ def now() -> float:
 
 
 class StrictModel(BaseModel):
-    """Base for wire models: unknown fields are errors, models are immutable."""
+    """Base for wire models: unknown fields are errors, models are immutable, numbers
+    are finite (a store cannot hold infinity or NaN)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=False, allow_inf_nan=False
+    )
 
 
 Timestamp = Annotated[float, Field(ge=0)]

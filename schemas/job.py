@@ -14,9 +14,11 @@ from pydantic import Field, StringConstraints, model_validator
 
 from schemas.common import (
     MAX_ARGS,
+    MAX_INT64,
     Arch,
     Env,
     Id,
+    Int64,
     Labels,
     Name,
     Runtime,
@@ -237,11 +239,11 @@ class Instance(StrictModel):
 
     id: Id
     job_id: Id
-    replica: int = Field(ge=0)
+    replica: int = Field(ge=0, le=MAX_INT64)
     state: InstanceState
     cluster_id: Id | None = None
     node_id: Id | None = None
     reason: Text = ""
     updated_at: Timestamp
-    exit_code: int | None = None
-    restarts: int = Field(default=0, ge=0)
+    exit_code: Int64 | None = None
+    restarts: int = Field(default=0, ge=0, le=MAX_INT64)

@@ -20,7 +20,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import from_json
 
-from schemas.common import ID_PATTERN, Id, ShortText, StrictModel, Text, Timestamp, new_id, now
+from schemas.common import (
+    ID_PATTERN,
+    MAX_INT64,
+    Id,
+    Int64,
+    ShortText,
+    StrictModel,
+    Text,
+    Timestamp,
+    new_id,
+    now,
+)
 from schemas.job import TaskSpec, TaskState
 from schemas.node import NodeStatus
 
@@ -117,8 +128,8 @@ class TaskEvent(StrictModel):
     state: TaskState
     previous: TaskState | None = None
     reason: Text = ""
-    exit_code: int | None = None
-    seq: int = Field(default=0, ge=0, description="per-node event counter")
+    exit_code: Int64 | None = None
+    seq: int = Field(default=0, ge=0, description="per-node event counter", le=MAX_INT64)
     data: dict[str, Any] = Field(default_factory=dict, max_length=64)
 
 
@@ -179,7 +190,7 @@ class LogsChunk(StrictModel):
     more: bool = False
     skipped: bool = False
     state: TaskState | None = None
-    exit_code: int | None = None
+    exit_code: Int64 | None = None
     ended: bool = False
     error: Text = ""
     error_code: ShortText = ""

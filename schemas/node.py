@@ -8,9 +8,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, StringConstraints, field_serializer
 
 from schemas.common import (
+    MAX_INT64,
     MAX_TASKS_PER_NODE,
     Arch,
     Id,
+    Int64,
     Labels,
     Name,
     Runtime,
@@ -40,8 +42,8 @@ class NodeInfo(StrictModel):
     arch: Arch
     os: ShortText = "linux"
     cpu_cores: float = Field(gt=0, le=4096)
-    memory_mib: int = Field(gt=0)
-    disk_mib: int = Field(ge=0)
+    memory_mib: int = Field(gt=0, le=MAX_INT64)
+    disk_mib: int = Field(ge=0, le=MAX_INT64)
     accelerators: list[Accelerator] = Field(default_factory=list, max_length=16)
     runtimes: list[Runtime] = Field(default_factory=list, max_length=4)
     labels: Labels = Field(default_factory=dict)
@@ -113,8 +115,8 @@ class Throttling(StrictModel):
 class MemoryStatus(StrictModel):
     """Memory and swap, in MiB and percent."""
 
-    total_mib: int = Field(ge=0)
-    available_mib: int = Field(ge=0)
+    total_mib: int = Field(ge=0, le=MAX_INT64)
+    available_mib: int = Field(ge=0, le=MAX_INT64)
     used_percent: float = Field(ge=0, le=100)
     swap_used_percent: float = Field(default=0.0, ge=0, le=100)
 
@@ -122,8 +124,8 @@ class MemoryStatus(StrictModel):
 class DiskStatus(StrictModel):
     """The state directory's file system."""
 
-    total_mib: int = Field(ge=0)
-    free_mib: int = Field(ge=0)
+    total_mib: int = Field(ge=0, le=MAX_INT64)
+    free_mib: int = Field(ge=0, le=MAX_INT64)
     used_percent: float = Field(ge=0, le=100)
 
 
@@ -137,12 +139,12 @@ class NetworkStatus(StrictModel):
 class InferenceStats(StrictModel):
     """What a built-in inference worker reports about its last second of work."""
 
-    frames_executed: int = Field(default=0, ge=0)
-    frames_dropped: int = Field(default=0, ge=0)
+    frames_executed: int = Field(default=0, ge=0, le=MAX_INT64)
+    frames_dropped: int = Field(default=0, ge=0, le=MAX_INT64)
     latency_p50_ms: float | None = Field(default=None, ge=0)
     latency_p95_ms: float | None = Field(default=None, ge=0)
     latency_p99_ms: float | None = Field(default=None, ge=0)
-    budget_violations: int = Field(default=0, ge=0)
+    budget_violations: int = Field(default=0, ge=0, le=MAX_INT64)
     budget_ms: float | None = Field(default=None, gt=0, description="the worker's budget")
     ts: Timestamp | None = Field(default=None, description="when the worker wrote them")
 
@@ -153,13 +155,13 @@ class TaskStatus(StrictModel):
     instance_id: Id
     state: TaskState
     runtime: Runtime
-    priority: int = Field(default=100, ge=0)
+    priority: int = Field(default=100, ge=0, le=MAX_INT64)
     pid: int | None = Field(default=None, ge=0)
     container_id: ShortText | None = None
     cpu_percent: float = Field(default=0.0, ge=0, description="percent of one core")
     memory_mib: float = Field(default=0.0, ge=0)
-    exit_code: int | None = None
-    restarts: int = Field(default=0, ge=0)
+    exit_code: Int64 | None = None
+    restarts: int = Field(default=0, ge=0, le=MAX_INT64)
     started_at: Timestamp | None = None
     reason: Text = ""
     inference: InferenceStats | None = None
@@ -169,7 +171,9 @@ class NodeStatus(StrictModel):
     """Periodic status: metrics plus the full list of tasks (the level-triggered truth)."""
 
     ts: Timestamp
-    seq: int = Field(ge=0, description="increases by one per status; detects reordering")
+    seq: int = Field(
+        ge=0, description="increases by one per status; detects reordering", le=MAX_INT64
+    )
     cpu_percent: float = Field(ge=0, le=100, description="total CPU use, percent of all cores")
     cpu_per_core: list[float] = Field(default_factory=list, max_length=1024)
     load_1m: float = Field(default=0.0, ge=0)
@@ -183,7 +187,9 @@ class NodeStatus(StrictModel):
     runtimes: list[Runtime] = Field(default_factory=list, max_length=4)
     tasks: list[TaskStatus] = Field(default_factory=list, max_length=MAX_TASKS_PER_NODE)
     shedding: bool = Field(default=False, description="true while the shedder holds tasks back")
-    messages_rejected: int = Field(default=0, ge=0, description="invalid commands seen so far")
+    messages_rejected: int = Field(
+        default=0, ge=0, description="invalid commands seen so far", le=MAX_INT64
+    )
 
 
 class Liveness(StrEnum):

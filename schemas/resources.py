@@ -6,9 +6,10 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from schemas.common import ShortText, StrictModel
+from schemas.common import MAX_INT64, ShortText, StrictModel
 
-ACCELERATOR_KIND_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+ACCELERATOR_KIND_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+"""Accelerator kinds (nvidia-gpu, coral-tpu): no dots, as they are keys of stored objects."""
 
 
 def _check_accelerators(value: dict[str, int]) -> dict[str, int]:
@@ -40,5 +41,5 @@ class Accelerator(StrictModel):
 
     kind: AcceleratorKind
     model: ShortText = ""
-    memory_mib: int = Field(default=0, ge=0)
+    memory_mib: int = Field(default=0, ge=0, le=MAX_INT64)
     count: int = Field(default=1, ge=1, le=64)

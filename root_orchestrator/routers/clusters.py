@@ -15,8 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import (
     ClusterCredential,
+    Registration,
     require_operator,
-    require_registration,
     unauthorized,
 )
 from root_orchestrator.cluster_client import ClusterRefused, ClusterUnavailable
@@ -24,6 +24,7 @@ from root_orchestrator.deps import Deps, DepsDep, ServiceDep
 from root_orchestrator.models import (
     ClusterList,
     ClusterView,
+    IdentityReset,
     NodeActionResult,
     NodeList,
     ReportAck,
@@ -40,6 +41,7 @@ cluster_api = APIRouter(prefix="/clusters", tags=["cluster API"])
 _ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "missing or wrong bearer token"},
     404: {"description": "no such cluster"},
+    422: {"description": "a bad path, query or body value (the field is named)"},
 }
 
 #: A cluster id or name in a path: anything else is a 422 naming the parameter.
@@ -48,18 +50,28 @@ ClusterRef = Annotated[str, Path(pattern=ID_PATTERN, description="cluster id or 
 
 @cluster_api.post(
     "/register",
-    dependencies=[Depends(require_registration)],
     responses={
-        401: _ERRORS[401],
+        401: {
+            "description": "missing or wrong registration token; or a name-bound token "
+            "used for another name, expired, or (once used) for another cluster"
+        },
         403: {"description": "a known cluster id with a wrong credential: register afresh"},
-        409: {"description": "name taken by a READY cluster"},
+        409: {
+            "description": "the name belongs to a known cluster: re-register with its "
+            "cluster_id and credential, or an operator approves a new identity "
+            "(reset-identity, or a token bound to the name)"
+        },
+        422: _ERRORS[422],
     },
 )
 async def register_cluster(
-    registration: ClusterRegistration, service: ServiceDep
+    registration: ClusterRegistration, grant: Registration, service: ServiceDep
 ) -> ClusterRegistrationResponse:
-    """Register (or re-register) a cluster; the reply's credential authenticates reports."""
-    return await run_in_threadpool(service.register_cluster, registration)
+    """Register (or re-register) a cluster; the reply's credential authenticates reports.
+
+    A known name is only re-registered by its cluster (cluster_id + credential), or
+    taken over after an operator's approval (see docs/api.md, "Registration")."""
+    return await run_in_threadpool(service.register_cluster, registration, grant)
 
 
 async def reporting_cluster(
@@ -73,7 +85,7 @@ async def reporting_cluster(
     return cluster_id
 
 
-@cluster_api.post("/{cluster_id}/report", responses={401: _ERRORS[401]})
+@cluster_api.post("/{cluster_id}/report", responses={401: _ERRORS[401], 422: _ERRORS[422]})
 async def report(
     cluster_id: Annotated[str, Depends(reporting_cluster)],
     body: ClusterReport,
@@ -86,6 +98,17 @@ async def report(
         liveness=liveness,
         report_interval_s=deps.settings.report_interval,
     )
+
+
+@router.post("/{cluster}/reset-identity", responses=_ERRORS)
+async def reset_identity(
+    cluster: ClusterRef, service: ServiceDep, body: IdentityReset | None = None
+) -> ClusterView:
+    """Approve a new identity for a cluster (by id or name): its credential stops
+    working now, and the next registration of its name within `ttl_s` takes the
+    record over (same id and jobs) with a new credential."""
+    ttl = (body or IdentityReset()).ttl_s
+    return await run_in_threadpool(service.reset_identity, cluster, ttl)
 
 
 @router.get("", responses=_ERRORS)
@@ -129,6 +152,7 @@ _NODE_ERRORS: dict[int | str, dict[str, str]] = {
     401: _ERRORS[401],
     404: {"description": "no such cluster, or no such node in it"},
     409: {"description": "several nodes have that name: give the id"},
+    422: _ERRORS[422],
     503: {"description": "the cluster could not be reached (the detail says why)"},
 }
 

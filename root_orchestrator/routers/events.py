@@ -15,6 +15,7 @@ from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
 from root_orchestrator.models import EventList
 from root_orchestrator.service import RootService
+from schemas.common import MAX_INT64
 
 __all__ = ["router"]
 
@@ -120,8 +121,8 @@ async def _stream(
 def _since(since: int | None, last_event_id: str | None, default: int) -> int:
     if since is not None:
         return since
-    if last_event_id is not None and last_event_id.isdigit():
-        return int(last_event_id)
+    if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
+        return min(int(last_event_id), MAX_INT64)
     return default
 
 
@@ -135,13 +136,24 @@ def _stream_response(
     )
 
 
-@router.get("", response_model=EventList, responses={200: {"content": {"text/event-stream": {}}}})
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong operator token"},
+    422: {"description": "a bad query value (the field is named)"},
+}
+
+
+@router.get(
+    "",
+    response_model=EventList,
+    responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+)
 async def list_events(
     request: Request,
     service: ServiceDep,
     filters: Filters,
     since: Annotated[
-        int | None, Query(ge=0, description="only events with seq > since (the cursor)")
+        int | None,
+        Query(ge=0, le=MAX_INT64, description="only events with seq > since (the cursor)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     tail: Annotated[
@@ -162,13 +174,14 @@ async def list_events(
     )
 
 
-@router.get("/stream", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/stream", responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS})
 async def stream_events(
     request: Request,
     service: ServiceDep,
     filters: Filters,
     since: Annotated[
-        int | None, Query(ge=0, description="replay events after this seq first (default: now)")
+        int | None,
+        Query(ge=0, le=MAX_INT64, description="replay events after this seq first (default: now)"),
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> StreamingResponse:

@@ -18,7 +18,11 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=None)
+@router.get(
+    "/healthz",
+    response_model=None,
+    responses={503: {"description": "the store does not answer"}},
+)
 async def healthz(deps: DepsDep) -> JSONResponse:
     """Liveness and readiness: 200 when the store answers, else 503."""
     try:

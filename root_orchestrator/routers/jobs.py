@@ -23,6 +23,7 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "missing or wrong bearer token"},
     404: {"description": "no such job"},
     409: {"description": "conflicts with the current state"},
+    422: {"description": "a bad path, query, header or body value (the field is named)"},
 }
 
 #: A job id or name in a path: anything else is a 422 naming the parameter.

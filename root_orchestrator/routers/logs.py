@@ -36,7 +36,7 @@ TEXT = "text/plain; charset=utf-8"
     },
 )
 async def instance_logs(
-    job: str,
+    job: Annotated[str, Path(pattern=ID_PATTERN, description="job id or name")],
     instance_id: Annotated[str, Path(pattern=ID_PATTERN)],
     deps: DepsDep,
     tail: Annotated[

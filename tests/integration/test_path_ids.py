@@ -65,9 +65,11 @@ def _call(
     client: TestClient, method: str, template: str, value: str, headers: dict[str, str]
 ) -> Any:
     path = re.sub(r"\{[^}]+\}", quote(value, safe=""), template)
-    # a valid body where one is read (PATCH /jobs/{job}, POST /jobs/{job}/plan), so that
-    # only the path parameter can be at fault
-    body: Any = {"replicas": 1} if method in ("PATCH", "POST") else None
+    # a valid body where one is read (PATCH /jobs/{job}, POST /jobs/{job}/plan, an empty
+    # reset-identity), so that only the path parameter can be at fault
+    body: Any = None
+    if method in ("PATCH", "POST"):
+        body = {"replicas": 1} if "/jobs/" in template else {}
     return client.request(method, path, headers=headers, json=body)
 
 

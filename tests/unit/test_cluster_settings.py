@@ -107,7 +107,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         pytest.param('{"region": "eu"}', {"region": "eu"}, id="json-object"),
         pytest.param('{"gpu": true, "rev": 2}', {"gpu": "true", "rev": "2"}, id="json-scalars"),
         pytest.param("", {}, id="empty"),
-        pytest.param("k8s.io/zone=a:b", {"k8s.io/zone": "a:b"}, id="path-key-colon-value"),
+        pytest.param("k8s-io/zone=a:b", {"k8s-io/zone": "a:b"}, id="path-key-colon-value"),
     ],
 )
 def test_env_labels_accept_kv_and_json(

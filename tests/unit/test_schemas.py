@@ -100,7 +100,7 @@ INFO = NodeInfo(
     disk_mib=30000,
     accelerators=[Accelerator(kind="hailo", model="Hailo-8")],
     runtimes=[Runtime.NATIVE, Runtime.DOCKER],
-    labels={"zone": "factory", "edge.io/site": "b2"},
+    labels={"zone": "factory", "edge-io/site": "b2"},
 )
 STATUS = NodeStatus(
     ts=1.0,
