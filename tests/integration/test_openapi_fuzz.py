@@ -32,7 +32,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation.modes import GenerationMode
 
-from cluster_orchestrator.process import ClusterProcess, free_port
+from tests.harness.cluster_process import ClusterProcess, free_port
 from tests.harness.system import REGISTRATION_TOKEN, RootProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
