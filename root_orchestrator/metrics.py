@@ -207,6 +207,15 @@ class RootMetrics:
         self.reports = Counter(
             "edge_root_cluster_reports_total", "Cluster reports received.", ("full",)
         )
+        self.store_documents = Counter(
+            "edge_root_store_documents_written_total",
+            "Documents the store writer wrote (after dropping those a later write replaced).",
+        )
+        self.store_commits = Counter(
+            "edge_root_store_commits_total",
+            "Store calls of the store writer (a run of puts is one put_many: one "
+            "transaction on SQLite).",
+        )
 
     def families(self) -> list[Counter | Histogram]:
         """Every recorded family, in exposition order."""
@@ -220,4 +229,6 @@ class RootMetrics:
             self.cluster_call_seconds,
             self.reconcile_seconds,
             self.reports,
+            self.store_documents,
+            self.store_commits,
         ]

@@ -3,8 +3,14 @@
 `RootService` is a lock-guarded service layer (DESIGN.md section 3). HTTP handlers
 and the reconciler call its methods; nothing else writes to the store. It mirrors
 the live part of the store in memory (jobs that are not TERMINATED with all their
-instances, every cluster) and writes every change through to the store before it
-takes effect in memory, so a restarted root rebuilds exactly the same picture.
+instances, every cluster); every change takes effect in memory and is queued, in
+order, for the store writer (`root_orchestrator/persister.py`: write-behind, group
+commit), so no store write happens under the lock. A method that changed state on
+behalf of a caller (an API call, a report, a placement about to be sent) waits for
+its writes to be durable after releasing the lock, so nothing it answered for is lost
+in a crash, and a restarted root rebuilds the same picture. New events reach the live
+streams once durable, from the writer thread. Indexes by cluster and by what needs
+doing (placing, terminating) keep each event's work independent of the fleet's size.
 
 It never does network I/O. Placement and termination are split in two halves so the
 reconciler can call the cluster between them without holding the lock:
@@ -53,6 +59,7 @@ from root_orchestrator.models import (
     VersionList,
     VersionView,
 )
+from root_orchestrator.persister import Persister
 from root_orchestrator.records import (
     CLUSTERS,
     EVENTS,
@@ -91,7 +98,7 @@ from schemas.cluster import (
 from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
-from store import Store, VersionConflict
+from store import Store
 
 __all__ = [
     "Conflict",
@@ -122,6 +129,9 @@ REFUSAL_TTL_S = 30.0
 PRUNE_BATCH = 500
 #: Versions of a job's spec kept (the current and the target one always are).
 MAX_VERSIONS = 10
+#: How long a call waits for its writes to be durable before it answers 503 (they
+#: stay queued and land when the store is back).
+DURABLE_TIMEOUT_S = 30.0
 
 
 class ServiceError(Exception):
@@ -251,6 +261,15 @@ class RootService:
         self._pruned_to = 0
         self._listeners: list[Callable[[], None]] = []
         self._started = False
+        #: indexes (kept by `_index`): live instances by cluster; instances to place
+        #: (PENDING, or SCHEDULED and never answered; not terminating); instances to
+        #: terminate (live, with `terminate`); PENDING instances; active jobs by name
+        self._on_cluster: dict[str, set[str]] = {}
+        self._to_place: set[str] = set()
+        self._to_terminate: set[str] = set()
+        self._pending_ids: set[str] = set()
+        self._active_names: dict[str, str] = {}
+        self._persister = Persister(store, publish=self._publish_event, on_commit=self._committed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -289,10 +308,14 @@ class RootService:
                     self._jobs[job.id] = job
                     self._by_job.setdefault(job.id, set())
             for job_id in list(self._jobs):
+                job = self._jobs[job_id]
+                if job.deleted_at is None:
+                    self._active_names[job.name] = job.id
                 for doc in store.find(INSTANCES, {"job_id": job_id}):
                     inst = InstanceRecord.from_doc(doc)
                     self._instances[inst.id] = inst
                     self._by_job[job_id].add(inst.id)
+                    self._index(None, inst)
             newest = store.find(JOBS, order_by="_id", descending=True, limit=1)
             if newest and len(newest[0]["_id"]) == 19:
                 with contextlib.suppress(ValueError):
@@ -301,6 +324,7 @@ class RootService:
             self._seq = int(last[0]["seq"]) if last else 0
             first = store.find(EVENTS, order_by="seq", limit=1)
             self._pruned_to = int(first[0]["seq"]) - 1 if first else self._seq
+            self._persister.start()
             self._started = True
             log.info(
                 "root state loaded: %d clusters, %d live jobs, %d instances, event seq %d",
@@ -309,6 +333,44 @@ class RootService:
                 len(self._instances),
                 self._seq,
             )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the store writer (before the store closes)."""
+        if not self._persister.stop(timeout):
+            log.error("store writer stopped with writes still queued")
+
+    def _publish_event(self, doc: dict[str, Any]) -> None:
+        """A durable event to the live streams (on the writer thread)."""
+        self._bus.publish(_event_out(doc))
+
+    def _committed(self, documents: int, commits: int) -> None:
+        self._metrics.store_documents.inc(amount=documents)
+        self._metrics.store_commits.inc(amount=commits)
+
+    def _mark(self) -> int:
+        """The store writer's mark for everything queued so far (take it under the lock)."""
+        return self._persister.mark()
+
+    def _durable(self, since: int, mark: int) -> None:
+        """Wait (never under the lock) until the writes up to `mark` are in the store;
+        StoreError (503) if they are not within DURABLE_TIMEOUT_S, or if one of the
+        call's own writes (after `since`) failed."""
+        self._persister.wait(mark, DURABLE_TIMEOUT_S, since=since)
+
+    def _find(self, collection: str, where: dict[str, Any]) -> list[dict[str, Any]]:
+        """`store.find(collection, where)` as it will be once the queued writes land
+        (equality on top-level fields), without waiting for them."""
+        docs = {d["_id"]: d for d in self._store.find(collection, where)}
+        for doc_id, doc in self._persister.pending(collection):
+            if doc is not None and all(doc.get(k) == v for k, v in where.items()):
+                docs[doc_id] = doc
+            else:
+                docs.pop(doc_id, None)
+        return list(docs.values())
+
+    def _settled_store(self) -> None:
+        """Wait until every queued write is in the store (before a query of it)."""
+        self._persister.wait(self._persister.mark(), DURABLE_TIMEOUT_S)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from any thread) whenever there may be new work to do."""
@@ -367,8 +429,7 @@ class RootService:
             "reason": _short(reason),
             "data": data or {},
         }
-        self._store.put(EVENTS, doc, expected_version=0)
-        self._bus.publish(_event_out(doc))
+        self._persister.event(EVENTS, doc)
 
     def list_events(
         self,
@@ -402,9 +463,13 @@ class RootService:
         return EventList(events=events, next_since=events[-1].seq if events else since)
 
     def latest_seq(self) -> int:
-        """The seq of the newest event."""
+        """The seq of the newest durable event (the live streams have every one up to it)."""
         with self._lock:
-            return self._seq
+            newest = self._seq
+            backlog = self._persister.backlog
+        if backlog:
+            self._settled_store()
+        return newest
 
     def prune_events(self) -> int:
         """Delete the oldest events beyond `event_retention` (a batch per call)."""
@@ -414,6 +479,7 @@ class RootService:
             end = min(keep_from, start + PRUNE_BATCH - 1)
         if end < start:
             return 0
+        self._settled_store()  # never delete an event before it is written
         for seq in range(start, end + 1):
             self._store.delete(EVENTS, f"ev{seq:012d}")
         with self._lock:
@@ -422,39 +488,74 @@ class RootService:
 
     # ------------------------------------------------------------------ persistence
 
+    # Records are immutable: the writer thread converts them to documents later. The
+    # root is its store's only writer; `version` counts this root's changes of a
+    # record (the store's `_version` counts commits: coalesced writes count once).
+
     def _save_job(self, new: JobRecord, old: JobRecord | None) -> JobRecord:
-        version = self._store.put(JOBS, new.to_doc(), expected_version=old.version if old else 0)
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(JOBS, new.id, new)
+        if old is not None and self._active_names.get(old.name) == old.id:
+            del self._active_names[old.name]
         if new.state is JobState.TERMINATED:
             self._evict(new.id)
         else:
             self._jobs[new.id] = new
             self._by_job.setdefault(new.id, set())
+            if new.deleted_at is None:
+                self._active_names[new.name] = new.id
         return new
 
     def _evict(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None and self._active_names.get(job.name) == job_id:
+            del self._active_names[job.name]
         self._versions.pop(job_id, None)
         for iid in self._by_job.pop(job_id, set()):
-            self._instances.pop(iid, None)
+            self._index(self._instances.pop(iid, None), None)
             self._refusals.pop(iid, None)
             self._inference.pop(iid, None)
             self._drop_reservation(iid)
 
     def _save_instance(self, new: InstanceRecord, old: InstanceRecord | None) -> InstanceRecord:
-        version = self._store.put(
-            INSTANCES, new.to_doc(), expected_version=old.version if old else 0
-        )
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(INSTANCES, new.id, new)
+        self._index(self._instances.get(new.id), new)
         self._instances[new.id] = new
         self._by_job.setdefault(new.job_id, set()).add(new.id)
         return new
 
+    def _index(self, old: InstanceRecord | None, new: InstanceRecord | None) -> None:
+        """Move an instance between the indexes (old -> new record; None: absent)."""
+        if old is not None:
+            live = self._on_cluster.get(old.cluster_id or "")
+            if live is not None:
+                live.discard(old.id)
+                if not live:
+                    del self._on_cluster[old.cluster_id or ""]
+            self._to_place.discard(old.id)
+            self._to_terminate.discard(old.id)
+            self._pending_ids.discard(old.id)
+        if new is None or new.state.terminal:
+            return
+        if new.cluster_id:
+            self._on_cluster.setdefault(new.cluster_id, set()).add(new.id)
+        if new.terminate:
+            self._to_terminate.add(new.id)
+        elif new.state is InstanceState.PENDING or (
+            new.state is InstanceState.SCHEDULED and new.assigned_at is None
+        ):
+            self._to_place.add(new.id)
+        if new.state is InstanceState.PENDING:
+            self._pending_ids.add(new.id)
+
+    def _cluster_instances(self, cluster_id: str) -> list[InstanceRecord]:
+        """The live instances the root has on a cluster."""
+        return [self._instances[i] for i in sorted(self._on_cluster.get(cluster_id, ()))]
+
     def _save_cluster(self, new: ClusterRecord, old: ClusterRecord | None) -> ClusterRecord:
-        version = self._store.put(
-            CLUSTERS, new.to_doc(), expected_version=old.version if old else 0
-        )
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(CLUSTERS, new.id, new)
         self._clusters[new.id] = new
         return new
 
@@ -645,7 +746,7 @@ class RootService:
         versions = self._versions.get(job_id)
         if versions is None:
             versions = {}
-            for doc in self._store.find(JOB_VERSIONS, {"job_id": job_id}):
+            for doc in self._find(JOB_VERSIONS, {"job_id": job_id}):
                 rec = VersionRecord.from_doc(doc)
                 versions[rec.number] = rec
             if job_id in self._jobs:
@@ -653,19 +754,10 @@ class RootService:
         return versions
 
     def _save_version(self, new: VersionRecord, old: VersionRecord | None) -> VersionRecord:
-        expected = old.version if old else 0
-        try:
-            version = self._store.put(JOB_VERSIONS, new.to_doc(), expected_version=expected)
-        except VersionConflict:
-            if old is not None:
-                raise
-            # left by a root that crashed before its job record named this version:
-            # nothing refers to it, so it is overwritten
-            doc = self._store.get(JOB_VERSIONS, new.id)
-            version = self._store.put(
-                JOB_VERSIONS, new.to_doc(), expected_version=doc["_version"] if doc else 0
-            )
-        new = replace(new, version=version)
+        # A version document left by a root that crashed before its job record named
+        # it is overwritten: nothing refers to it.
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(JOB_VERSIONS, new.id, new)
         self._versions_of(new.job_id)[new.number] = new
         return new
 
@@ -685,7 +777,7 @@ class RootService:
         running = {i.job_version for i in self._job_instances(job.id) if not i.state.terminal}
         kept = set(sorted(versions, reverse=True)[:MAX_VERSIONS]) | set(keep) | running
         for number in [n for n in versions if n not in kept]:
-            self._store.delete(JOB_VERSIONS, version_id(job.id, number))
+            self._persister.delete(JOB_VERSIONS, version_id(job.id, number))
             versions.pop(number, None)
 
     def _spec_for(self, job: JobRecord, number: int) -> JobSpec:
@@ -933,67 +1025,76 @@ class RootService:
     def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[JobView, bool]:
         """Create a job (or, for a repeated Idempotency-Key, return the one it created).
 
-        Returns the job and whether it was created now. Conflict if the key was used
-        for a different spec, or if an active job already has this name.
+        Returns the job and whether it was created now, once its writes are durable.
+        Conflict if the key was used for a different spec, or if an active job already
+        has this name.
         """
         body_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
         with self._lock:
-            now = self._clock()
-            job_id: str | None = None
-            key_doc: dict[str, Any] | None = None
-            key_id = None
-            if idempotency_key is not None:
-                key_id = hash_secret("idem:" + idempotency_key)
-                key_doc = self._store.get(IDEMPOTENCY, key_id)
-                if key_doc is not None:
-                    if key_doc["body_hash"] != body_hash:
-                        raise Conflict("Idempotency-Key was already used for a different job spec")
-                    job_id = key_doc["job_id"]
-                    existing = self._load_job(job_id)
-                    if existing is not None:
-                        return self._job_view(existing), False
-            for other in self._jobs.values():
-                if other.name == spec.name and other.deleted_at is None:
-                    raise Conflict(
-                        f"an active job named {spec.name!r} exists ({other.id}); "
-                        "delete it first or choose another name"
-                    )
-            if job_id is None:
-                job_id = self._new_job_id(now)
-            if key_id is not None and key_doc is None:
-                self._store.put(
-                    IDEMPOTENCY,
-                    {"_id": key_id, "job_id": job_id, "body_hash": body_hash, "created_at": now},
-                    expected_version=0,
-                )
-            # The first instances' generations (replica r gets generation r) are
-            # reserved in the job record as it is created: one write fewer than
-            # reserving them afterwards, and still before any instance exists.
-            job = JobRecord(
-                id=job_id,
-                name=spec.name,
-                spec=spec,
-                state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
-                created_at=now,
-                updated_at=now,
-                next_generation=spec.replicas,
+            since = self._mark()
+            view, created = self._submit(spec, idempotency_key, body_hash)
+            mark = self._mark()  # a repeated key: the first call may still be writing
+        self._durable(since, mark)
+        if created:
+            self._kick()
+        return view, created
+
+    def _submit(
+        self, spec: JobSpec, idempotency_key: str | None, body_hash: str
+    ) -> tuple[JobView, bool]:
+        now = self._clock()
+        job_id: str | None = None
+        key_doc: dict[str, Any] | None = None
+        key_id = None
+        if idempotency_key is not None:
+            key_id = hash_secret("idem:" + idempotency_key)
+            key_doc = self._persister.get(IDEMPOTENCY, key_id)
+            if key_doc is not None:
+                if key_doc["body_hash"] != body_hash:
+                    raise Conflict("Idempotency-Key was already used for a different job spec")
+                job_id = key_doc["job_id"]
+                existing = self._load_job(job_id)
+                if existing is not None:
+                    return self._job_view(existing), False
+        other_id = self._active_names.get(spec.name)
+        if other_id is not None:
+            raise Conflict(
+                f"an active job named {spec.name!r} exists ({other_id}); "
+                "delete it first or choose another name"
             )
-            job = self._save_job(job, None)
-            self._emit(
-                "job.submitted",
-                job.id,
-                state=job.state.value,
-                job_id=job.id,
-                reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
-                data={"replicas": spec.replicas, "priority": spec.priority},
+        if job_id is None:
+            job_id = self._new_job_id(now)
+        if key_id is not None and key_doc is None:
+            self._persister.put(
+                IDEMPOTENCY, key_id, {"job_id": job_id, "body_hash": body_hash, "created_at": now}
             )
-            for replica in range(spec.replicas):
-                self._create_instance(job, replica, replica, 0, f"replica {replica} created")
-            self._dirty.add(job.id)
-            self._settle()
-            view = self._job_view(self._jobs.get(job.id, job))
-        self._kick()
-        return view, True
+        # The first instances' generations (replica r gets generation r) are
+        # reserved in the job record as it is created: one write fewer than
+        # reserving them afterwards, and still before any instance exists.
+        job = JobRecord(
+            id=job_id,
+            name=spec.name,
+            spec=spec,
+            state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
+            created_at=now,
+            updated_at=now,
+            next_generation=spec.replicas,
+        )
+        job = self._save_job(job, None)
+        self._versions[job.id] = {}  # a new job has no stored versions yet
+        self._emit(
+            "job.submitted",
+            job.id,
+            state=job.state.value,
+            job_id=job.id,
+            reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
+            data={"replicas": spec.replicas, "priority": spec.priority},
+        )
+        for replica in range(spec.replicas):
+            self._create_instance(job, replica, replica, 0, f"replica {replica} created")
+        self._dirty.add(job.id)
+        self._settle()
+        return self._job_view(self._jobs.get(job.id, job)), True
 
     def _new_job_id(self, now: float) -> str:
         """Ids sort by submission: j + 12 hex digits of ms (strictly increasing) + 6 random."""
@@ -1005,7 +1106,7 @@ class RootService:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        doc = self._store.get(JOBS, job_id)
+        doc = self._persister.get(JOBS, job_id)
         return JobRecord.from_doc(doc) if doc else None
 
     def _resolve_job(self, ref: str) -> JobRecord:
@@ -1021,14 +1122,12 @@ class RootService:
             job = self._load_job(ref)
             if job is not None:
                 return job
-        for candidate in self._jobs.values():
-            if candidate.name == ref and candidate.deleted_at is None:
-                return candidate
-        docs = self._store.find(
-            JOBS, {"name": ref}, order_by="created_at", descending=True, limit=1
-        )
+        active = self._active_names.get(ref)
+        if active is not None:
+            return self._jobs[active]
+        docs = sorted(self._find(JOBS, {"name": ref}), key=lambda d: d["created_at"])
         if docs:
-            return self._jobs.get(docs[0]["_id"]) or JobRecord.from_doc(docs[0])
+            return self._jobs.get(docs[-1]["_id"]) or JobRecord.from_doc(docs[-1])
         raise NotFound(f"no job {_shown(ref)}")
 
     def get_job(self, ref: str) -> JobView:
@@ -1046,17 +1145,12 @@ class RootService:
         cursor: str | None = None,
     ) -> JobList:
         """A page of jobs in submission order, filtered by state, name and cluster."""
+        self._settled_store()  # the page comes from the store: every answered change in it
         with self._lock:
             where = _where(state=state.value if state else None, name=name)
             if cluster is not None:
                 rec = self._cluster_by_ref(cluster)
-                ids = sorted(
-                    {
-                        i.job_id
-                        for i in self._instances.values()
-                        if rec is not None and i.cluster_id == rec.id and not i.state.terminal
-                    }
-                )
+                ids = sorted({i.job_id for i in (self._cluster_instances(rec.id) if rec else [])})
                 if cursor:
                     ids = [i for i in ids if i > cursor]
                 jobs = [j for j in (self._load_job(i) for i in ids) if j is not None]
@@ -1102,6 +1196,7 @@ class RootService:
         field at fault.
         """
         with self._lock:
+            since = self._mark()
             job = self._live_job(ref)
             change = self._change_for(job, patch)
             if change.versioned:
@@ -1128,6 +1223,8 @@ class RootService:
             if change.changed:
                 self._settle()
             view = self._job_view(self._jobs.get(job.id, job))
+            mark = self._mark()
+        self._durable(since, mark)
         self._kick()
         return view
 
@@ -1391,6 +1488,7 @@ class RootService:
     def delete_job(self, ref: str) -> JobView:
         """Terminate every instance of a job; it ends TERMINATED once they are all gone."""
         with self._lock:
+            since = self._mark()
             job = self._resolve_job(ref)
             if job.deleted_at is None and job.id in self._jobs:
                 now = self._clock()
@@ -1399,6 +1497,8 @@ class RootService:
                 self._dirty.add(job.id)
                 self._settle()
             view = self._job_view(self._jobs.get(job.id) or self._load_job(job.id) or job)
+            mark = self._mark()
+        self._durable(since, mark)
         self._kick()
         return view
 
@@ -1407,7 +1507,7 @@ class RootService:
     def _instances_of(self, job: JobRecord) -> list[InstanceRecord]:
         if job.id in self._jobs:
             return self._job_instances(job.id)
-        return [InstanceRecord.from_doc(d) for d in self._store.find(INSTANCES, {"job_id": job.id})]
+        return [InstanceRecord.from_doc(d) for d in self._find(INSTANCES, {"job_id": job.id})]
 
     def _job_summary(
         self, job: JobRecord, instances: list[InstanceRecord] | None = None
@@ -1510,6 +1610,7 @@ class RootService:
         new registration takes the name of a READY cluster.
         """
         with self._lock:
+            since = self._mark()
             now = self._clock()
             old: ClusterRecord | None = None
             credential: str | None = None
@@ -1583,6 +1684,8 @@ class RootService:
                     reason="re-registered",
                     data={"from": old.liveness.value},
                 )
+            mark = self._mark()
+        self._durable(since, mark)  # the credential is stored before it goes out
         self._kick()
         return ClusterRegistrationResponse(
             cluster_id=cluster_id,
@@ -1603,6 +1706,7 @@ class RootService:
     def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
         """Take a cluster's aggregated capacity and instance changes."""
         with self._lock:
+            since = self._mark()
             old = self._clusters.get(cluster_id)
             if old is None:
                 raise Unauthorized("unknown cluster")
@@ -1637,12 +1741,12 @@ class RootService:
             if report.full:
                 self._check_missing(rec, report, now)
             self._settle()
-            wake = bool(self._strays) or any(
-                i.state is InstanceState.PENDING or i.terminate for i in self._instances.values()
-            )
+            wake = bool(self._strays or self._pending_ids or self._to_terminate)
             grew = old.report is None or _capacity_grew(old.report, report)
             if grew:
                 self._capacity_version[cluster_id] = self._capacity_version.get(cluster_id, 0) + 1
+            mark = self._mark()
+        self._durable(since, mark)  # the cluster drops what it reported once we answer
         if wake and (grew or old.liveness is not ClusterLiveness.READY or self._strays):
             self._kick()
         return ClusterLiveness.READY
@@ -1706,11 +1810,9 @@ class RootService:
 
     def _check_missing(self, cluster: ClusterRecord, report: ClusterReport, now: float) -> None:
         listed = {c.instance_id for c in report.instances}
-        for inst in list(self._instances.values()):
+        for inst in self._cluster_instances(cluster.id):
             if (
-                inst.cluster_id == cluster.id
-                and not inst.state.terminal
-                and inst.id not in listed
+                inst.id not in listed
                 and inst.id not in self._in_flight
                 and inst.assigned_at is not None
                 and inst.assigned_at < now - MISSING_GRACE_S
@@ -1743,7 +1845,7 @@ class RootService:
             job = self._resolve_job(job_ref)
             inst = self._instances.get(instance_id)
             if inst is None:
-                doc = self._store.get(INSTANCES, instance_id)
+                doc = self._persister.get(INSTANCES, instance_id)
                 inst = InstanceRecord.from_doc(doc) if doc else None
             if inst is None or inst.job_id != job.id:
                 raise NotFound(f"job {job.name} has no instance {instance_id!r}")
@@ -1776,6 +1878,7 @@ class RootService:
         if action == "drain":
             reason += f": {moved} instance(s) moved, {stuck} stuck"
         with self._lock:
+            since = self._mark()
             self._emit(
                 f"node.{action}",
                 node_id,
@@ -1784,13 +1887,14 @@ class RootService:
                 node_id=node_id,
                 data={"node_name": node_name, "moved": moved, "stuck": stuck},
             )
+            mark = self._mark()
+        self._durable(since, mark)
 
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
         now = self._clock()
         counts: dict[str, int] = {}
-        for inst in self._instances.values():
-            if inst.cluster_id == rec.id and not inst.state.terminal:
-                counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
+        for inst in self._cluster_instances(rec.id):
+            counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
         return ClusterView(
             id=rec.id,
             name=rec.name,
@@ -1846,8 +1950,8 @@ class RootService:
                     )
                 if rec.liveness is ClusterLiveness.READY:
                     continue
-                for inst in list(self._instances.values()):
-                    if inst.cluster_id != rec.id or inst.state.terminal:
+                for inst in self._cluster_instances(rec.id):
+                    if inst.state.terminal:  # lost earlier in this loop
                         continue
                     if rec.liveness is ClusterLiveness.LOST:
                         self._lose(inst, f"cluster {rec.name} lost (silent {silent:.0f}s)")
@@ -1900,6 +2004,7 @@ class RootService:
         pass from queueing for the lock four times behind API calls and reports.
         """
         with self._lock:
+            since = self._mark()
             self.check_liveness()
             if sweep:
                 self.reconcile_all()
@@ -1909,11 +2014,15 @@ class RootService:
                     j.id for j in self._jobs.values() if j.rollout is not None and j.rollout.active
                 )
                 self._settle()
-            return PassWork(
+            work = PassWork(
                 terminations=self.termination_work(),
                 placements=self.placement_work(),
                 wake_in=self._rollout_wake_in(),
             )
+            mark = self._mark()
+        if work.terminations:
+            self._durable(since, mark)  # a DELETE goes out once the root's wish to stop is stored
+        return work
 
     def _rollout_wake_in(self) -> float | None:
         """Seconds until the next health window or progress deadline of an active
@@ -1946,7 +2055,8 @@ class RootService:
         """
         with self._lock:
             work = []
-            for inst in self._instances.values():
+            for iid in self._to_place:
+                inst = self._instances[iid]
                 if inst.id in self._in_flight or inst.terminate:
                     continue
                 job = self._jobs.get(inst.job_id)
@@ -1961,7 +2071,7 @@ class RootService:
     def pending_count(self) -> int:
         """How many instances wait for a cluster."""
         with self._lock:
-            return sum(1 for i in self._instances.values() if i.state is InstanceState.PENDING)
+            return len(self._pending_ids)
 
     def _snapshots(self, exclude: Iterable[str], *, prune: bool = True) -> list[ClusterSnapshot]:
         now = self._clock()
@@ -2018,6 +2128,7 @@ class RootService:
         is (PENDING with its reasons, or no longer needs placing).
         """
         with self._lock:
+            since = self._mark()
             inst = self._instances.get(instance_id)
             if inst is None or instance_id in self._in_flight or inst.terminate:
                 return None
@@ -2052,7 +2163,15 @@ class RootService:
                 step = self._place_scheduled(inst, job, rejections)
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
             self._settle()
-            return step
+            mark = self._mark()
+        if step is not None:
+            try:
+                self._durable(since, mark)  # the decision is stored before the cluster is asked
+            except BaseException:
+                with self._lock:  # not sent: a later pass resumes it (SCHEDULED)
+                    self._in_flight.discard(step.instance_id)
+                raise
+        return step
 
     def _place_pinned(
         self,
@@ -2326,7 +2445,8 @@ class RootService:
         """DELETEs to send: instances the root wants gone, and strays on clusters."""
         with self._lock:
             steps = []
-            for inst in self._instances.values():
+            for iid in sorted(self._to_terminate):
+                inst = self._instances[iid]
                 if not inst.terminate or inst.state.terminal or inst.id in self._in_flight:
                     continue
                 cluster = self._clusters.get(inst.cluster_id or "")
@@ -2393,6 +2513,7 @@ class RootService:
 
     def gauges(self) -> list[GaugeFamily]:
         """Jobs, instances and clusters by state, counted in the store."""
+        self._settled_store()
         store = self._store
         jobs: dict[tuple[str, ...], float] = {
             (s.value,): float(store.count(JOBS, {"state": s.value})) for s in JobState
