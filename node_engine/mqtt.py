@@ -44,6 +44,7 @@ from schemas.mqtt import (
     decode,
     topic,
 )
+from schemas.mqtt_socket import set_tcp_nodelay
 from schemas.node import MqttConnectInfo
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class MqttTransport:
 
             context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
             client.tls_set_context(context)
+        client.on_socket_open = set_tcp_nodelay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
