@@ -201,8 +201,9 @@ class PlacementStep:
 @dataclass(frozen=True, slots=True)
 class PassWork:
     """What a reconcile pass found to do: DELETEs to send, instances to place (ids,
-    highest priority first), and in how many seconds a rollout needs another look
-    (a health window or a progress deadline ends; None: no active rollout)."""
+    highest priority first), and in how many seconds the state needs another look
+    (a rollout's health window or progress deadline ends, or a cluster's silence
+    crosses a liveness threshold; None: nothing is due)."""
 
     terminations: list[TerminateStep]
     placements: list[str]
@@ -269,6 +270,8 @@ class RootService:
         self._to_terminate: set[str] = set()
         self._pending_ids: set[str] = set()
         self._active_names: dict[str, str] = {}
+        #: when each cluster's record was last queued for the store (see apply_report)
+        self._cluster_saved_at: dict[str, float] = {}
         self._persister = Persister(store, publish=self._publish_event, on_commit=self._committed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -556,6 +559,7 @@ class RootService:
     def _save_cluster(self, new: ClusterRecord, old: ClusterRecord | None) -> ClusterRecord:
         new = replace(new, version=(old.version if old else 0) + 1)
         self._persister.put(CLUSTERS, new.id, new)
+        self._cluster_saved_at[new.id] = self._clock()
         self._clusters[new.id] = new
         return new
 
@@ -1724,7 +1728,22 @@ class RootService:
                 else old.liveness_since,
                 reason="reporting",
             )
-            rec = self._save_cluster(rec, old)
+            # The capacity part of a report is volatile (the next report replaces it,
+            # and a restarted root gives every cluster a fresh grace period), so the
+            # record is written when its liveness or reason changes and otherwise at
+            # most once per report_interval, not on every report (reports come with
+            # every change of an instance). Instance changes are written as always.
+            saved = self._cluster_saved_at.get(cluster_id)
+            if (
+                old.liveness is not ClusterLiveness.READY
+                or old.reason != rec.reason
+                or saved is None
+                or now - saved >= self._settings.report_interval
+            ):
+                rec = self._save_cluster(rec, old)
+            else:
+                rec = replace(rec, version=old.version)
+                self._clusters[cluster_id] = rec
             if old.liveness is not ClusterLiveness.READY:
                 self._emit(
                     "cluster.liveness",
@@ -2017,12 +2036,31 @@ class RootService:
             work = PassWork(
                 terminations=self.termination_work(),
                 placements=self.placement_work(),
-                wake_in=self._rollout_wake_in(),
+                wake_in=_soonest(self._rollout_wake_in(), self._liveness_wake_in()),
             )
             mark = self._mark()
         if work.terminations:
             self._durable(since, mark)  # a DELETE goes out once the root's wish to stop is stored
         return work
+
+    def _liveness_wake_in(self) -> float | None:
+        """Seconds until a cluster's silence crosses the next liveness threshold (or a
+        job's lost_grace_s while it is UNREACHABLE), so that a silent cluster is
+        marked (and its instances replaced) when it is due, not up to a reconcile
+        interval later."""
+        now = self._clock()
+        settings = self._settings
+        soonest: float | None = None
+        for rec in self._clusters.values():
+            if rec.liveness is ClusterLiveness.LOST:
+                continue
+            seen = self._seen_at.get(rec.id, now)
+            limits = [settings.cluster_lost_after]
+            if rec.liveness is ClusterLiveness.READY:
+                limits.append(settings.cluster_unreachable_after)
+            for limit in limits:
+                soonest = _soonest(soonest, seen + limit - now + 0.01)
+        return soonest if soonest is None or soonest > 0 else 0.01
 
     def _rollout_wake_in(self) -> float | None:
         """Seconds until the next health window or progress deadline of an active
@@ -2129,48 +2167,72 @@ class RootService:
         """
         with self._lock:
             since = self._mark()
-            inst = self._instances.get(instance_id)
-            if inst is None or instance_id in self._in_flight or inst.terminate:
-                return None
-            job = self._jobs.get(inst.job_id)
-            if job is None or job.deleted_at is not None:
-                return None
-            if inst.state is InstanceState.SCHEDULED and inst.assigned_at is None:
-                cluster = self._clusters.get(inst.cluster_id or "")
-                if cluster is not None and cluster.id not in rejections:
-                    if cluster.liveness is ClusterLiveness.READY:
-                        # Resume an unanswered placement (e.g. after a restart of the
-                        # root): the cluster's placement is idempotent by instance id.
-                        return self._step(inst, job, cluster, pinned=False)
-                    if cluster.liveness is ClusterLiveness.UNREACHABLE:
-                        return None
-                inst = self._transition(
-                    inst,
-                    InstanceState.PENDING,
-                    "placement not confirmed; placing again",
-                    cluster_id=None,
-                    node_id=None,
-                    node_name=None,
-                )
-            if inst.state is not InstanceState.PENDING:
-                return None
-            rejections = {**self._recent_refusals(inst.id), **rejections}
-            started = time.perf_counter()
-            pinned = self._spec_for(job, inst.job_version).constraints.cluster
-            if pinned is not None:
-                step = self._place_pinned(inst, job, pinned, rejections)
-            else:
-                step = self._place_scheduled(inst, job, rejections)
-            self._metrics.decision_seconds.observe(time.perf_counter() - started)
-            self._settle()
+            step = self._begin(instance_id, rejections)
             mark = self._mark()
         if step is not None:
-            try:
-                self._durable(since, mark)  # the decision is stored before the cluster is asked
-            except BaseException:
-                with self._lock:  # not sent: a later pass resumes it (SCHEDULED)
+            self._durable_or_release(since, mark, [step])
+        return step
+
+    def begin_placements(self, instance_ids: Iterable[str]) -> list[PlacementStep]:
+        """`begin_placement` for several instances under one hold of the lock and one
+        wait for the store (no clusters left out beyond their recent refusals)."""
+        with self._lock:
+            since = self._mark()
+            steps = [s for s in (self._begin(i, {}) for i in instance_ids) if s is not None]
+            mark = self._mark()
+        if steps:
+            self._durable_or_release(since, mark, steps)
+        return steps
+
+    def _durable_or_release(self, since: int, mark: int, steps: list[PlacementStep]) -> None:
+        """Wait until the decisions are stored before the clusters are asked; if they
+        cannot be, the steps are not sent (a later pass resumes them, SCHEDULED)."""
+        try:
+            self._durable(since, mark)
+        except BaseException:
+            with self._lock:
+                for step in steps:
                     self._in_flight.discard(step.instance_id)
-                raise
+            raise
+
+    def _begin(
+        self, instance_id: str, rejections: Mapping[str, ClusterRejection]
+    ) -> PlacementStep | None:
+        """The decision part of `begin_placement` (lock held)."""
+        inst = self._instances.get(instance_id)
+        if inst is None or instance_id in self._in_flight or inst.terminate:
+            return None
+        job = self._jobs.get(inst.job_id)
+        if job is None or job.deleted_at is not None:
+            return None
+        if inst.state is InstanceState.SCHEDULED and inst.assigned_at is None:
+            cluster = self._clusters.get(inst.cluster_id or "")
+            if cluster is not None and cluster.id not in rejections:
+                if cluster.liveness is ClusterLiveness.READY:
+                    # Resume an unanswered placement (e.g. after a restart of the
+                    # root): the cluster's placement is idempotent by instance id.
+                    return self._step(inst, job, cluster, pinned=False)
+                if cluster.liveness is ClusterLiveness.UNREACHABLE:
+                    return None
+            inst = self._transition(
+                inst,
+                InstanceState.PENDING,
+                "placement not confirmed; placing again",
+                cluster_id=None,
+                node_id=None,
+                node_name=None,
+            )
+        if inst.state is not InstanceState.PENDING:
+            return None
+        rejections = {**self._recent_refusals(inst.id), **rejections}
+        started = time.perf_counter()
+        pinned = self._spec_for(job, inst.job_version).constraints.cluster
+        if pinned is not None:
+            step = self._place_pinned(inst, job, pinned, rejections)
+        else:
+            step = self._place_scheduled(inst, job, rejections)
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._settle()
         return step
 
     def _place_pinned(
@@ -2341,6 +2403,14 @@ class RootService:
             },
         )
         self._dirty.add(inst.job_id)
+
+    def finish_placements(
+        self,
+        answers: list[tuple[PlacementStep, PlaceInstanceResponse | None, str | None]],
+    ) -> list[tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]]:
+        """`finish_placement` for each (step, answer, error), under one hold of the lock."""
+        with self._lock:
+            return [self.finish_placement(step, resp, err) for step, resp, err in answers]
 
     def finish_placement(
         self,
@@ -2557,6 +2627,15 @@ class RootService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _soonest(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional delays (None: none)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
 
 
 def _where(**fields: str | None) -> dict[str, Any]:
