@@ -242,10 +242,7 @@ class Reconciler:
         if len(ready) >= BATCH_MIN:
             for at in range(0, len(ready), BATCH_MAX):
                 chunk = ready[at : at + BATCH_MAX]
-                if (
-                    self._placement_tasks() >= self._max_parallel
-                    or self._batches >= MAX_BATCHES
-                ):
+                if self._placement_tasks() >= self._max_parallel or self._batches >= MAX_BATCHES:
                     deferred += len(chunk)
                     continue
                 self._spawn_batch(chunk)
