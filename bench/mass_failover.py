@@ -180,7 +180,7 @@ class SimulatedSite:
             join_token,
         ]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONPATH"] = str(REPO_ROOT)  # the simulators are this checkout's (bench code)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=REPO_ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
