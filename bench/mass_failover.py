@@ -205,7 +205,13 @@ def root_counters(system: Any) -> dict[str, float]:
     """Placement and DELETE calls to clusters and passes, from the root's /metrics."""
     with system.root_client(timeout=30) as http:
         text = http.get("/metrics").text
-    out = {"place_calls": 0.0, "terminate_calls": 0.0, "passes": 0.0, "reports": 0.0}
+    out = {
+        "place_calls": 0.0,
+        "place_batch_calls": 0.0,
+        "terminate_calls": 0.0,
+        "passes": 0.0,
+        "reports": 0.0,
+    }
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:
             continue
@@ -213,6 +219,8 @@ def root_counters(system: Any) -> dict[str, float]:
         if series.startswith("edge_root_cluster_requests_total{"):
             if 'operation="place"' in series:
                 out["place_calls"] += float(value)
+            elif 'operation="place_batch"' in series:
+                out["place_batch_calls"] += float(value)
             elif 'operation="terminate"' in series:
                 out["terminate_calls"] += float(value)
         elif series == "edge_root_reconcile_duration_seconds_count":
