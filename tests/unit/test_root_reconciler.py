@@ -316,3 +316,41 @@ def test_refusals_in_a_batch_leave_those_instances_pending_with_the_reason(
                 assert "insufficient memory" in inst.reason
 
     run(scenario)
+
+
+def test_a_silent_cluster_is_marked_when_due_not_a_reconcile_interval_later(
+    store: Store,
+) -> None:
+    """With a 60 s reconcile interval, a cluster that stops reporting is LOST (and its
+    instance replaced) right after `cluster_lost_after`, because the pass is scheduled
+    for the moment its silence crosses the threshold."""
+
+    async def scenario() -> None:
+        service = make_service(
+            store,
+            report_interval=0.2,
+            cluster_unreachable_after=0.5,
+            cluster_lost_after=0.8,
+            reconcile_interval=60.0,
+        )
+        cluster_id = add_cluster(service)
+        cluster = BatchCluster()
+        client = ClusterClient(timeout=10.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=60.0)
+        reconciler.start()
+        try:
+            job, _ = service.submit_job(spec("watched"))
+            await until(lambda: _states(service, job.id) == ["ASSIGNED"], what="ASSIGNED")
+            started = time.monotonic()  # no report from now on
+            await until(
+                lambda: service.get_cluster(cluster_id).liveness.value == "LOST",
+                timeout=5.0,
+                what="cluster LOST",
+            )
+            assert time.monotonic() - started < 3.0
+            await until(lambda: "LOST" in _states(service, job.id), what="instance LOST")
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+
+    run(scenario)
