@@ -23,8 +23,21 @@ round trip, and the RUNNING event's time stamp -> its receipt on the stream.
 Every job of a mode stays running until the mode ends (so the nodes carry up to D
 tasks); then all are deleted and the next mode starts on empty nodes.
 
+Per mode, `cpu_ms_per_deploy` is the CPU time (user + system) each process group used
+during the mode divided by the deploys: root, cluster (orchestrators), broker
+(Mosquitto) and engines, and their total.
+
+The floor (`bench/floor.py`), measured in the same run before the system starts: the
+same path with trivial handlers (FastAPI POST -> MQTT publish -> fork/exec -> MQTT ack
+-> event on a stream), the same client and the same number of deploys per mode.
+`ratio_p50_to_floor` is the mode's p50 over the floor's (goal <= 3).
+
+``--repo PATH`` measures another checkout (its harness, hence its processes; run it
+with that checkout's interpreter): the floor and this script stay this checkout's.
+
     .venv/bin/python -m bench.deploy_latency [--deploys 200] [--concurrency 16]
-        [--clusters 1] [--nodes 4] [--store-url URL] [--keep]
+        [--clusters 1] [--nodes 4] [--store-url URL] [--keep] [--no-floor]
+    /tmp/old/.venv/bin/python bench/deploy_latency.py --repo /tmp/old
 
 The last line is one JSON object with p50_ms / p95_ms / p99_ms / max_ms per mode.
 """
@@ -33,8 +46,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
+import os
 import queue
 import shutil
 import sys
@@ -45,19 +60,33 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: bench/deploy_latency.py
-    sys.path.insert(0, str(REPO_ROOT))
 
-from tests.harness.procs import count_processes  # noqa: E402
-from tests.harness.system import LocalSystem, wait_for  # noqa: E402
+
+def _repo_from_argv(argv: list[str]) -> Path:
+    for i, arg in enumerate(argv):
+        if arg == "--repo" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--repo="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return REPO_ROOT
+
+
+if __name__ == "__main__":  # the harness (and so the processes) of the measured checkout
+    sys.path.insert(0, str(_repo_from_argv(sys.argv[1:])))
+if str(REPO_ROOT) not in sys.path:  # run as a script: bench/deploy_latency.py
+    sys.path.insert(1, str(REPO_ROOT))
+
+if TYPE_CHECKING:
+    from tests.harness.system import LocalSystem
 
 TARGET_P99_MS = 500.0
+TARGET_RATIO_TO_FLOOR = 3.0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -168,6 +197,27 @@ def cpu_seconds(system: LocalSystem) -> dict[str, float]:
         groups["clusters"].append(cluster.process.pid)
         groups["brokers"] += [p.pid for p in cluster.broker_processes()]
         groups["engines"] += [e.pid for e in cluster.engines if e.running()]
+    return cpu_of(groups)
+
+
+#: `cpu_seconds` group -> its name in `cpu_ms_per_deploy`
+GROUP_NAMES = {"root": "root", "clusters": "cluster", "brokers": "broker", "engines": "engines"}
+
+
+def cpu_ms_per_deploy(
+    before: dict[str, float], after: dict[str, float], deploys: int
+) -> dict[str, float]:
+    """CPU ms per deploy per process group (and the total) between two readings."""
+    out = {
+        GROUP_NAMES.get(k, k): round(1000.0 * (after[k] - before[k]) / max(deploys, 1), 2)
+        for k in after
+    }
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
+def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each group of processes."""
     out: dict[str, float] = {}
     for name, pids in groups.items():
         total = 0.0
@@ -340,14 +390,61 @@ def phases(system: LocalSystem, posted_at: dict[str, float]) -> dict[str, list[f
 
 def delete_all(system: LocalSystem, job_ids: list[str], command: list[str]) -> None:
     """Delete the jobs and wait until no task process of theirs is left."""
+    from tests.harness.procs import count_processes
+    from tests.harness.system import wait_for
+
     with system.root_client(timeout=30) as http:
         for job_id in job_ids:
             http.delete(f"/api/v1/jobs/{job_id}").raise_for_status()
     wait_for(lambda: count_processes(command) == 0, 120, "every task process to exit", interval=0.5)
 
 
+def _floor_module() -> Any:
+    """`bench/floor.py` of this checkout, by path (the measured checkout may lack it)."""
+    spec = importlib.util.spec_from_file_location("_deploy_floor", REPO_ROOT / "bench/floor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure_floor(
+    deploys: int, concurrency: int, modes: list[str], timeout: float
+) -> dict[str, Any]:
+    """The floor system (`bench/floor.py`) measured per mode, as the real one is."""
+    floor = _floor_module()
+    workdir = Path(tempfile.mkdtemp(prefix="deploy-floor-"))
+    system = floor.FloorSystem(workdir)
+    command = ["sleep", f"3600.{uuid.uuid4().int % 10**6:06d}"]
+    out: dict[str, Any] = {}
+    try:
+        system.start()
+        watcher = RunningWatcher(system.url, "floor").start()
+        for mode in modes:
+            inflight = 1 if mode == "sequential" else concurrency
+            before = cpu_of(system.pids())
+            started = time.perf_counter()
+            latencies, _ids, _client, _posted = run_mode(
+                system, watcher, f"floor-{mode}", deploys, inflight, command, timeout
+            )
+            wall = time.perf_counter() - started
+            out[mode] = {
+                "in_flight": inflight,
+                **percentiles(latencies),
+                "deploys_per_s": round(len(latencies) / wall, 1),
+                "cpu_ms_per_deploy": cpu_ms_per_deploy(before, cpu_of(system.pids()), deploys),
+            }
+        watcher.stop()
+    finally:
+        system.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures; the last line is JSON."""
+    from tests.harness.system import LocalSystem
+
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--deploys", type=int, default=200, help="deploys per mode")
     parser.add_argument("--concurrency", type=int, default=16, help="in flight (concurrent)")
@@ -364,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per deploy, seconds")
     parser.add_argument("--cpu", type=float, default=0.0, help="CPU request of each job")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor")
+    parser.add_argument(
+        "--repo", default=str(REPO_ROOT), help="checkout whose processes are measured"
+    )
     args = parser.parse_args(argv)
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("mosquitto is not installed", file=sys.stderr)
@@ -379,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         "cluster_args": args.cluster_arg,
         "cpu_request": args.cpu,
         "target_p99_ms": TARGET_P99_MS,
+        "repo": args.repo,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
+    modes = args.modes.split(",")
+    if not args.no_floor:
+        result["floor"] = measure_floor(args.deploys, args.concurrency, modes, args.timeout)
     system = LocalSystem(
         workdir,
         root_store_url=args.store_url,
@@ -395,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             system.wait_nodes_ready(f"c{c}", names, 120)
         system.wait_clusters_ready(timeout=120)
         watcher = RunningWatcher(system.root.url, system.root.operator_token).start()
-        for mode in args.modes.split(","):
+        for mode in modes:
             concurrency = 1 if mode == "sequential" else args.concurrency
             cpu_before = cpu_seconds(system)
             counters_before = root_counters(system)
@@ -418,10 +524,16 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_percent": {
                     k: round(100.0 * (cpu_after[k] - cpu_before[k]) / wall, 1) for k in cpu_after
                 },
+                "cpu_ms_per_deploy": cpu_ms_per_deploy(cpu_before, cpu_after, len(latencies)),
                 "root_events": {k: percentiles(v) for k, v in split.items()},
                 "client": {k: percentiles(v) for k, v in client.items()},
                 "root_counters": counters,
             }
+            floor = result.get("floor", {}).get(mode)
+            if floor and floor.get("p50_ms"):
+                result[mode]["ratio_p50_to_floor"] = round(
+                    result[mode]["p50_ms"] / floor["p50_ms"], 2
+                )
             delete_all(system, job_ids, command)
         watcher.stop()
     finally:
@@ -435,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         f"deploy latency: {args.deploys} one-replica native jobs per mode, {args.clusters} "
         f"cluster(s) x {args.nodes} node(s), POST /jobs -> RUNNING seen at the root (ms)"
     )
-    for mode in args.modes.split(","):
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    for mode in modes:
         r = result[mode]
         print(
             f"  {mode:10s} in flight {r['in_flight']:2d}: p50 {r['p50_ms']:7.1f}  "
@@ -444,6 +557,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r["cpu_percent"].items())
         print(f"      CPU (% of one core): {cpu}")
+        per = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_deploy"].items())
+        print(f"      CPU ms per deploy: {per}")
+        floor = result.get("floor", {}).get(mode)
+        if floor:
+            fper = ", ".join(f"{k} {v:.1f}" for k, v in floor["cpu_ms_per_deploy"].items())
+            print(
+                f"      floor: p50 {floor['p50_ms']:.1f}  p95 {floor['p95_ms']:.1f}  "
+                f"p99 {floor['p99_ms']:.1f}; ratio p50 / floor "
+                f"{r.get('ratio_p50_to_floor')} (goal <= {TARGET_RATIO_TO_FLOOR:g}); "
+                f"floor CPU ms per deploy: {fper}"
+            )
         c = r["root_counters"]
         passes, calls = max(c["reconcile_passes"], 1), max(c["place_calls"], 1)
         print(

@@ -40,6 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from schemas.mqtt_socket import set_tcp_nodelay
+
 __all__ = [
     "CONTROL_TOPIC",
     "NODE_ID_PATTERN",
@@ -271,6 +273,7 @@ class DynsecAdmin:
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.on_socket_open = set_tcp_nodelay
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

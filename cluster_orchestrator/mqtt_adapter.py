@@ -52,6 +52,7 @@ from schemas.mqtt import (
     subscription,
     topic,
 )
+from schemas.mqtt_socket import set_tcp_nodelay
 from schemas.tls import last_tls_error
 
 __all__ = ["Inbound", "MqttAdapter"]
@@ -110,6 +111,7 @@ class MqttAdapter:
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
+        self._client.on_socket_open = set_tcp_nodelay
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

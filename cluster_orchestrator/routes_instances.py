@@ -9,7 +9,12 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import CoreDep, OperatorAuth
 from cluster_orchestrator.views import API_ERRORS, InstanceList, InstanceView
-from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
+from schemas.cluster import (
+    PlaceInstanceBatch,
+    PlaceInstanceBatchResponse,
+    PlaceInstanceRequest,
+    PlaceInstanceResponse,
+)
 from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
 
@@ -47,6 +52,21 @@ async def place_instance(
     result = await core.run(lambda: core.place_instance(body))
     response.status_code = status.HTTP_202_ACCEPTED if result.accepted else status.HTTP_200_OK
     return result
+
+
+@router.post(
+    "/batch",
+    response_model=PlaceInstanceBatchResponse,
+    summary="Place several instances (one answer each, in order)",
+)
+async def place_instances(body: PlaceInstanceBatch, core: CoreDep) -> PlaceInstanceBatchResponse:
+    """Place up to 500 instances in one call, each exactly as `POST /api/v1/instances`
+    would (same decision, reservations made one after the other, idempotent by id), in
+    one hand-off to the core: what a root sends when many instances need a cluster at
+    once (a mass failover), without one HTTP request per instance."""
+    requests = list(body.instances)
+    results = await core.run(lambda: [core.place_instance(r) for r in requests])
+    return PlaceInstanceBatchResponse(results=results)
 
 
 @router.get("", response_model=InstanceList, summary="List instances")

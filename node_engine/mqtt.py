@@ -44,6 +44,7 @@ from schemas.mqtt import (
     parse_json,
     topic,
 )
+from schemas.mqtt_socket import set_tcp_nodelay
 from schemas.node import MqttConnectInfo
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ class MqttTransport:
             self._tls_hint = (
                 f"trusting {trusted}, expecting {server_name or info.server_name or info.host}"
             )
+        client.on_socket_open = set_tcp_nodelay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -222,6 +222,7 @@ def create_app(
             yield
         finally:
             await reconciler.stop()
+            await run_in_threadpool(service.stop)  # queued writes land before the close
             bus.close()
             await client.aclose()
             await run_in_threadpool(store.close)

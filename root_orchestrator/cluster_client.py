@@ -23,9 +23,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from schemas.cluster import InstanceLogs, PlaceInstanceRequest, PlaceInstanceResponse
+from schemas.cluster import (
+    InstanceLogs,
+    PlaceInstanceBatch,
+    PlaceInstanceBatchResponse,
+    PlaceInstanceRequest,
+    PlaceInstanceResponse,
+)
 
-__all__ = ["ClusterClient", "ClusterRefused", "ClusterUnavailable"]
+__all__ = ["BatchUnsupported", "ClusterClient", "ClusterRefused", "ClusterUnavailable"]
 
 LOGS_NODE_TIMEOUT_S = 5.0
 """How long a cluster may wait for its node's answer to a logs request (plus margin)."""
@@ -35,6 +41,14 @@ API = "/api/v1"
 
 class ClusterUnavailable(Exception):
     """The cluster could not be reached or did not answer sensibly."""
+
+
+#: Extra read timeout per instance of a batch placement (the cluster decides each).
+BATCH_S_PER_INSTANCE = 0.1
+
+
+class BatchUnsupported(Exception):
+    """The cluster has no batch placement route (an older version): place one by one."""
 
 
 class ClusterRefused(Exception):
@@ -67,6 +81,7 @@ class ClusterClient:
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._timeout = timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             transport=transport,
@@ -131,6 +146,38 @@ class ClusterClient:
                 f"not {request.instance_id}"
             )
         return answer
+
+    async def place_batch(
+        self, base_url: str, token: str | None, requests: list[PlaceInstanceRequest]
+    ) -> list[PlaceInstanceResponse]:
+        """Ask a cluster to place several instances in one call (one answer each, in
+        order). BatchUnsupported if the cluster predates the batch route (404, 405).
+        The cluster decides them one after the other: the read timeout grows by
+        BATCH_S_PER_INSTANCE per instance."""
+        url = f"{base_url}{API}/instances/batch"
+        body = PlaceInstanceBatch(instances=requests).model_dump(mode="json")
+        timeout = httpx.Timeout(
+            self._timeout, read=self._timeout + BATCH_S_PER_INSTANCE * len(requests)
+        )
+        response = await self._request("POST", url, token, json=body, timeout=timeout)
+        if 400 <= response.status_code < 500:
+            # 404/405: a cluster without the route; any other refusal is answered per
+            # instance by the single route (with its reasons)
+            raise BatchUnsupported(f"POST {url}: HTTP {response.status_code}")
+        if not response.is_success:
+            raise ClusterUnavailable(
+                f"POST {url}: HTTP {response.status_code}: {_detail(response)}"
+            )
+        try:
+            answer = PlaceInstanceBatchResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ClusterUnavailable(
+                f"POST {url}: invalid answer: {exc.error_count()} errors"
+            ) from exc
+        ids = [r.instance_id for r in answer.results]
+        if ids != [r.instance_id for r in requests]:
+            raise ClusterUnavailable(f"POST {url}: the answers do not match the requests")
+        return answer.results
 
     async def terminate(self, base_url: str, token: str | None, instance_id: str) -> None:
         """Ask a cluster to stop and forget an instance (404 counts as done)."""

@@ -213,6 +213,15 @@ class RootMetrics:
             "refused_takeover, refused_identity, refused_token).",
             ("result",),
         )
+        self.store_documents = Counter(
+            "edge_root_store_documents_written_total",
+            "Documents the store writer wrote (after dropping those a later write replaced).",
+        )
+        self.store_commits = Counter(
+            "edge_root_store_commits_total",
+            "Store calls of the store writer (a run of puts is one put_many: one "
+            "transaction on SQLite).",
+        )
 
     def families(self) -> list[Counter | Histogram]:
         """Every recorded family, in exposition order."""
@@ -227,4 +236,6 @@ class RootMetrics:
             self.reconcile_seconds,
             self.reports,
             self.registrations,
+            self.store_documents,
+            self.store_commits,
         ]

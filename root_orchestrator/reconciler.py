@@ -19,6 +19,14 @@ ever sent twice at once, nor placed and deleted at once. `stop()` cancels the ca
 in flight and waits for them; a placement cut short stays SCHEDULED in the store
 and is resumed by the next root.
 
+Many placements at once (a pass with at least `BATCH_MIN` of them: a cluster lost,
+a large job) go out in batches: one task per `BATCH_MAX` instances decides them all
+in one service call, sends each cluster its share in one
+``POST /api/v1/instances/batch`` (one call per instance to a cluster without that
+route) and records the answers in one service call; an instance a cluster refused
+is placed again by the next pass (the refusing cluster left out). A batch task takes
+one of the `max_parallel` slots.
+
 State changes go through the service (in worker threads: the store is blocking);
 calls to clusters happen here, in the event loop, never under the service's lock.
 """
@@ -35,10 +43,11 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
-from root_orchestrator.cluster_client import ClusterClient, ClusterUnavailable
+from root_orchestrator.cluster_client import BatchUnsupported, ClusterClient, ClusterUnavailable
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.models import ClusterRejection
 from root_orchestrator.service import PRUNE_BATCH, PlacementStep, RootService, TerminateStep
+from schemas.cluster import PlaceInstanceResponse
 
 __all__ = ["Reconciler"]
 
@@ -51,6 +60,16 @@ K = TypeVar("K", bound=Hashable)
 MAX_TRIES_PER_INSTANCE = 16
 #: How long `stop()` waits for cancelled calls to wind down (their store writes end).
 STOP_TIMEOUT_S = 10.0
+#: A pass with at least this many placements to start sends them in batches.
+BATCH_MIN = 8
+#: Most instances in one batch task (and in one cluster call).
+BATCH_MAX = 25
+#: Most batch tasks in flight at once. The root's decision costs grow with the
+#: reservations not yet confirmed by a cluster report (`placement.reserve`), so the
+#: batches are kept small and few, letting reports in between.
+MAX_BATCHES = 2
+
+Answer = tuple[PlacementStep, PlaceInstanceResponse | None, str | None]
 
 
 class Reconciler:
@@ -76,6 +95,8 @@ class Reconciler:
         self._stopping = False
         #: placement calls in flight, by instance id
         self._placing: dict[str, asyncio.Task[None]] = {}
+        #: placement batch tasks in flight
+        self._batches = 0
         #: DELETE calls in flight, by (cluster id, instance id)
         self._terminating: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: deletes the events beyond the retention, apart from the passes
@@ -128,8 +149,12 @@ class Reconciler:
 
     @property
     def in_flight(self) -> int:
-        """Cluster calls (placements and DELETEs) started and not yet ended."""
-        return len(self._placing) + len(self._terminating)
+        """Cluster call tasks (placements, placement batches and DELETEs) started and
+        not yet ended."""
+        return self._placement_tasks() + len(self._terminating)
+
+    def _placement_tasks(self) -> int:
+        return len(set(self._placing.values()))
 
     async def stop(self) -> None:
         """Stop the loop, cancel the cluster calls in flight and wait for all to end.
@@ -143,7 +168,7 @@ class Reconciler:
             tasks.append(self._task)
         if self._pruning is not None:
             tasks.append(self._pruning)
-        tasks += list(self._placing.values()) + list(self._terminating.values())
+        tasks += list(set(self._placing.values())) + list(self._terminating.values())
         for task in tasks:
             task.cancel()
         if not tasks:
@@ -164,7 +189,8 @@ class Reconciler:
                 log.exception("reconcile pass failed")
             timeout = self._interval
             if self._wake_in is not None:
-                # a rollout's health window or deadline ends before the next period
+                # a rollout's health window or deadline ends, or a silent cluster
+                # crosses a liveness threshold, before the next period
                 timeout = min(timeout, self._wake_in + 0.05)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -205,10 +231,24 @@ class Reconciler:
         """
         deleting = {iid for _cluster, iid in self._terminating}
         deferred = 0
+        ready: list[str] = []
         for instance_id in work:
             if instance_id in self._placing:
                 continue
-            if instance_id in deleting or len(self._placing) >= self._max_parallel:
+            if instance_id in deleting:
+                deferred += 1
+                continue
+            ready.append(instance_id)
+        if len(ready) >= BATCH_MIN:
+            for at in range(0, len(ready), BATCH_MAX):
+                chunk = ready[at : at + BATCH_MAX]
+                if self._placement_tasks() >= self._max_parallel or self._batches >= MAX_BATCHES:
+                    deferred += len(chunk)
+                    continue
+                self._spawn_batch(chunk)
+            ready = []
+        for instance_id in ready:
+            if self._placement_tasks() >= self._max_parallel:
                 deferred += 1
                 continue
             self._spawn(self._placing, instance_id, self._place(instance_id), "place")
@@ -249,6 +289,28 @@ class Reconciler:
 
         task.add_done_callback(done)
 
+    def _spawn_batch(self, instance_ids: list[str]) -> None:
+        """One task placing several instances (each id maps to it while it runs)."""
+        task = asyncio.create_task(
+            self._place_many(instance_ids), name=f"root-place-batch-{instance_ids[0]}"
+        )
+        for instance_id in instance_ids:
+            self._placing[instance_id] = task
+        self._batches += 1
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._batches -= 1
+            for instance_id in instance_ids:
+                if self._placing.get(instance_id) is finished:
+                    del self._placing[instance_id]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("placement batch failed", exc_info=finished.exception())
+            if self._backlog:
+                self._backlog = False
+                self.kick()
+
+        task.add_done_callback(done)
+
     async def _prune(self) -> None:
         """Delete old events a batch at a time until the log is within its retention."""
         try:
@@ -270,23 +332,67 @@ class Reconciler:
             )
             if step is None:
                 return
-            started = time.perf_counter()
-            try:
-                response = await self._client.place(step.url, step.token, step.request)
-                error = None
-                outcome = "accepted" if response.accepted else "rejected"
-            except ClusterUnavailable as exc:
-                response, error, outcome = None, str(exc), "error"
-            except Exception as exc:  # never leave an instance marked in flight
-                response, error, outcome = None, f"{type(exc).__name__}: {exc}", "error"
-            self._metrics.cluster_calls.inc("place", outcome)
-            self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "place")
+            _step, response, error = await self._place_call(step)
             result, rejection = await self._call(
                 self._service.finish_placement, step, response, error
             )
             if result != "rejected" or rejection is None:
                 return
             rejections[step.cluster_id] = rejection
+
+    async def _place_many(self, instance_ids: list[str]) -> None:
+        """Place several instances: decide all, one call per cluster, record all."""
+        steps: list[PlacementStep] = await self._call(self._service.begin_placements, instance_ids)
+        if not steps:
+            return
+        groups: dict[str, list[PlacementStep]] = {}
+        for step in steps:
+            groups.setdefault(step.cluster_id, []).append(step)
+        answers = await asyncio.gather(*(self._send_batch(group) for group in groups.values()))
+        outcomes = await self._call(
+            self._service.finish_placements, [a for group in answers for a in group]
+        )
+        if any(result == "rejected" for result, _rejection in outcomes):
+            self.kick()  # the next pass places them elsewhere
+
+    async def _send_batch(self, group: list[PlacementStep]) -> list[Answer]:
+        """One cluster's share of a batch in one call (or one call each, for a cluster
+        without the batch route); an error becomes every instance's answer."""
+        first = group[0]
+        started = time.perf_counter()
+        out: list[Answer]
+        try:
+            responses = await self._client.place_batch(
+                first.url, first.token, [step.request for step in group]
+            )
+        except BatchUnsupported:
+            return list(await asyncio.gather(*(self._place_call(step) for step in group)))
+        except ClusterUnavailable as exc:
+            outcome, out = "error", [(step, None, str(exc)) for step in group]
+        except Exception as exc:  # never leave instances marked in flight
+            error = f"{type(exc).__name__}: {exc}"
+            outcome, out = "error", [(step, None, error) for step in group]
+        else:
+            outcome = "ok"
+            out = [(step, response, None) for step, response in zip(group, responses, strict=True)]
+        self._metrics.cluster_calls.inc("place_batch", outcome)
+        self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "place_batch")
+        return out
+
+    async def _place_call(self, step: PlacementStep) -> Answer:
+        """One placement call; its answer or the error that replaced it."""
+        started = time.perf_counter()
+        try:
+            response = await self._client.place(step.url, step.token, step.request)
+            error = None
+            outcome = "accepted" if response.accepted else "rejected"
+        except ClusterUnavailable as exc:
+            response, error, outcome = None, str(exc), "error"
+        except Exception as exc:  # never leave an instance marked in flight
+            response, error, outcome = None, f"{type(exc).__name__}: {exc}", "error"
+        self._metrics.cluster_calls.inc("place", outcome)
+        self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "place")
+        return step, response, error
 
     async def _terminate(self, step: TerminateStep) -> None:
         """DELETE one instance on its cluster and record the answer."""

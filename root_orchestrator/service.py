@@ -3,8 +3,14 @@
 `RootService` is a lock-guarded service layer (DESIGN.md section 3). HTTP handlers
 and the reconciler call its methods; nothing else writes to the store. It mirrors
 the live part of the store in memory (jobs that are not TERMINATED with all their
-instances, every cluster) and writes every change through to the store before it
-takes effect in memory, so a restarted root rebuilds exactly the same picture.
+instances, every cluster); every change takes effect in memory and is queued, in
+order, for the store writer (`root_orchestrator/persister.py`: write-behind, group
+commit), so no store write happens under the lock. A method that changed state on
+behalf of a caller (an API call, a report, a placement about to be sent) waits for
+its writes to be durable after releasing the lock, so nothing it answered for is lost
+in a crash, and a restarted root rebuilds the same picture. New events reach the live
+streams once durable, from the writer thread. Indexes by cluster and by what needs
+doing (placing, terminating) keep each event's work independent of the fleet's size.
 
 It never does network I/O. Placement and termination are split in two halves so the
 reconciler can call the cluster between them without holding the lock:
@@ -54,6 +60,7 @@ from root_orchestrator.models import (
     VersionList,
     VersionView,
 )
+from root_orchestrator.persister import Persister
 from root_orchestrator.records import (
     CLUSTERS,
     EVENTS,
@@ -102,7 +109,7 @@ from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
 from schemas.secrets import digest, hash_secret, new_secret, verify_secret
-from store import Store, VersionConflict
+from store import Store
 
 __all__ = [
     "Conflict",
@@ -132,6 +139,9 @@ REFUSAL_TTL_S = 30.0
 PRUNE_BATCH = 500
 #: Versions of a job's spec kept (the current and the target one always are).
 MAX_VERSIONS = 10
+#: How long a call waits for its writes to be durable before it answers 503 (they
+#: stay queued and land when the store is back).
+DURABLE_TIMEOUT_S = 30.0
 
 
 class ServiceError(Exception):
@@ -196,8 +206,9 @@ class PlacementStep:
 @dataclass(frozen=True, slots=True)
 class PassWork:
     """What a reconcile pass found to do: DELETEs to send, instances to place (ids,
-    highest priority first), and in how many seconds a rollout needs another look
-    (a health window or a progress deadline ends; None: no active rollout)."""
+    highest priority first), and in how many seconds the state needs another look
+    (a rollout's health window or progress deadline ends, or a cluster's silence
+    crosses a liveness threshold; None: nothing is due)."""
 
     terminations: list[TerminateStep]
     placements: list[str]
@@ -257,6 +268,17 @@ class RootService:
         self._pruned_to = 0
         self._listeners: list[Callable[[], None]] = []
         self._started = False
+        #: indexes (kept by `_index`): live instances by cluster; instances to place
+        #: (PENDING, or SCHEDULED and never answered; not terminating); instances to
+        #: terminate (live, with `terminate`); PENDING instances; active jobs by name
+        self._on_cluster: dict[str, set[str]] = {}
+        self._to_place: set[str] = set()
+        self._to_terminate: set[str] = set()
+        self._pending_ids: set[str] = set()
+        self._active_names: dict[str, str] = {}
+        #: when each cluster's record was last queued for the store (see apply_report)
+        self._cluster_saved_at: dict[str, float] = {}
+        self._persister = Persister(store, publish=self._publish_event, on_commit=self._committed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -298,10 +320,14 @@ class RootService:
                     self._jobs[job.id] = job
                     self._by_job.setdefault(job.id, set())
             for job_id in list(self._jobs):
+                job = self._jobs[job_id]
+                if job.deleted_at is None:
+                    self._active_names[job.name] = job.id
                 for doc in store.find(INSTANCES, {"job_id": job_id}):
                     inst = InstanceRecord.from_doc(doc)
                     self._instances[inst.id] = inst
                     self._by_job[job_id].add(inst.id)
+                    self._index(None, inst)
             newest = store.find(JOBS, order_by="_id", descending=True, limit=1)
             if newest and len(newest[0]["_id"]) == 19:
                 with contextlib.suppress(ValueError):
@@ -310,6 +336,7 @@ class RootService:
             self._seq = int(last[0]["seq"]) if last else 0
             first = store.find(EVENTS, order_by="seq", limit=1)
             self._pruned_to = int(first[0]["seq"]) - 1 if first else self._seq
+            self._persister.start()
             self._started = True
             log.info(
                 "root state loaded: %d clusters, %d live jobs, %d instances, event seq %d",
@@ -318,6 +345,44 @@ class RootService:
                 len(self._instances),
                 self._seq,
             )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the store writer (before the store closes)."""
+        if not self._persister.stop(timeout):
+            log.error("store writer stopped with writes still queued")
+
+    def _publish_event(self, doc: dict[str, Any]) -> None:
+        """A durable event to the live streams (on the writer thread)."""
+        self._bus.publish(_event_out(doc))
+
+    def _committed(self, documents: int, commits: int) -> None:
+        self._metrics.store_documents.inc(amount=documents)
+        self._metrics.store_commits.inc(amount=commits)
+
+    def _mark(self) -> int:
+        """The store writer's mark for everything queued so far (take it under the lock)."""
+        return self._persister.mark()
+
+    def _durable(self, since: int, mark: int) -> None:
+        """Wait (never under the lock) until the writes up to `mark` are in the store;
+        StoreError (503) if they are not within DURABLE_TIMEOUT_S, or if one of the
+        call's own writes (after `since`) failed."""
+        self._persister.wait(mark, DURABLE_TIMEOUT_S, since=since)
+
+    def _find(self, collection: str, where: dict[str, Any]) -> list[dict[str, Any]]:
+        """`store.find(collection, where)` as it will be once the queued writes land
+        (equality on top-level fields), without waiting for them."""
+        docs = {d["_id"]: d for d in self._store.find(collection, where)}
+        for doc_id, doc in self._persister.pending(collection):
+            if doc is not None and all(doc.get(k) == v for k, v in where.items()):
+                docs[doc_id] = doc
+            else:
+                docs.pop(doc_id, None)
+        return list(docs.values())
+
+    def _settled_store(self) -> None:
+        """Wait until every queued write is in the store (before a query of it)."""
+        self._persister.wait(self._persister.mark(), DURABLE_TIMEOUT_S)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from any thread) whenever there may be new work to do."""
@@ -376,8 +441,7 @@ class RootService:
             "reason": _short(reason),
             "data": data or {},
         }
-        self._store.put(EVENTS, doc, expected_version=0)
-        self._bus.publish(_event_out(doc))
+        self._persister.event(EVENTS, doc)
 
     def list_events(
         self,
@@ -411,9 +475,13 @@ class RootService:
         return EventList(events=events, next_since=events[-1].seq if events else since)
 
     def latest_seq(self) -> int:
-        """The seq of the newest event."""
+        """The seq of the newest durable event (the live streams have every one up to it)."""
         with self._lock:
-            return self._seq
+            newest = self._seq
+            backlog = self._persister.backlog
+        if backlog:
+            self._settled_store()
+        return newest
 
     def prune_events(self) -> int:
         """Delete the oldest events beyond `event_retention` (a batch per call)."""
@@ -423,6 +491,7 @@ class RootService:
             end = min(keep_from, start + PRUNE_BATCH - 1)
         if end < start:
             return 0
+        self._settled_store()  # never delete an event before it is written
         for seq in range(start, end + 1):
             self._store.delete(EVENTS, f"ev{seq:012d}")
         with self._lock:
@@ -431,39 +500,75 @@ class RootService:
 
     # ------------------------------------------------------------------ persistence
 
+    # Records are immutable: the writer thread converts them to documents later. The
+    # root is its store's only writer; `version` counts this root's changes of a
+    # record (the store's `_version` counts commits: coalesced writes count once).
+
     def _save_job(self, new: JobRecord, old: JobRecord | None) -> JobRecord:
-        version = self._store.put(JOBS, new.to_doc(), expected_version=old.version if old else 0)
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(JOBS, new.id, new)
+        if old is not None and self._active_names.get(old.name) == old.id:
+            del self._active_names[old.name]
         if new.state is JobState.TERMINATED:
             self._evict(new.id)
         else:
             self._jobs[new.id] = new
             self._by_job.setdefault(new.id, set())
+            if new.deleted_at is None:
+                self._active_names[new.name] = new.id
         return new
 
     def _evict(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None and self._active_names.get(job.name) == job_id:
+            del self._active_names[job.name]
         self._versions.pop(job_id, None)
         for iid in self._by_job.pop(job_id, set()):
-            self._instances.pop(iid, None)
+            self._index(self._instances.pop(iid, None), None)
             self._refusals.pop(iid, None)
             self._inference.pop(iid, None)
             self._drop_reservation(iid)
 
     def _save_instance(self, new: InstanceRecord, old: InstanceRecord | None) -> InstanceRecord:
-        version = self._store.put(
-            INSTANCES, new.to_doc(), expected_version=old.version if old else 0
-        )
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(INSTANCES, new.id, new)
+        self._index(self._instances.get(new.id), new)
         self._instances[new.id] = new
         self._by_job.setdefault(new.job_id, set()).add(new.id)
         return new
 
+    def _index(self, old: InstanceRecord | None, new: InstanceRecord | None) -> None:
+        """Move an instance between the indexes (old -> new record; None: absent)."""
+        if old is not None:
+            live = self._on_cluster.get(old.cluster_id or "")
+            if live is not None:
+                live.discard(old.id)
+                if not live:
+                    del self._on_cluster[old.cluster_id or ""]
+            self._to_place.discard(old.id)
+            self._to_terminate.discard(old.id)
+            self._pending_ids.discard(old.id)
+        if new is None or new.state.terminal:
+            return
+        if new.cluster_id:
+            self._on_cluster.setdefault(new.cluster_id, set()).add(new.id)
+        if new.terminate:
+            self._to_terminate.add(new.id)
+        elif new.state is InstanceState.PENDING or (
+            new.state is InstanceState.SCHEDULED and new.assigned_at is None
+        ):
+            self._to_place.add(new.id)
+        if new.state is InstanceState.PENDING:
+            self._pending_ids.add(new.id)
+
+    def _cluster_instances(self, cluster_id: str) -> list[InstanceRecord]:
+        """The live instances the root has on a cluster."""
+        return [self._instances[i] for i in sorted(self._on_cluster.get(cluster_id, ()))]
+
     def _save_cluster(self, new: ClusterRecord, old: ClusterRecord | None) -> ClusterRecord:
-        version = self._store.put(
-            CLUSTERS, new.to_doc(), expected_version=old.version if old else 0
-        )
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(CLUSTERS, new.id, new)
+        self._cluster_saved_at[new.id] = self._clock()
         self._clusters[new.id] = new
         return new
 
@@ -654,7 +759,7 @@ class RootService:
         versions = self._versions.get(job_id)
         if versions is None:
             versions = {}
-            for doc in self._store.find(JOB_VERSIONS, {"job_id": job_id}):
+            for doc in self._find(JOB_VERSIONS, {"job_id": job_id}):
                 rec = VersionRecord.from_doc(doc)
                 versions[rec.number] = rec
             if job_id in self._jobs:
@@ -662,19 +767,10 @@ class RootService:
         return versions
 
     def _save_version(self, new: VersionRecord, old: VersionRecord | None) -> VersionRecord:
-        expected = old.version if old else 0
-        try:
-            version = self._store.put(JOB_VERSIONS, new.to_doc(), expected_version=expected)
-        except VersionConflict:
-            if old is not None:
-                raise
-            # left by a root that crashed before its job record named this version:
-            # nothing refers to it, so it is overwritten
-            doc = self._store.get(JOB_VERSIONS, new.id)
-            version = self._store.put(
-                JOB_VERSIONS, new.to_doc(), expected_version=doc["_version"] if doc else 0
-            )
-        new = replace(new, version=version)
+        # A version document left by a root that crashed before its job record named
+        # it is overwritten: nothing refers to it.
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(JOB_VERSIONS, new.id, new)
         self._versions_of(new.job_id)[new.number] = new
         return new
 
@@ -694,7 +790,7 @@ class RootService:
         running = {i.job_version for i in self._job_instances(job.id) if not i.state.terminal}
         kept = set(sorted(versions, reverse=True)[:MAX_VERSIONS]) | set(keep) | running
         for number in [n for n in versions if n not in kept]:
-            self._store.delete(JOB_VERSIONS, version_id(job.id, number))
+            self._persister.delete(JOB_VERSIONS, version_id(job.id, number))
             versions.pop(number, None)
 
     def _spec_for(self, job: JobRecord, number: int) -> JobSpec:
@@ -942,67 +1038,76 @@ class RootService:
     def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[JobView, bool]:
         """Create a job (or, for a repeated Idempotency-Key, return the one it created).
 
-        Returns the job and whether it was created now. Conflict if the key was used
-        for a different spec, or if an active job already has this name.
+        Returns the job and whether it was created now, once its writes are durable.
+        Conflict if the key was used for a different spec, or if an active job already
+        has this name.
         """
         body_hash = digest(spec.model_dump_json())
         with self._lock:
-            now = self._clock()
-            job_id: str | None = None
-            key_doc: dict[str, Any] | None = None
-            key_id = None
-            if idempotency_key is not None:
-                key_id = digest("idem:" + idempotency_key)
-                key_doc = self._store.get(IDEMPOTENCY, key_id)
-                if key_doc is not None:
-                    if key_doc["body_hash"] != body_hash:
-                        raise Conflict("Idempotency-Key was already used for a different job spec")
-                    job_id = key_doc["job_id"]
-                    existing = self._load_job(job_id)
-                    if existing is not None:
-                        return self._job_view(existing), False
-            for other in self._jobs.values():
-                if other.name == spec.name and other.deleted_at is None:
-                    raise Conflict(
-                        f"an active job named {spec.name!r} exists ({other.id}); "
-                        "delete it first or choose another name"
-                    )
-            if job_id is None:
-                job_id = self._new_job_id(now)
-            if key_id is not None and key_doc is None:
-                self._store.put(
-                    IDEMPOTENCY,
-                    {"_id": key_id, "job_id": job_id, "body_hash": body_hash, "created_at": now},
-                    expected_version=0,
-                )
-            # The first instances' generations (replica r gets generation r) are
-            # reserved in the job record as it is created: one write fewer than
-            # reserving them afterwards, and still before any instance exists.
-            job = JobRecord(
-                id=job_id,
-                name=spec.name,
-                spec=spec,
-                state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
-                created_at=now,
-                updated_at=now,
-                next_generation=spec.replicas,
+            since = self._mark()
+            view, created = self._submit(spec, idempotency_key, body_hash)
+            mark = self._mark()  # a repeated key: the first call may still be writing
+        self._durable(since, mark)
+        if created:
+            self._kick()
+        return view, created
+
+    def _submit(
+        self, spec: JobSpec, idempotency_key: str | None, body_hash: str
+    ) -> tuple[JobView, bool]:
+        now = self._clock()
+        job_id: str | None = None
+        key_doc: dict[str, Any] | None = None
+        key_id = None
+        if idempotency_key is not None:
+            key_id = digest("idem:" + idempotency_key)
+            key_doc = self._persister.get(IDEMPOTENCY, key_id)
+            if key_doc is not None:
+                if key_doc["body_hash"] != body_hash:
+                    raise Conflict("Idempotency-Key was already used for a different job spec")
+                job_id = key_doc["job_id"]
+                existing = self._load_job(job_id)
+                if existing is not None:
+                    return self._job_view(existing), False
+        other_id = self._active_names.get(spec.name)
+        if other_id is not None:
+            raise Conflict(
+                f"an active job named {spec.name!r} exists ({other_id}); "
+                "delete it first or choose another name"
             )
-            job = self._save_job(job, None)
-            self._emit(
-                "job.submitted",
-                job.id,
-                state=job.state.value,
-                job_id=job.id,
-                reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
-                data={"replicas": spec.replicas, "priority": spec.priority},
+        if job_id is None:
+            job_id = self._new_job_id(now)
+        if key_id is not None and key_doc is None:
+            self._persister.put(
+                IDEMPOTENCY, key_id, {"job_id": job_id, "body_hash": body_hash, "created_at": now}
             )
-            for replica in range(spec.replicas):
-                self._create_instance(job, replica, replica, 0, f"replica {replica} created")
-            self._dirty.add(job.id)
-            self._settle()
-            view = self._job_view(self._jobs.get(job.id, job))
-        self._kick()
-        return view, True
+        # The first instances' generations (replica r gets generation r) are
+        # reserved in the job record as it is created: one write fewer than
+        # reserving them afterwards, and still before any instance exists.
+        job = JobRecord(
+            id=job_id,
+            name=spec.name,
+            spec=spec,
+            state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
+            created_at=now,
+            updated_at=now,
+            next_generation=spec.replicas,
+        )
+        job = self._save_job(job, None)
+        self._versions[job.id] = {}  # a new job has no stored versions yet
+        self._emit(
+            "job.submitted",
+            job.id,
+            state=job.state.value,
+            job_id=job.id,
+            reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
+            data={"replicas": spec.replicas, "priority": spec.priority},
+        )
+        for replica in range(spec.replicas):
+            self._create_instance(job, replica, replica, 0, f"replica {replica} created")
+        self._dirty.add(job.id)
+        self._settle()
+        return self._job_view(self._jobs.get(job.id, job)), True
 
     def _new_job_id(self, now: float) -> str:
         """Ids sort by submission: j + 12 hex digits of ms (strictly increasing) + 6 random."""
@@ -1014,7 +1119,7 @@ class RootService:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        doc = self._store.get(JOBS, job_id)
+        doc = self._persister.get(JOBS, job_id)
         return JobRecord.from_doc(doc) if doc else None
 
     def _resolve_job(self, ref: str) -> JobRecord:
@@ -1030,14 +1135,12 @@ class RootService:
             job = self._load_job(ref)
             if job is not None:
                 return job
-        for candidate in self._jobs.values():
-            if candidate.name == ref and candidate.deleted_at is None:
-                return candidate
-        docs = self._store.find(
-            JOBS, {"name": ref}, order_by="created_at", descending=True, limit=1
-        )
+        active = self._active_names.get(ref)
+        if active is not None:
+            return self._jobs[active]
+        docs = sorted(self._find(JOBS, {"name": ref}), key=lambda d: d["created_at"])
         if docs:
-            return self._jobs.get(docs[0]["_id"]) or JobRecord.from_doc(docs[0])
+            return self._jobs.get(docs[-1]["_id"]) or JobRecord.from_doc(docs[-1])
         raise NotFound(f"no job {_shown(ref)}")
 
     def get_job(self, ref: str) -> JobView:
@@ -1055,17 +1158,12 @@ class RootService:
         cursor: str | None = None,
     ) -> JobList:
         """A page of jobs in submission order, filtered by state, name and cluster."""
+        self._settled_store()  # the page comes from the store: every answered change in it
         with self._lock:
             where = _where(state=state.value if state else None, name=name)
             if cluster is not None:
                 rec = self._cluster_by_ref(cluster)
-                ids = sorted(
-                    {
-                        i.job_id
-                        for i in self._instances.values()
-                        if rec is not None and i.cluster_id == rec.id and not i.state.terminal
-                    }
-                )
+                ids = sorted({i.job_id for i in (self._cluster_instances(rec.id) if rec else [])})
                 if cursor:
                     ids = [i for i in ids if i > cursor]
                 jobs = [j for j in (self._load_job(i) for i in ids) if j is not None]
@@ -1111,6 +1209,7 @@ class RootService:
         field at fault.
         """
         with self._lock:
+            since = self._mark()
             job = self._live_job(ref)
             change = self._change_for(job, patch)
             if change.versioned:
@@ -1137,6 +1236,8 @@ class RootService:
             if change.changed:
                 self._settle()
             view = self._job_view(self._jobs.get(job.id, job))
+            mark = self._mark()
+        self._durable(since, mark)
         self._kick()
         return view
 
@@ -1400,6 +1501,7 @@ class RootService:
     def delete_job(self, ref: str) -> JobView:
         """Terminate every instance of a job; it ends TERMINATED once they are all gone."""
         with self._lock:
+            since = self._mark()
             job = self._resolve_job(ref)
             if job.deleted_at is None and job.id in self._jobs:
                 now = self._clock()
@@ -1408,6 +1510,8 @@ class RootService:
                 self._dirty.add(job.id)
                 self._settle()
             view = self._job_view(self._jobs.get(job.id) or self._load_job(job.id) or job)
+            mark = self._mark()
+        self._durable(since, mark)
         self._kick()
         return view
 
@@ -1416,7 +1520,7 @@ class RootService:
     def _instances_of(self, job: JobRecord) -> list[InstanceRecord]:
         if job.id in self._jobs:
             return self._job_instances(job.id)
-        return [InstanceRecord.from_doc(d) for d in self._store.find(INSTANCES, {"job_id": job.id})]
+        return [InstanceRecord.from_doc(d) for d in self._find(INSTANCES, {"job_id": job.id})]
 
     def _job_summary(
         self, job: JobRecord, instances: list[InstanceRecord] | None = None
@@ -1541,6 +1645,7 @@ class RootService:
         """
         grant = grant or RegistrationGrant()
         with self._lock:
+            since = self._mark()
             now = self._clock()
             bound = None
             if grant.token_id is not None:
@@ -1641,6 +1746,8 @@ class RootService:
                     reason="re-registered",
                     data={"from": old.liveness.value},
                 )
+            mark = self._mark()
+        self._durable(since, mark)  # the credential is stored before it goes out
         self._kick()
         return ClusterRegistrationResponse(
             cluster_id=cluster_id,
@@ -1673,10 +1780,8 @@ class RootService:
     def _save_reg_token(
         self, new: RegistrationTokenRecord, old: RegistrationTokenRecord | None
     ) -> RegistrationTokenRecord:
-        version = self._store.put(
-            REGISTRATION_TOKENS, new.to_doc(), expected_version=old.version if old else 0
-        )
-        new = replace(new, version=version)
+        new = replace(new, version=(old.version if old else 0) + 1)
+        self._persister.put(REGISTRATION_TOKENS, new.id, new)
         self._reg_tokens[new.id] = new
         return new
 
@@ -1689,6 +1794,7 @@ class RootService:
         whose credential may have leaked.
         """
         with self._lock:
+            since = self._mark()
             rec = self._cluster_by_ref(ref)
             if rec is None:
                 raise NotFound(f"no cluster {_shown(ref)}")
@@ -1704,11 +1810,15 @@ class RootService:
                 f"registration of the name within {ttl_s:g} s takes it over",
                 data={"name": rec.name, "until": now + ttl_s},
             )
-            return self._cluster_view(new)
+            view = self._cluster_view(new)
+            mark = self._mark()
+        self._durable(since, mark)
+        return view
 
     def create_registration_token(self, name: str, ttl_s: float | None) -> RegistrationTokenCreated:
         """A registration token bound to one cluster name; the token is returned once."""
         with self._lock:
+            since = self._mark()
             now = self._clock()
             token_id, token = new_token()
             rec = RegistrationTokenRecord(
@@ -1725,7 +1835,9 @@ class RootService:
                 reason=f"registration token {token_id} created for cluster name {name}",
                 data={"name": name, "expires_at": rec.expires_at},
             )
-            return RegistrationTokenCreated(**token_view(rec, now).model_dump(), token=token)
+            mark = self._mark()
+        self._durable(since, mark)
+        return RegistrationTokenCreated(**token_view(rec, now).model_dump(), token=token)
 
     def list_registration_tokens(self) -> RegistrationTokenList:
         """Every name-bound registration token (without the tokens)."""
@@ -1738,10 +1850,11 @@ class RootService:
         """Revoke a name-bound registration token (the cluster it registered keeps its
         credential, but can no longer re-register with this token)."""
         with self._lock:
+            since = self._mark()
             rec = self._reg_tokens.get(token_id)
             if rec is None:
                 raise NotFound(f"no registration token {_shown(token_id)}")
-            self._store.delete(REGISTRATION_TOKENS, token_id)
+            self._persister.delete(REGISTRATION_TOKENS, token_id)
             del self._reg_tokens[token_id]
             self._emit(
                 "cluster.registration_token",
@@ -1749,7 +1862,10 @@ class RootService:
                 reason=f"registration token {token_id} for cluster name {rec.name} deleted",
                 data={"name": rec.name, "deleted": True},
             )
-            return token_view(rec, self._clock())
+            view = token_view(rec, self._clock())
+            mark = self._mark()
+        self._durable(since, mark)
+        return view
 
     def authenticate_cluster(self, cluster_id: str, credential: str) -> bool:
         """True if `credential` is the one issued to `cluster_id`.
@@ -1764,6 +1880,7 @@ class RootService:
     def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
         """Take a cluster's aggregated capacity and instance changes."""
         with self._lock:
+            since = self._mark()
             old = self._clusters.get(cluster_id)
             if old is None:
                 raise Unauthorized("unknown cluster")
@@ -1781,7 +1898,22 @@ class RootService:
                 else old.liveness_since,
                 reason="reporting",
             )
-            rec = self._save_cluster(rec, old)
+            # The capacity part of a report is volatile (the next report replaces it,
+            # and a restarted root gives every cluster a fresh grace period), so the
+            # record is written when its liveness or reason changes and otherwise at
+            # most once per report_interval, not on every report (reports come with
+            # every change of an instance). Instance changes are written as always.
+            saved = self._cluster_saved_at.get(cluster_id)
+            if (
+                old.liveness is not ClusterLiveness.READY
+                or old.reason != rec.reason
+                or saved is None
+                or now - saved >= self._settings.report_interval
+            ):
+                rec = self._save_cluster(rec, old)
+            else:
+                rec = replace(rec, version=old.version)
+                self._clusters[cluster_id] = rec
             if old.liveness is not ClusterLiveness.READY:
                 self._emit(
                     "cluster.liveness",
@@ -1798,12 +1930,12 @@ class RootService:
             if report.full:
                 self._check_missing(rec, report, now)
             self._settle()
-            wake = bool(self._strays) or any(
-                i.state is InstanceState.PENDING or i.terminate for i in self._instances.values()
-            )
+            wake = bool(self._strays or self._pending_ids or self._to_terminate)
             grew = old.report is None or _capacity_grew(old.report, report)
             if grew:
                 self._capacity_version[cluster_id] = self._capacity_version.get(cluster_id, 0) + 1
+            mark = self._mark()
+        self._durable(since, mark)  # the cluster drops what it reported once we answer
         if wake and (grew or old.liveness is not ClusterLiveness.READY or self._strays):
             self._kick()
         return ClusterLiveness.READY
@@ -1867,11 +1999,9 @@ class RootService:
 
     def _check_missing(self, cluster: ClusterRecord, report: ClusterReport, now: float) -> None:
         listed = {c.instance_id for c in report.instances}
-        for inst in list(self._instances.values()):
+        for inst in self._cluster_instances(cluster.id):
             if (
-                inst.cluster_id == cluster.id
-                and not inst.state.terminal
-                and inst.id not in listed
+                inst.id not in listed
                 and inst.id not in self._in_flight
                 and inst.assigned_at is not None
                 and inst.assigned_at < now - MISSING_GRACE_S
@@ -1904,7 +2034,7 @@ class RootService:
             job = self._resolve_job(job_ref)
             inst = self._instances.get(instance_id)
             if inst is None:
-                doc = self._store.get(INSTANCES, instance_id)
+                doc = self._persister.get(INSTANCES, instance_id)
                 inst = InstanceRecord.from_doc(doc) if doc else None
             if inst is None or inst.job_id != job.id:
                 raise NotFound(f"job {job.name} has no instance {instance_id!r}")
@@ -1937,6 +2067,7 @@ class RootService:
         if action == "drain":
             reason += f": {moved} instance(s) moved, {stuck} stuck"
         with self._lock:
+            since = self._mark()
             self._emit(
                 f"node.{action}",
                 node_id,
@@ -1945,13 +2076,14 @@ class RootService:
                 node_id=node_id,
                 data={"node_name": node_name, "moved": moved, "stuck": stuck},
             )
+            mark = self._mark()
+        self._durable(since, mark)
 
     def _cluster_view(self, rec: ClusterRecord) -> ClusterView:
         now = self._clock()
         counts: dict[str, int] = {}
-        for inst in self._instances.values():
-            if inst.cluster_id == rec.id and not inst.state.terminal:
-                counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
+        for inst in self._cluster_instances(rec.id):
+            counts[inst.state.value] = counts.get(inst.state.value, 0) + 1
         return ClusterView(
             id=rec.id,
             name=rec.name,
@@ -2008,8 +2140,8 @@ class RootService:
                     )
                 if rec.liveness is ClusterLiveness.READY:
                     continue
-                for inst in list(self._instances.values()):
-                    if inst.cluster_id != rec.id or inst.state.terminal:
+                for inst in self._cluster_instances(rec.id):
+                    if inst.state.terminal:  # lost earlier in this loop
                         continue
                     if rec.liveness is ClusterLiveness.LOST:
                         self._lose(inst, f"cluster {rec.name} lost (silent {silent:.0f}s)")
@@ -2062,6 +2194,7 @@ class RootService:
         pass from queueing for the lock four times behind API calls and reports.
         """
         with self._lock:
+            since = self._mark()
             self.check_liveness()
             if sweep:
                 self.reconcile_all()
@@ -2071,11 +2204,34 @@ class RootService:
                     j.id for j in self._jobs.values() if j.rollout is not None and j.rollout.active
                 )
                 self._settle()
-            return PassWork(
+            work = PassWork(
                 terminations=self.termination_work(),
                 placements=self.placement_work(),
-                wake_in=self._rollout_wake_in(),
+                wake_in=_soonest(self._rollout_wake_in(), self._liveness_wake_in()),
             )
+            mark = self._mark()
+        if work.terminations:
+            self._durable(since, mark)  # a DELETE goes out once the root's wish to stop is stored
+        return work
+
+    def _liveness_wake_in(self) -> float | None:
+        """Seconds until a cluster's silence crosses the next liveness threshold (or a
+        job's lost_grace_s while it is UNREACHABLE), so that a silent cluster is
+        marked (and its instances replaced) when it is due, not up to a reconcile
+        interval later."""
+        now = self._clock()
+        settings = self._settings
+        soonest: float | None = None
+        for rec in self._clusters.values():
+            if rec.liveness is ClusterLiveness.LOST:
+                continue
+            seen = self._seen_at.get(rec.id, now)
+            limits = [settings.cluster_lost_after]
+            if rec.liveness is ClusterLiveness.READY:
+                limits.append(settings.cluster_unreachable_after)
+            for limit in limits:
+                soonest = _soonest(soonest, seen + limit - now + 0.01)
+        return soonest if soonest is None or soonest > 0 else 0.01
 
     def _rollout_wake_in(self) -> float | None:
         """Seconds until the next health window or progress deadline of an active
@@ -2108,7 +2264,8 @@ class RootService:
         """
         with self._lock:
             work = []
-            for inst in self._instances.values():
+            for iid in self._to_place:
+                inst = self._instances[iid]
                 if inst.id in self._in_flight or inst.terminate:
                     continue
                 job = self._jobs.get(inst.job_id)
@@ -2123,7 +2280,7 @@ class RootService:
     def pending_count(self) -> int:
         """How many instances wait for a cluster."""
         with self._lock:
-            return sum(1 for i in self._instances.values() if i.state is InstanceState.PENDING)
+            return len(self._pending_ids)
 
     def _snapshots(self, exclude: Iterable[str], *, prune: bool = True) -> list[ClusterSnapshot]:
         now = self._clock()
@@ -2180,41 +2337,74 @@ class RootService:
         is (PENDING with its reasons, or no longer needs placing).
         """
         with self._lock:
-            inst = self._instances.get(instance_id)
-            if inst is None or instance_id in self._in_flight or inst.terminate:
-                return None
-            job = self._jobs.get(inst.job_id)
-            if job is None or job.deleted_at is not None:
-                return None
-            if inst.state is InstanceState.SCHEDULED and inst.assigned_at is None:
-                cluster = self._clusters.get(inst.cluster_id or "")
-                if cluster is not None and cluster.id not in rejections:
-                    if cluster.liveness is ClusterLiveness.READY:
-                        # Resume an unanswered placement (e.g. after a restart of the
-                        # root): the cluster's placement is idempotent by instance id.
-                        return self._step(inst, job, cluster, pinned=False)
-                    if cluster.liveness is ClusterLiveness.UNREACHABLE:
-                        return None
-                inst = self._transition(
-                    inst,
-                    InstanceState.PENDING,
-                    "placement not confirmed; placing again",
-                    cluster_id=None,
-                    node_id=None,
-                    node_name=None,
-                )
-            if inst.state is not InstanceState.PENDING:
-                return None
-            rejections = {**self._recent_refusals(inst.id), **rejections}
-            started = time.perf_counter()
-            pinned = self._spec_for(job, inst.job_version).constraints.cluster
-            if pinned is not None:
-                step = self._place_pinned(inst, job, pinned, rejections)
-            else:
-                step = self._place_scheduled(inst, job, rejections)
-            self._metrics.decision_seconds.observe(time.perf_counter() - started)
-            self._settle()
-            return step
+            since = self._mark()
+            step = self._begin(instance_id, rejections)
+            mark = self._mark()
+        if step is not None:
+            self._durable_or_release(since, mark, [step])
+        return step
+
+    def begin_placements(self, instance_ids: Iterable[str]) -> list[PlacementStep]:
+        """`begin_placement` for several instances under one hold of the lock and one
+        wait for the store (no clusters left out beyond their recent refusals)."""
+        with self._lock:
+            since = self._mark()
+            steps = [s for s in (self._begin(i, {}) for i in instance_ids) if s is not None]
+            mark = self._mark()
+        if steps:
+            self._durable_or_release(since, mark, steps)
+        return steps
+
+    def _durable_or_release(self, since: int, mark: int, steps: list[PlacementStep]) -> None:
+        """Wait until the decisions are stored before the clusters are asked; if they
+        cannot be, the steps are not sent (a later pass resumes them, SCHEDULED)."""
+        try:
+            self._durable(since, mark)
+        except BaseException:
+            with self._lock:
+                for step in steps:
+                    self._in_flight.discard(step.instance_id)
+            raise
+
+    def _begin(
+        self, instance_id: str, rejections: Mapping[str, ClusterRejection]
+    ) -> PlacementStep | None:
+        """The decision part of `begin_placement` (lock held)."""
+        inst = self._instances.get(instance_id)
+        if inst is None or instance_id in self._in_flight or inst.terminate:
+            return None
+        job = self._jobs.get(inst.job_id)
+        if job is None or job.deleted_at is not None:
+            return None
+        if inst.state is InstanceState.SCHEDULED and inst.assigned_at is None:
+            cluster = self._clusters.get(inst.cluster_id or "")
+            if cluster is not None and cluster.id not in rejections:
+                if cluster.liveness is ClusterLiveness.READY:
+                    # Resume an unanswered placement (e.g. after a restart of the
+                    # root): the cluster's placement is idempotent by instance id.
+                    return self._step(inst, job, cluster, pinned=False)
+                if cluster.liveness is ClusterLiveness.UNREACHABLE:
+                    return None
+            inst = self._transition(
+                inst,
+                InstanceState.PENDING,
+                "placement not confirmed; placing again",
+                cluster_id=None,
+                node_id=None,
+                node_name=None,
+            )
+        if inst.state is not InstanceState.PENDING:
+            return None
+        rejections = {**self._recent_refusals(inst.id), **rejections}
+        started = time.perf_counter()
+        pinned = self._spec_for(job, inst.job_version).constraints.cluster
+        if pinned is not None:
+            step = self._place_pinned(inst, job, pinned, rejections)
+        else:
+            step = self._place_scheduled(inst, job, rejections)
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._settle()
+        return step
 
     def _place_pinned(
         self,
@@ -2385,6 +2575,14 @@ class RootService:
         )
         self._dirty.add(inst.job_id)
 
+    def finish_placements(
+        self,
+        answers: list[tuple[PlacementStep, PlaceInstanceResponse | None, str | None]],
+    ) -> list[tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]]:
+        """`finish_placement` for each (step, answer, error), under one hold of the lock."""
+        with self._lock:
+            return [self.finish_placement(step, resp, err) for step, resp, err in answers]
+
     def finish_placement(
         self,
         step: PlacementStep,
@@ -2488,7 +2686,8 @@ class RootService:
         """DELETEs to send: instances the root wants gone, and strays on clusters."""
         with self._lock:
             steps = []
-            for inst in self._instances.values():
+            for iid in sorted(self._to_terminate):
+                inst = self._instances[iid]
                 if not inst.terminate or inst.state.terminal or inst.id in self._in_flight:
                     continue
                 cluster = self._clusters.get(inst.cluster_id or "")
@@ -2555,6 +2754,7 @@ class RootService:
 
     def gauges(self) -> list[GaugeFamily]:
         """Jobs, instances and clusters by state, counted in the store."""
+        self._settled_store()
         store = self._store
         jobs: dict[tuple[str, ...], float] = {
             (s.value,): float(store.count(JOBS, {"state": s.value})) for s in JobState
@@ -2598,6 +2798,15 @@ class RootService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _soonest(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional delays (None: none)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
 
 
 def _where(**fields: str | None) -> dict[str, Any]:

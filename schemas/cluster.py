@@ -177,6 +177,23 @@ class PlaceInstanceResponse(StrictModel):
     explanation: Text = ""
 
 
+MAX_PLACE_BATCH = 500
+"""Most placements in one `POST /api/v1/instances/batch`."""
+
+
+class PlaceInstanceBatch(StrictModel):
+    """Root -> cluster `POST /api/v1/instances/batch`: several placements in one call
+    (a mass failover or a large job); each is decided as a single one would be."""
+
+    instances: list[PlaceInstanceRequest] = Field(min_length=1, max_length=MAX_PLACE_BATCH)
+
+
+class PlaceInstanceBatchResponse(StrictModel):
+    """One answer per request of the batch, in the same order."""
+
+    results: list[PlaceInstanceResponse]
+
+
 class InstanceLogs(StrictModel):
     """Cluster `GET /api/v1/instances/{id}/logs`: a piece of an instance's output, read
     from its node over MQTT (`logs_request` / `logs_chunk`, docs/protocol.md).

@@ -287,3 +287,36 @@ def test_silent_and_refusing_nodes_fail_the_instance(cluster, mosquitto_broker, 
     wait_for(lambda: ("terminate", "x") in silent.kinds(), 10, "terminate to silent node")
     text = " ".join(e["reason"] for e in inst["events"])
     assert "no ack from silent" in text or "refuser refused" in text
+
+
+def test_batch_placement_answers_each_in_order_and_spreads(cluster, mosquitto_broker, sims) -> None:
+    """POST /instances/batch: one answer per request, in order, each decided as a single
+    placement would be (reservations made in turn: the two nodes share the batch), an
+    already placed id answered as before, and every instance runs."""
+    a = SimNode(mosquitto_broker, join(cluster, "a"), "accept")
+    b = SimNode(mosquitto_broker, join(cluster, "b"), "accept")
+    sims += [a, b]
+    wait_ready(cluster, 2)
+    assert place(cluster, "first")["accepted"]
+    bodies = [
+        {
+            "instance_id": iid,
+            "job_id": "j",
+            "job_name": "j",
+            "spec": {"runtime": "native", "command": ["true"], "resources": {"memory_mib": 200}},
+        }
+        for iid in ["b0", "b1", "first", "b2", "b3", "b4", "b5"]
+    ]
+    with api(cluster) as client:
+        response = client.post("/api/v1/instances/batch", json={"instances": bodies})
+        empty = client.post("/api/v1/instances/batch", json={"instances": []})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["instance_id"] for r in results] == [b["instance_id"] for b in bodies]
+    assert all(r["accepted"] for r in results)
+    assert "already placed" in results[2]["explanation"]
+    names = [r["node_name"] for r in results if r["instance_id"] != "first"]
+    assert set(names) == {"a", "b"}, names  # spread within one batch
+    assert empty.status_code == 422 and "instances" in empty.text
+    for iid in ["b0", "b1", "b2", "b3", "b4", "b5"]:
+        wait_for(lambda iid=iid: get(cluster, iid)["state"] == "RUNNING", 15, f"{iid} RUNNING")

@@ -201,3 +201,156 @@ def test_old_events_are_pruned_in_the_background(store: Store) -> None:
             await client.aclose()
 
     run(scenario)
+
+
+class BatchCluster:
+    """A cluster API on a MockTransport with the batch route (or without it): records
+    the calls; refuses the ids in `refuse`."""
+
+    def __init__(self, *, batch: bool = True, refuse: set[str] | None = None) -> None:
+        self.batch = batch
+        self.refuse = refuse or set()
+        self.single_calls: list[str] = []
+        self.batch_calls: list[list[str]] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    def answer(self, iid: str) -> dict[str, Any]:
+        if iid in self.refuse:
+            answer = PlaceInstanceResponse(
+                accepted=False, instance_id=iid, reasons={"insufficient memory": 1}
+            )
+        else:
+            answer = PlaceInstanceResponse(
+                accepted=True, instance_id=iid, node_id="n1", node_name="n1"
+            )
+        return answer.model_dump(mode="json")
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/api/v1/instances/batch" and self.batch:
+            ids = [b["instance_id"] for b in json.loads(request.content)["instances"]]
+            self.batch_calls.append(ids)
+            return httpx.Response(200, json={"results": [self.answer(i) for i in ids]})
+        if request.method == "POST" and path == "/api/v1/instances":
+            iid = json.loads(request.content)["instance_id"]
+            self.single_calls.append(iid)
+            return httpx.Response(202, json=self.answer(iid))
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+def _states(service: RootService, job_id: str) -> list[str]:
+    return sorted(i.state.value for i in service.get_job(job_id).instances)
+
+
+def test_many_placements_go_out_in_batches(store: Store) -> None:
+    """A job of 60 replicas: its placements reach the cluster in batch calls of at
+    most BATCH_MAX, not one call each, and every instance is ASSIGNED."""
+    from root_orchestrator.reconciler import BATCH_MAX
+
+    async def scenario() -> None:
+        service = make_service(store)
+        add_cluster(service)
+        cluster = BatchCluster()
+        client = ClusterClient(timeout=10.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        reconciler.start()
+        try:
+            job, _ = service.submit_job(spec("many", replicas=60))
+            await until(lambda: _states(service, job.id) == ["ASSIGNED"] * 60, what="60 ASSIGNED")
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+        sent = [iid for call in cluster.batch_calls for iid in call]
+        assert len(sent) == len(set(sent)) == 60
+        assert cluster.single_calls == []
+        assert 60 / BATCH_MAX <= len(cluster.batch_calls) < 60
+        assert all(len(call) <= BATCH_MAX for call in cluster.batch_calls)
+
+    run(scenario)
+
+
+def test_a_cluster_without_the_batch_route_gets_one_call_each(store: Store) -> None:
+    async def scenario() -> None:
+        service = make_service(store)
+        add_cluster(service)
+        cluster = BatchCluster(batch=False)
+        client = ClusterClient(timeout=10.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        reconciler.start()
+        try:
+            job, _ = service.submit_job(spec("older-cluster", replicas=20))
+            await until(lambda: _states(service, job.id) == ["ASSIGNED"] * 20, what="20 ASSIGNED")
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+        assert sorted(cluster.single_calls) == sorted(
+            i.id for i in service.get_job(job.id).instances
+        )
+        assert cluster.batch_calls == []
+
+    run(scenario)
+
+
+def test_refusals_in_a_batch_leave_those_instances_pending_with_the_reason(
+    store: Store,
+) -> None:
+    async def scenario() -> None:
+        service = make_service(store)
+        add_cluster(service)
+        cluster = BatchCluster()
+        client = ClusterClient(timeout=10.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        job, _ = service.submit_job(spec("partly", replicas=10))
+        cluster.refuse = {i.id for i in service.get_job(job.id).instances if i.replica < 3}
+        reconciler.start()
+        try:
+            await until(
+                lambda: _states(service, job.id) == ["ASSIGNED"] * 7 + ["PENDING"] * 3,
+                what="7 ASSIGNED, 3 PENDING",
+            )
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+        for inst in service.get_job(job.id).instances:
+            if inst.id in cluster.refuse:
+                assert "insufficient memory" in inst.reason
+
+    run(scenario)
+
+
+def test_a_silent_cluster_is_marked_when_due_not_a_reconcile_interval_later(
+    store: Store,
+) -> None:
+    """With a 60 s reconcile interval, a cluster that stops reporting is LOST (and its
+    instance replaced) right after `cluster_lost_after`, because the pass is scheduled
+    for the moment its silence crosses the threshold."""
+
+    async def scenario() -> None:
+        service = make_service(
+            store,
+            report_interval=0.2,
+            cluster_unreachable_after=0.5,
+            cluster_lost_after=0.8,
+            reconcile_interval=60.0,
+        )
+        cluster_id = add_cluster(service)
+        cluster = BatchCluster()
+        client = ClusterClient(timeout=10.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=60.0)
+        reconciler.start()
+        try:
+            job, _ = service.submit_job(spec("watched"))
+            await until(lambda: _states(service, job.id) == ["ASSIGNED"], what="ASSIGNED")
+            started = time.monotonic()  # no report from now on
+            await until(
+                lambda: service.get_cluster(cluster_id).liveness.value == "LOST",
+                timeout=5.0,
+                what="cluster LOST",
+            )
+            assert time.monotonic() - started < 3.0
+            await until(lambda: "LOST" in _states(service, job.id), what="instance LOST")
+        finally:
+            await reconciler.stop()
+            await client.aclose()
+
+    run(scenario)

@@ -22,6 +22,8 @@ from schemas.cluster import (
     InstanceChange,
     InstanceLogs,
     NodeCapacity,
+    PlaceInstanceBatch,
+    PlaceInstanceBatchResponse,
     PlaceInstanceRequest,
     PlaceInstanceResponse,
     ThermalSummary,
@@ -172,6 +174,12 @@ EXAMPLES: list[BaseModel] = [
     ),
     PlaceInstanceRequest(instance_id="i1", job_id="j1", job_name="detector", spec=NATIVE),
     PlaceInstanceResponse(accepted=False, instance_id="i1", reasons={"insufficient memory": 3}),
+    PlaceInstanceBatch(
+        instances=[PlaceInstanceRequest(instance_id="i2", job_id="j1", job_name="d", spec=NATIVE)]
+    ),
+    PlaceInstanceBatchResponse(
+        results=[PlaceInstanceResponse(accepted=True, instance_id="i2", node_id="n1")]
+    ),
     Presence(online=True, engine_version="0.1.0"),
     DeployCommand(instance_id="i1", job_id="j1", spec=NATIVE),
     TerminateCommand(instance_id="i1", reason="scaled down"),
