@@ -32,6 +32,8 @@ bench: setup  ## run every benchmark in bench/ and print its figures (several mi
 	$(PY) -m bench.cluster_schedule
 	$(PY) -m bench.failover
 	$(PY) bench/deploy_latency.py
+	$(PY) -m bench.deploy_cost
+	$(PY) -m bench.mass_failover
 	$(PY) bench/overload.py
 
 clean:  ## remove caches (keeps .venv)
