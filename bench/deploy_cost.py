@@ -43,15 +43,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
-
-
-def _repo_from_argv(argv: list[str]) -> Path:
-    for i, arg in enumerate(argv):
-        if arg == "--repo" and i + 1 < len(argv):
-            return Path(argv[i + 1]).resolve()
-        if arg.startswith("--repo="):
-            return Path(arg.split("=", 1)[1]).resolve()
-    return HERE
+if str(HERE) not in sys.path:  # run as a script: bench/deploy_cost.py
+    sys.path.insert(0, str(HERE))
+from bench import repo_from_argv  # noqa: E402
 
 
 def _load_wire() -> Any:
@@ -66,7 +60,7 @@ def _load_wire() -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures; the last line is JSON."""
     argv = sys.argv[1:] if argv is None else argv
-    repo = _repo_from_argv(argv)
+    repo = repo_from_argv(argv, HERE)
     sys.path.insert(0, str(repo))
     from bench.deploy_latency import (
         RunningWatcher,

@@ -68,19 +68,12 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _repo_from_argv(argv: list[str]) -> Path:
-    for i, arg in enumerate(argv):
-        if arg == "--repo" and i + 1 < len(argv):
-            return Path(argv[i + 1]).resolve()
-        if arg.startswith("--repo="):
-            return Path(arg.split("=", 1)[1]).resolve()
-    return REPO_ROOT
-
+if str(REPO_ROOT) not in sys.path:  # run as a script: bench/<name>.py
+    sys.path.insert(0, str(REPO_ROOT))
+from bench import repo_from_argv  # noqa: E402
 
 if __name__ == "__main__":  # the harness (and so the processes) of the measured checkout
-    sys.path.insert(0, str(_repo_from_argv(sys.argv[1:])))
-if str(REPO_ROOT) not in sys.path:  # run as a script: bench/deploy_latency.py
-    sys.path.insert(1, str(REPO_ROOT))
+    sys.path.insert(0, str(repo_from_argv(sys.argv[1:], REPO_ROOT)))
 
 if TYPE_CHECKING:
     from tests.harness.system import LocalSystem
