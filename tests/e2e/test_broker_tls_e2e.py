@@ -11,7 +11,6 @@ its real Mosquitto with a TLS listener, and real node engines.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import pytest
 from tests.fixtures.broker import _require_mosquitto
 from tests.harness.certs import TestCa, make_ca, openssl_missing
 from tests.harness.cluster_process import ClusterProcess, free_port
-from tests.harness.engine_process import NodeEngineProcess
+from tests.harness.engine_process import EngineFleet, NodeEngineProcess
 from tests.harness.wait import wait_for
 
 pytestmark = [
@@ -80,28 +79,15 @@ def tls_cluster(tmp_path: Path, ca: TestCa) -> Iterator[ClusterProcess]:
 
 @pytest.fixture
 def engines(tmp_path: Path) -> Iterator[Callable[..., NodeEngineProcess]]:
-    started: list[NodeEngineProcess] = []
+    fleet = EngineFleet(tmp_path, join_token=JOIN)
 
     def start(cluster: ClusterProcess, name: str, *extra: str) -> NodeEngineProcess:
-        engine = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            cluster.url,
-            join_token=JOIN,
-            name=name,
-            runtimes=("native",),
-            status_interval=0.5,
-            extra_args=list(extra),
-        )
-        engine.start()
-        started.append(engine)
-        return engine
+        return fleet.start(cluster.url, name, status_interval=0.5, extra_args=list(extra))
 
     try:
         yield start
     finally:
-        for engine in started:
-            with contextlib.suppress(Exception):
-                engine.stop_quietly()
+        fleet.stop_all()
 
 
 def node(cluster: ClusterProcess, name: str) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ from schemas.mqtt import (
 from schemas.node import DiskStatus, MemoryStatus, NodeStatus
 from tests.fixtures.broker import BrokerHandle, MqttProbe
 from tests.harness.cluster_process import ClusterProcess
-from tests.harness.engine_process import NodeEngineProcess
+from tests.harness.engine_process import EngineFleet, NodeEngineProcess
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args
 from tests.harness.wait import wait_for
 
@@ -65,27 +65,15 @@ def cluster(mosquitto_broker: BrokerHandle, tmp_path: Path) -> Iterator[ClusterP
 @pytest.fixture
 def engines(cluster: ClusterProcess, tmp_path: Path) -> Iterator[Callable[..., NodeEngineProcess]]:
     """Start a node engine named `name` joined to `cluster`; all are stopped at the end."""
-    started: list[NodeEngineProcess] = []
+    fleet = EngineFleet(tmp_path, join_token=JOIN)
 
     def start(name: str, *, runtimes: tuple[str, ...] = ("native",)) -> NodeEngineProcess:
-        engine = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            cluster.url,
-            join_token=JOIN,
-            name=name,
-            runtimes=runtimes,
-            status_interval=None,
-        )
-        engine.start()
-        started.append(engine)
-        return engine
+        return fleet.start(cluster.url, name, runtimes=runtimes, status_interval=None)
 
     try:
         yield start
     finally:
-        for engine in started:
-            with contextlib.suppress(Exception):
-                engine.stop_quietly()
+        fleet.stop_all()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 
 from tests.fixtures.broker import BrokerHandle, MqttProbe
 from tests.harness.cluster_process import ClusterProcess
-from tests.harness.engine_process import NodeEngineProcess
+from tests.harness.engine_process import EngineFleet, NodeEngineProcess
 from tests.harness.procs import count_processes, find_processes, unique_sleep_args
 from tests.harness.wait import wait_for
 
@@ -73,27 +73,15 @@ def clusters(
 @pytest.fixture
 def engines(tmp_path: Path) -> Iterator[Callable[..., NodeEngineProcess]]:
     """Start node engines (SIGTERM and task cleanup afterwards)."""
-    made: list[NodeEngineProcess] = []
+    fleet = EngineFleet(tmp_path)
 
     def make(cluster: ClusterProcess, name: str, token: str | None) -> NodeEngineProcess:
-        engine = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            cluster.url,
-            join_token=token,
-            name=name,
-            runtimes=("native",),
-            status_interval=None,
-        )
-        made.append(engine)
-        engine.start()
-        return engine
+        return fleet.start(cluster.url, name, join_token=token, status_interval=None)
 
     try:
         yield make
     finally:
-        for engine in made:
-            with contextlib.suppress(Exception):
-                engine.stop_quietly()
+        fleet.stop_all()
 
 
 # ------------------------------------------------------------------ helpers

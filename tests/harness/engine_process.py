@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,3 +157,29 @@ class NodeEngineProcess(ChildProcess):
         self._close()
         self.kill_native_tasks()
         self.remove_docker_containers()
+
+
+class EngineFleet:
+    """The node engines one test started, in `base_dir` (``node-<name>``), all stopped at
+    the end (SIGTERM, then their tasks and containers); the engines' fixtures use it."""
+
+    def __init__(self, base_dir: Path, *, join_token: str | None = "join-token") -> None:
+        self.base_dir = Path(base_dir)
+        self.join_token = join_token
+        self.started: list[NodeEngineProcess] = []
+
+    def start(self, cluster_url: str, name: str, **options: Any) -> NodeEngineProcess:
+        """Start an engine named `name` (options as for NodeEngineProcess)."""
+        options.setdefault("join_token", self.join_token)
+        engine = NodeEngineProcess(
+            self.base_dir / f"node-{name}", cluster_url, name=name, **options
+        )
+        self.started.append(engine)
+        engine.start()
+        return engine
+
+    def stop_all(self) -> None:
+        """Stop every engine started, whatever state it is in."""
+        for engine in self.started:
+            with contextlib.suppress(Exception):
+                engine.stop_quietly()

@@ -13,7 +13,6 @@ exactly once and resumed exactly once. Every wait is a condition with a deadline
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import pytest
 
 from tests.fixtures.broker import BrokerHandle
 from tests.harness.cluster_process import ClusterProcess
-from tests.harness.engine_process import NodeEngineProcess
+from tests.harness.engine_process import EngineFleet, NodeEngineProcess
 from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -82,28 +81,17 @@ def cluster(mosquitto_broker: BrokerHandle, tmp_path: Path) -> Iterator[ClusterP
 
 @pytest.fixture
 def engines(cluster: ClusterProcess, tmp_path: Path) -> Iterator[Callable[..., NodeEngineProcess]]:
-    started: list[NodeEngineProcess] = []
+    fleet = EngineFleet(tmp_path, join_token=JOIN)
 
     def start(name: str, env: dict[str, str] | None = None) -> NodeEngineProcess:
-        engine = NodeEngineProcess(
-            tmp_path / f"node-{name}",
-            cluster.url,
-            join_token=JOIN,
-            name=name,
-            runtimes=("native",),
-            status_interval=None,
-            env=env or {"EDGE_NODE_SHEDDING": "off"},
+        return fleet.start(
+            cluster.url, name, status_interval=None, env=env or {"EDGE_NODE_SHEDDING": "off"}
         )
-        engine.start()
-        started.append(engine)
-        return engine
 
     try:
         yield start
     finally:
-        for engine in started:
-            with contextlib.suppress(Exception):
-                engine.stop_quietly()
+        fleet.stop_all()
 
 
 @pytest.fixture
