@@ -515,7 +515,7 @@ def stop_tasks(node_dirs: Sequence[Path], timeout: float = TASK_STOP_TIMEOUT_S) 
     if not any((d / "engine-id").exists() for d in node_dirs):
         return []
     from node_engine.identity import engine_id
-    from node_engine.main import build_runtimes
+    from node_engine.startup import build_runtimes
     from node_engine.state import record_system_stop
     from schemas.common import Runtime
 
