@@ -1,8 +1,9 @@
 """Settings of the node engine: flags > ``EDGE_NODE_*`` environment > config file > defaults.
 
 Nothing is read at import time: `load_settings(argv)` parses the flags, picks the
-config file (``--config`` or ``EDGE_NODE_CONFIG``, JSON or TOML) and lets
-pydantic-settings merge the sources.
+config file (``--config`` or ``EDGE_NODE_CONFIG``, JSON or TOML) and merges the sources
+with `schemas.settings_file.build_settings`, the loader of the orchestrators too (what
+differs here: only JSON and TOML files, and the ``--config`` error lines' wording).
 """
 
 from __future__ import annotations
