@@ -140,3 +140,14 @@ def test_yaml_named_files_are_json_for_the_node(tmp_path: Path) -> None:
     config.write_text("cluster_url: http://yaml:1\n")
     with pytest.raises(ValueError, match="cannot be parsed"):
         load_settings(["--config", str(config)])
+
+
+def test_node_config_keys_read_like_the_orchestrators(tmp_path: Path) -> None:
+    """The shared loader: ``-`` in a file key reads as ``_``, a JSON null sets nothing."""
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"cluster-url": "http://dashed:1", "stop-timeout": 3}))
+    settings = load_settings(["--config", str(config)])
+    assert (settings.cluster_url, settings.stop_timeout) == ("http://dashed:1", 3.0)
+    config.write_text("null")
+    empty = load_settings(["--config", str(config), "--cluster-url", "http://f:1"])
+    assert (empty.cluster_url, empty.stop_timeout) == ("http://f:1", 10.0)
