@@ -1,12 +1,13 @@
-"""Refusals of the cluster core, mapped to HTTP answers by the routes."""
+"""Refusals of the cluster core, mapped to HTTP answers by the routes.
+
+`NotFound` (the node or instance does not exist) is the one `schemas.errors` shares
+with the root orchestrator."""
 
 from __future__ import annotations
 
+from schemas.errors import NotFound
+
 __all__ = ["Forbidden", "JoinUnauthorized", "NodeBusy", "NodeRemoved", "NotFound"]
-
-
-class NotFound(LookupError):
-    """The node or instance does not exist."""
 
 
 class Forbidden(PermissionError):

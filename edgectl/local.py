@@ -56,6 +56,7 @@ import psutil
 
 from edgectl.client import ApiError, ConnectionFailed, EdgectlError, RootClient
 from edgectl.config import LOCAL_FILE, read_local_file
+from schemas.process_group import group_alive, signal_leader
 
 __all__ = [
     "ClusterPlan",
@@ -432,28 +433,6 @@ def _same_process(record: Mapping[str, Any]) -> psutil.Process | None:
         return None
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal a process group led by `pid` (or the process alone if it leads none)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-            return
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)  # the leader is gone; members of its group may remain
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def terminate_records(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -471,7 +450,7 @@ def terminate_records(
         proc = _same_process(record)
         if proc is not None:
             live.append((record, proc))
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_leader(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     killed = []
     for record, proc in live:
@@ -484,15 +463,15 @@ def terminate_records(
                 proc.wait(remaining)
         except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
             killed.append(f"{record.get('name')} (pid {proc.pid}) did not stop in {timeout:.0f}s")
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_leader(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 if popen is not None:
                     popen.wait(10)
                 else:
                     proc.wait(10)
         # the group may hold more than its leader (a child that outlived it)
-        if _group_alive(proc.pid):
-            _signal_group(proc.pid, signal.SIGKILL)
+        if group_alive(proc.pid):
+            signal_leader(proc.pid, signal.SIGKILL)
     return killed
 
 
@@ -515,7 +494,7 @@ def stop_tasks(node_dirs: Sequence[Path], timeout: float = TASK_STOP_TIMEOUT_S) 
     if not any((d / "engine-id").exists() for d in node_dirs):
         return []
     from node_engine.identity import engine_id
-    from node_engine.main import build_runtimes
+    from node_engine.startup import build_runtimes
     from node_engine.state import record_system_stop
     from schemas.common import Runtime
 
@@ -643,6 +622,34 @@ class _Child:
             "create_time": self.create_time,
             "log": str(self.log),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One service process of the system: its name (log file, ``local.json``), kind,
+    the words progress shows, how it starts, and the URL it answers /healthz on."""
+
+    name: str
+    kind: str
+    title: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchPlan:
+    """The service processes `LocalSystem.start` runs, in start order (the brokers are
+    started before them by `LocalSystem`)."""
+
+    root: ProcessSpec
+    clusters: list[ProcessSpec]
+    nodes: list[ProcessSpec]
+
+    def all(self) -> list[ProcessSpec]:
+        """Every process, in start order."""
+        return [self.root, *self.clusters, *self.nodes]
 
 
 class LocalSystem:
@@ -901,21 +908,16 @@ class LocalSystem:
                 f"{_tail(child.log)}"
             )
 
-    def start(self, timeout: float = 180.0) -> None:
-        """Start everything and wait until every node is READY in the root's view."""
-        deadline = time.monotonic() + timeout
-        self.layout.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._check_ports()
+    def launch_plan(self) -> LaunchPlan:
+        """The service processes to start, in order, with their argv, environment and
+        directory (build; `start` runs it). Reads only the plan, the layout and this
+        process's environment."""
         plan = self.plan
-        total = 2 * len(plan.clusters) + 1 + plan.node_count
-        done = self._start_brokers(0, total)
         base = _python_env()
-
-        self._check_stop()
-        self._phase("starting the root orchestrator", done, total)
-        root = self._spawn(
+        root = ProcessSpec(
             "root",
             "root",
+            "the root orchestrator",
             self._root_argv(),
             {
                 **base,
@@ -924,50 +926,73 @@ class LocalSystem:
                 "EDGE_STORE_URL": self.layout.store_url(plan.store),
             },
             self.layout.root_dir,
+            plan.root_url,
         )
-        clusters = []
-        for c in plan.clusters:
-            env = {
-                **base,
-                "EDGE_OPERATOR_TOKEN": c.operator_token,
-                "EDGE_JOIN_TOKEN": c.join_token,
-                "EDGE_BROKER_ADMIN_PASSWORD": c.broker_admin_password,
-                "EDGE_REGISTRATION_TOKEN": plan.registration_token,
-            }
-            clusters.append(
-                (
-                    c,
-                    self._spawn(
-                        f"cluster-{c.name}",
-                        "cluster",
-                        self._cluster_argv(c),
-                        env,
-                        self.layout.cluster_dir(c.name),
-                    ),
-                )
+        clusters = [
+            ProcessSpec(
+                f"cluster-{c.name}",
+                "cluster",
+                f"cluster {c.name}",
+                self._cluster_argv(c),
+                {
+                    **base,
+                    "EDGE_OPERATOR_TOKEN": c.operator_token,
+                    "EDGE_JOIN_TOKEN": c.join_token,
+                    "EDGE_BROKER_ADMIN_PASSWORD": c.broker_admin_password,
+                    "EDGE_REGISTRATION_TOKEN": plan.registration_token,
+                },
+                self.layout.cluster_dir(c.name),
+                c.url,
             )
-        self._wait_healthy(root, plan.root_url, deadline)
+            for c in plan.clusters
+        ]
+        nodes = [
+            ProcessSpec(
+                f"node-{n.name}",
+                "node",
+                f"node {n.name}",
+                self._node_argv(c, n),
+                {**base, "EDGE_NODE_JOIN_TOKEN": c.join_token},
+                self.layout.node_dir(n.name),
+            )
+            for c in plan.clusters
+            for n in c.nodes
+        ]
+        return LaunchPlan(root, clusters, nodes)
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start everything and wait until every node is READY in the root's view:
+        brokers, then root and clusters (each until it answers /healthz), then the node
+        engines (until the root lists them READY)."""
+        deadline = time.monotonic() + timeout
+        self.layout.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._check_ports()
+        launch = self.launch_plan()
+        total = 2 * len(self.plan.clusters) + 1 + self.plan.node_count
+        done = self._start_brokers(0, total)
+
+        self._check_stop()
+        self._phase(f"starting {launch.root.title}", done, total)
+        root = self._spawn_spec(launch.root)
+        clusters = [(spec, self._spawn_spec(spec)) for spec in launch.clusters]
+        self._wait_healthy(root, launch.root.url, deadline)
         done += 1
-        for c, child in clusters:
-            self._phase(f"starting cluster {c.name}", done, total)
-            self._wait_healthy(child, c.url, deadline)
+        for spec, child in clusters:
+            self._phase(f"starting {spec.title}", done, total)
+            self._wait_healthy(child, spec.url, deadline)
             done += 1
         self._phase("starting node engines", done, total)
-        for c in plan.clusters:
-            for n in c.nodes:
-                self._check_stop()
-                self._spawn(
-                    f"node-{n.name}",
-                    "node",
-                    self._node_argv(c, n),
-                    {**base, "EDGE_NODE_JOIN_TOKEN": c.join_token},
-                    self.layout.node_dir(n.name),
-                )
+        for spec in launch.nodes:
+            self._check_stop()
+            self._spawn_spec(spec)
         self._wait_nodes(done, total, deadline)
         self.state = "ready"
         self.ready_at = time.time()
         self._progress = {"phase": "ready", "done": total, "total": total}
         self.save()
+
+    def _spawn_spec(self, spec: ProcessSpec) -> _Child:
+        return self._spawn(spec.name, spec.kind, spec.argv, spec.env, spec.cwd)
 
     def _wait_nodes(self, done: int, total: int, deadline: float) -> None:
         missing = "no answer from the root yet"

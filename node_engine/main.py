@@ -1,377 +1,51 @@
-"""``node-engine``: build everything from the settings and run the engine loop.
+"""``node-engine``: build the node from its settings (`node_engine.startup`), then run it.
 
 Exit status: 0 after SIGTERM/SIGINT, 2 for invalid settings or state directory, 3 when
 the cluster refuses the join (bad token 401/403, invalid request 422, ...) or the rejoin
 of the stored identity (wrong node secret, node removed by the operator; see
-`node_engine.identity.refusal_message`).
-
-Imports are kept lean on purpose (the engine targets small devices): no HTTP client
-library (urllib does the one join request; the docker runtime speaks the Docker Engine
-API with `node_engine.runtimes.docker_api`, stdlib only, imported only when the docker
-runtime is enabled and a Docker endpoint exists).
+`node_engine.identity.refusal_message`), 1 when the first join cannot reach the cluster.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import queue
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from node_engine import __version__, lean
-
-if TYPE_CHECKING:  # the real imports happen in main(), after the footprint measures
-    from node_engine.runtimes.base import TaskRuntime
-    from node_engine.runtimes.native_policy import NativeGuard
-    from node_engine.settings import NodeEngineSettings
-    from schemas.common import Runtime
-    from schemas.node import JoinRequest, JoinResponse
+from node_engine.startup import (
+    EXIT_CONFIG,
+    EXIT_JOIN_REFUSED,
+    NodePlan,
+    StartupExit,
+    Stopper,
+    build,
+)
 
 log = logging.getLogger("node_engine")
 
-EXIT_CONFIG = 2
-EXIT_JOIN_REFUSED = 3
+__all__ = ["EXIT_CONFIG", "EXIT_JOIN_REFUSED", "main", "run"]
 
 
-def docker_endpoint_present(environ: dict[str, str] | None = None) -> tuple[bool, str]:
-    """Cheap check before importing the docker runtime: DOCKER_HOST set or the socket exists."""
-    env = os.environ if environ is None else environ
-    if env.get("DOCKER_HOST"):
-        return True, ""
-    sock = Path("/var/run/docker.sock")
-    if sock.exists():
-        return True, ""
-    return False, f"no Docker engine socket ({sock}) and DOCKER_HOST is not set"
-
-
-def _docker_client() -> Any:
-    from node_engine.runtimes.docker_api import DockerClient
-
-    return DockerClient.from_env(timeout=30)
-
-
-def build_runtimes(
-    enabled: list[Runtime],
-    state_dir: Path,
-    engine_id: str,
-    native_guard: NativeGuard | None = None,
-) -> tuple[dict[Runtime, TaskRuntime], dict[Runtime, str]]:
-    """Instantiate the enabled runtimes and keep those that say they are usable here.
-
-    `native_guard` is the node's native policy (None: tasks run as this process and
-    anything is allowed, what ``edgectl local down`` needs to find and stop tasks)."""
-    from schemas.common import Runtime
-
-    usable: dict[Runtime, TaskRuntime] = {}
-    unavailable: dict[Runtime, str] = {}
-    for kind in enabled:
-        runtime: TaskRuntime
-        try:
-            if kind is Runtime.NATIVE:
-                from node_engine.runtimes.native import NativeRuntime
-
-                runtime = NativeRuntime(
-                    state_dir / "native", engine_id=engine_id, guard=native_guard
-                )
-            elif kind is Runtime.DOCKER:
-                present, why = docker_endpoint_present()
-                if not present:
-                    unavailable[kind] = why
-                    log.info("runtime docker unavailable: %s", why)
-                    continue
-                from node_engine.runtimes.docker import DockerRuntime
-
-                runtime = DockerRuntime(_docker_client, engine_id, state_dir=state_dir / "docker")
-            else:  # pragma: no cover - enum is exhaustive
-                continue
-            ok, why = runtime.available()
-        except Exception as exc:
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        if ok:
-            usable[kind] = runtime
-            log.info("runtime %s usable%s", kind.value, f" ({why})" if why else "")
-        else:
-            unavailable[kind] = why
-            log.warning("runtime %s unavailable: %s", kind.value, why)
-    return usable, unavailable
-
-
-STATE_PRIVATE = ("docker",)
-"""Directories of the state directory made 0700 before the runtimes fill them."""
-
-
-def prepare_state_dir(path: Path, *, traversable: bool = False) -> None:
-    """Create the state directory with mode 0700 (it holds secrets) or tighten it.
-
-    `traversable` (native tasks run as another user, whose working directories are under
-    ``native/work/``): 0711, others may pass through but not list it; then nothing else
-    in it may be open to others (group/other bits are removed from its entries but
-    ``native``, which the native runtime sets up itself)."""
-    wanted = 0o711 if traversable else 0o700
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o777 != wanted:
-        os.chmod(path, wanted)
-    if not traversable:
-        return
-    for name in STATE_PRIVATE:
-        (path / name).mkdir(exist_ok=True, mode=0o700)
-    for entry in os.scandir(path):
-        if entry.name == "native":
-            continue
-        mode = entry.stat(follow_symlinks=False).st_mode
-        if mode & 0o077 and not entry.is_symlink():
-            os.chmod(entry.path, mode & 0o7700)
-
-
-def obtain_identity(
-    settings: NodeEngineSettings,
-    request_factory: Callable[[JoinResponse | None], JoinRequest],
-    stop: threading.Event,
-) -> JoinResponse:
-    """Join (or rejoin with the stored id) and store the response.
-
-    With a stored identity one attempt is made; if the cluster is unreachable the node
-    starts with the stored credentials (autonomy). Without one it retries with backoff
-    until it gets an answer. `JoinRefused` propagates.
-    """
-    from node_engine.identity import Joiner, JoinUnavailable, load_identity, save_identity
-
-    stored = load_identity(settings.state_dir)
-    joiner = Joiner(
-        settings.cluster_url,
-        settings.join_token,
-        sleep=stop.wait,
-        max_delay=settings.join_max_delay,
-    )
-    request = request_factory(stored)
-    if stored is not None:
-        try:
-            response = joiner.join(request, attempts=1)
-        except JoinUnavailable as exc:
-            log.warning(
-                "cluster unreachable (%s): starting with the stored identity of node %s",
-                exc,
-                stored.node_id,
-            )
-            return stored
-        if response.node_id != stored.node_id:
-            log.warning(
-                "cluster assigned a new node id %s (was %s)", response.node_id, stored.node_id
-            )
-    else:
-        if settings.join_token is None:
-            raise ValueError(
-                "no stored identity and no join token: set --join-token or EDGE_NODE_JOIN_TOKEN"
-            )
-        response = joiner.join(request, should_stop=stop.is_set)
-    save_identity(settings.state_dir, response)
-    log.info("joined cluster %s as node %s", response.cluster_name, response.node_id)
-    return response
-
-
-def needs_tls_at_start(settings: NodeEngineSettings) -> bool:
-    """Whether OpenSSL must stay loadable: https join URL, docker runtime over TLS,
-    stored TLS broker (a plain unix-socket docker runtime needs no ``ssl``)."""
-    from schemas.common import Runtime
-
-    if settings.cluster_url.startswith("https:"):
-        return True
-    if Runtime.DOCKER in settings.runtimes:
-        from node_engine.runtimes.docker_api import tls_wanted
-
-        if tls_wanted():
-            return True
-    try:
-        stored = json.loads((settings.state_dir / "identity.json").read_text())
-        return bool(stored.get("mqtt", {}).get("tls"))
-    except (OSError, ValueError, AttributeError):
-        return False
+def run(plan: NodePlan, stopper: Stopper) -> int:
+    """Run the built engine until a stop request; its shutdown happens inside
+    `Engine.run` (tasks keep running, offline presence, outbox kept). Status 0."""
+    stopper.engine = plan.engine
+    if stopper.stop.is_set():  # a signal between the join and now
+        return 0
+    log.info("%s", plan.describe())
+    plan.engine.run()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``node-engine`` console script."""
-    # Footprint: keep OpenSSL out until we know something needs TLS, and import
-    # pydantic-settings without asyncio (see node_engine/lean.py).
-    lean.hide_openssl()
-    lean.import_pydantic_settings()
-    from pydantic import ValidationError
-
-    from node_engine.settings import ENV_PREFIX, FLAG_NAMES, NodeEngineSettings, load_settings
-    from schemas.settings_cli import settings_error
-
+    """Entry point of the ``node-engine`` console script: build, then run."""
+    stopper = Stopper()
     try:
-        settings = load_settings(argv)
-    except ValidationError as exc:
-        line = settings_error(
-            exc, model=NodeEngineSettings, env_prefix=ENV_PREFIX, flags=FLAG_NAMES
-        )
-        print(f"node-engine: {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ValueError as exc:
-        print(f"node-engine: invalid settings: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if needs_tls_at_start(settings):
-        lean.allow_tls()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
-
-    stop = threading.Event()
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    engine_ref: list[Any] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-        if engine_ref:
-            engine_ref[0].request_stop()
-        else:
-            inbox.put(None)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    from node_engine.runtimes.native_policy import NativeGuard
-    from schemas.common import Runtime as RuntimeKind
-
-    native_guard = NativeGuard(
-        settings.native_run_as,
-        allowed_commands=settings.native_allowed_commands,
-        allowed_workdirs=settings.native_allowed_workdirs,
-        allow_env=settings.native_allow_env_overrides,
-    )
-    try:
-        prepare_state_dir(
-            settings.state_dir,
-            traversable=native_guard.switches and RuntimeKind.NATIVE in settings.runtimes,
-        )
-    except OSError as exc:
-        print(
-            f"node-engine: cannot use state directory {settings.state_dir}: {exc}", file=sys.stderr
-        )
-        return EXIT_CONFIG
-
-    import psutil
-
-    from node_engine.identity import JoinRefused, describe_node, engine_id, refusal_message
-    from node_engine.monitor import Monitor
-
-    runtimes, unavailable = build_runtimes(
-        settings.runtimes, settings.state_dir, engine_id(settings.state_dir), native_guard
-    )
-    if RuntimeKind.NATIVE in runtimes:
-        for level, line in native_guard.describe():
-            log.log(level, "%s", line)
-    monitor = Monitor(psutil, settings.state_dir)
-    monitor.probe()
-    info = describe_node(
-        name=settings.name,
-        labels=settings.labels,
-        runtimes=list(runtimes),
-        accelerators=monitor.accelerators,
-        disk_path=settings.state_dir,
-        psutil_mod=psutil,
-        engine_version=__version__,
-    )
-
-    from schemas.node import JoinRequest
-
-    def request_factory(stored: JoinResponse | None) -> JoinRequest:
-        if stored is None:
-            return JoinRequest(info=info)
-        return JoinRequest(info=info, node_id=stored.node_id, node_secret=stored.node_secret)
-
-    try:
-        identity = obtain_identity(settings, request_factory, stop)
-    except JoinRefused as exc:
-        print(refusal_message(exc, settings.cluster_url, settings.state_dir), file=sys.stderr)
-        return EXIT_JOIN_REFUSED
-    except ValueError as exc:
-        print(f"node-engine: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as exc:  # JoinUnavailable after a stop request
-        if stop.is_set():
-            log.info("stopped before joining")
-            return 0
-        print(f"node-engine: cannot join: {exc}", file=sys.stderr)
-        return 1
-    if stop.is_set():
-        return 0
-    if identity.mqtt.tls:
-        lean.allow_tls()
-
-    lean.import_paho_client()  # before node_engine.mqtt: without dnspython
-    from node_engine.engine import Engine, offline_presence
-    from node_engine.mqtt import MqttTransport
-    from node_engine.state import Outbox, SeenCommands, TaskStore
-    from node_engine.supervisor import Supervisor
-
-    node_id = identity.node_id
-    try:
-        transport = MqttTransport(
-            identity.mqtt,
-            node_id,
-            inbox,
-            will_payload=offline_presence(node_id, __version__, "connection lost"),
-            ca_file=settings.mqtt_ca_file,
-            server_name=settings.mqtt_server_name,
-        )
-    except ValueError as exc:  # schemas.tls.TlsSetupError: the CA cannot be loaded
-        print(
-            f"node-engine: broker TLS: {exc} (--mqtt-ca-file, EDGE_NODE_MQTT_CA_FILE)",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    store = TaskStore(settings.state_dir)
-    store.load()
-    seen = SeenCommands(settings.state_dir / "commands.json")
-    seen.load()
-    outbox = Outbox(settings.state_dir / "outbox.json")
-    outbox.load()
-
-    def supervisor_factory(emit: Any) -> Supervisor:
-        return Supervisor(runtimes, unavailable, store, emit, stop_timeout=settings.stop_timeout)
-
-    engine = Engine(
-        node_id=node_id,
-        inbox=inbox,
-        transport=transport,
-        monitor=monitor,
-        supervisor_factory=supervisor_factory,
-        outbox=outbox,
-        seen=seen,
-        status_interval=settings.status_interval or identity.status_interval_s,
-        runtimes=list(runtimes),
-        engine_version=__version__,
-        workers=settings.runtime_workers,
-    )
-    if settings.shedding:
-        from node_engine.monitor import host_cpu_count
-        from node_engine.shedding import build_shedder
-
-        engine.shedder = build_shedder(
-            settings, lambda: engine.supervisor.tasks, host_cpu_count(psutil)
-        )
-    engine_ref.append(engine)
-    if stop.is_set():
-        return 0
-    log.info(
-        "node %s running: runtimes %s, status every %.2f s, state in %s",
-        node_id,
-        [r.value for r in runtimes] or "none",
-        engine.status_interval,
-        settings.state_dir,
-    )
-    engine.run()
-    return 0
+        plan = build(argv, stopper)
+    except StartupExit as exc:
+        if exc.message:
+            print(exc.message, file=sys.stderr)
+        return exc.code
+    return run(plan, stopper)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Settings of the node engine: flags > ``EDGE_NODE_*`` environment > config file > defaults.
 
 Nothing is read at import time: `load_settings(argv)` parses the flags, picks the
-config file (``--config`` or ``EDGE_NODE_CONFIG``, JSON or TOML) and lets
-pydantic-settings merge the sources.
+config file (``--config`` or ``EDGE_NODE_CONFIG``, JSON or TOML) and merges the sources
+with `schemas.settings_file.build_settings`, the loader of the orchestrators too (what
+differs here: only JSON and TOML files, and the ``--config`` error lines' wording).
 """
 
 from __future__ import annotations
@@ -15,17 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    JsonConfigSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from schemas.common import NAME_PATTERN, Labels, Name, Runtime
 from schemas.settings_cli import OneLineParser, default_text, env_name, option_help
+from schemas.settings_file import FlagsEnvSettings, SettingsFileError, build_settings
 
 ENV_PREFIX = "EDGE_NODE_"
 DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
@@ -76,8 +71,10 @@ def _parse_list(value: Any) -> Any:
     return value
 
 
-class NodeEngineSettings(BaseSettings):
-    """Everything the node engine can be told; see docs/node-engine.md for the table."""
+class NodeEngineSettings(FlagsEnvSettings):
+    """Everything the node engine can be told; see docs/node-engine.md for the table.
+
+    Sources (`FlagsEnvSettings`): flags, then ``EDGE_NODE_*``, then the config file."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, case_sensitive=False
@@ -422,66 +419,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_config_file(path: Path) -> None:
-    """ValueError naming --config and the file when it cannot be read or parsed."""
-    where = f"--config ({ENV_PREFIX}CONFIG): config file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"{where} cannot be read: {why}") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{where} cannot be parsed: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must hold a mapping of settings")
-
-
 def load_settings(
     argv: list[str] | None = None, environ: dict[str, str] | None = None
 ) -> NodeEngineSettings:
-    """Parse flags and merge them with the environment and the optional config file.
+    """Parse flags and merge them with the environment and the optional config file
+    (`schemas.settings_file.build_settings`, the loader the orchestrators use too).
 
     `environ` only serves to find ``EDGE_NODE_CONFIG``; the variables themselves are read
-    by pydantic-settings from the process environment.
+    by pydantic-settings from the process environment. A config file that cannot be
+    used raises ValueError naming ``--config`` and ``EDGE_NODE_CONFIG``.
     """
-    import os
-
-    env = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    config = flags.pop("config", None) or env.get(ENV_PREFIX + "CONFIG")
-    if config is None:
-        return NodeEngineSettings(**flags)
-    path = Path(config)
-    _check_config_file(path)
-
-    class _WithFile(NodeEngineSettings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            file_source: PydanticBaseSettingsSource
-            if path.suffix.lower() == ".toml":
-                file_source = TomlConfigSettingsSource(settings_cls, toml_file=path)
-            else:
-                file_source = JsonConfigSettingsSource(settings_cls, json_file=path)
-            return (init_settings, env_settings, file_source)
-
-    return _WithFile(**flags)
+    try:
+        return build_settings(
+            NodeEngineSettings, flags, ENV_PREFIX, environ=environ, yaml_files=False
+        )
+    except SettingsFileError as exc:
+        where = f"--config ({ENV_PREFIX}CONFIG): config file {exc.path}"
+        raise ValueError(f"{where} {exc.reason}") from None
 
 
 __all__ = [

@@ -106,6 +106,7 @@ from schemas.cluster import (
     PlaceInstanceResponse,
 )
 from schemas.common import ID_PATTERN, MAX_TEXT, NAME_PATTERN
+from schemas.errors import Conflict, NotFound, ServiceError
 from schemas.job import InstanceState, JobSpec
 from schemas.node import InferenceStats
 from schemas.secrets import digest, hash_secret, new_secret, verify_secret
@@ -142,18 +143,6 @@ MAX_VERSIONS = 10
 #: How long a call waits for its writes to be durable before it answers 503 (they
 #: stay queued and land when the store is back).
 DURABLE_TIMEOUT_S = 30.0
-
-
-class ServiceError(Exception):
-    """Base of the errors the API maps to HTTP statuses."""
-
-
-class NotFound(ServiceError):
-    """No such job or cluster (404)."""
-
-
-class Conflict(ServiceError):
-    """The request contradicts the current state (409)."""
 
 
 class Invalid(ServiceError):

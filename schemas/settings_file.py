@@ -1,21 +1,24 @@
-"""Settings sources shared by the orchestrator programs: flags > environment > file.
+"""Settings sources shared by the three programs: flags > environment > file.
 
-Both orchestrators take their settings from command-line flags, `EDGE_*` environment
-variables and an optional JSON, YAML or TOML file, in that order of precedence. This
-module holds that mechanism once; each program keeps only its own settings class.
+The root orchestrator, the cluster orchestrator and the node engine take their settings
+from command-line flags, `EDGE_*` environment variables and an optional settings file,
+in that order of precedence. This module holds that mechanism once (`build_settings`);
+each program keeps only its own settings class and parser.
+
+The node engine imports this module too, so it stays light at import: only pydantic,
+pydantic-settings and the stdlib are loaded up front; ``yaml``, ``tomllib`` and
+``hmac`` are imported when a YAML/TOML file is read or a token compared (the node's
+RSS budget, docs/node-engine.md "Footprint").
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -47,6 +50,8 @@ def check_token_lengths(value: list[SecretStr], what: str) -> list[SecretStr]:
 
 def token_accepted(given: str, accepted: Sequence[str]) -> bool:
     """Whether `given` is one of `accepted`, comparing with every token in constant time."""
+    import hmac
+
     found = False
     for token in accepted:
         found |= hmac.compare_digest(given.encode(), token.encode())
@@ -77,7 +82,17 @@ def check_store_url(value: str) -> str:
 
 
 class SettingsFileError(ValueError):
-    """The settings file cannot be read or does not hold a mapping."""
+    """The settings file cannot be read or does not hold a mapping.
+
+    The message names the file (``cannot read settings file X: why``); `path` and
+    `reason` (``does not exist``, ``cannot be read: why``, ``cannot be parsed: why``,
+    ``must hold a mapping of settings``) let a program word the line its own way (both
+    unset for other invalid settings, e.g. the cluster's `InvalidSetting`)."""
+
+    def __init__(self, message: str, *, path: Path | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
 
 
 class FlagsEnvSettings(BaseSettings):
@@ -130,34 +145,74 @@ def with_file(base: type[S], values: Mapping[str, Any]) -> type[S]:
     return FileBackedSettings
 
 
-def read_settings_file(path: Path) -> dict[str, Any]:
-    """Read a JSON, YAML or TOML settings file into a dict keyed by field name."""
+def read_settings_file(path: Path, *, yaml_files: bool = True) -> dict[str, Any]:
+    """Read a JSON, YAML or TOML settings file into a dict keyed by field name.
+
+    ``.json`` is JSON and ``.toml`` TOML; any other name is YAML, or JSON when
+    `yaml_files` is False (the node engine, whose files are JSON or TOML)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SettingsFileError(f"cannot read settings file {path}: {why}") from exc
+        reason = (
+            "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {why}"
+        )
+        raise SettingsFileError(
+            f"cannot read settings file {path}: {why}", path=path, reason=reason
+        ) from exc
     suffix = path.suffix.lower()
     try:
-        if suffix == ".json":
-            data: Any = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        data = _parse(text, suffix, yaml_files)
+    except ValueError as exc:
         why = " ".join(str(exc).split())
-        raise SettingsFileError(f"cannot parse settings file {path}: {why}") from exc
+        raise SettingsFileError(
+            f"cannot parse settings file {path}: {why}",
+            path=path,
+            reason=f"cannot be parsed: {why}",
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsFileError(f"settings file {path} must hold a mapping")
+        raise SettingsFileError(
+            f"settings file {path} must hold a mapping",
+            path=path,
+            reason="must hold a mapping of settings",
+        )
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def build_settings(cls: type[S], args: dict[str, Any], env_prefix: str) -> S:
-    """Settings from parsed flags `args` (may hold `config`), the env and the file."""
-    config = args.pop("config", None) or os.environ.get(f"{env_prefix}CONFIG")
+def _parse(text: str, suffix: str, yaml_files: bool) -> Any:
+    """The file's data; ValueError (also for YAML errors) when it does not parse."""
+    if suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    if suffix == ".json" or not yaml_files:
+        return json.loads(text)
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def build_settings(
+    cls: type[S],
+    args: dict[str, Any],
+    env_prefix: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    yaml_files: bool = True,
+) -> S:
+    """Settings from parsed flags `args` (may hold `config`), the env and the file.
+
+    The file is ``config`` in `args`, else ``<env_prefix>CONFIG`` of `environ` (default:
+    the process environment; the other variables are always read from the process
+    environment by pydantic-settings). `SettingsFileError` when it cannot be used."""
+    env = os.environ if environ is None else environ
+    config = args.pop("config", None) or env.get(f"{env_prefix}CONFIG")
     if not config:
         return cls(**args)
-    return with_file(cls, read_settings_file(Path(config)))(**args)
+    values = read_settings_file(Path(config), yaml_files=yaml_files)
+    return with_file(cls, values)(**args)

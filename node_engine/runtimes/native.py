@@ -106,6 +106,7 @@ from node_engine.runtimes.base import (
 from node_engine.runtimes.native_policy import NativeGuard, RunAs
 from schemas.common import Runtime as RuntimeKind
 from schemas.job import TaskSpec, TaskState
+from schemas.process_group import signal_group
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH given to every native task (a spec's own PATH only where the node allows it)."""
@@ -604,8 +605,7 @@ class NativeRuntime:
         the processes of its cgroup that belong to it (see `_owned`)."""
         cg = cgroups.TaskCgroup.from_extra(handle.extra)
         if handle.pid is not None and self._group_safe(handle):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(handle.pid, sig)
+            signal_group(handle.pid, sig)
         if cg is not None:
             stats = [st for pid in cg.pids() if (st := _read_stat(pid)) is not None]
             for st in self._owned(handle, stats):

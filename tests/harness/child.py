@@ -2,18 +2,19 @@
 
 The cluster orchestrator and the node engine harnesses (and the root's in
 tests/harness/system.py) share this: output appended to one log file per process,
-SIGTERM then SIGKILL, and the log's text for failure messages.
+SIGTERM then SIGKILL (`schemas.process_group`, what edgectl and the native runtime use
+too), and the log's text for failure messages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+from schemas.process_group import kill_child, stop_child
 
 
 class ChildProcess:
@@ -67,26 +68,19 @@ class ChildProcess:
         return code
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; SIGKILL after `timeout`. The exit status, None if never started."""
+        """SIGTERM and wait; SIGKILL (the group if it has its own) after `timeout`. The
+        exit status, None if never started."""
         if self.proc is None:
             self._close()
             return None
-        try:
-            return self.terminate(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
+        code, _ = stop_child(self.proc, timeout, term_group=False, kill_group=self._own_group)
+        self._close()
+        return code
 
     def kill(self) -> None:
         """SIGKILL (a crash: no shutdown code runs); the whole group if it has its own."""
-        if self.proc is not None and self.proc.poll() is None:
-            if self._own_group:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-            else:
-                self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+        if self.proc is not None:
+            kill_child(self.proc, group=self._own_group)
         self._close()
 
     def _close(self) -> None:

@@ -36,6 +36,51 @@ def test_new_plan_names_ports_tokens(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["root_port"] == plan.root_port
 
 
+class _Quiet:
+    def update(self, phase: str, done: int, total: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def test_launch_plan_lists_every_service_with_its_own_secrets(tmp_path: Path) -> None:
+    """The build half of `LocalSystem.start`: what would run, nothing started."""
+    import threading
+
+    plan, _ = local.resolve_plan(tmp_path, clusters=2, nodes=2, store=None)
+    layout = local.Layout(tmp_path)
+    system = local.LocalSystem(layout, plan, progress=_Quiet(), stop=threading.Event())
+    launch = system.launch_plan()
+    assert [s.name for s in launch.all()] == [
+        "root",
+        "cluster-c1",
+        "cluster-c2",
+        "node-c1-n1",
+        "node-c1-n2",
+        "node-c2-n1",
+        "node-c2-n2",
+    ]
+    assert [s.kind for s in launch.all()] == ["root"] + ["cluster"] * 2 + ["node"] * 4
+    assert launch.root.url == plan.root_url
+    assert launch.root.env["EDGE_OPERATOR_TOKENS"] == plan.operator_token
+    assert launch.root.cwd == layout.root_dir
+    for spec, c in zip(launch.clusters, plan.clusters, strict=True):
+        assert spec.url == c.url
+        assert spec.env["EDGE_JOIN_TOKEN"] == c.join_token
+        assert spec.env["EDGE_REGISTRATION_TOKEN"] == plan.registration_token
+        assert spec.cwd == layout.cluster_dir(c.name)
+    c2 = plan.clusters[1]
+    node = launch.nodes[2]
+    assert node.env["EDGE_NODE_JOIN_TOKEN"] == c2.join_token
+    assert node.argv[node.argv.index("--cluster-url") + 1] == c2.url
+    assert node.cwd == layout.node_dir("c2-n1")
+    # secrets go through the environment, never the argv (visible in ps)
+    for spec in launch.all():
+        assert not {plan.operator_token, c2.join_token} & set(spec.argv)
+    assert not (tmp_path / "logs").exists()  # nothing was started or written
+
+
 def test_resume_keeps_everything_and_refuses_another_shape(tmp_path: Path) -> None:
     first, _ = local.resolve_plan(tmp_path, clusters=1, nodes=2, store=None, root_port=None)
     again, resumed = local.resolve_plan(tmp_path, clusters=None, nodes=None, store=None)

@@ -64,3 +64,18 @@ def test_paho_without_dnspython() -> None:
         "print(json.dumps({'ok': ok}))\n"
     )
     assert got == {"ok": True}
+
+
+def test_shared_settings_loader_loads_no_file_parser_the_node_does_not_use(
+    tmp_path: Path,
+) -> None:
+    """The node uses the orchestrators' loader (schemas/settings_file.py): reading its
+    settings, even from a JSON file, imports neither yaml nor tomllib."""
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"cluster_url": "http://c:1", "name": "lean"}))
+    names = ["yaml", "tomllib", "asyncio"]
+    got = modules_after(
+        "from node_engine.settings import load_settings\n"
+        f"assert load_settings(['--config', {str(config)!r}]).name == 'lean'\n" + loaded(names)
+    )
+    assert got == dict.fromkeys(names, False)

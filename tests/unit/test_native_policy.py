@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from node_engine.main import prepare_state_dir
 from node_engine.runtimes.native_policy import (
     NativeGuard,
     PolicyRefusal,
@@ -19,6 +18,7 @@ from node_engine.runtimes.native_policy import (
     may_access,
     within,
 )
+from node_engine.startup import prepare_state_dir
 
 
 def test_within_compares_whole_components() -> None:
