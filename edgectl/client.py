@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas.root_api import (
     ClusterView,
+    NodeActionResult,
     RegistrationTokenCreated,
     RegistrationTokenList,
     RegistrationTokenView,
@@ -416,10 +417,12 @@ class RootClient:
         """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
         return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")
 
-    def node_action(self, cluster: str, node: str, action: str) -> Any:
+    def node_action(self, cluster: str, node: str, action: str) -> NodeActionResult:
         """``POST /clusters/{cluster}/nodes/{node}/{action}`` (drain, cordon, uncordon)."""
-        return self.request(
-            "POST", f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}"
+        return self.typed(
+            NodeActionResult,
+            "POST",
+            f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}",
         )
 
     # ----- events -----

@@ -884,7 +884,7 @@ def _node_action(
     if fmt is OutputFormat.JSON:
         output.print_json(result)
     else:
-        _print(output.node_action_view(result))
+        _print(output.node_action_view(result.model_dump(mode="json")))
 
 
 @nodes_app.command("drain")
