@@ -42,8 +42,8 @@ from cluster_orchestrator.records import (
 )
 from cluster_orchestrator.scheduling import assign, decide
 from cluster_orchestrator.state import ClusterState
-from cluster_orchestrator.views import NodeDetail
 from schemas.cluster import PlaceInstanceRequest, PlaceInstanceResponse
+from schemas.cluster_api import NodeDetail
 from schemas.job import InstanceState
 from schemas.node import JoinRequest
 

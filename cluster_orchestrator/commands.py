@@ -15,7 +15,7 @@ from cluster_orchestrator.records import NodeRecord
 from cluster_orchestrator.scheduling import move
 from cluster_orchestrator.sending import send_terminate
 from cluster_orchestrator.state import ClusterState
-from cluster_orchestrator.views import DrainResult, InstanceView
+from schemas.cluster_api import DrainResult, InstanceView
 from schemas.job import InstanceState
 from schemas.node import Liveness
 

@@ -62,7 +62,6 @@ from cluster_orchestrator.runner import EffectRunner
 from cluster_orchestrator.settings import ClusterSettings
 from cluster_orchestrator.state import ClusterState
 from cluster_orchestrator.timers import TICK_S
-from cluster_orchestrator.views import DrainResult, InstanceView, NodeDetail
 from placement import Candidate
 from schemas.cluster import (
     ClusterReport,
@@ -70,6 +69,7 @@ from schemas.cluster import (
     PlaceInstanceRequest,
     PlaceInstanceResponse,
 )
+from schemas.cluster_api import DrainResult, InstanceView, NodeDetail
 from schemas.job import InstanceState
 from schemas.mqtt import CommandMessage
 from schemas.node import JoinRequest, Liveness, NodeInfo

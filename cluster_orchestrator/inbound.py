@@ -221,7 +221,7 @@ def apply_task_event(
         event.exit_code,
         ts,
         from_status=False,
-        data=event.data,
+        data=event.data.as_dict(),
     )
 
 

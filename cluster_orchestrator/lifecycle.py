@@ -15,7 +15,7 @@ from cluster_orchestrator.effects import Effects
 from cluster_orchestrator.liveness import Transition
 from cluster_orchestrator.records import InstanceRecord, NodeRecord
 from cluster_orchestrator.state import ClusterState
-from schemas.cluster import InstanceChange
+from schemas.cluster import InstanceChange, InstanceChangeData
 from schemas.job import InstanceState
 from schemas.node import Liveness
 
@@ -83,10 +83,13 @@ def transition(
 def change_of(st: ClusterState, inst: InstanceRecord) -> InstanceChange:
     """The instance as the root learns it: state, node, reason, and as data the node
     name, restarts and the latest inference figures (full reports refresh them)."""
-    data: dict[str, Any] = {"node_name": st.node_name(inst.node_id), "restarts": inst.restarts}
     stats = st.inference.get(inst.id)
-    if stats is not None:
-        data["inference"] = stats.model_dump(mode="json")
+    name, restarts = st.node_name(inst.node_id), inst.restarts
+    data = (
+        InstanceChangeData(node_name=name, restarts=restarts)
+        if stats is None
+        else InstanceChangeData(node_name=name, restarts=restarts, inference=stats)
+    )
     return InstanceChange(
         instance_id=inst.id,
         job_id=inst.job_id,

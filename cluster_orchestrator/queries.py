@@ -20,8 +20,8 @@ from cluster_orchestrator.records import (
     event_from_doc,
 )
 from cluster_orchestrator.state import ClusterState
-from cluster_orchestrator.views import InstanceView, NodeDetail
 from schemas.cluster import MAX_INSTANCE_CHANGES, ClusterReport, InstanceChange
+from schemas.cluster_api import InstanceView, NodeDetail
 from schemas.job import InstanceState
 from schemas.node import Liveness
 from store import Store

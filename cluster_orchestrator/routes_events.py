@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cluster_orchestrator.deps import OperatorAuth, ServicesDep
 from cluster_orchestrator.records import EVENTS, event_from_doc
-from cluster_orchestrator.views import API_ERRORS
+from schemas.cluster_api import API_ERRORS
 from schemas.job import Event
 
 __all__ = ["EventList", "router"]

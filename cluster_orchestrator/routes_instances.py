@@ -8,13 +8,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import CoreDep, OperatorAuth
-from cluster_orchestrator.views import API_ERRORS, InstanceList, InstanceView
 from schemas.cluster import (
     PlaceInstanceBatch,
     PlaceInstanceBatchResponse,
     PlaceInstanceRequest,
     PlaceInstanceResponse,
 )
+from schemas.cluster_api import API_ERRORS, InstanceList, InstanceView
 from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
 

@@ -18,8 +18,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from cluster_orchestrator.core import NotFound
 from cluster_orchestrator.deps import OperatorAuth, ServicesDep
 from cluster_orchestrator.logs import NodeLogs, NodeLogsError, NodeLogsRefused, NodeLogsTimeout
-from cluster_orchestrator.views import API_ERRORS
 from schemas.cluster import InstanceLogs
+from schemas.cluster_api import API_ERRORS
 from schemas.common import ID_PATTERN
 from schemas.job import InstanceState
 from schemas.mqtt import CURSOR_PATTERN, MAX_LOGS_BYTES, MAX_LOGS_TAIL

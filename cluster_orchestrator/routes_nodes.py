@@ -25,7 +25,7 @@ from cluster_orchestrator.deps import (
     ServicesDep,
 )
 from cluster_orchestrator.records import new_secret
-from cluster_orchestrator.views import API_ERRORS, DrainResult, NodeDetail, NodeList
+from schemas.cluster_api import API_ERRORS, DrainResult, NodeDetail, NodeList
 from schemas.common import ID_PATTERN
 from schemas.node import JoinRequest, JoinResponse, Liveness, MqttConnectInfo
 

@@ -12,10 +12,23 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from schemas.root_api import (
+    ClusterView,
+    NodeActionResult,
+    RegistrationTokenCreated,
+    RegistrationTokenList,
+    RegistrationTokenView,
+    UpdatePlan,
+    VersionList,
+)
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 __all__ = [
     "ApiError",
@@ -225,6 +238,20 @@ class RootClient:
                 f"the root answered {method} {path} with something that is not JSON"
             ) from exc
 
+    def typed(self, model: type[_Model], method: str, path: str, **kwargs: Any) -> _Model:
+        """`request`, read as `model` (schemas/root_api.py); an answer that does not fit
+        is an EdgectlError naming the field (another root version, or not a root)."""
+        doc = self.request(method, path, **kwargs)
+        try:
+            return TypeAdapter(model).validate_python(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise EdgectlError(
+                f"the root answered {method} {path} with an unexpected {model.__name__}: "
+                f"{where}: {first['msg']}"
+            ) from None
+
     @staticmethod
     def _ref(value: str) -> str:
         return quote(value, safe="")
@@ -284,18 +311,19 @@ class RootClient:
             "PATCH", f"/api/v1/jobs/{self._ref(job)}", json_body=dict(changes), body_name="spec"
         )
 
-    def plan_update(self, job: str, changes: Mapping[str, Any]) -> Any:
+    def plan_update(self, job: str, changes: Mapping[str, Any]) -> UpdatePlan:
         """``POST /jobs/{job}/plan``: the dry run of an update (nothing changes)."""
-        return self.request(
+        return self.typed(
+            UpdatePlan,
             "POST",
             f"/api/v1/jobs/{self._ref(job)}/plan",
             json_body=dict(changes),
             body_name="spec",
         )
 
-    def job_versions(self, job: str) -> Any:
+    def job_versions(self, job: str) -> VersionList:
         """``GET /jobs/{job}/versions``: the kept versions of its spec, newest first."""
-        return self.request("GET", f"/api/v1/jobs/{self._ref(job)}/versions")
+        return self.typed(VersionList, "GET", f"/api/v1/jobs/{self._ref(job)}/versions")
 
     def delete_job(self, job: str) -> Any:
         """``DELETE /jobs/{job}``: the job, now TERMINATING."""
@@ -354,36 +382,47 @@ class RootClient:
         """Every registered cluster."""
         return list(self.request("GET", "/api/v1/clusters").get("clusters", []))
 
-    def reset_cluster_identity(self, cluster: str, ttl_s: float) -> Any:
+    def reset_cluster_identity(self, cluster: str, ttl_s: float) -> ClusterView:
         """``POST /clusters/{cluster}/reset-identity``: approve a new identity."""
-        return self.request(
+        return self.typed(
+            ClusterView,
             "POST",
             f"/api/v1/clusters/{self._ref(cluster)}/reset-identity",
             json_body={"ttl_s": ttl_s},
         )
 
-    def create_registration_token(self, name: str, ttl_s: float | None) -> Any:
+    def create_registration_token(self, name: str, ttl_s: float | None) -> RegistrationTokenCreated:
         """``POST /registration-tokens``: a token bound to one cluster name (shown once)."""
-        return self.request(
-            "POST", "/api/v1/registration-tokens", json_body={"name": name, "ttl_s": ttl_s}
+        return self.typed(
+            RegistrationTokenCreated,
+            "POST",
+            "/api/v1/registration-tokens",
+            json_body={"name": name, "ttl_s": ttl_s},
         )
 
-    def list_registration_tokens(self) -> list[Any]:
+    def list_registration_tokens(self) -> list[RegistrationTokenView]:
         """``GET /registration-tokens`` (without the tokens)."""
-        return list(self.request("GET", "/api/v1/registration-tokens").get("tokens", []))
+        page = self.typed(RegistrationTokenList, "GET", "/api/v1/registration-tokens")
+        return page.tokens
 
-    def delete_registration_token(self, token_id: str) -> Any:
+    def delete_registration_token(self, token_id: str) -> RegistrationTokenView:
         """``DELETE /registration-tokens/{id}``."""
-        return self.request("DELETE", f"/api/v1/registration-tokens/{self._ref(token_id)}")
+        return self.typed(
+            RegistrationTokenView,
+            "DELETE",
+            f"/api/v1/registration-tokens/{self._ref(token_id)}",
+        )
 
     def cluster_nodes(self, cluster: str) -> Any:
         """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
         return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")
 
-    def node_action(self, cluster: str, node: str, action: str) -> Any:
+    def node_action(self, cluster: str, node: str, action: str) -> NodeActionResult:
         """``POST /clusters/{cluster}/nodes/{node}/{action}`` (drain, cordon, uncordon)."""
-        return self.request(
-            "POST", f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}"
+        return self.typed(
+            NodeActionResult,
+            "POST",
+            f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}",
         )
 
     # ----- events -----

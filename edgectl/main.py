@@ -593,7 +593,9 @@ def jobs_update(
             if fmt is OutputFormat.JSON:
                 output.print_json(plan)
             else:
-                Console(width=80, highlight=False).print(output.plan_view(plan))
+                Console(width=80, highlight=False).print(
+                    output.plan_view(plan.model_dump(mode="json"))
+                )
             return
         if not body:
             if fmt is OutputFormat.TABLE:
@@ -647,7 +649,11 @@ def jobs_history(
     if fmt is OutputFormat.JSON:
         output.print_json(doc)
     else:
-        _print(output.versions_table(doc.get("versions") or [], doc.get("job_version")))
+        _print(
+            output.versions_table(
+                [v.model_dump(mode="json") for v in doc.versions], doc.job_version
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- clusters, nodes
@@ -701,7 +707,7 @@ def clusters_reset_identity(
         output.print_json(view)
     else:
         _print(
-            f"cluster {view.get('name')} ({view.get('id')}): identity reset; its next "
+            f"cluster {view.name} ({view.id}): identity reset; its next "
             f"registration within {ttl:g} s takes the record over"
         )
 
@@ -736,8 +742,8 @@ def clusters_token_create(
     if fmt is OutputFormat.JSON:
         output.print_json(created)
     else:
-        _print(f"registration token {created.get('id')} for cluster name {name} (shown once):")
-        typer.echo(str(created.get("token")))
+        _print(f"registration token {created.id} for cluster name {name} (shown once):")
+        typer.echo(created.token)
 
 
 @clusters_token_app.command("ls")
@@ -757,10 +763,10 @@ def clusters_token_ls(
     if not tokens:
         _err("no registration tokens")
     for t in tokens:
-        state = f"used by {t['used_by']}" if t.get("used_by") else "unused"
-        if t.get("expired"):
+        state = f"used by {t.used_by}" if t.used_by else "unused"
+        if t.expired:
             state = "expired unused"
-        typer.echo(f"{t.get('id')}  {t.get('name')}  {state}")
+        typer.echo(f"{t.id}  {t.name}  {state}")
 
 
 @clusters_token_app.command("rm")
@@ -778,7 +784,7 @@ def clusters_token_rm(
     if fmt is OutputFormat.JSON:
         output.print_json(gone)
     else:
-        _print(f"registration token {gone.get('id')} for {gone.get('name')} deleted")
+        _print(f"registration token {gone.id} for {gone.name} deleted")
 
 
 @nodes_app.command("ls")
@@ -878,7 +884,7 @@ def _node_action(
     if fmt is OutputFormat.JSON:
         output.print_json(result)
     else:
-        _print(output.node_action_view(result))
+        _print(output.node_action_view(result.model_dump(mode="json")))
 
 
 @nodes_app.command("drain")

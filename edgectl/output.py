@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
+from pydantic import BaseModel
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType
@@ -65,10 +66,18 @@ _STATE_STYLES = {
 }
 
 
+def _json_default(value: Any) -> Any:
+    """API models (edgectl's client returns them) as the JSON the root sent."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
 def print_json(doc: Any, file: IO[str] | None = None) -> None:
-    """Indented JSON on stdout (no colours: meant for scripts and `jq`)."""
+    """Indented JSON on stdout (no colours: meant for scripts and `jq`); models print as
+    `model_dump(mode="json")`, the shape of the API's answer."""
     out = file or sys.stdout
-    out.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    out.write(json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")
     out.flush()
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from root_orchestrator.models import MovedInstance, StuckInstance
 from root_orchestrator.service import Conflict, NotFound
+from schemas.root_api import MovedInstance, StuckInstance
 
 __all__ = ["moved_and_stuck", "node_name", "resolve_node"]
 

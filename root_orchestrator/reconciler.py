@@ -45,9 +45,9 @@ import anyio.to_thread
 
 from root_orchestrator.cluster_client import BatchUnsupported, ClusterClient, ClusterUnavailable
 from root_orchestrator.metrics import RootMetrics
-from root_orchestrator.models import ClusterRejection
 from root_orchestrator.service import PRUNE_BATCH, PlacementStep, RootService, TerminateStep
 from schemas.cluster import PlaceInstanceResponse
+from schemas.root_api import ClusterRejection
 
 __all__ = ["Reconciler"]
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from root_orchestrator.models import RegistrationTokenView
 from root_orchestrator.records import ClusterRecord, RegistrationTokenRecord
 from schemas.common import new_id
+from schemas.root_api import RegistrationTokenView
 from schemas.secrets import new_secret
 
 __all__ = [

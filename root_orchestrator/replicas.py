@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from schemas.job import InstanceState, RestartPolicy, ShedAction
+from schemas.root_api import JobState as JobState
 
 __all__ = [
     "ACTIVE_STATES",
@@ -43,19 +43,6 @@ __all__ = [
 ]
 
 ACTIVE_STATES = frozenset(s for s in InstanceState if not s.terminal)
-
-
-class JobState(StrEnum):
-    """A job's summary state, derived from its replicas (see docs/root-orchestrator.md)."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    DEGRADED = "DEGRADED"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-    TERMINATING = "TERMINATING"
-    TERMINATED = "TERMINATED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any, Literal
 
 from root_orchestrator.replicas import InstanceFacts, ReplicaPlan, diff_replicas
 from schemas.job import InstanceState, RestartPolicy, ShedAction, UpdateStrategy
+from schemas.root_api import RolloutState as RolloutState
 
 __all__ = [
     "MAX_ROLLOUT_RESTARTS",
@@ -65,22 +65,6 @@ __all__ = [
 
 #: Node restarts plus losses of target-version instances that fail a rollout.
 MAX_ROLLOUT_RESTARTS = 3
-
-
-class RolloutState(StrEnum):
-    """Where a job's latest rollout stands (see the module docstring)."""
-
-    PROGRESSING = "progressing"
-    COMPLETE = "complete"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def active(self) -> bool:
-        """True while instances are still being replaced."""
-        return self in (RolloutState.PROGRESSING, RolloutState.ROLLING_BACK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,16 +23,16 @@ from schemas.common import (
     LabelKey,
     Labels,
     Name,
+    OpenData,
     Runtime,
     ShortText,
-    StorableDict,
     StrictModel,
     Text,
     Timestamp,
 )
 from schemas.job import Constraints, InstanceState, PlacementPolicy, TaskSpec, TaskState
 from schemas.mqtt import CURSOR_PATTERN, MAX_LOGS_BYTES
-from schemas.node import Liveness
+from schemas.node import InferenceStats, Liveness
 from schemas.resources import AcceleratorCounts, Resources
 
 MAX_NODE_SUMMARIES = 256
@@ -100,6 +100,17 @@ class ThermalSummary(StrictModel):
     throttled_nodes: int = Field(default=0, ge=0, le=MAX_INT64)
 
 
+class InstanceChangeData(OpenData):
+    """What a cluster tells the root about an instance beyond its state
+    (cluster_orchestrator/lifecycle.py `change_of`): the node's name, how often the
+    node restarted it, and the latest figures of an inference worker. Only the keys
+    given travel; unknown keys are kept."""
+
+    node_name: Text | None = None
+    restarts: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    inference: InferenceStats | None = None
+
+
 class InstanceChange(StrictModel):
     """An instance state change the cluster tells the root about."""
 
@@ -110,7 +121,7 @@ class InstanceChange(StrictModel):
     reason: Text = ""
     ts: Timestamp
     exit_code: Int64 | None = None
-    data: StorableDict = Field(default_factory=dict)
+    data: InstanceChangeData = Field(default_factory=InstanceChangeData)
 
 
 class ClusterReport(StrictModel):

@@ -12,9 +12,18 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Job, cluster and node names: lowercase DNS label, 1-63 chars."""
@@ -159,3 +168,55 @@ class StrictModel(BaseModel):
 
 
 Timestamp = Annotated[float, Field(ge=0)]
+
+
+#: Most keys a typed `data` object (TaskEvent, InstanceChange) may carry, known or not.
+MAX_DATA_KEYS = 64
+
+
+class OpenData(BaseModel):
+    """Base of the typed `data` objects of wire messages: known keys are typed fields,
+    unknown keys (from newer or older peers) are kept as long as a store can hold them.
+
+    At most MAX_DATA_KEYS keys in all. Serialises only the keys that were given, so an
+    object travels with the same JSON it arrived with. `get` reads a key the way the
+    old `dict` did (sub-models as JSON objects), for code not yet moved to attributes.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    #: whether unknown keys must be storable (see StorableDict); task events never were
+    storable_extras: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        extra = self.__pydantic_extra__ or {}
+        if len(self.model_fields_set | extra.keys()) > MAX_DATA_KEYS:
+            raise ValueError(f"at most {MAX_DATA_KEYS} data keys allowed")
+        if extra and self.storable_extras:
+            _check_storable(extra)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        given = self.model_fields_set | (self.__pydantic_extra__ or {}).keys()
+        if len(out) == len(given):
+            return out
+        return {key: value for key, value in out.items() if key in given}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key` as the old free-form dict held it (`default` if not given)."""
+        if key in type(self).model_fields:
+            if key not in self.model_fields_set:
+                return default
+            value = getattr(self, key)
+        else:
+            value = (self.__pydantic_extra__ or {}).get(key, default)
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        """The given keys as a JSON-able dict (what the wire carries)."""
+        return self.model_dump(mode="json")

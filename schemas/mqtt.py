@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import from_json
@@ -25,6 +25,7 @@ from schemas.common import (
     MAX_INT64,
     Id,
     Int64,
+    OpenData,
     ShortText,
     StrictModel,
     Text,
@@ -121,6 +122,61 @@ class TerminateCommand(StrictModel):
     reason: Text = ""
 
 
+class ShedThreshold(OpenData):
+    """One shedding signal's thresholds, as a shedding decision quotes them."""
+
+    enter: float | None = None
+    exit: float | None = None
+    enter_for_s: float | None = None
+    exit_for_s: float | None = None
+
+
+class LatencyCulprit(OpenData):
+    """The task whose p95 latency broke its budget (a latency-caused shedding)."""
+
+    instance_id: ShortText | None = None
+    priority: Int64 | None = None
+    p95_ms: float | None = None
+    budget_ms: float | None = None
+
+
+class CpuShare(OpenData):
+    """The node's split of host CPU when a shedding decision was taken."""
+
+    cores: Int64 | None = None
+    owned_percent: float | None = None
+    foreign_percent: float | None = None
+    owned_cores: float | None = None
+    foreign_cores: float | None = None
+
+
+class TaskEventData(OpenData):
+    """What a task event says beyond its state (node_engine/supervisor.py, shedding.py).
+
+    Exits and restarts: `restarts` (times the node restarted it), `restart_in_s` (the
+    node restarts it after this delay), `oom_killed`, `max_restarts_reached`.
+    Shedding (PAUSED, SHED, resumed): the `shedder` action, the `signals` that caused
+    it, their `values` and `thresholds`, the node's `cpu_share`, the victim's
+    `priority` and `on_shed`, and the `latency` culprit. Only the keys given travel;
+    unknown keys are kept (any JSON, as the old free-form `data` allowed).
+    """
+
+    storable_extras: ClassVar[bool] = False
+
+    restarts: Int64 | None = None
+    restart_in_s: float | None = None
+    oom_killed: bool | None = None
+    max_restarts_reached: bool | None = None
+    shedder: ShortText | None = None
+    signals: list[ShortText] | None = Field(default=None, max_length=64)
+    values: dict[str, float | None] | None = Field(default=None, max_length=64)
+    thresholds: dict[str, ShedThreshold] | None = Field(default=None, max_length=64)
+    cpu_share: CpuShare | None = None
+    priority: Int64 | None = None
+    on_shed: ShortText | None = None
+    latency: LatencyCulprit | None = None
+
+
 class TaskEvent(StrictModel):
     """A task state change on a node, or a decision about a task (e.g. shedding)."""
 
@@ -130,7 +186,7 @@ class TaskEvent(StrictModel):
     reason: Text = ""
     exit_code: Int64 | None = None
     seq: int = Field(default=0, ge=0, description="per-node event counter", le=MAX_INT64)
-    data: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    data: TaskEventData = Field(default_factory=TaskEventData)
 
 
 class CommandAck(StrictModel):

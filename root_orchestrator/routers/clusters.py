@@ -21,7 +21,10 @@ from root_orchestrator.auth import (
 )
 from root_orchestrator.cluster_client import ClusterRefused, ClusterUnavailable
 from root_orchestrator.deps import Deps, DepsDep, ServiceDep
-from root_orchestrator.models import (
+from root_orchestrator.node_actions import moved_and_stuck, node_name, resolve_node
+from schemas.cluster import ClusterRegistration, ClusterRegistrationResponse, ClusterReport
+from schemas.common import ID_PATTERN
+from schemas.root_api import (
     ClusterList,
     ClusterView,
     IdentityReset,
@@ -29,9 +32,6 @@ from root_orchestrator.models import (
     NodeList,
     ReportAck,
 )
-from root_orchestrator.node_actions import moved_and_stuck, node_name, resolve_node
-from schemas.cluster import ClusterRegistration, ClusterRegistrationResponse, ClusterReport
-from schemas.common import ID_PATTERN
 
 __all__ = ["cluster_api", "router"]
 

@@ -13,9 +13,9 @@ from fastapi.responses import StreamingResponse
 
 from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
-from root_orchestrator.models import EventList
 from root_orchestrator.service import RootService
 from schemas.common import MAX_INT64
+from schemas.root_api import EventList
 
 __all__ = ["router"]
 

@@ -10,10 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
-from root_orchestrator.models import JobList, JobPatch, JobView, UpdatePlan, VersionList
 from root_orchestrator.replicas import JobState
 from schemas.common import ID_PATTERN
 from schemas.job import JobSpec
+from schemas.root_api import JobList, JobPatch, JobView, UpdatePlan, VersionList
 
 __all__ = ["router"]
 

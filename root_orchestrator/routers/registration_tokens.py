@@ -14,13 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import require_operator
 from root_orchestrator.deps import ServiceDep
-from root_orchestrator.models import (
+from schemas.common import ID_PATTERN
+from schemas.root_api import (
     RegistrationTokenCreated,
     RegistrationTokenList,
     RegistrationTokenRequest,
     RegistrationTokenView,
 )
-from schemas.common import ID_PATTERN
 
 __all__ = ["router"]
 

@@ -587,7 +587,7 @@ def test_api_doc_patch_examples_are_valid_bodies() -> None:
     import json
     import re
 
-    from root_orchestrator.models import JobPatch
+    from schemas.root_api import JobPatch
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     bodies = re.findall(r"-X PATCH [^\n]*\\\n(?:[^\n]*\\\n)*?\s*-d '(.*?)'", text, re.DOTALL)

@@ -116,8 +116,8 @@ def test_inference_figures_reach_the_view_and_the_report(h: Harness) -> None:
     assert view.inference == stats
     report: ClusterReport = h.core.build_report(seq=1, full=True, changes=[])
     (change,) = report.instances
-    assert change.data["inference"]["latency_p95_ms"] == 42.0
-    assert change.data["node_name"] == "a"
+    assert change.data.inference is not None and change.data.inference.latency_p95_ms == 42.0
+    assert change.data.node_name == "a"
     h.clock.t += 1
     h.status(a, [("cam", TaskState.RUNNING)])  # no figures any more
     assert h.core.instance_view(h.inst("cam")).inference is None

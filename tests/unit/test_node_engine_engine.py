@@ -208,7 +208,7 @@ def test_shedder_hook_called_each_tick(engine):
     assert status.shedding is True and status.tasks[0].state is TaskState.PAUSED
     eng._flush()
     paused = [m.payload for m in transport.decoded("events") if m.kind == "task_event"][-1]
-    assert paused.state is TaskState.PAUSED and paused.data == {"temp": 90}
+    assert paused.state is TaskState.PAUSED and paused.data.as_dict() == {"temp": 90}
 
 
 def test_run_loop_stops_on_request_and_goes_offline(engine):

@@ -20,6 +20,7 @@ from schemas.cluster import (
     ClusterRegistrationResponse,
     ClusterReport,
     InstanceChange,
+    InstanceChangeData,
     InstanceLogs,
     NodeCapacity,
     PlaceInstanceBatch,
@@ -28,7 +29,7 @@ from schemas.cluster import (
     PlaceInstanceResponse,
     ThermalSummary,
 )
-from schemas.common import Arch, Runtime, StrictModel, normalize_arch
+from schemas.common import Arch, OpenData, Runtime, StrictModel, normalize_arch
 from schemas.job import (
     Constraints,
     Event,
@@ -43,8 +44,10 @@ from schemas.mqtt import (
     AckMessage,
     Channel,
     CommandAck,
+    CpuShare,
     DeployCommand,
     DeployMessage,
+    LatencyCulprit,
     LogsChunk,
     LogsChunkMessage,
     LogsRequest,
@@ -52,8 +55,10 @@ from schemas.mqtt import (
     MessageError,
     Presence,
     PresenceMessage,
+    ShedThreshold,
     StatusMessage,
     TaskEvent,
+    TaskEventData,
     TaskEventMessage,
     TerminateCommand,
     TerminateMessage,
@@ -161,6 +166,7 @@ EXAMPLES: list[BaseModel] = [
     NodeCapacity(free=Resources(cpu=1), arch=Arch.AMD64, runtimes=[Runtime.NATIVE]),
     ThermalSummary(max_temperature_c=80, hot_nodes=1),
     InstanceChange(instance_id="i1", job_id="j1", state=InstanceState.SHED, ts=2.0),
+    InstanceChangeData(node_name="n1", restarts=2, inference=None),
     ClusterReport(
         ts=1.0,
         seq=1,
@@ -185,6 +191,10 @@ EXAMPLES: list[BaseModel] = [
     TerminateCommand(instance_id="i1", reason="scaled down"),
     CommandAck(command_id="c1", command_kind="deploy", accepted=False, reason="runtime docker"),
     TaskEvent(instance_id="i1", state=TaskState.FAILED, exit_code=3, seq=9),
+    TaskEventData(oom_killed=True, restart_in_s=1.5, restarts=1),
+    ShedThreshold(enter=90.0, exit=70.0, enter_for_s=5.0, exit_for_s=5.0),
+    LatencyCulprit(instance_id="i2", priority=1, p95_ms=120.0, budget_ms=100.0),
+    CpuShare(cores=4, owned_percent=10.0, foreign_percent=80.0, owned_cores=0.4),
     StatusMessage(node_id="n1", payload=STATUS),
     PresenceMessage(node_id="n1", payload=Presence(online=False)),
     AckMessage(node_id="n1", payload=CommandAck(command_id="c", command_kind="x", accepted=True)),
@@ -221,6 +231,7 @@ def _all_models() -> set[type[BaseModel]]:
                 and obj.__module__ == module.__name__
                 and not name.startswith("_")
                 and obj is not StrictModel
+                and obj is not OpenData
             ):
                 found.add(obj)
     return found

@@ -553,7 +553,7 @@ def test_engine_publishes_the_shed_event_before_the_status_showing_it(tmp_path) 
     event, status = (decode(p) for _, p, _, _ in transport.published)
     assert isinstance(event, TaskEventMessage) and isinstance(status, StatusMessage)
     assert event.payload.instance_id == "low" and event.payload.state is TaskState.PAUSED
-    assert event.payload.data["values"]["cpu"] == 30.0
+    assert event.payload.data.values is not None and event.payload.data.values["cpu"] == 30.0
     assert status.payload.shedding is True
     assert {t.instance_id: t.state for t in status.payload.tasks} == {
         "low": TaskState.PAUSED,
