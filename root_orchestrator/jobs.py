@@ -11,9 +11,8 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
-from placement import Request, place
 from root_orchestrator import events as event_log
-from root_orchestrator import lifecycle, lookups, rollouts, texts, views, writes
+from root_orchestrator import lifecycle, lookups, placement_plan, rollouts, views, writes
 from root_orchestrator import placing as placing_ops
 from root_orchestrator.errors import Conflict
 from root_orchestrator.models import (
@@ -34,12 +33,8 @@ from root_orchestrator.rollout import (
     RolloutState,
     simulate,
 )
-from root_orchestrator.scheduler import build_candidates, request_for
 from root_orchestrator.state import (
     RootState,
-)
-from schemas.cluster import (
-    ClusterLiveness,
 )
 from schemas.job import JobSpec
 from schemas.secrets import digest
@@ -300,32 +295,11 @@ def _plan_placements(
 ) -> list[PlannedPlacement]:
     """Where each replica would go now: the scheduler's decision, with reservations
     made only in a local copy of the snapshots (nothing is reserved for real)."""
-    out: list[PlannedPlacement] = []
-    pinned = spec.constraints.cluster
+    pinned = placing_ops.pinned_cluster(st, spec.constraints.cluster)
     if pinned is not None:
-        cluster = lookups.cluster_by_ref(st, pinned)
-        for replica in replicas:
-            if cluster is None or cluster.liveness is not ClusterLiveness.READY:
-                what = "not registered" if cluster is None else cluster.liveness.value
-                text = f"pending: cluster {pinned} (constraints.cluster) is {what}"
-                out.append(PlannedPlacement(replica=replica, outcome="pending", explanation=text))
-            else:
-                out.append(
-                    PlannedPlacement(
-                        replica=replica,
-                        outcome="forwarded",
-                        cluster_id=cluster.id,
-                        cluster_name=cluster.name,
-                        explanation=f"forwarded to cluster {cluster.name} named by "
-                        "constraints.cluster (no root scheduling)",
-                    )
-                )
-        return out
-    request = request_for(
-        spec, spec.constraints, spec.placement_policy.value if spec.placement_policy else None
-    )
-    snapshots = placing_ops.snapshots(st, (), prune=False)
-    planned: dict[str, list[Request]] = {}
+        return placement_plan.plan_placements(
+            spec, replicas, (), pinned=pinned, existing={}, policy="", rng=st.rng
+        )
     existing: dict[str, int] = {}
     if keep:
         for other in lookups.job_instances(st, job.id):
@@ -333,40 +307,15 @@ def _plan_placements(
                 existing[other.cluster_id] = existing.get(other.cluster_id, 0) + 1
     rng = random.Random()
     rng.setstate(st.rng.getstate())
-    for replica in replicas:
-        snaps = [replace(s, reserved=s.reserved + tuple(planned.get(s.id, ()))) for s in snapshots]
-        decision = place(
-            request,
-            build_candidates(request, snaps),
-            st.settings.placement_policy,
-            rng,
-            existing=dict(existing),
-            noun="cluster",
-        )
-        chosen = decision.chosen
-        if chosen is None:
-            out.append(
-                PlannedPlacement(
-                    replica=replica,
-                    outcome="pending",
-                    explanation=texts.short(texts.pending_text(decision, {}, bool(st.clusters))),
-                    decision=decision.to_dict(limit=10),
-                )
-            )
-            continue
-        planned.setdefault(chosen.id, []).append(request)
-        existing[chosen.id] = existing.get(chosen.id, 0) + 1
-        out.append(
-            PlannedPlacement(
-                replica=replica,
-                outcome="scheduled",
-                cluster_id=chosen.id,
-                cluster_name=st.clusters[chosen.id].name,
-                explanation=texts.short(decision.explain()),
-                decision=decision.to_dict(limit=10),
-            )
-        )
-    return out
+    return placement_plan.plan_placements(
+        spec,
+        replicas,
+        placing_ops.snapshots(st, (), prune=False),
+        pinned=None,
+        existing=existing,
+        policy=st.settings.placement_policy,
+        rng=rng,
+    )
 
 
 def delete_job(st: RootState, ref: str) -> JobView:

@@ -14,19 +14,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
-from placement import Decision, place
+from placement import Decision
 from root_orchestrator import events as event_log
-from root_orchestrator import lifecycle, lookups, texts, writes
+from root_orchestrator import lifecycle, lookups, placement_plan, texts, writes
 from root_orchestrator.models import (
     ClusterRejection,
     PlacementInfo,
 )
+from root_orchestrator.placement_plan import PinnedCluster, PlacementPlan, StayPending
 from root_orchestrator.records import (
     ClusterRecord,
     InstanceRecord,
     JobRecord,
 )
-from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
+from root_orchestrator.scheduler import ClusterSnapshot
 from root_orchestrator.state import (
     REFUSAL_TTL_S,
     RootState,
@@ -161,92 +162,63 @@ def _begin(
         return None
     rejections = {**_recent_refusals(st, inst.id), **rejections}
     started = time.perf_counter()
-    pinned = lookups.spec_for(st, job, inst.job_version).constraints.cluster
-    if pinned is not None:
-        step = _place_pinned(st, inst, job, pinned, rejections)
-    else:
-        step = _place_scheduled(st, inst, job, rejections)
+    spec = lookups.spec_for(st, job, inst.job_version)
+    pinned = pinned_cluster(st, spec.constraints.cluster)
+    plan = placement_plan.plan_placement(
+        inst.id,
+        spec,
+        snapshots(st, ()) if pinned is None else (),
+        rejections,
+        pinned=pinned,
+        existing=_existing(st, job.id, inst.id) if pinned is None else {},
+        policy=st.settings.placement_policy,
+        rng=st.rng,
+        now=st.clock(),
+    )
+    step = _apply_plan(st, inst, job, plan, rejections)
     st.metrics.decision_seconds.observe(time.perf_counter() - started)
     lifecycle.settle(st)
     return step
 
 
-def _place_pinned(
+def pinned_cluster(st: RootState, ref: str | None) -> PinnedCluster | None:
+    """The cluster named by a spec's `constraints.cluster` as the plan sees it (None:
+    the spec names none)."""
+    if ref is None:
+        return None
+    cluster = lookups.cluster_by_ref(st, ref)
+    if cluster is None:
+        return PinnedCluster(ref)
+    return PinnedCluster(ref, cluster.id, cluster.name, cluster.liveness)
+
+
+def _existing(st: RootState, job_id: str, instance_id: str) -> dict[str, int]:
+    """The job's other live replicas by cluster id (the plan spreads them)."""
+    existing: dict[str, int] = {}
+    for other in lookups.job_instances(st, job_id):
+        if other.cluster_id and not other.state.terminal and other.id != instance_id:
+            existing[other.cluster_id] = existing.get(other.cluster_id, 0) + 1
+    return existing
+
+
+def _apply_plan(
     st: RootState,
     inst: InstanceRecord,
     job: JobRecord,
-    name: str,
+    plan: PlacementPlan,
     rejections: Mapping[str, ClusterRejection],
 ) -> PlacementStep | None:
-    cluster = lookups.cluster_by_ref(st, name)
-    if cluster is None:
-        _pending(
-            st, inst, f"cluster {name} (constraints.cluster) is not registered", None, rejections
-        )
+    """Apply a placement plan (lock held): PENDING with its reasons, or SCHEDULED on
+    the chosen cluster with a reservation there, and the call to make."""
+    if isinstance(plan, StayPending):
+        _pending(st, inst, plan.text, plan.decision, rejections)
         return None
-    if cluster.id in rejections:
-        _pending(st, inst, f"cluster {name} (constraints.cluster) refused it", None, rejections)
-        return None
-    if cluster.liveness is not ClusterLiveness.READY:
-        _pending(
-            st,
-            inst,
-            f"cluster {name} (constraints.cluster) is {cluster.liveness.value}",
-            None,
-            rejections,
-        )
-        return None
-    info = PlacementInfo(
-        at=st.clock(),
-        instance_id=inst.id,
-        outcome="forwarded",
-        cluster_id=cluster.id,
-        cluster_name=cluster.name,
-        explanation=f"forwarded to cluster {cluster.name} named by constraints.cluster "
-        "(no root scheduling)",
-    )
-    st.metrics.placements.inc("forwarded")
-    return _schedule(st, inst, job, cluster, info, pinned=True)
-
-
-def _place_scheduled(
-    st: RootState, inst: InstanceRecord, job: JobRecord, rejections: Mapping[str, ClusterRejection]
-) -> PlacementStep | None:
-    spec = lookups.spec_for(st, job, inst.job_version)
-    request = request_for(
-        spec, spec.constraints, spec.placement_policy.value if spec.placement_policy else None
-    )
-    candidates = build_candidates(request, snapshots(st, rejections))
-    existing: dict[str, int] = {}
-    for other in lookups.job_instances(st, job.id):
-        if other.cluster_id and not other.state.terminal and other.id != inst.id:
-            existing[other.cluster_id] = existing.get(other.cluster_id, 0) + 1
-    decision = place(
-        request,
-        candidates,
-        st.settings.placement_policy,
-        st.rng,
-        existing=existing,
-        noun="cluster",
-    )
-    chosen = decision.chosen
-    if chosen is None:
-        text = texts.pending_text(decision, rejections, bool(st.clusters))
-        _pending(st, inst, text, decision, rejections)
-        return None
-    cluster = st.clusters[chosen.id]
-    info = PlacementInfo(
-        at=st.clock(),
-        instance_id=inst.id,
-        outcome="scheduled",
-        cluster_id=cluster.id,
-        cluster_name=cluster.name,
-        explanation=texts.with_rejections(decision.explain(), rejections),
-        decision=decision.to_dict(limit=10),
-        cluster_rejections=list(rejections.values()),
-    )
-    st.reservations.setdefault(cluster.id, {})[inst.id] = (request, st.clock())
-    return _schedule(st, inst, job, cluster, info, pinned=False)
+    cluster = st.clusters[plan.cluster_id]
+    if plan.pinned:
+        st.metrics.placements.inc("forwarded")
+    if plan.reserve is not None:
+        st.reservations.setdefault(cluster.id, {})[inst.id] = (plan.reserve, st.clock())
+    return _schedule(st, inst, job, cluster, plan.info, pinned=plan.pinned)
 
 
 def _schedule(
