@@ -37,6 +37,8 @@ def emit(
     node_id: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
+    """Record an event (next seq) with the change that caused it; queued for the store,
+    published to live streams once durable."""
     st.seq += 1
     seq = st.seq
     doc: dict[str, Any] = {

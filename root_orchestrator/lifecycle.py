@@ -213,6 +213,7 @@ def _update_job_state(st: RootState, job: JobRecord) -> None:
 
 
 def lose(st: RootState, inst: InstanceRecord, reason: str) -> None:
+    """Mark an instance LOST with `reason` (noting a termination that could not be confirmed)."""
     if inst.terminate:
         reason = f"{reason}; termination could not be confirmed"
     transition(st, inst, InstanceState.LOST, reason)

@@ -33,6 +33,7 @@ def cluster_instances(st: RootState, cluster_id: str) -> list[InstanceRecord]:
 
 
 def job_instances(st: RootState, job_id: str) -> list[InstanceRecord]:
+    """Every instance of a live job, from memory."""
     return [st.instances[i] for i in st.by_job.get(job_id, ()) if i in st.instances]
 
 
@@ -58,6 +59,7 @@ def spec_for(st: RootState, job: JobRecord, number: int) -> JobSpec:
 
 
 def load_job(st: RootState, job_id: str) -> JobRecord | None:
+    """A job by id: from memory, else from the store (an evicted, TERMINATED job)."""
     job = st.jobs.get(job_id)
     if job is not None:
         return job
@@ -88,6 +90,7 @@ def resolve_job(st: RootState, ref: str) -> JobRecord:
 
 
 def live_job(st: RootState, ref: str) -> JobRecord:
+    """A job by id or name that is not deleted (Conflict if it is)."""
     job = resolve_job(st, ref)
     if job.deleted_at is not None or job.id not in st.jobs:
         raise Conflict(f"job {job.id} is deleted")
@@ -95,12 +98,14 @@ def live_job(st: RootState, ref: str) -> JobRecord:
 
 
 def instances_of(st: RootState, job: JobRecord) -> list[InstanceRecord]:
+    """Every instance of a job: from memory when it is live, else from the store."""
     if job.id in st.jobs:
         return job_instances(st, job.id)
     return [InstanceRecord.from_doc(d) for d in writes.find(st, INSTANCES, {"job_id": job.id})]
 
 
 def cluster_by_ref(st: RootState, ref: str) -> ClusterRecord | None:
+    """A cluster by id or name (None when unknown)."""
     rec = st.clusters.get(ref)
     if rec is not None:
         return rec

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 def snapshots(
     st: RootState, exclude: Iterable[str], *, prune: bool = True
 ) -> list[ClusterSnapshot]:
+    """What the plan sees of each cluster (liveness, report, reservations), by id; stale
+    reservations (older than 3 report intervals) are dropped unless `prune` is off."""
     now = st.clock()
     max_age = max(3 * st.settings.report_interval, 10.0)
     skip = set(exclude)

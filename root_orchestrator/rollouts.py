@@ -74,6 +74,7 @@ def _prune_versions(st: RootState, job: JobRecord, keep: Iterable[int]) -> None:
 
 
 def running_now(st: RootState, job_id: str) -> int:
+    """How many instances of a job run now (terminating ones not counted)."""
     return sum(
         1
         for i in lookups.job_instances(st, job_id)
@@ -316,6 +317,7 @@ def _end_rollout(st: RootState, job: JobRecord, state: RolloutState, reason: str
 
 
 def change_for(st: RootState, job: JobRecord, patch: JobPatch) -> SpecChange:
+    """A PATCH applied to a job's spec (Invalid naming the field when it does not apply)."""
     try:
         return apply_patch(job.spec, patch.given())
     except PatchInvalid as exc:

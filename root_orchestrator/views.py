@@ -219,6 +219,7 @@ def _instance_view(st: RootState, inst: InstanceRecord) -> InstanceView:
 
 
 def job_view(st: RootState, job: JobRecord) -> JobView:
+    """The API view of a job, its instances, placement explanation and rollout."""
     instances = lookups.instances_of(st, job)
     summary = _job_summary(st, job, instances)
     counts: dict[str, int] = {}
@@ -249,6 +250,7 @@ def job_view(st: RootState, job: JobRecord) -> JobView:
 
 
 def cluster_view(st: RootState, rec: ClusterRecord) -> ClusterView:
+    """The API view of a cluster (liveness, capacity, no secrets)."""
     now = st.clock()
     counts: dict[str, int] = {}
     for inst in lookups.cluster_instances(st, rec.id):

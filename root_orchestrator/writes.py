@@ -59,6 +59,7 @@ def settled_store(st: RootState) -> None:
 
 
 def kick(st: RootState) -> None:
+    """Tell every listener (the reconciler) that there may be new work."""
     for callback in st.listeners:
         try:
             callback()
@@ -67,6 +68,7 @@ def kick(st: RootState) -> None:
 
 
 def save_job(st: RootState, new: JobRecord, old: JobRecord | None) -> JobRecord:
+    """Record a job change in memory (and its name index) and queue it for the store."""
     new = replace(new, version=(old.version if old else 0) + 1)
     st.persister.put(JOBS, new.id, new)
     if old is not None and st.active_names.get(old.name) == old.id:
@@ -94,6 +96,7 @@ def _evict(st: RootState, job_id: str) -> None:
 
 
 def save_instance(st: RootState, new: InstanceRecord, old: InstanceRecord | None) -> InstanceRecord:
+    """Record an instance change in memory and the work indexes, and queue it for the store."""
     new = replace(new, version=(old.version if old else 0) + 1)
     st.persister.put(INSTANCES, new.id, new)
     index(st, st.instances.get(new.id), new)
@@ -128,6 +131,7 @@ def index(st: RootState, old: InstanceRecord | None, new: InstanceRecord | None)
 
 
 def save_cluster(st: RootState, new: ClusterRecord, old: ClusterRecord | None) -> ClusterRecord:
+    """Record a cluster change in memory and queue it for the store."""
     new = replace(new, version=(old.version if old else 0) + 1)
     st.persister.put(CLUSTERS, new.id, new)
     st.cluster_saved_at[new.id] = st.clock()
@@ -136,5 +140,6 @@ def save_cluster(st: RootState, new: ClusterRecord, old: ClusterRecord | None) -
 
 
 def drop_reservation(st: RootState, instance_id: str) -> None:
+    """Forget the capacity reserved for an instance on any cluster."""
     for reserved in st.reservations.values():
         reserved.pop(instance_id, None)
