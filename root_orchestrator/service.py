@@ -5,7 +5,8 @@ It owns the shared `state.RootState` and delegates each call to the function of 
 resource module that implements it:
 
 - `jobs`: submit, update (and its dry-run plan), patch, delete;
-- `clusters`: registration, tokens, identity resets, reports, endpoints;
+- `cluster_identity`: registration, tokens, identity resets, authentication;
+- `clusters`: reports, endpoints for logs and node actions;
 - `liveness`: READY / UNREACHABLE / LOST from a cluster's silence;
 - `placing`: placement (snapshot -> `placement_plan.plan_placement` -> apply) and
   termination, split around the cluster call made by the reconciler;
@@ -25,11 +26,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
+from root_orchestrator import cluster_identity, loading, views
 from root_orchestrator import clusters as cluster_ops
 from root_orchestrator import events as event_log
 from root_orchestrator import jobs as job_ops
 from root_orchestrator import liveness as liveness_ops
-from root_orchestrator import loading, views
 from root_orchestrator import placing as placing_ops
 from root_orchestrator import work as work_ops
 from root_orchestrator.bus import EventBus
@@ -252,7 +253,7 @@ class RootService:
         """What a presented registration token allows: a shared token (settings), a
         name-bound one, or None (unknown: 401). Unauthorized for a known bound token
         that expired unused, so the message can say so."""
-        return cluster_ops.registration_grant(self._state, token)
+        return cluster_identity.registration_grant(self._state, token)
 
     def register_cluster(
         self, reg: ClusterRegistration, grant: RegistrationGrant | None = None
@@ -266,7 +267,7 @@ class RootService:
         credential; Unauthorized (401) for a name-bound token used for another name or,
         once used, for another cluster. `grant` None: a shared registration token.
         """
-        return cluster_ops.register_cluster(self._state, reg, grant)
+        return cluster_identity.register_cluster(self._state, reg, grant)
 
     def reset_identity(self, ref: str, ttl_s: float) -> ClusterView:
         """An operator's approval of a new identity for a cluster (by id or name).
@@ -276,20 +277,20 @@ class RootService:
         new credential. For a cluster that lost its stored identity (new disk), or
         whose credential may have leaked.
         """
-        return cluster_ops.reset_identity(self._state, ref, ttl_s)
+        return cluster_identity.reset_identity(self._state, ref, ttl_s)
 
     def create_registration_token(self, name: str, ttl_s: float | None) -> RegistrationTokenCreated:
         """A registration token bound to one cluster name; the token is returned once."""
-        return cluster_ops.create_registration_token(self._state, name, ttl_s)
+        return cluster_identity.create_registration_token(self._state, name, ttl_s)
 
     def list_registration_tokens(self) -> RegistrationTokenList:
         """Every name-bound registration token (without the tokens)."""
-        return cluster_ops.list_registration_tokens(self._state)
+        return cluster_identity.list_registration_tokens(self._state)
 
     def delete_registration_token(self, token_id: str) -> RegistrationTokenView:
         """Revoke a name-bound registration token (the cluster it registered keeps its
         credential, but can no longer re-register with this token)."""
-        return cluster_ops.delete_registration_token(self._state, token_id)
+        return cluster_identity.delete_registration_token(self._state, token_id)
 
     def authenticate_cluster(self, cluster_id: str, credential: str) -> bool:
         """True if `credential` is the one issued to `cluster_id`.
@@ -297,7 +298,7 @@ class RootService:
         Without the lock: records are immutable and replaced whole, and reading one
         from the dict is atomic, so a report does not queue for the lock twice.
         """
-        return cluster_ops.authenticate_cluster(self._state, cluster_id, credential)
+        return cluster_identity.authenticate_cluster(self._state, cluster_id, credential)
 
     def apply_report(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
         """Take a cluster's aggregated capacity and instance changes."""
