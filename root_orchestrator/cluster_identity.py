@@ -33,9 +33,7 @@ from root_orchestrator.registration import (
     token_id_of,
     token_view,
 )
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 from schemas.cluster import (
     ClusterLiveness,
     ClusterRegistration,

@@ -5,7 +5,6 @@ Functions over the shared `state.RootState`; `service.RootService` is their faca
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from root_orchestrator import texts, writes
@@ -13,15 +12,11 @@ from root_orchestrator.models import (
     EventList,
     EventRecord,
 )
-from root_orchestrator.records import (
-    EVENTS,
-)
+from root_orchestrator.records import EVENTS
 from root_orchestrator.state import (
     PRUNE_BATCH,
     RootState,
 )
-
-log = logging.getLogger(__name__)
 
 
 def emit(

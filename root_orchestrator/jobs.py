@@ -33,9 +33,7 @@ from root_orchestrator.rollout import (
     RolloutState,
     simulate,
 )
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 from schemas.job import JobSpec
 from schemas.secrets import digest
 

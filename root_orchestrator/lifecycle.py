@@ -21,9 +21,7 @@ from root_orchestrator.rollout import (
     RolloutStep,
     merge_plans,
 )
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 from schemas.job import InstanceState
 
 log = logging.getLogger(__name__)

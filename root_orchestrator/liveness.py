@@ -11,15 +11,9 @@ from dataclasses import replace
 
 from root_orchestrator import events as event_log
 from root_orchestrator import lifecycle, lookups, texts, writes
-from root_orchestrator.records import (
-    ClusterRecord,
-)
-from root_orchestrator.state import (
-    RootState,
-)
-from schemas.cluster import (
-    ClusterLiveness,
-)
+from root_orchestrator.records import ClusterRecord
+from root_orchestrator.state import RootState
+from schemas.cluster import ClusterLiveness
 
 log = logging.getLogger(__name__)
 

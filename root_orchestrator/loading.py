@@ -23,9 +23,7 @@ from root_orchestrator.records import (
     RegistrationTokenRecord,
 )
 from root_orchestrator.replicas import JobState
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,6 @@ Functions over the shared `state.RootState`; `service.RootService` is their faca
 
 from __future__ import annotations
 
-import logging
-
 from root_orchestrator import texts, writes
 from root_orchestrator.errors import Conflict, NotFound
 from root_orchestrator.records import (
@@ -19,12 +17,8 @@ from root_orchestrator.records import (
     JobRecord,
     VersionRecord,
 )
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 from schemas.job import JobSpec
-
-log = logging.getLogger(__name__)
 
 
 def cluster_instances(st: RootState, cluster_id: str) -> list[InstanceRecord]:

@@ -14,9 +14,7 @@ from typing import Any
 from root_orchestrator import events as event_log
 from root_orchestrator import lookups, texts, writes
 from root_orchestrator.errors import Invalid
-from root_orchestrator.models import (
-    JobPatch,
-)
+from root_orchestrator.models import JobPatch
 from root_orchestrator.records import (
     JOB_VERSIONS,
     JobRecord,

@@ -5,8 +5,6 @@ Functions over the shared `state.RootState`; `service.RootService` is their faca
 
 from __future__ import annotations
 
-import logging
-
 from root_orchestrator import lookups, texts, writes
 from root_orchestrator.errors import NotFound
 from root_orchestrator.metrics import GaugeFamily
@@ -39,12 +37,8 @@ from root_orchestrator.state import (
     MAX_TERMINAL_LISTED,
     RootState,
 )
-from schemas.cluster import (
-    ClusterLiveness,
-)
+from schemas.cluster import ClusterLiveness
 from schemas.job import InstanceState
-
-log = logging.getLogger(__name__)
 
 
 def get_job(st: RootState, ref: str) -> JobView:

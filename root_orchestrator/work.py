@@ -5,18 +5,12 @@ Functions over the shared `state.RootState`; `service.RootService` is their faca
 
 from __future__ import annotations
 
-import logging
-
 from root_orchestrator import lifecycle, rollouts, texts, writes
 from root_orchestrator import liveness as liveness_ops
 from root_orchestrator import placing as placing_ops
-from root_orchestrator.state import (
-    RootState,
-)
+from root_orchestrator.state import RootState
 from root_orchestrator.steps import PassWork
 from schemas.job import InstanceState
-
-log = logging.getLogger(__name__)
 
 
 def reconcile_all(st: RootState) -> None:
