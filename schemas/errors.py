@@ -1,6 +1,6 @@
 """Refusals both orchestrators raise and their APIs map to HTTP statuses.
 
-One copy for root (`root_orchestrator.service`) and cluster
+One copy for root (`root_orchestrator.errors`) and cluster
 (`cluster_orchestrator.errors`): `NotFound` (404) and `Conflict` (409) under the common
 base `ServiceError`. Refusals only one side has (the root's `Invalid`, `Unauthorized`,
 `IdentityRefused`; the cluster's join refusals, `NodeBusy`) stay with that side.

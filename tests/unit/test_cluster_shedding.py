@@ -124,12 +124,19 @@ def test_inference_figures_reach_the_view_and_the_report(h: Harness) -> None:
 
 
 def test_root_keeps_the_latest_inference_figures_of_an_instance() -> None:
-    """The root's `_take_inference` (used by `apply_report`) keeps what the last change
-    carried, drops it when a change has none or the instance finished."""
-    from root_orchestrator.service import RootService
+    """The root's `clusters.take_inference` (used by `apply_report`) keeps what the last
+    change carried, drops it when a change has none or the instance finished."""
+    from root_orchestrator import clusters
+    from root_orchestrator.settings import RootSettings
+    from root_orchestrator.state import RootState
+    from store import open_store
 
-    service = RootService.__new__(RootService)
-    service._inference = {}
+    settings = RootSettings(
+        store_url="sqlite://:memory:",
+        operator_tokens=["operator-token-1"],
+        registration_token="registration-token-1",
+    )
+    state = RootState(open_store("sqlite://:memory:"), settings)
     figures = {"frames_executed": 10, "latency_p95_ms": 12.0}
     change = InstanceChange(
         instance_id="i1",
@@ -138,13 +145,13 @@ def test_root_keeps_the_latest_inference_figures_of_an_instance() -> None:
         ts=1.0,
         data={"node_name": "a", "inference": figures},
     )
-    service._take_inference(change)
-    assert service._inference["i1"].latency_p95_ms == 12.0
-    service._take_inference(change.model_copy(update={"data": {"inference": {"bad": 1}}}))
-    assert "i1" not in service._inference
-    service._take_inference(change)
-    service._take_inference(change.model_copy(update={"state": InstanceState.TERMINATED}))
-    assert "i1" not in service._inference
+    clusters.take_inference(state, change)
+    assert state.inference["i1"].latency_p95_ms == 12.0
+    clusters.take_inference(state, change.model_copy(update={"data": {"inference": {"bad": 1}}}))
+    assert "i1" not in state.inference
+    clusters.take_inference(state, change)
+    clusters.take_inference(state, change.model_copy(update={"state": InstanceState.TERMINATED}))
+    assert "i1" not in state.inference
 
 
 def test_job_spec_for_the_inference_worker_validates() -> None:

@@ -1,0 +1,221 @@
+"""The root's placement decision as a pure function: a snapshot in, a typed plan out.
+
+`plan_placement` decides where one instance goes from the clusters' capacity as the
+root last saw it (`scheduler.ClusterSnapshot`: report, liveness, reservations), the
+clusters that refused it, and the cluster the job pins in `constraints.cluster`. It
+does no I/O and reads no clock or random source of its own (`now` and `rng` are
+passed in), so a test can replay any decision. `placing` applies the plan (record
+SCHEDULED, reserve, persist) before the reconciler calls the cluster.
+`plan_placements` is the same decision for several replicas of a spec, reserving in
+a local copy of the snapshots only (the dry run of an update).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from placement import Decision, Request, place
+from root_orchestrator.models import PlacementInfo
+from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
+from root_orchestrator.texts import pending_text, short, with_rejections
+from schemas.cluster import ClusterLiveness
+from schemas.job import JobSpec
+from schemas.root_api import ClusterRejection, PlannedPlacement
+
+__all__ = [
+    "PinnedCluster",
+    "PlacementPlan",
+    "SendTo",
+    "StayPending",
+    "plan_placement",
+    "plan_placements",
+    "request_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedCluster:
+    """The cluster a job names in `constraints.cluster` (`ref`), as the root knows it:
+    `cluster_id`, `cluster_name` and `liveness` are None when it is not registered."""
+
+    ref: str
+    cluster_id: str | None = None
+    cluster_name: str | None = None
+    liveness: ClusterLiveness | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """Send the instance to this cluster; `reserve` is the request to reserve there
+    until its next report (None for a pinned, unscheduled placement)."""
+
+    cluster_id: str
+    cluster_name: str
+    info: PlacementInfo
+    reserve: Request | None
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StayPending:
+    """No cluster takes the instance now: it stays PENDING, for these reasons."""
+
+    text: str
+    decision: Decision | None
+
+
+PlacementPlan = SendTo | StayPending
+
+
+def request_of(spec: JobSpec) -> Request:
+    """The placement request for one replica of `spec` (its policy included)."""
+    policy = spec.placement_policy.value if spec.placement_policy else None
+    return request_for(spec, spec.constraints, policy)
+
+
+def plan_placement(
+    instance_id: str,
+    spec: JobSpec,
+    clusters: Sequence[ClusterSnapshot],
+    rejections: Mapping[str, ClusterRejection],
+    *,
+    pinned: PinnedCluster | None,
+    existing: Mapping[str, int],
+    policy: str,
+    rng: random.Random,
+    now: float,
+) -> PlacementPlan:
+    """Where instance `instance_id` of `spec` goes: to the pinned cluster if the job
+    names one (when it is READY and has not refused), else where the scheduler puts it
+    among `clusters` less those in `rejections`; `existing` counts the job's other
+    live replicas by cluster id (for spreading)."""
+    if pinned is not None:
+        return _plan_pinned(instance_id, pinned, rejections, now)
+    request = request_of(spec)
+    eligible = [s for s in clusters if s.id not in rejections]
+    decision = place(
+        request,
+        build_candidates(request, eligible),
+        policy,
+        rng,
+        existing=dict(existing),
+        noun="cluster",
+    )
+    chosen = decision.chosen
+    if chosen is None:
+        return StayPending(pending_text(decision, rejections, bool(clusters)), decision)
+    name = next(s.name for s in eligible if s.id == chosen.id)
+    info = PlacementInfo(
+        at=now,
+        instance_id=instance_id,
+        outcome="scheduled",
+        cluster_id=chosen.id,
+        cluster_name=name,
+        explanation=with_rejections(decision.explain(), rejections),
+        decision=decision.to_dict(limit=10),
+        cluster_rejections=list(rejections.values()),
+    )
+    return SendTo(chosen.id, name, info, reserve=request, pinned=False)
+
+
+def _plan_pinned(
+    instance_id: str,
+    pinned: PinnedCluster,
+    rejections: Mapping[str, ClusterRejection],
+    now: float,
+) -> PlacementPlan:
+    name = pinned.ref
+    if pinned.cluster_id is None or pinned.cluster_name is None:
+        return StayPending(f"cluster {name} (constraints.cluster) is not registered", None)
+    if pinned.cluster_id in rejections:
+        return StayPending(f"cluster {name} (constraints.cluster) refused it", None)
+    if pinned.liveness is not ClusterLiveness.READY:
+        what = pinned.liveness.value if pinned.liveness else "unknown"
+        return StayPending(f"cluster {name} (constraints.cluster) is {what}", None)
+    info = PlacementInfo(
+        at=now,
+        instance_id=instance_id,
+        outcome="forwarded",
+        cluster_id=pinned.cluster_id,
+        cluster_name=pinned.cluster_name,
+        explanation=f"forwarded to cluster {pinned.cluster_name} named by constraints.cluster "
+        "(no root scheduling)",
+    )
+    return SendTo(pinned.cluster_id, pinned.cluster_name, info, reserve=None, pinned=True)
+
+
+def plan_placements(
+    spec: JobSpec,
+    replicas: Sequence[int],
+    clusters: Sequence[ClusterSnapshot],
+    *,
+    pinned: PinnedCluster | None,
+    existing: Mapping[str, int],
+    policy: str,
+    rng: random.Random,
+) -> list[PlannedPlacement]:
+    """Where each replica of `spec` would go now (the dry run of an update): each
+    choice is reserved in a local copy of `clusters` before the next one is made."""
+    out: list[PlannedPlacement] = []
+    if pinned is not None:
+        for replica in replicas:
+            if pinned.cluster_id is None or pinned.liveness is not ClusterLiveness.READY:
+                what = (
+                    "not registered"
+                    if pinned.cluster_id is None or pinned.liveness is None
+                    else pinned.liveness.value
+                )
+                text = f"pending: cluster {pinned.ref} (constraints.cluster) is {what}"
+                out.append(PlannedPlacement(replica=replica, outcome="pending", explanation=text))
+            else:
+                out.append(
+                    PlannedPlacement(
+                        replica=replica,
+                        outcome="forwarded",
+                        cluster_id=pinned.cluster_id,
+                        cluster_name=pinned.cluster_name,
+                        explanation=f"forwarded to cluster {pinned.cluster_name} named by "
+                        "constraints.cluster (no root scheduling)",
+                    )
+                )
+        return out
+    request = request_of(spec)
+    names = {s.id: s.name for s in clusters}
+    planned: dict[str, list[Request]] = {}
+    counts = dict(existing)
+    for replica in replicas:
+        snaps = [replace(s, reserved=s.reserved + tuple(planned.get(s.id, ()))) for s in clusters]
+        decision = place(
+            request,
+            build_candidates(request, snaps),
+            policy,
+            rng,
+            existing=dict(counts),
+            noun="cluster",
+        )
+        chosen = decision.chosen
+        if chosen is None:
+            out.append(
+                PlannedPlacement(
+                    replica=replica,
+                    outcome="pending",
+                    explanation=short(pending_text(decision, {}, bool(clusters))),
+                    decision=decision.to_dict(limit=10),
+                )
+            )
+            continue
+        planned.setdefault(chosen.id, []).append(request)
+        counts[chosen.id] = counts.get(chosen.id, 0) + 1
+        out.append(
+            PlannedPlacement(
+                replica=replica,
+                outcome="scheduled",
+                cluster_id=chosen.id,
+                cluster_name=names[chosen.id],
+                explanation=short(decision.explain()),
+                decision=decision.to_dict(limit=10),
+            )
+        )
+    return out
