@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import httpx
 
+from node_engine.runtimes.base import TaskHandle, TaskObservation, TaskRuntime
+
 T = TypeVar("T")
 
 
@@ -55,3 +57,13 @@ def wait_for(
                 f"timed out after {timeout}s waiting for {what or predicate}; last: {last!r}{extra}"
             )
         time.sleep(interval)
+
+
+def wait_terminal(rt: TaskRuntime, h: TaskHandle, timeout: float = 10.0) -> TaskObservation:
+    """Poll a runtime's `status()` until the task has finished; the final observation."""
+
+    def finished() -> TaskObservation | None:
+        obs = rt.status(h)
+        return obs if obs.state.terminal else None
+
+    return wait_for(finished, timeout, f"task {h.instance_id} to finish", interval=0.02)

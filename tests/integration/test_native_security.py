@@ -14,12 +14,11 @@ import logging
 import os
 import pwd
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation
+from node_engine.runtimes.base import RuntimeFailure
 from node_engine.runtimes.native import SAFE_PATH, NativeRuntime
 from node_engine.runtimes.native_policy import (
     DEFAULT_RUN_AS,
@@ -30,6 +29,7 @@ from node_engine.runtimes.native_policy import (
 from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.resources import Resources
+from tests.harness.wait import wait_terminal
 
 
 def _task_user() -> pwd.struct_passwd | None:
@@ -48,16 +48,6 @@ needs_switch = pytest.mark.skipif(
 
 def spec(*argv: str, **kw: object) -> TaskSpec:
     return TaskSpec(runtime=Runtime.NATIVE, command=list(argv), **kw)  # type: ignore[arg-type]
-
-
-def finish(rt: NativeRuntime, h: TaskHandle, timeout: float = 10.0) -> TaskObservation:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obs = rt.status(h)
-        if obs.state.terminal:
-            return obs
-        time.sleep(0.02)
-    raise AssertionError(f"{h.instance_id} still running after {timeout} s")
 
 
 @pytest.fixture
@@ -81,7 +71,7 @@ def test_task_runs_as_the_unprivileged_user_with_its_groups_only(runtimes) -> No
     assert TASK_USER is not None
     script = "id -u > uid.txt; grep CapEff /proc/self/status; id -u; id -G; echo home=$HOME"
     h = rt.deploy("who", spec("sh", "-c", script))
-    obs = finish(rt, h)
+    obs = wait_terminal(rt, h)
     assert obs.state is TaskState.SUCCEEDED, rt.logs(h)
     written = (rt.work_dir("who") / "uid.txt").read_text().strip()
     assert written == str(TASK_USER.pw_uid) != "0"
@@ -110,7 +100,7 @@ def test_task_in_a_cgroup_runs_unprivileged_and_is_placed_by_the_engine(runtimes
             resources=Resources(memory_mib=64),
         ),
     )
-    obs = finish(rt, h)
+    obs = wait_terminal(rt, h)
     assert obs.state is TaskState.SUCCEEDED, rt.logs(h)
     out = rt.logs(h)
     assert out.splitlines()[0] == str(TASK_USER.pw_uid)  # type: ignore[union-attr]
@@ -125,7 +115,7 @@ def test_explicit_root_opt_in_runs_as_root_and_warns(runtimes) -> None:
     assert any(level == logging.WARNING and "root" in text for level, text in guard.describe())
     rt = runtimes(guard)
     h = rt.deploy("root", spec("sh", "-c", "id -u"))
-    assert finish(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
     assert rt.logs(h).strip() == "0"
 
 
@@ -165,12 +155,12 @@ def test_command_outside_the_allow_list_is_refused_and_counted(runtimes, tmp_pat
     assert guard.refusals["native_allowed_commands"] == 2
     assert not (rt.task_dir("sh") / "output.log").exists()  # nothing ran
     h = rt.deploy("ok", spec("true"))
-    assert finish(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
     # a symlink to an allowed program matches by its target
     link = tmp_path / "my-true"
     link.symlink_to("/usr/bin/true")
     h = rt.deploy("link", spec(str(link)))
-    assert finish(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
 
 
 @needs_switch
@@ -195,7 +185,7 @@ def test_workdir_escapes_are_refused(runtimes, tmp_path: Path) -> None:
     h = rt.deploy(
         "inside", spec("sh", "-c", "pwd; id -u > made-here", workdir=str(allowed / "sub"))
     )
-    assert finish(rt, h).state is TaskState.SUCCEEDED, rt.logs(h)
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED, rt.logs(h)
     assert rt.logs(h).strip() == str(allowed / "sub")
     assert (allowed / "sub" / "made-here").read_text().strip() == str(TASK_USER.pw_uid)  # type: ignore[union-attr]
     # a directory the run-as user may not enter is refused before anything starts
@@ -212,7 +202,7 @@ def test_default_policy_allows_only_the_task_own_directory(runtimes, tmp_path: P
     own = rt.work_dir("own")
     own.mkdir(parents=True)
     h = rt.deploy("own", spec("sh", "-c", "pwd", workdir=str(own)))
-    assert finish(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
     with pytest.raises(RuntimeFailure, match="does not exist"):
         rt.deploy("gone", spec("true", workdir=str(rt.work_dir("gone") / "nope")))
 
@@ -232,7 +222,7 @@ def test_ld_preload_and_path_from_the_job_do_not_reach_the_task(runtimes, tmp_pa
         'echo "pre=${LD_PRELOAD:-unset} lib=${LD_LIBRARY_PATH:-unset} g=$GREETING"; echo "$PATH"'
     )
     h = rt.deploy("env", spec("sh", "-c", script, env=env))
-    assert finish(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
     lines = rt.logs(h).splitlines()
     assert lines[0].startswith("edge: dropped environment LD_LIBRARY_PATH, LD_PRELOAD, PATH")
     assert lines[1:] == ["pre=unset lib=unset g=hi", SAFE_PATH]
@@ -242,7 +232,7 @@ def test_ld_preload_and_path_from_the_job_do_not_reach_the_task(runtimes, tmp_pa
     allowing = NativeGuard(allow_env=["LD_LIBRARY_PATH"])
     rt2 = runtimes(allowing, "state2")
     h = rt2.deploy("env2", spec("sh", "-c", script, env=env))
-    assert finish(rt2, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt2, h).state is TaskState.SUCCEEDED
     assert f"pre=unset lib={tmp_path} g=hi" in rt2.logs(h)
 
 

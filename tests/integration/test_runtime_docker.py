@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import docker.errors
 import pytest
 
-from node_engine.runtimes.base import RuntimeFailure, TaskHandle, TaskObservation, TaskRuntime
+from node_engine.runtimes.base import RuntimeFailure, TaskRuntime
 from node_engine.runtimes.docker import DockerRuntime, container_name
 from node_engine.runtimes.docker_api import DockerClient, DockerError
 from schemas.common import Runtime
@@ -21,20 +21,10 @@ from tests.fixtures.images import (  # noqa: F401  (fixtures, used by name)
     docker_engine_id,
     remove_engine_containers,
 )
-from tests.harness.wait import wait_for
+from tests.harness.wait import wait_for, wait_terminal
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")
-
-
-def wait_terminal(rt: DockerRuntime, h: TaskHandle, timeout: float = 30.0) -> TaskObservation:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obs = rt.status(h)
-        if obs.state.terminal:
-            return obs
-        time.sleep(0.05)
-    raise AssertionError(f"container of {h.instance_id} still {obs.state} after {timeout}s")
 
 
 def spec(image: str, *argv: str, memory_mib: int = 0, cpu: float = 0.0, **kw: Any) -> TaskSpec:
@@ -117,9 +107,9 @@ def test_running_container_labels_and_logs(
 def test_exit_codes(rt: DockerRuntime, busybox_image: str) -> None:  # noqa: F811
     ok = rt.deploy("d-ok", spec(busybox_image, "sh", "-c", "exit 0"))
     bad = rt.deploy("d-bad", spec(busybox_image, "sh", "-c", "exit 3"))
-    obs = wait_terminal(rt, ok)
+    obs = wait_terminal(rt, ok, timeout=30.0)
     assert (obs.state, obs.exit_code) == (TaskState.SUCCEEDED, 0)
-    obs = wait_terminal(rt, bad)
+    obs = wait_terminal(rt, bad, timeout=30.0)
     assert (obs.state, obs.exit_code) == (TaskState.FAILED, 3)
     assert "exit code 3" in obs.reason and not obs.oom_killed
 
@@ -127,7 +117,7 @@ def test_exit_codes(rt: DockerRuntime, busybox_image: str) -> None:  # noqa: F81
 def test_image_default_command(rt: DockerRuntime, busybox_image: str) -> None:  # noqa: F811
     # No command: the image's CMD (sh) runs, finds no stdin and exits 0.
     h = rt.deploy("d-default", spec(busybox_image))
-    assert wait_terminal(rt, h).state is TaskState.SUCCEEDED
+    assert wait_terminal(rt, h, timeout=30.0).state is TaskState.SUCCEEDED
 
 
 def test_memory_limit_oom_killed(rt: DockerRuntime, busybox_image: str) -> None:  # noqa: F811
@@ -225,7 +215,7 @@ def test_adopt_finds_own_containers_only(
         running = rt.deploy("d-adopt-run", spec(busybox_image, "sleep", "300"))
         exited = rt.deploy("d-adopt-exit", spec(busybox_image, "sh", "-c", "exit 4"))
         foreign = other.deploy("d-foreign", spec(busybox_image, "sleep", "300"))
-        wait_terminal(rt, exited)
+        wait_terminal(rt, exited, timeout=30.0)
         # A new runtime object with the same engine id: what a restarted engine builds.
         again = DockerRuntime(engine_id=rt.engine_id)
         found = {h.instance_id: h for h in again.adopt()}

@@ -22,21 +22,10 @@ from node_engine.runtimes.native import NativeRuntime
 from schemas.common import Runtime
 from schemas.job import TaskSpec, TaskState
 from schemas.resources import Resources
-from tests.harness.wait import wait_for
+from tests.harness.wait import wait_for, wait_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def wait_terminal(rt: NativeRuntime, h: TaskHandle, timeout: float = 10.0) -> TaskObservation:
-    """Poll status() until the task has finished; return the final observation."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obs = rt.status(h)
-        if obs.state.terminal:
-            return obs
-        time.sleep(0.02)
-    raise AssertionError(f"task {h.instance_id} still {obs.state} after {timeout}s")
 
 
 def spec(*argv: str, memory_mib: int = 0, cpu: float = 0.0, **kw: object) -> TaskSpec:
