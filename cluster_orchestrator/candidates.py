@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from placement import Candidate, Request
+from placement.from_spec import request_for
 from schemas.cluster import PlaceInstanceRequest
-from schemas.job import Constraints, TaskSpec
 from schemas.node import Liveness, NodeInfo, NodeStatus
 from schemas.resources import Resources
 
@@ -44,7 +44,6 @@ __all__ = [
     "capacity_accelerators",
     "effective_labels",
     "node_overloaded",
-    "placement_request",
     "reported_usage",
     "reservations",
     "reserved_usage",
@@ -189,35 +188,10 @@ def build_candidate(
     )
 
 
-def placement_request(
-    spec: TaskSpec,
-    constraints: Constraints,
-    *,
-    policy: str | None,
-    pinned_id: str | None = None,
-) -> Request:
-    """The `placement.Request` for one instance (resources from the spec, filters from
-    the constraints; a `constraints.node` name must be resolved to `pinned_id`)."""
-    res = spec.resources
-    return Request(
-        cpu=res.cpu,
-        memory_mib=res.memory_mib,
-        disk_mib=res.disk_mib,
-        accelerators=dict(res.accelerators),
-        runtime=spec.runtime.value,
-        labels=dict(constraints.labels),
-        archs=frozenset(a.value for a in constraints.arch) if constraints.arch else None,
-        accelerator=constraints.accelerator,
-        max_temperature_c=constraints.max_temperature_c,
-        pinned_id=pinned_id,
-        policy=policy,
-    )
-
-
 def request_from_place(req: PlaceInstanceRequest, pinned_id: str | None = None) -> Request:
     """Shortcut for a `PlaceInstanceRequest`."""
     policy = req.placement_policy.value if req.placement_policy else None
-    return placement_request(req.spec, req.constraints, policy=policy, pinned_id=pinned_id)
+    return request_for(req.spec, req.constraints, policy, pinned_id=pinned_id)
 
 
 def replicas_by_node(pairs: Iterable[tuple[str, str]], job_id: str) -> Mapping[str, int]:

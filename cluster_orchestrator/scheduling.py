@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cluster_orchestrator.candidates import placement_request
 from cluster_orchestrator.effects import Effects
 from cluster_orchestrator.lifecycle import fail, transition
 from cluster_orchestrator.records import InstanceRecord, NodeRecord
 from cluster_orchestrator.sending import deploy, send_terminate
 from cluster_orchestrator.state import ClusterState
 from placement import Decision, place
+from placement.from_spec import request_for
 from schemas.job import InstanceState
 from schemas.node import Liveness
 
@@ -48,7 +48,7 @@ def decide(st: ClusterState, fx: Effects, inst: InstanceRecord, exclude: set[str
         named.sort(key=lambda n: (n.liveness.state is not Liveness.READY, n.id))
         pinned = named[0].id if named else f"unknown-node-{constraints.node}"
     policy = inst.placement_policy.value if inst.placement_policy else st.settings.placement_policy
-    request = placement_request(inst.spec, constraints, policy=None, pinned_id=pinned)
+    request = request_for(inst.spec, constraints, pinned_id=pinned)
     decision = place(
         request,
         st.index.table(st.nodes),

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from placement import Candidate, CandidateTable, Request, Unit, reserve_all, reserve_in
+from placement.from_spec import request_for as request_for
 from schemas.cluster import ClusterReport, NodeCapacity
-from schemas.job import Constraints, TaskSpec
 from schemas.node import Liveness
 
 __all__ = [
@@ -51,23 +51,6 @@ class ClusterSnapshot:
     report: ClusterReport | None
     labels: Mapping[str, str] = field(default_factory=dict)
     reserved: tuple[Request, ...] = ()
-
-
-def request_for(spec: TaskSpec, constraints: Constraints, policy: str | None = None) -> Request:
-    """The placement request for one replica of a job (cluster pinning is not here)."""
-    resources = spec.resources
-    return Request(
-        cpu=resources.cpu,
-        memory_mib=resources.memory_mib,
-        disk_mib=resources.disk_mib,
-        accelerators=dict(resources.accelerators),
-        runtime=spec.runtime.value,
-        labels=dict(constraints.labels),
-        archs=frozenset(a.value for a in constraints.arch) if constraints.arch else None,
-        accelerator=constraints.accelerator,
-        max_temperature_c=constraints.max_temperature_c,
-        policy=policy,
-    )
 
 
 def _node_labels(node: NodeCapacity, cluster_labels: Mapping[str, str]) -> dict[str, str]:

@@ -12,11 +12,11 @@ from cluster_orchestrator.aggregate import HOT_THRESHOLD_C, NodeSnapshot, aggreg
 from cluster_orchestrator.candidates import (
     Usage,
     build_candidate,
-    placement_request,
     reported_usage,
     reservations,
 )
 from placement import Request, place
+from placement.from_spec import request_for
 from schemas.cluster import MAX_NODE_SUMMARIES, InstanceChange
 from schemas.common import Arch, Runtime
 from schemas.job import Constraints, InstanceState, TaskSpec
@@ -113,7 +113,7 @@ def test_no_status_means_cpu_use_unknown() -> None:
 def test_busy_host_takes_a_cpu_request_and_spread_prefers_the_idle_node() -> None:
     """The bug: 90% non-orchestrated load made a 1-core request PENDING 'insufficient cpu'."""
     spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"], resources=Resources(cpu=1.0))
-    request = placement_request(spec, Constraints(), policy=None)
+    request = request_for(spec, Constraints())
     busy = cand(info("busy", cores=2), status(cpu_percent=90.0), node_id="busy")
     decision = place(request, [busy], "spread", random.Random(0))
     assert decision.chosen is not None and decision.chosen.id == "busy"
@@ -180,7 +180,7 @@ def test_effective_labels_are_cluster_labels_overlaid_by_node_labels(
     c = cand(info(labels=node_labels), status(), cluster_labels=cluster_labels)
     assert dict(c.labels) == {**cluster_labels, **node_labels}
     spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"])
-    request = placement_request(spec, Constraints(labels=required), policy=None)
+    request = request_for(spec, Constraints(labels=required))
     decision = place(request, [c], "spread", random.Random(0))
     assert (decision.chosen is not None) is fits
 
@@ -251,14 +251,14 @@ def test_burst_of_placements_does_not_stack_on_one_node() -> None:
     for _ in range(6):
         res = reservations(assigned)
         cands = [cand(i, None, res.get(nid), node_id=nid) for nid, i in nodes.items()]
-        decision = place(placement_request(spec, Constraints(), policy=None), cands, "binpack", rng)
+        decision = place(request_for(spec, Constraints()), cands, "binpack", rng)
         assert decision.chosen is not None
         assigned.append((decision.chosen.id, spec.resources))
     counts = {nid: sum(1 for a, _ in assigned if a == nid) for nid in nodes}
     assert counts == {"n0": 2, "n1": 2, "n2": 2}
     res = reservations(assigned)
     cands = [cand(i, None, res.get(nid), node_id=nid) for nid, i in nodes.items()]
-    decision = place(placement_request(spec, Constraints(), policy=None), cands, "spread", rng)
+    decision = place(request_for(spec, Constraints()), cands, "spread", rng)
     assert decision.chosen is None and decision.rejections == {"insufficient cpu": 3}
 
 
@@ -268,7 +268,7 @@ def test_constraints_become_request_filters() -> None:
         image="busybox",
         resources=Resources(cpu=0.5, memory_mib=64, accelerators={"gpu": 1}),
     )
-    req = placement_request(
+    req = request_for(
         spec,
         Constraints(
             labels={"zone": "a"}, arch=[Arch.ARM64], accelerator="gpu", max_temperature_c=70
@@ -463,7 +463,7 @@ CLUSTER_LABELS = {"region": "eu", "tier": "edge"}
 @pytest.mark.parametrize("busy", [False, True], ids=["idle-host", "busy-host"])
 def test_root_and_cluster_agree_on_labels_and_cpu(required: dict[str, str], busy: bool) -> None:
     """What the root decides from the cluster's report is what the cluster then accepts."""
-    from root_orchestrator.scheduler import ClusterSnapshot, request_for
+    from root_orchestrator.scheduler import ClusterSnapshot
     from root_orchestrator.scheduler import build_candidate as root_candidate
 
     infos = [
@@ -483,9 +483,7 @@ def test_root_and_cluster_agree_on_labels_and_cpu(required: dict[str, str], busy
     )
     spec = TaskSpec(runtime=Runtime.NATIVE, command=["x"], resources=Resources(cpu=1.5))
     constraints = Constraints(labels=required)
-    at_cluster = place(
-        placement_request(spec, constraints, policy=None), cands, "spread", random.Random(0)
-    )
+    at_cluster = place(request_for(spec, constraints), cands, "spread", random.Random(0))
     snapshot = ClusterSnapshot(id="c1", name="c1", ready=True, report=report, labels=CLUSTER_LABELS)
     request = request_for(spec, constraints)
     at_root = place(request, [root_candidate(request, snapshot)], "spread", random.Random(0))

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from cluster_orchestrator.candidates import placement_request, reservations
+from cluster_orchestrator.candidates import reservations
 from cluster_orchestrator.core import ClusterCore, NodeBusy
 from cluster_orchestrator.effects import Effects
 from cluster_orchestrator.metrics import Metrics
@@ -30,6 +30,7 @@ from cluster_orchestrator.records import InstanceRecord
 from cluster_orchestrator.scheduling import decide, with_excluded
 from cluster_orchestrator.settings import ClusterSettings
 from placement import Candidate, Decision, place
+from placement.from_spec import request_for as placement_request
 from schemas.cluster import PlaceInstanceRequest
 from schemas.common import Arch, Runtime
 from schemas.job import Constraints, TaskSpec, TaskState
@@ -187,7 +188,7 @@ def reference_decide(
     policy = (
         inst.placement_policy.value if inst.placement_policy else core.settings.placement_policy
     )
-    request = placement_request(inst.spec, inst.constraints, policy=None, pinned_id=pinned)
+    request = placement_request(inst.spec, inst.constraints, pinned_id=pinned)
     decision = place(
         request,
         scratch_candidates(core, exclude),

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from placement import Request, first_failure, place
-from root_orchestrator.scheduler import ClusterSnapshot, build_candidate, request_for
+from placement.from_spec import request_for
+from root_orchestrator.scheduler import ClusterSnapshot, build_candidate
 from schemas.cluster import ClusterReport, NodeCapacity, ThermalSummary
 from schemas.common import Arch, Runtime
 from schemas.job import Constraints, JobSpec
