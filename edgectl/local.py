@@ -1079,6 +1079,18 @@ def _supervisor(local: Mapping[str, Any] | None) -> psutil.Process | None:
     return _same_process(sup) if isinstance(sup, Mapping) else None
 
 
+def _wait_exited(proc: psutil.Process, deadline: float) -> None:
+    """Until `proc` has exited (gone, or a zombie its parent has not reaped) or `deadline`:
+    `local up` releases the data-dir lock just before it exits, and `down` answers after."""
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.05)
+
+
 def down(
     data_dir: Path, *, timeout: float = 120.0, note: Callable[[str], None] = lambda _: None
 ) -> list[str]:
@@ -1120,6 +1132,7 @@ def down(
                         raise EdgectlError(f"cannot take {lock.path}")
                     break
                 time.sleep(0.1)
+            _wait_exited(sup, min(deadline, time.monotonic() + 10.0))
             done.append(f"stopped edgectl local up (pid {sup.pid})")
     try:
         local = read_local_file(data_dir) or {}
