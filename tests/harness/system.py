@@ -70,14 +70,14 @@ JOIN_TOKEN = "system-join-token"
 _NOISE = re.compile(r'HTTP/1\.1" 2\d\d|httpx: HTTP Request: .* "HTTP/1\.1 2\d\d')
 
 
-def _tail(path: Path, lines: int = 60) -> str:
-    """The last `lines` lines of a log, without successful-request noise."""
+def _tail(path: Path, lines: int | None = 60) -> str:
+    """The last `lines` lines of a log (None: all), without successful-request noise."""
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
     kept = [line for line in text.splitlines() if not _NOISE.search(line)]
-    return "\n".join(kept[-lines:])
+    return "\n".join(kept if lines is None else kept[-lines:])
 
 
 class RootProcess(ChildProcess):
@@ -154,9 +154,10 @@ class RootProcess(ChildProcess):
         """SIGTERM and wait; SIGKILL the group after `timeout`. The exit status."""
         return super().stop(timeout)
 
-    def output(self, lines: int | None = 60) -> str:
-        """The last lines of the root's log (all starts), without successful requests."""
-        return _tail(self.log_path, 60 if lines is None else lines)
+    def output(self, tail: int | None = 60) -> str:
+        """The last `tail` lines of the root's log (all starts; None: all), without successful
+        requests."""
+        return _tail(self.log_path, tail)
 
     def client(self, token: str | None = None, timeout: float = 10.0) -> httpx.Client:
         """An HTTP client for the root with the operator token (caller closes it)."""
