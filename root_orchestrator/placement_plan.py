@@ -18,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from placement import Decision, Request, place
-from root_orchestrator.models import PlacementInfo
 from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
 from root_orchestrator.texts import pending_text, short, with_rejections
 from schemas.cluster import ClusterLiveness
+from schemas.decision import PlacementDecision
 from schemas.job import JobSpec
-from schemas.root_api import ClusterRejection, PlannedPlacement
+from schemas.root_api import ClusterRejection, PlacementInfo, PlannedPlacement
 
 __all__ = [
     "PinnedCluster",
@@ -33,6 +33,7 @@ __all__ = [
     "plan_placement",
     "plan_placements",
     "request_of",
+    "typed_decision",
 ]
 
 
@@ -76,6 +77,13 @@ def request_of(spec: JobSpec) -> Request:
     return request_for(spec, spec.constraints, policy)
 
 
+def typed_decision(decision: Decision | None) -> PlacementDecision | None:
+    """A scheduler decision as stored and shown (best 10 scores, 10 ids per reason)."""
+    if decision is None:
+        return None
+    return PlacementDecision.model_validate(decision.to_dict(limit=10))
+
+
 def plan_placement(
     instance_id: str,
     spec: JobSpec,
@@ -115,7 +123,7 @@ def plan_placement(
         cluster_id=chosen.id,
         cluster_name=name,
         explanation=with_rejections(decision.explain(), rejections),
-        decision=decision.to_dict(limit=10),
+        decision=typed_decision(decision),
         cluster_rejections=list(rejections.values()),
     )
     return SendTo(chosen.id, name, info, reserve=request, pinned=False)
@@ -192,7 +200,7 @@ def _planned(replica: int, plan: PlacementPlan) -> PlannedPlacement:
             replica=replica,
             outcome="pending",
             explanation=short(text),
-            decision=plan.decision.to_dict(limit=10) if plan.decision else None,
+            decision=typed_decision(plan.decision),
         )
     info = plan.info
     return PlannedPlacement(

@@ -17,7 +17,6 @@ from typing import Any, Literal
 from placement import Decision
 from root_orchestrator import events as event_log
 from root_orchestrator import lifecycle, lookups, placement_plan, texts, writes
-from root_orchestrator.models import PlacementInfo
 from root_orchestrator.placement_plan import PinnedCluster, PlacementPlan, StayPending
 from root_orchestrator.records import (
     ClusterRecord,
@@ -36,7 +35,7 @@ from schemas.cluster import (
     PlaceInstanceResponse,
 )
 from schemas.job import InstanceState
-from schemas.root_api import ClusterRejection
+from schemas.root_api import ClusterRejection, PlacementInfo
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +229,6 @@ def _schedule(
     *,
     pinned: bool,
 ) -> PlacementStep:
-    placement = info.model_dump(mode="json")
     inst = lifecycle.transition(
         st,
         inst,
@@ -239,7 +237,7 @@ def _schedule(
         cluster_id=cluster.id,
         node_id=None,
         node_name=None,
-        placement=placement,
+        placement=info,
     )
     event_log.emit(
         st,
@@ -249,9 +247,14 @@ def _schedule(
         instance_id=inst.id,
         cluster_id=cluster.id,
         reason=info.explanation,
-        data={"outcome": info.outcome, "decision": info.decision},
+        data={"outcome": info.outcome, "decision": _decision_data(info)},
     )
     return _step(st, inst, job, cluster, pinned=pinned)
+
+
+def _decision_data(info: PlacementInfo) -> dict[str, Any] | None:
+    """The decision as event data (JSON)."""
+    return info.decision.model_dump(mode="json") if info.decision is not None else None
 
 
 def _step(
@@ -290,19 +293,18 @@ def _pending(
 ) -> None:
     """Leave an instance PENDING with its reasons (an event only when they change)."""
     st.metrics.placements.inc("pending")
+    explanation = texts.short(text)
+    if inst.placement is not None and inst.placement.explanation == explanation:
+        return
     info = PlacementInfo(
         at=st.clock(),
         instance_id=inst.id,
         outcome="pending",
-        explanation=texts.short(text),
-        decision=decision.to_dict(limit=10) if decision else None,
+        explanation=explanation,
+        decision=placement_plan.typed_decision(decision),
         cluster_rejections=list(rejections.values()),
     )
-    previous = (inst.placement or {}).get("explanation")
-    placement = info.model_dump(mode="json")
-    if previous == info.explanation and inst.placement is not None:
-        return
-    writes.save_instance(st, replace(inst, placement=placement, reason=info.explanation), inst)
+    writes.save_instance(st, replace(inst, placement=info, reason=info.explanation), inst)
     event_log.emit(
         st,
         "scheduling.pending",
