@@ -12,8 +12,15 @@ from dataclasses import replace
 from typing import Any
 
 from root_orchestrator import events as event_log
-from root_orchestrator import lifecycle, lookups, placement_plan, rollouts, views, writes
-from root_orchestrator import placing as placing_ops
+from root_orchestrator import (
+    lifecycle,
+    lookups,
+    placement_inputs,
+    placement_plan,
+    rollouts,
+    views,
+    writes,
+)
 from root_orchestrator.errors import Conflict
 from root_orchestrator.records import (
     IDEMPOTENCY,
@@ -286,7 +293,7 @@ def _plan_placements(
 ) -> list[PlannedPlacement]:
     """Where each replica would go now: the scheduler's decision, with reservations
     made only in a local copy of the snapshots (nothing is reserved for real)."""
-    pinned = placing_ops.pinned_cluster(st, spec.constraints.cluster)
+    pinned = placement_inputs.pinned_cluster(st, spec.constraints.cluster)
     if pinned is not None:
         return placement_plan.plan_placements(
             spec, replicas, (), pinned=pinned, existing={}, policy="", rng=st.rng
@@ -301,7 +308,7 @@ def _plan_placements(
     return placement_plan.plan_placements(
         spec,
         replicas,
-        placing_ops.snapshots(st, (), prune=False),
+        placement_inputs.snapshots(st, (), prune=False),
         pinned=None,
         existing=existing,
         policy=st.settings.placement_policy,
