@@ -183,3 +183,45 @@ def test_delete(case: dict[str, Any]) -> None:
         assert isinstance(saved, SaveJob)
         assert (saved.new.deleted_at, saved.new.updated_at, saved.new.desired) == (NOW, NOW, 0)
         assert effects[1] == Emit("job.deleted", "j1", job_id="j1", reason="deleted by operator")
+
+
+# ---------------------------------------------------------------------- the applier
+
+
+def test_the_applier_executes_the_effects_in_order_through_writes() -> None:
+    """Submit then delete, applied to a bare RootState (its store writer not started:
+    writes go through at once): the tables, the store and the events are what the
+    effects say, in order."""
+    from root_orchestrator import applier, lifecycle
+    from root_orchestrator.records import EVENTS, INSTANCES, JOBS
+    from root_orchestrator.settings import RootSettings
+    from root_orchestrator.state import RootState
+    from store import open_store
+
+    settings = RootSettings(
+        store_url="sqlite://:memory:",
+        operator_tokens=["operator-token-1"],
+        registration_token="registration-token-1",
+    )
+    st = RootState(open_store("sqlite://:memory:"), settings, clock=lambda: NOW)
+    applier.apply(st, plan_submit(spec(replicas=2), "j7", NOW, key=IdempotencyKey("k", "h")))
+    assert st.jobs["j7"].version == 1 and st.versions["j7"] == {}
+    assert sorted(st.instances) == ["j7-0-0", "j7-1-1"]
+    assert st.pending_ids == {"j7-0-0", "j7-1-1"} and st.dirty == {"j7"}
+    assert st.store.get(IDEMPOTENCY, "k") == {
+        "_id": "k",
+        "_version": 1,
+        "job_id": "j7",
+        "body_hash": "h",
+        "created_at": NOW,
+    }
+    lifecycle.settle(st)
+    applier.apply(st, plan_delete(st.jobs["j7"], NOW + 1))
+    assert st.jobs["j7"].deleted_at == NOW + 1 and st.jobs["j7"].version == 2
+    lifecycle.settle(st)  # PENDING instances of a deleted job end at once
+    assert all(i.state.terminal for i in st.instances.values())
+    events = [d["kind"] for d in st.store.find(EVENTS, order_by="seq")]
+    assert events[:4] == ["job.submitted", "instance.state", "instance.state", "job.deleted"]
+    stored = st.store.get(JOBS, "j7")
+    assert stored is not None and stored["deleted_at"] == NOW + 1
+    assert len(st.store.find(INSTANCES, {"job_id": "j7"})) == 2
