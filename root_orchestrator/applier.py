@@ -7,9 +7,10 @@ writer), so the caller waits for durability as before (`writes.mark` / `durable`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from root_orchestrator import events as event_log
-from root_orchestrator import lifecycle, writes
+from root_orchestrator import lifecycle, lookups, writes
 from root_orchestrator.effects import (
     CreateInstance,
     Emit,
@@ -17,7 +18,9 @@ from root_orchestrator.effects import (
     Reconcile,
     RootEffect,
     SaveJob,
+    SaveVersion,
 )
+from root_orchestrator.records import JOB_VERSIONS
 from root_orchestrator.state import RootState
 
 __all__ = ["apply"]
@@ -27,9 +30,17 @@ def apply(st: RootState, effects: Iterable[RootEffect]) -> None:
     """Execute `effects` in order (under `st.lock`)."""
     for effect in effects:
         if isinstance(effect, SaveJob):
-            writes.save_job(st, effect.new, effect.old)
             if effect.old is None:
+                writes.save_job(st, effect.new, None)
                 st.versions[effect.new.id] = {}  # a new job has no stored versions yet
+            else:
+                writes.save_job(st, effect.new, st.jobs.get(effect.new.id, effect.old))
+        elif isinstance(effect, SaveVersion):
+            versions = lookups.versions_of(st, effect.new.job_id)
+            old = versions.get(effect.new.number) if effect.old is not None else None
+            new = replace(effect.new, version=(old.version if old else 0) + 1)
+            st.persister.put(JOB_VERSIONS, new.id, new)
+            versions[new.number] = new
         elif isinstance(effect, CreateInstance):
             job = st.jobs[effect.job_id]
             lifecycle.create_instance(

@@ -1,15 +1,21 @@
 """Typed effects of the root's pure decisions: what a plan wants done to the state.
 
-Like the cluster's `cluster_orchestrator/effects.py`: a plan function (`job_plans`)
+Like the cluster's `cluster_orchestrator/effects.py`: a plan function (`job_plans`,
+`rollout_plans`)
 reads a snapshot of what it needs (records, the clock value, ids made outside) and
 returns a list of these values; it changes nothing. `applier.apply` executes them in
 order, under the state's lock, through `writes` (memory, indexes, the queued store
 write), `events.emit` and `lifecycle.create_instance`. So a decision can be tested by
 calling it and reading its effects, and every change goes through one applier.
 
+A `SaveJob` or `SaveVersion` names the record it replaces as the plan saw it; a plan
+may save one record twice (`old` then being its own earlier `new`): the applier
+replaces what memory holds then, so the store's version numbers stay in sequence.
+
 | effect | applied as |
 | --- | --- |
 | `SaveJob` | `writes.save_job(new, old)` (a new job, `old` None, starts with no stored versions) |
+| `SaveVersion` | a version record of a job's spec: memory and the queued store write |
 | `CreateInstance` | `lifecycle.create_instance` for the saved job (PENDING, its event) |
 | `PutDocument` | a queued store write of a plain document (an Idempotency-Key) |
 | `Emit` | `events.emit`: the event, queued and published once durable |
@@ -22,9 +28,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from root_orchestrator.records import JobRecord
+from root_orchestrator.records import JobRecord, VersionRecord
 
-__all__ = ["CreateInstance", "Emit", "PutDocument", "Reconcile", "RootEffect", "SaveJob"]
+__all__ = [
+    "CreateInstance",
+    "Emit",
+    "PutDocument",
+    "Reconcile",
+    "RootEffect",
+    "SaveJob",
+    "SaveVersion",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +47,14 @@ class SaveJob:
 
     new: JobRecord
     old: JobRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveVersion:
+    """Record version `new` of a job's spec in place of `old` (None: a new version)."""
+
+    new: VersionRecord
+    old: VersionRecord | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +97,4 @@ class Reconcile:
     job_id: str
 
 
-RootEffect = SaveJob | CreateInstance | PutDocument | Emit | Reconcile
+RootEffect = SaveJob | SaveVersion | CreateInstance | PutDocument | Emit | Reconcile
