@@ -1,5 +1,6 @@
-"""Rolling updates of a job's spec: versions, starting, advancing, rolling back and ending
-a rollout.
+"""Rolling updates of a job's spec: versions, starting a rollout, and advancing it
+(its next step is decided by the pure `rollout_plans.plan_advance`, whose effects
+`applier.apply` executes: progress, complete, failed, rolled back, cancelled).
 
 Functions over the shared `state.RootState`; `service.RootService` is their facade.
 """
