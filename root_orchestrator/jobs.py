@@ -8,18 +8,26 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from dataclasses import replace
 from typing import Any
 
-from root_orchestrator import events as event_log
-from root_orchestrator import lifecycle, lookups, placement_plan, rollouts, views, writes
-from root_orchestrator import placing as placing_ops
+from root_orchestrator import (
+    applier,
+    job_plans,
+    lifecycle,
+    lookups,
+    placement_inputs,
+    placement_plan,
+    rollouts,
+    views,
+    writes,
+)
+from root_orchestrator.effects import SaveJob
 from root_orchestrator.errors import Conflict
 from root_orchestrator.records import (
     IDEMPOTENCY,
     JobRecord,
 )
-from root_orchestrator.replicas import JobState, diff_replicas
+from root_orchestrator.replicas import diff_replicas
 from root_orchestrator.rollout import (
     Rollout,
     RolloutState,
@@ -78,38 +86,14 @@ def _submit(
         )
     if job_id is None:
         job_id = _new_job_id(st, now)
+    key = None
     if key_id is not None and key_doc is None:
-        st.persister.put(
-            IDEMPOTENCY, key_id, {"job_id": job_id, "body_hash": body_hash, "created_at": now}
-        )
-    # The first instances' generations (replica r gets generation r) are
-    # reserved in the job record as it is created: one write fewer than
-    # reserving them afterwards, and still before any instance exists.
-    job = JobRecord(
-        id=job_id,
-        name=spec.name,
-        spec=spec,
-        state=JobState.PENDING if spec.replicas > 0 else JobState.STOPPED,
-        created_at=now,
-        updated_at=now,
-        next_generation=spec.replicas,
-    )
-    job = writes.save_job(st, job, None)
-    st.versions[job.id] = {}  # a new job has no stored versions yet
-    event_log.emit(
-        st,
-        "job.submitted",
-        job.id,
-        state=job.state.value,
-        job_id=job.id,
-        reason=f"{spec.replicas} replicas of {spec.runtime.value} job {spec.name}",
-        data={"replicas": spec.replicas, "priority": spec.priority},
-    )
-    for replica in range(spec.replicas):
-        lifecycle.create_instance(st, job, replica, replica, 0, f"replica {replica} created")
-    st.dirty.add(job.id)
+        key = job_plans.IdempotencyKey(key_id, body_hash)
+    effects = job_plans.plan_submit(spec, job_id, now, key=key)
+    applier.apply(st, effects)
     lifecycle.settle(st)
-    return views.job_view(st, st.jobs.get(job.id, job)), True
+    job = st.jobs.get(job_id) or next(e.new for e in effects if isinstance(e, SaveJob))
+    return views.job_view(st, job), True
 
 
 def _new_job_id(st: RootState, now: float) -> str:
@@ -139,25 +123,8 @@ def update_job(st: RootState, ref: str, patch: JobPatch) -> JobView:
         change = rollouts.change_for(st, job, patch)
         if change.versioned:
             job = rollouts.start_rollout(st, job, change)
-        elif change.changed:
-            data: dict[str, Any] = {}
-            before = job.spec
-            for key in change.changed:
-                if key in ("replicas", "priority"):
-                    data[key] = {"from": getattr(before, key), "to": getattr(change.spec, key)}
-                else:
-                    data[key] = {
-                        "from": before.model_dump(mode="json")[key],
-                        "to": change.spec.model_dump(mode="json")[key],
-                    }
-            job = writes.save_job(st, replace(job, spec=change.spec, updated_at=st.clock()), job)
-            kind = "job.scaled" if "replicas" in change.changed else "job.updated"
-            text = ", ".join(
-                f"{k} {v['from']} -> {v['to']}" if k in ("replicas", "priority") else f"{k}"
-                for k, v in data.items()
-            )
-            event_log.emit(st, kind, job.id, job_id=job.id, reason=text, data=data)
-            st.dirty.add(job.id)
+        else:
+            applier.apply(st, job_plans.plan_spec_change(job, change, st.clock()))
         if change.changed:
             lifecycle.settle(st)
         view = views.job_view(st, st.jobs.get(job.id, job))
@@ -286,7 +253,7 @@ def _plan_placements(
 ) -> list[PlannedPlacement]:
     """Where each replica would go now: the scheduler's decision, with reservations
     made only in a local copy of the snapshots (nothing is reserved for real)."""
-    pinned = placing_ops.pinned_cluster(st, spec.constraints.cluster)
+    pinned = placement_inputs.pinned_cluster(st, spec.constraints.cluster)
     if pinned is not None:
         return placement_plan.plan_placements(
             spec, replicas, (), pinned=pinned, existing={}, policy="", rng=st.rng
@@ -301,7 +268,7 @@ def _plan_placements(
     return placement_plan.plan_placements(
         spec,
         replicas,
-        placing_ops.snapshots(st, (), prune=False),
+        placement_inputs.snapshots(st, (), prune=False),
         pinned=None,
         existing=existing,
         policy=st.settings.placement_policy,
@@ -314,11 +281,9 @@ def delete_job(st: RootState, ref: str) -> JobView:
     with st.lock:
         since = writes.mark(st)
         job = lookups.resolve_job(st, ref)
-        if job.deleted_at is None and job.id in st.jobs:
-            now = st.clock()
-            job = writes.save_job(st, replace(job, deleted_at=now, updated_at=now), job)
-            event_log.emit(st, "job.deleted", job.id, job_id=job.id, reason="deleted by operator")
-            st.dirty.add(job.id)
+        effects = job_plans.plan_delete(job, st.clock()) if job.id in st.jobs else []
+        if effects:
+            applier.apply(st, effects)
             lifecycle.settle(st)
         view = views.job_view(st, st.jobs.get(job.id) or lookups.load_job(st, job.id) or job)
         mark = writes.mark(st)

@@ -1,15 +1,10 @@
 """Root API bodies: moved to `schemas/root_api.py`; re-exported here for code that has
 not moved its imports yet (import from `schemas.root_api` in new code).
 
-One exception: `PlacementInfo` here is the form root_orchestrator/service.py builds,
-stores and puts into event data, with `decision` still a JSON object; the API views
-(`schemas.root_api.PlacementInfo`) read it as a typed `PlacementDecision`. It goes
-when the service's split builds the typed model itself.
+`PlacementInfo` is also what the root stores on an instance (`InstanceRecord.placement`),
+with its typed `PlacementDecision`; `records.placement_from_doc` loads the older stored
+form too (the decision as a plain JSON object, `{}` for none).
 """
-
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
 
 from schemas.root_api import MAX_APPROVAL_TTL_S as MAX_APPROVAL_TTL_S
 from schemas.root_api import ClusterList as ClusterList
@@ -27,6 +22,7 @@ from schemas.root_api import JobView as JobView
 from schemas.root_api import MovedInstance as MovedInstance
 from schemas.root_api import NodeActionResult as NodeActionResult
 from schemas.root_api import NodeList as NodeList
+from schemas.root_api import PlacementInfo as PlacementInfo
 from schemas.root_api import PlanBatch as PlanBatch
 from schemas.root_api import PlannedPlacement as PlannedPlacement
 from schemas.root_api import PlanStop as PlanStop
@@ -41,17 +37,3 @@ from schemas.root_api import StuckInstance as StuckInstance
 from schemas.root_api import UpdatePlan as UpdatePlan
 from schemas.root_api import VersionList as VersionList
 from schemas.root_api import VersionView as VersionView
-
-
-class PlacementInfo(BaseModel):
-    """The latest scheduling decision for an instance or a job, as stored (see the
-    module docstring; `schemas.root_api.PlacementInfo` documents the fields)."""
-
-    at: float
-    instance_id: str | None = None
-    outcome: Literal["scheduled", "forwarded", "pending"]
-    cluster_id: str | None = None
-    cluster_name: str | None = None
-    explanation: str
-    decision: dict[str, Any] | None = None
-    cluster_rejections: list[ClusterRejection] = Field(default_factory=list)

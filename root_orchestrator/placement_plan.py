@@ -6,8 +6,9 @@ clusters that refused it, and the cluster the job pins in `constraints.cluster`.
 does no I/O and reads no clock or random source of its own (`now` and `rng` are
 passed in), so a test can replay any decision. `placing` applies the plan (record
 SCHEDULED, reserve, persist) before the reconciler calls the cluster.
-`plan_placements` is the same decision for several replicas of a spec, reserving in
-a local copy of the snapshots only (the dry run of an update).
+`plan_placements` (the dry run of an update) is `plan_placement` for several replicas
+of a spec, one after the other, each choice reserved in a local copy of the snapshots
+only: the dry run and the reconciler decide by the same code.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from placement import Decision, Request, place
-from root_orchestrator.models import PlacementInfo
 from root_orchestrator.scheduler import ClusterSnapshot, build_candidates, request_for
 from root_orchestrator.texts import pending_text, short, with_rejections
 from schemas.cluster import ClusterLiveness
+from schemas.decision import PlacementDecision
 from schemas.job import JobSpec
-from schemas.root_api import ClusterRejection, PlannedPlacement
+from schemas.root_api import ClusterRejection, PlacementInfo, PlannedPlacement
 
 __all__ = [
     "PinnedCluster",
@@ -32,6 +33,7 @@ __all__ = [
     "plan_placement",
     "plan_placements",
     "request_of",
+    "typed_decision",
 ]
 
 
@@ -75,6 +77,13 @@ def request_of(spec: JobSpec) -> Request:
     return request_for(spec, spec.constraints, policy)
 
 
+def typed_decision(decision: Decision | None) -> PlacementDecision | None:
+    """A scheduler decision as stored and shown (best 10 scores, 10 ids per reason)."""
+    if decision is None:
+        return None
+    return PlacementDecision.model_validate(decision.to_dict(limit=10))
+
+
 def plan_placement(
     instance_id: str,
     spec: JobSpec,
@@ -114,7 +123,7 @@ def plan_placement(
         cluster_id=chosen.id,
         cluster_name=name,
         explanation=with_rejections(decision.explain(), rejections),
-        decision=decision.to_dict(limit=10),
+        decision=typed_decision(decision),
         cluster_rejections=list(rejections.values()),
     )
     return SendTo(chosen.id, name, info, reserve=request, pinned=False)
@@ -156,66 +165,49 @@ def plan_placements(
     policy: str,
     rng: random.Random,
 ) -> list[PlannedPlacement]:
-    """Where each replica of `spec` would go now (the dry run of an update): each
-    choice is reserved in a local copy of `clusters` before the next one is made."""
+    """Where each replica of `spec` would go now (the dry run of an update):
+    `plan_placement` for one replica after the other, each choice reserved (and counted
+    for spreading) in a local copy of `clusters` before the next one is made."""
     out: list[PlannedPlacement] = []
-    if pinned is not None:
-        for replica in replicas:
-            if pinned.cluster_id is None or pinned.liveness is not ClusterLiveness.READY:
-                what = (
-                    "not registered"
-                    if pinned.cluster_id is None or pinned.liveness is None
-                    else pinned.liveness.value
-                )
-                text = f"pending: cluster {pinned.ref} (constraints.cluster) is {what}"
-                out.append(PlannedPlacement(replica=replica, outcome="pending", explanation=text))
-            else:
-                out.append(
-                    PlannedPlacement(
-                        replica=replica,
-                        outcome="forwarded",
-                        cluster_id=pinned.cluster_id,
-                        cluster_name=pinned.cluster_name,
-                        explanation=f"forwarded to cluster {pinned.cluster_name} named by "
-                        "constraints.cluster (no root scheduling)",
-                    )
-                )
-        return out
-    request = request_of(spec)
-    names = {s.id: s.name for s in clusters}
-    planned: dict[str, list[Request]] = {}
+    reserved: dict[str, tuple[Request, ...]] = {}
     counts = dict(existing)
     for replica in replicas:
-        snaps = [replace(s, reserved=s.reserved + tuple(planned.get(s.id, ()))) for s in clusters]
-        decision = place(
-            request,
-            build_candidates(request, snaps),
-            policy,
-            rng,
-            existing=dict(counts),
-            noun="cluster",
+        snaps = [replace(s, reserved=s.reserved + reserved.get(s.id, ())) for s in clusters]
+        # `now` only stamps the stored PlacementInfo, which a dry run does not keep
+        plan = plan_placement(
+            f"replica-{replica}",
+            spec,
+            snaps,
+            {},
+            pinned=pinned,
+            existing=counts,
+            policy=policy,
+            rng=rng,
+            now=0.0,
         )
-        chosen = decision.chosen
-        if chosen is None:
-            out.append(
-                PlannedPlacement(
-                    replica=replica,
-                    outcome="pending",
-                    explanation=short(pending_text(decision, {}, bool(clusters))),
-                    decision=decision.to_dict(limit=10),
-                )
-            )
-            continue
-        planned.setdefault(chosen.id, []).append(request)
-        counts[chosen.id] = counts.get(chosen.id, 0) + 1
-        out.append(
-            PlannedPlacement(
-                replica=replica,
-                outcome="scheduled",
-                cluster_id=chosen.id,
-                cluster_name=names[chosen.id],
-                explanation=short(decision.explain()),
-                decision=decision.to_dict(limit=10),
-            )
-        )
+        if isinstance(plan, SendTo) and plan.reserve is not None:
+            reserved[plan.cluster_id] = (*reserved.get(plan.cluster_id, ()), plan.reserve)
+            counts[plan.cluster_id] = counts.get(plan.cluster_id, 0) + 1
+        out.append(_planned(replica, plan))
     return out
+
+
+def _planned(replica: int, plan: PlacementPlan) -> PlannedPlacement:
+    """A plan as the dry run shows it."""
+    if isinstance(plan, StayPending):
+        text = plan.text if plan.text.startswith("pending: ") else f"pending: {plan.text}"
+        return PlannedPlacement(
+            replica=replica,
+            outcome="pending",
+            explanation=short(text),
+            decision=typed_decision(plan.decision),
+        )
+    info = plan.info
+    return PlannedPlacement(
+        replica=replica,
+        outcome=info.outcome,
+        cluster_id=info.cluster_id,
+        cluster_name=info.cluster_name,
+        explanation=short(info.explanation),
+        decision=info.decision,
+    )

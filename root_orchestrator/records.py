@@ -7,13 +7,14 @@ in. `to_doc` / `from_doc` convert to and from store documents.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from root_orchestrator.replicas import InstanceFacts, JobState
 from root_orchestrator.rollout import Rollout
 from schemas.cluster import ClusterLiveness, ClusterReport
 from schemas.job import InstanceState, JobSpec
+from schemas.root_api import PlacementInfo
 
 __all__ = [
     "CLUSTERS",
@@ -28,6 +29,7 @@ __all__ = [
     "JobRecord",
     "RegistrationTokenRecord",
     "VersionRecord",
+    "placement_from_doc",
 ]
 
 JOBS = "jobs"
@@ -37,6 +39,28 @@ EVENTS = "events"
 IDEMPOTENCY = "idempotency"
 JOB_VERSIONS = "job_versions"
 REGISTRATION_TOKENS = "registration_tokens"
+
+
+def placement_from_doc(value: Any) -> PlacementInfo | None:
+    """A stored placement as the typed `PlacementInfo` (None: never placed).
+
+    Loads every stored form: the current one (`PlacementInfo.model_dump(mode="json")`)
+    and the older one, whose `decision` was kept as the plain object
+    `placement.Decision.to_dict` returns (the same keys; unknown ones are ignored,
+    missing ones default) or `{}` for none. An empty placement means none as well.
+    """
+    if value is None or isinstance(value, PlacementInfo):
+        return value
+    if not value:
+        return None
+    if value.get("decision") == {}:
+        value = {**value, "decision": None}
+    return PlacementInfo.model_validate(value)
+
+
+def placement_to_doc(placement: PlacementInfo | None) -> dict[str, Any] | None:
+    """The store form of a placement (JSON types only)."""
+    return placement.model_dump(mode="json") if placement is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +81,7 @@ class JobRecord:
     deleted_at: float | None = None
     next_generation: int = 0
     reason: str = ""
-    placement: dict[str, Any] | None = None
+    placement: PlacementInfo | None = None
     version: int = 0
     job_version: int = 1
     latest_version: int = 1
@@ -80,7 +104,7 @@ class JobRecord:
             "deleted_at": self.deleted_at,
             "next_generation": self.next_generation,
             "reason": self.reason,
-            "placement": self.placement,
+            "placement": placement_to_doc(self.placement),
             "job_version": self.job_version,
             "latest_version": self.latest_version,
             "rollout": self.rollout.to_doc() if self.rollout else None,
@@ -99,7 +123,7 @@ class JobRecord:
             deleted_at=doc.get("deleted_at"),
             next_generation=doc.get("next_generation", 0),
             reason=doc.get("reason", ""),
-            placement=doc.get("placement"),
+            placement=placement_from_doc(doc.get("placement")),
             version=doc.get("_version", 0),
             job_version=int(doc.get("job_version") or 1),
             latest_version=int(doc.get("latest_version") or doc.get("job_version") or 1),
@@ -195,7 +219,7 @@ class InstanceRecord:
     assigned_at: float | None = None
     pending_since: float | None = None
     cluster_ts: float = 0.0
-    placement: dict[str, Any] | None = None
+    placement: PlacementInfo | None = None
     version: int = 0
     job_version: int = 1
     running_since: float | None = None
@@ -204,10 +228,13 @@ class InstanceRecord:
     def facts(self) -> InstanceFacts:
         """The view replica diffing and rollout planning work on."""
         pending = ""
-        if self.state is InstanceState.PENDING and (self.placement or {}).get("outcome") == (
-            "pending"
+        placement = self.placement
+        if (
+            self.state is InstanceState.PENDING
+            and placement is not None
+            and placement.outcome == "pending"
         ):
-            pending = str((self.placement or {}).get("explanation", ""))
+            pending = placement.explanation
         return InstanceFacts(
             id=self.id,
             replica=self.replica,
@@ -224,10 +251,11 @@ class InstanceRecord:
 
     def to_doc(self) -> dict[str, Any]:
         """The store document (without `_version`)."""
-        doc = asdict(self)
-        doc.pop("version")
-        doc["_id"] = doc.pop("id")
+        doc: dict[str, Any] = {"_id": self.id}
+        for name in _INSTANCE_FIELDS:
+            doc[name] = getattr(self, name)
         doc["state"] = self.state.value
+        doc["placement"] = placement_to_doc(self.placement)
         return doc
 
     @classmethod
@@ -236,7 +264,13 @@ class InstanceRecord:
         values = {k: v for k, v in doc.items() if not k.startswith("_")}
         values["state"] = InstanceState(values["state"])
         values["job_version"] = int(values.get("job_version") or 1)
+        values["placement"] = placement_from_doc(values.get("placement"))
         return cls(id=doc["_id"], version=doc.get("_version", 0), **values)
+
+
+#: the fields of an instance document besides its id (the record's `version` is the
+#: store's `_version`)
+_INSTANCE_FIELDS = tuple(f.name for f in fields(InstanceRecord) if f.name not in ("id", "version"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""Rolling updates of a job's spec: versions, starting, advancing, rolling back and ending
-a rollout.
+"""Rolling updates of a job's spec: versions, starting a rollout, and advancing it
+(its next step is decided by the pure `rollout_plans.plan_advance`, whose effects
+`applier.apply` executes: progress, complete, failed, rolled back, cancelled).
 
 Functions over the shared `state.RootState`; `service.RootService` is their facade.
 """
@@ -11,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from root_orchestrator import applier, lookups, rollout_plans, texts, writes
 from root_orchestrator import events as event_log
-from root_orchestrator import lookups, texts, writes
 from root_orchestrator.errors import Invalid
 from root_orchestrator.records import (
     JOB_VERSIONS,
@@ -25,15 +26,13 @@ from root_orchestrator.rollout import (
     Rollout,
     RolloutState,
     RolloutStep,
-    plan_rollout,
-    rollout_counts,
 )
 from root_orchestrator.spec_update import PatchInvalid, SpecChange, apply_patch
 from root_orchestrator.state import (
     MAX_VERSIONS,
     RootState,
 )
-from schemas.job import InstanceState, JobSpec
+from schemas.job import InstanceState
 from schemas.root_api import JobPatch
 
 log = logging.getLogger(__name__)
@@ -167,151 +166,20 @@ def start_rollout(st: RootState, job: JobRecord, change: SpecChange) -> JobRecor
     return job
 
 
-def _emit_rollout(st: RootState, job: JobRecord, reason: str, **extra: Any) -> None:
-    rollout = job.rollout
-    assert rollout is not None
-    counts = rollout_counts(
-        job.desired,
-        [i.facts() for i in lookups.job_instances(st, job.id)],
-        rollout.target_version,
-        st.clock(),
-        job.spec.update.min_healthy_s,
-    )
-    event_log.emit(
-        st,
-        "job.rollout",
-        job.id,
-        job_id=job.id,
-        state=rollout.state.value,
-        reason=reason,
-        data={
-            "from_version": rollout.from_version,
-            "to_version": rollout.to_version,
-            "target_version": rollout.target_version,
-            "replicas": counts.replicas,
-            "updated": counts.updated,
-            "healthy": counts.healthy,
-            "unavailable": counts.unavailable,
-            **extra,
-        },
-    )
+def _emit_rollout(st: RootState, job: JobRecord, reason: str) -> None:
+    facts = [i.facts() for i in lookups.job_instances(st, job.id)]
+    applier.apply(st, [rollout_plans.rollout_event(job, facts, st.clock(), reason)])
 
 
 def advance_rollout(
     st: RootState, job: JobRecord, facts: list[InstanceFacts]
 ) -> tuple[JobRecord, RolloutStep | None]:
     """Look at an active rollout: finish it, fail it (and roll back), or return
-    the starts and stops it wants now."""
-    now = st.clock()
-    if job.deleted_at is not None:
-        return _end_rollout(st, job, RolloutState.CANCELLED, "job deleted"), None
-    for _ in range(3):
-        rollout = job.rollout
-        assert rollout is not None
-        step = plan_rollout(rollout, job.desired, facts, job.spec.update, now)
-        if step.verdict == "failed":
-            forward = rollout.state is RolloutState.PROGRESSING
-            if forward and job.spec.update.auto_rollback:
-                job = _roll_back(st, job, step.reason, facts)
-                continue
-            return _end_rollout(st, job, RolloutState.FAILED, step.reason), None
-        if step.verdict == "complete":
-            done = (
-                RolloutState.COMPLETE
-                if rollout.state is RolloutState.PROGRESSING
-                else RolloutState.ROLLED_BACK
-            )
-            return _end_rollout(st, job, done, rollout.reason), None
-        if step.counts.healthy > rollout.healthy:
-            job = writes.save_job(
-                st,
-                replace(
-                    job, rollout=replace(rollout, healthy=step.counts.healthy, progress_at=now)
-                ),
-                job,
-            )
-            counts = step.counts
-            _emit_rollout(
-                st,
-                job,
-                f"{counts.healthy}/{counts.replicas} replicas healthy at version "
-                f"{rollout.target_version}",
-            )
-        return job, step
-    return job, None
-
-
-def _roll_back(st: RootState, job: JobRecord, reason: str, facts: list[InstanceFacts]) -> JobRecord:
-    """The rolled-out version failed: the job's target goes back to the last complete
-    version (replicas, priority and strategy stay as they are now)."""
-    rollout = job.rollout
-    assert rollout is not None
-    now = st.clock()
-    stable = lookups.versions_of(st, job.id).get(rollout.from_version)
-    if stable is None:
-        return _end_rollout(
-            st, job, RolloutState.FAILED, f"{reason}; version {rollout.from_version} is not kept"
-        )
-    spec = JobSpec.model_validate(
-        {
-            **stable.spec.model_dump(),
-            "replicas": job.spec.replicas,
-            "priority": job.spec.priority,
-            "update": job.spec.update,
-        }
-    )
-    _set_version_state(st, job.id, rollout.to_version, "failed", reason)
-    counts = rollout_counts(
-        job.desired, facts, rollout.from_version, now, spec.update.min_healthy_s
-    )
-    back = replace(
-        rollout,
-        state=RolloutState.ROLLING_BACK,
-        reason=texts.short(reason),
-        progress_at=now,
-        healthy=counts.healthy,
-    )
-    job = writes.save_job(
-        st,
-        replace(job, spec=spec, job_version=rollout.from_version, rollout=back, updated_at=now),
-        job,
-    )
-    _emit_rollout(st, job, f"rolling back to version {rollout.from_version}: {reason}")
-    st.dirty.add(job.id)
-    return job
-
-
-def _end_rollout(st: RootState, job: JobRecord, state: RolloutState, reason: str) -> JobRecord:
-    rollout = job.rollout
-    assert rollout is not None
-    now = st.clock()
-    if state is RolloutState.COMPLETE:
-        _set_version_state(st, job.id, rollout.to_version, "current")
-        if rollout.from_version != rollout.to_version:
-            _set_version_state(
-                st,
-                job.id,
-                rollout.from_version,
-                "superseded",
-                f"replaced by version {rollout.to_version}",
-            )
-        reason = f"version {rollout.to_version} rolled out to {job.desired} replicas"
-    elif state is RolloutState.ROLLED_BACK:
-        reason = f"rolled back to version {rollout.from_version}: {rollout.reason}"
-    elif rollout.state is RolloutState.PROGRESSING:
-        _set_version_state(
-            st,
-            job.id,
-            rollout.to_version,
-            "failed" if state is RolloutState.FAILED else "cancelled",
-            reason,
-        )
-    if state is RolloutState.FAILED and rollout.state is RolloutState.PROGRESSING:
-        reason = f"rollout stopped (auto_rollback off), nothing more is replaced: {reason}"
-    ended = replace(rollout, state=state, reason=texts.short(reason), finished_at=now)
-    job = writes.save_job(st, replace(job, rollout=ended, updated_at=now), job)
-    _emit_rollout(st, job, ended.reason)
-    return job
+    the starts and stops it wants now (`rollout_plans.plan_advance`, applied)."""
+    versions = lookups.versions_of(st, job.id)
+    advance = rollout_plans.plan_advance(job, facts, versions, st.clock())
+    applier.apply(st, advance.effects)
+    return st.jobs.get(job.id, advance.job), advance.step
 
 
 def change_for(st: RootState, job: JobRecord, patch: JobPatch) -> SpecChange:

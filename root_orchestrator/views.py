@@ -8,7 +8,6 @@ from __future__ import annotations
 from root_orchestrator import lookups, texts, writes
 from root_orchestrator.errors import NotFound
 from root_orchestrator.metrics import GaugeFamily
-from root_orchestrator.models import PlacementInfo
 from root_orchestrator.records import (
     CLUSTERS,
     INSTANCES,
@@ -185,8 +184,12 @@ def _job_reason(st: RootState, job: JobRecord, instances: list[InstanceRecord]) 
     pending = [i for i in instances if i.state is InstanceState.PENDING and i.placement]
     if not pending:
         return ""
-    latest = max(pending, key=lambda i: (i.placement or {}).get("at", 0.0))
-    return str((latest.placement or {}).get("explanation", ""))
+    latest = max(pending, key=_placed_at)
+    return latest.placement.explanation if latest.placement else ""
+
+
+def _placed_at(inst: InstanceRecord) -> float:
+    return inst.placement.at if inst.placement else 0.0
 
 
 def _instance_view(st: RootState, inst: InstanceRecord) -> InstanceView:
@@ -207,7 +210,7 @@ def _instance_view(st: RootState, inst: InstanceRecord) -> InstanceView:
         restarts=inst.restarts,
         terminating=inst.terminate and not inst.state.terminal,
         job_version=inst.job_version,
-        placement=PlacementInfo.model_validate(inst.placement) if inst.placement else None,
+        placement=inst.placement,
         inference=None if inst.state.terminal else st.inference.get(inst.id),
     )
 
@@ -226,10 +229,7 @@ def job_view(st: RootState, job: JobRecord) -> JobView:
         (i for i in instances if i.state.terminal), key=lambda i: i.updated_at, reverse=True
     )[:MAX_TERMINAL_LISTED]
     placed = [i for i in instances if i.placement]
-    placement = None
-    if placed:
-        latest = max(placed, key=lambda i: (i.placement or {}).get("at", 0.0))
-        placement = PlacementInfo.model_validate(latest.placement)
+    placement = max(placed, key=_placed_at).placement if placed else None
     return JobView(
         **summary.model_dump(),
         spec=job.spec,

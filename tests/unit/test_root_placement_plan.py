@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from root_orchestrator.models import ClusterRejection
 from root_orchestrator.placement_plan import (
@@ -111,3 +114,151 @@ def test_several_replicas_reserve_in_a_local_copy_only() -> None:
     assert [p.outcome for p in planned] == ["scheduled", "scheduled", "pending"]
     assert {p.cluster_id for p in planned[:2]} == {"c1", "c2"}
     assert all(s.reserved == () for s in clusters)  # the snapshots are untouched
+
+
+# The dry run (`plan_placements`) against the real placement (`plan_placement`): one
+# table of fleets, each with what the dry run must plan for every replica (a cluster id,
+# "forwarded:<id>" or "pending") and the explanation of the last replica. The values
+# were taken from the dry run before it was built on `plan_placement`; the second test
+# replays every case one replica at a time through `plan_placement`, reserving each
+# choice, and checks it decides the same.
+
+
+def fleet(*clusters: tuple[str, float, int] | tuple[str, float, int, bool]) -> list[Any]:
+    """Snapshots from (id, cpu, memory MiB[, ready]); one node each."""
+    out = []
+    for c in clusters:
+        cid, cpu, mem, ready = (*c, True)[:4]
+        node_report = report(node(cpu=cpu, mem=mem))
+        out.append(ClusterSnapshot(id=cid, name=f"name-{cid}", ready=ready, report=node_report))
+    return out
+
+
+READY_PIN = PinnedCluster("edge", "c9", "edge", ClusterLiveness.READY)
+
+DRY_RUN_CASES: dict[str, dict[str, Any]] = {
+    "two one-slot clusters take one replica each, the third stays pending": {
+        "clusters": fleet(("c1", 1.5, 2048), ("c2", 1.5, 2048)),
+        "replicas": 3,
+        "expect": ["c1", "c2", "pending"],
+        "last": "pending: no candidate fits: 2 clusters: insufficient cpu",
+    },
+    "binpack fills the small cluster before the big one": {
+        "clusters": fleet(("c1", 8, 8192), ("c2", 2, 2048)),
+        "replicas": 4,
+        "expect": ["c2", "c2", "c1", "c1"],
+        "last": "chose name-c1 (score 60.0) among 1 feasible; 1 rejected: insufficient cpu",
+    },
+    "spread counts the replicas already running": {
+        "clusters": fleet(("c1", 8, 8192), ("c2", 8, 8192)),
+        "replicas": 3,
+        "existing": {"c1": 2},
+        "policy": "spread",
+        "expect": ["c2", "c2", "c1"],
+        "last": "chose name-c1 (score 40.8) among 2 feasible",
+    },
+    "spread over four clusters until one is full": {
+        "clusters": fleet(*((f"c{i}", 2, 4096) for i in range(4))),
+        "replicas": 6,
+        "policy": "spread",
+        "expect": ["c1", "c3", "c0", "c2", "c3", "c2"],
+        "last": "chose name-c2 (score 35.0, 3-way tie) among 3 feasible; "
+        "1 rejected: insufficient cpu",
+    },
+    "a cluster that is not ready is never chosen": {
+        "clusters": fleet(("c1", 8, 8192, False), ("c2", 1, 2048)),
+        "replicas": 2,
+        "expect": ["c2", "pending"],
+        "last": "pending: no candidate fits: 1 cluster: insufficient cpu, 1 cluster: not ready",
+    },
+    "no cluster registered": {
+        "clusters": [],
+        "replicas": 2,
+        "expect": ["pending", "pending"],
+        "last": "pending: no cluster is registered",
+    },
+    "a ready pinned cluster gets every replica forwarded": {
+        "pinned": READY_PIN,
+        "replicas": 2,
+        "expect": ["forwarded:c9", "forwarded:c9"],
+        "last": "forwarded to cluster edge named by constraints.cluster (no root scheduling)",
+    },
+    "a pinned cluster that is not registered": {
+        "pinned": PinnedCluster("edge"),
+        "replicas": 1,
+        "expect": ["pending"],
+        "last": "pending: cluster edge (constraints.cluster) is not registered",
+    },
+    "a pinned cluster that is lost": {
+        "pinned": PinnedCluster("edge", "c9", "edge", ClusterLiveness.LOST),
+        "replicas": 1,
+        "expect": ["pending"],
+        "last": "pending: cluster edge (constraints.cluster) is LOST",
+    },
+    "a pinned cluster that is unreachable": {
+        "pinned": PinnedCluster("edge", "c9", "edge", ClusterLiveness.UNREACHABLE),
+        "replicas": 1,
+        "expect": ["pending"],
+        "last": "pending: cluster edge (constraints.cluster) is UNREACHABLE",
+    },
+}
+
+
+def dry_run(case: dict[str, Any]) -> list[Any]:
+    return plan_placements(
+        spec(),
+        list(range(case["replicas"])),
+        case.get("clusters", []),
+        pinned=case.get("pinned"),
+        existing=case.get("existing", {}),
+        policy=case.get("policy", "binpack"),
+        rng=random.Random(3),
+    )
+
+
+def where(planned: Any) -> str:
+    if planned.outcome == "forwarded":
+        return f"forwarded:{planned.cluster_id}"
+    return "pending" if planned.outcome == "pending" else str(planned.cluster_id)
+
+
+@pytest.mark.parametrize("case", DRY_RUN_CASES.values(), ids=DRY_RUN_CASES.keys())
+def test_the_dry_run_plans_each_replica(case: dict[str, Any]) -> None:
+    planned = dry_run(case)
+    assert [p.replica for p in planned] == list(range(case["replicas"]))
+    assert [where(p) for p in planned] == case["expect"]
+    assert planned[-1].explanation == case["last"]
+    # the scheduler's decision comes along unless the job names its cluster
+    assert all((p.decision is None) == ("pinned" in case) for p in planned)
+
+
+@pytest.mark.parametrize("case", DRY_RUN_CASES.values(), ids=DRY_RUN_CASES.keys())
+def test_the_dry_run_decides_what_placing_one_replica_at_a_time_decides(
+    case: dict[str, Any],
+) -> None:
+    clusters: list[ClusterSnapshot] = case.get("clusters", [])
+    existing = dict(case.get("existing", {}))
+    rng = random.Random(3)
+    reserved: dict[str, tuple[Any, ...]] = {}
+    for planned in dry_run(case):
+        snaps = [replace(s, reserved=s.reserved + reserved.get(s.id, ())) for s in clusters]
+        one = plan_placement(
+            f"i{planned.replica}",
+            spec(),
+            snaps,
+            {},
+            pinned=case.get("pinned"),
+            existing=dict(existing),
+            policy=case.get("policy", "binpack"),
+            rng=rng,
+            now=0.0,
+        )
+        if isinstance(one, SendTo):
+            assert (planned.outcome, planned.cluster_id) == (one.info.outcome, one.cluster_id)
+            assert planned.decision == one.info.decision
+            if one.reserve is not None:
+                reserved[one.cluster_id] = (*reserved.get(one.cluster_id, ()), one.reserve)
+                existing[one.cluster_id] = existing.get(one.cluster_id, 0) + 1
+        else:
+            assert planned.outcome == "pending"
+            assert planned.explanation.endswith(one.text.removeprefix("pending: "))
