@@ -223,12 +223,34 @@ class InstanceRecord:
         )
 
     def to_doc(self) -> dict[str, Any]:
-        """The store document (without `_version`)."""
-        doc = asdict(self)
-        doc.pop("version")
-        doc["_id"] = doc.pop("id")
-        doc["state"] = self.state.value
-        return doc
+        """The store document (without `_version`).
+
+        Field by field rather than `dataclasses.asdict`, which deep-copies: records
+        are replaced whole, never changed, so `placement` can be shared (as
+        `JobRecord.to_doc` does); this runs for every instance write."""
+        return {
+            "_id": self.id,
+            "job_id": self.job_id,
+            "replica": self.replica,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "cluster_id": self.cluster_id,
+            "node_id": self.node_id,
+            "node_name": self.node_name,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "restarts": self.restarts,
+            "terminate": self.terminate,
+            "terminate_reason": self.terminate_reason,
+            "assigned_at": self.assigned_at,
+            "pending_since": self.pending_since,
+            "cluster_ts": self.cluster_ts,
+            "placement": self.placement,
+            "job_version": self.job_version,
+            "running_since": self.running_since,
+            "node_restarts": self.node_restarts,
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> InstanceRecord:
