@@ -146,6 +146,8 @@ class Persister:
         self._held = False
         #: writes were queued during a hold and the writer not woken for them yet
         self._unsignalled = False
+        #: the writer thread sleeps, waiting for writes
+        self._idle = False
         self.batches = 0
         self.documents = 0
 
@@ -251,6 +253,12 @@ class Persister:
             return self._durable
 
     @property
+    def idle(self) -> bool:
+        """The writer thread is asleep, waiting to be woken for new writes (tests)."""
+        with self._cond:
+            return self._idle
+
+    @property
     def backlog(self) -> int:
         """Writes queued and not yet committed."""
         with self._cond:
@@ -338,7 +346,9 @@ class Persister:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                 if not self._queue and self._stopping:
                     return
                 ops = self._queue[:MAX_TAKE]
