@@ -46,10 +46,11 @@ def unauthorized(detail: str = "missing or invalid bearer token") -> HTTPExcepti
     )
 
 
-def require_operator(
+async def require_operator(
     deps: Annotated[Deps, Depends(get_deps)], credentials: BearerCredentials
 ) -> None:
-    """Dependency: the request carries one of the operator tokens."""
+    """Dependency: the request carries one of the operator tokens (on the event loop:
+    a constant-time comparison per token, no worker thread)."""
     if credentials is None or not token_accepted(credentials.credentials, deps.operator_tokens):
         raise unauthorized()
 
@@ -70,7 +71,7 @@ def registration_grant(
 Registration = Annotated[RegistrationGrant, Depends(registration_grant)]
 
 
-def cluster_credential(request: Request, credentials: ClusterCredentials) -> str:
+async def cluster_credential(request: Request, credentials: ClusterCredentials) -> str:
     """Dependency: the bearer token a cluster presents (checked by the route)."""
     if credentials is None:
         raise unauthorized()

@@ -40,6 +40,23 @@ class Subscription:
             self._items.append(item)
         self._ready.set()
 
+    def _push_many(self, items: list[dict[str, Any]]) -> None:
+        """Runs in the subscriber's loop: several events, in order."""
+        room = self._max - len(self._items)
+        if len(items) > room:
+            self.overflowed = True
+            items = items[: max(0, room)]
+        self._items.extend(items)
+        self._ready.set()
+
+    def deliver_many(self, items: list[dict[str, Any]]) -> bool:
+        """Hand several items over from any thread in one wake-up of the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._push_many, items)
+        except RuntimeError:
+            return False
+        return True
+
     def deliver(self, item: dict[str, Any] | None) -> bool:
         """Hand an item over from any thread; False if the subscriber's loop is gone."""
         try:
@@ -93,6 +110,15 @@ class EventBus:
             subs = list(self._subs)
         for sub in subs:
             if not sub.deliver(item):
+                self.unsubscribe(sub)
+
+    def publish_many(self, items: list[dict[str, Any]]) -> None:
+        """Send several events (in order) to every subscriber: one hand-over to each
+        subscriber's loop for all of them."""
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            if not sub.deliver_many(items):
                 self.unsubscribe(sub)
 
     @property

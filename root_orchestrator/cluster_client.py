@@ -106,11 +106,18 @@ class ClusterClient:
         *,
         params: dict[str, Any] | None = None,
         timeout: httpx.Timeout | None = None,
+        body: str | None = None,
     ) -> httpx.Response:
+        """One call; `body` is a JSON text already serialized (by pydantic), `json` a
+        value httpx serializes."""
         extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        headers = self._headers(token)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            extra["content"] = body.encode()
         try:
             return await self._client.request(
-                method, url, headers=self._headers(token), json=json, params=params, **extra
+                method, url, headers=headers, json=json, params=params, **extra
             )
         except httpx.TimeoutException as exc:
             raise ClusterUnavailable(f"{method} {url}: timed out") from exc
@@ -122,7 +129,7 @@ class ClusterClient:
     ) -> PlaceInstanceResponse:
         """Ask a cluster to place one instance (idempotent by instance id on its side)."""
         url = f"{base_url}{API}/instances"
-        response = await self._request("POST", url, token, json=request.model_dump(mode="json"))
+        response = await self._request("POST", url, token, body=request.model_dump_json())
         if response.status_code >= 500:
             raise ClusterUnavailable(
                 f"POST {url}: HTTP {response.status_code}: {_detail(response)}"
@@ -155,11 +162,11 @@ class ClusterClient:
         The cluster decides them one after the other: the read timeout grows by
         BATCH_S_PER_INSTANCE per instance."""
         url = f"{base_url}{API}/instances/batch"
-        body = PlaceInstanceBatch(instances=requests).model_dump(mode="json")
+        body = PlaceInstanceBatch(instances=requests).model_dump_json()
         timeout = httpx.Timeout(
             self._timeout, read=self._timeout + BATCH_S_PER_INSTANCE * len(requests)
         )
-        response = await self._request("POST", url, token, json=body, timeout=timeout)
+        response = await self._request("POST", url, token, body=body, timeout=timeout)
         if 400 <= response.status_code < 500:
             # 404/405: a cluster without the route; any other refusal is answered per
             # instance by the single route (with its reasons)

@@ -7,6 +7,13 @@ the same document among them replaces, and writes each run of puts with one
 `Store.put_many` call (SQLite: one transaction, so one commit and one fsync for all
 of them, however many API calls and reports queued them: group commit).
 
+Wake-ups: while a caller `hold`s the writer (the service does for as long as it
+holds its lock: `state.ServiceLock`), queueing does not wake the writer thread; the
+end of the hold (`release`) does, once, so the writes of one service call are taken
+(and committed) together, for one thread hand-off instead of one per write.
+A thread that waits for durability wakes the writer first, so nothing queued is
+ever left unsignalled.
+
 Durability: every write gets a sequence number; `mark()` is the number of the latest
 one queued and `wait(mark)` returns once everything up to it is written. An API call
 that changed state takes its mark under the lock and waits *after* releasing it, so
@@ -15,6 +22,12 @@ while other calls keep using the lock meanwhile and share the next commit.
 
 Events reach the live streams (`EventBus`) only once they are durable, in seq order,
 from this thread: a client never sees an event a crash could take back.
+
+Waiting: `wait(mark)` blocks a thread; `wait_async(mark)` is the same wait for a
+coroutine on an event loop, which it never blocks: the writer thread completes the
+waiting futures of a commit with one `loop.call_soon_threadsafe` per loop. The
+service's cheap calls run on the event loop this way (`RootService.*_async`),
+without a worker-thread hand-off per call.
 
 Reads: `get` sees writes not yet committed (they are kept in an overlay until they
 are); code that queries the store (finds, counts) waits for `mark()` first.
@@ -28,6 +41,8 @@ is back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -78,6 +93,25 @@ def _doc(item: Mapping[str, Any] | ToDoc | None) -> dict[str, Any]:
     return item.to_doc()
 
 
+@dataclass(slots=True)
+class _AsyncWaiter:
+    mark: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    """Runs in the waiters' loop: complete every future still waiting."""
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Persister:
     """Write-behind store writer with group commit (see the module docstring)."""
 
@@ -87,11 +121,14 @@ class Persister:
         *,
         publish: Callable[[dict[str, Any]], None] | None = None,
         on_commit: Callable[[int, int], None] | None = None,
+        publish_many: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
-        """`publish` gets each event document once it is durable (in order);
+        """`publish` gets each event document once it is durable (in order), or
+        `publish_many` the events of each commit at once (in order);
         `on_commit(documents, transactions)` is called after every batch (metrics)."""
         self._store = store
         self._publish = publish
+        self._publish_many = publish_many
         self._on_commit = on_commit
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
@@ -101,8 +138,16 @@ class Persister:
         self._overlay: dict[tuple[str, str], _Op] = {}
         #: writes that failed for good (their waiters raise), by seq
         self._failed: dict[int, StoreError] = {}
+        #: coroutines waiting for a mark (`wait_async`), completed by `_settle`
+        self._async_waiters: list[_AsyncWaiter] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: a `hold` is on: queueing does not wake the writer (see the module docstring)
+        self._held = False
+        #: writes were queued during a hold and the writer not woken for them yet
+        self._unsignalled = False
+        #: the writer thread sleeps, waiting for writes
+        self._idle = False
         self.batches = 0
         self.documents = 0
 
@@ -151,7 +196,9 @@ class Persister:
             op.seq = self._seq
             self._queue.append(op)
             self._overlay[(op.collection, op.id)] = op
-            if len(self._queue) == 1:
+            if self._held:
+                self._unsignalled = True
+            elif len(self._queue) == 1:
                 self._cond.notify_all()
             if self._thread is None:
                 # not started (a service used without its writer): write through
@@ -165,12 +212,32 @@ class Persister:
             self._write(ops)
         finally:
             self._cond.acquire()
-        events = self._settle(ops)
+        events, woken = self._settle(ops)
         self._cond.release()
         try:
+            self._wake_async(woken)
             self._publish_all(events)
         finally:
             self._cond.acquire()
+
+    def hold(self) -> None:
+        """Queue without waking the writer until `release` (one holder at a time:
+        the service calls this with its lock held)."""
+        self._held = True
+
+    def release(self) -> None:
+        """End the hold; wake the writer if anything was queued during it."""
+        self._held = False
+        if self._unsignalled:
+            with self._cond:
+                self._signal()
+
+    def _signal(self) -> None:
+        """Wake the writer for writes queued unsignalled (lock held)."""
+        if self._unsignalled:
+            self._unsignalled = False
+            if self._queue:
+                self._cond.notify_all()
 
     # ------------------------------------------------------------------ durability
 
@@ -186,6 +253,12 @@ class Persister:
             return self._durable
 
     @property
+    def idle(self) -> bool:
+        """The writer thread is asleep, waiting to be woken for new writes (tests)."""
+        with self._cond:
+            return self._idle
+
+    @property
     def backlog(self) -> int:
         """Writes queued and not yet committed."""
         with self._cond:
@@ -199,6 +272,7 @@ class Persister:
         queued)."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._signal()
             while self._durable < mark:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -210,6 +284,44 @@ class Persister:
             failed = [err for seq, err in self._failed.items() if since < seq <= mark]
         if failed:
             raise failed[0]
+
+    async def wait_async(self, mark: int, timeout: float = 30.0, *, since: int = 0) -> None:
+        """`wait` for a coroutine: the event loop runs on while the writes land.
+
+        Same errors as `wait`. Cancelling the caller only stops the wait (the
+        writes stay queued and land)."""
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._durable >= mark:
+                self._raise_failed(since, mark)
+                return
+            self._signal()
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = _AsyncWaiter(mark, loop, future)
+            self._async_waiters.append(waiter)
+        expiry = loop.call_later(timeout, _expire, future)
+        try:
+            await future
+        except TimeoutError:
+            with self._cond:
+                queued = self._seq - self._durable
+            raise StoreError(
+                f"store writes not durable within {timeout:g}s ({queued} queued)"
+            ) from None
+        finally:
+            expiry.cancel()
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                with self._cond:
+                    if waiter in self._async_waiters:
+                        self._async_waiters.remove(waiter)
+        with self._cond:
+            self._raise_failed(since, mark)
+
+    def _raise_failed(self, since: int, mark: int) -> None:
+        """Raise the first failure of the writes in (since, mark] (lock held)."""
+        for seq, err in self._failed.items():
+            if since < seq <= mark:
+                raise err
 
     def get(self, collection: str, id: str) -> dict[str, Any] | None:
         """The document as it will be once queued writes land (None if absent)."""
@@ -234,18 +346,28 @@ class Persister:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                 if not self._queue and self._stopping:
                     return
                 ops = self._queue[:MAX_TAKE]
                 del self._queue[:MAX_TAKE]
             self._write(ops)
             with self._cond:
-                events = self._settle(ops)
+                events, woken = self._settle(ops)
+            self._wake_async(woken)
             self._publish_all(events)
 
     def _publish_all(self, events: list[_Op]) -> None:
         """Hand durable events to `publish`, in order (only this thread publishes)."""
+        if self._publish_many is not None:
+            if events:
+                try:
+                    self._publish_many([_doc(op.item) for op in events])
+                except Exception:  # a subscriber must not stop the writer
+                    log.exception("publishing events failed")
+            return
         if self._publish is None:
             return
         for op in events:
@@ -254,9 +376,10 @@ class Persister:
             except Exception:  # a subscriber must not stop the writer
                 log.exception("publishing an event failed")
 
-    def _settle(self, ops: list[_Op]) -> list[_Op]:
+    def _settle(self, ops: list[_Op]) -> tuple[list[_Op], list[_AsyncWaiter]]:
         """After `ops` are written (lock held): advance the durable mark, drop them
-        from the overlay, wake waiters; returns the events to publish."""
+        from the overlay, wake waiting threads; returns the events to publish and
+        the coroutines to wake (`_wake_async`, after releasing the lock)."""
         for op in ops:
             key = (op.collection, op.id)
             if self._overlay.get(key) is op:
@@ -266,7 +389,25 @@ class Persister:
             for seq in sorted(self._failed)[:-1000]:
                 del self._failed[seq]
         self._cond.notify_all()
-        return [op for op in ops if op.publish and op.seq not in self._failed]
+        woken: list[_AsyncWaiter] = []
+        if self._async_waiters:
+            waiting: list[_AsyncWaiter] = []
+            for waiter in self._async_waiters:
+                (woken if waiter.mark <= self._durable else waiting).append(waiter)
+            self._async_waiters = waiting
+        return [op for op in ops if op.publish and op.seq not in self._failed], woken
+
+    @staticmethod
+    def _wake_async(woken: list[_AsyncWaiter]) -> None:
+        """Complete the futures of `woken`: one call into each of their loops."""
+        if not woken:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for waiter in woken:
+            by_loop.setdefault(waiter.loop, []).append(waiter.future)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                loop.call_soon_threadsafe(_wake, futures)
 
     def _write(self, ops: list[_Op]) -> None:
         """Write `ops` in order: coalesced, each run of puts in `put_many` calls."""

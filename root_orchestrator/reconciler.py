@@ -27,8 +27,10 @@ route) and records the answers in one service call; an instance a cluster refuse
 is placed again by the next pass (the refusing cluster left out). A batch task takes
 one of the `max_parallel` slots.
 
-State changes go through the service (in worker threads: the store is blocking);
-calls to clusters happen here, in the event loop, never under the service's lock.
+State changes go through the service's async methods: they run on this event loop
+(memory only, under the service's lock) and await the store writer's commit without
+blocking the loop; pruning, which deletes from the store, runs in a worker thread.
+Calls to clusters happen here, in the event loop, never under the service's lock.
 """
 
 from __future__ import annotations
@@ -213,7 +215,7 @@ class Reconciler:
         sweep = started - self._last_sweep >= self._interval
         if sweep:
             self._last_sweep = started
-        work = await self._call(lambda: service.pass_work(sweep=sweep))
+        work = await service.pass_work_async(sweep=sweep)
         self._wake_in = work.wake_in
         self._start_terminations(work.terminations)
         self._start_placements(work.placements)
@@ -327,30 +329,26 @@ class Reconciler:
         """Place one instance: choose, ask the cluster, move on to the next on refusal."""
         rejections: dict[str, ClusterRejection] = {}
         for _ in range(MAX_TRIES_PER_INSTANCE):
-            step: PlacementStep | None = await self._call(
-                self._service.begin_placement, instance_id, dict(rejections)
-            )
+            step = await self._service.begin_placement_async(instance_id, dict(rejections))
             if step is None:
                 return
             _step, response, error = await self._place_call(step)
-            result, rejection = await self._call(
-                self._service.finish_placement, step, response, error
-            )
+            result, rejection = await self._service.finish_placement_async(step, response, error)
             if result != "rejected" or rejection is None:
                 return
             rejections[step.cluster_id] = rejection
 
     async def _place_many(self, instance_ids: list[str]) -> None:
         """Place several instances: decide all, one call per cluster, record all."""
-        steps: list[PlacementStep] = await self._call(self._service.begin_placements, instance_ids)
+        steps = await self._service.begin_placements_async(instance_ids)
         if not steps:
             return
         groups: dict[str, list[PlacementStep]] = {}
         for step in steps:
             groups.setdefault(step.cluster_id, []).append(step)
         answers = await asyncio.gather(*(self._send_batch(group) for group in groups.values()))
-        outcomes = await self._call(
-            self._service.finish_placements, [a for group in answers for a in group]
+        outcomes = await self._service.finish_placements_async(
+            [a for group in answers for a in group]
         )
         if any(result == "rejected" for result, _rejection in outcomes):
             self.kick()  # the next pass places them elsewhere
@@ -408,4 +406,4 @@ class Reconciler:
             ok = True
         self._metrics.cluster_calls.inc("terminate", "ok" if ok else "error")
         self._metrics.cluster_call_seconds.observe(time.perf_counter() - started, "terminate")
-        await self._call(self._service.finish_termination, step, ok, error)
+        await self._service.finish_termination_async(step, ok, error)

@@ -17,6 +17,16 @@ resource module that implements it:
 
 A call that changed state takes `state.lock` (memory only), queues its writes, and
 waits for them to be durable after releasing it. Nothing here does network I/O.
+
+Two ways to call: the plain methods block (a worker thread waits for durability);
+the `*_async` methods, for the calls made for every deploy and report, run the same
+function on the event loop (it only touches memory under the lock and queues
+writes) and then await durability without blocking the loop
+(`writes.deferring` / `writes.wait_deferred`): the same guarantees (an answer only
+once its writes are durable, the reconciler woken only then) without a hand-off to
+a worker thread and back per call. A blocking store read such a call makes on a
+rare path (a TERMINATED job looked up by name, a spec version not loaded yet) then
+runs on the loop too: microseconds on SQLite, one round trip on MongoDB.
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
-from root_orchestrator import cluster_identity, loading, views
+import anyio.to_thread
+
+from root_orchestrator import cluster_identity, loading, views, writes
 from root_orchestrator import clusters as cluster_ops
 from root_orchestrator import events as event_log
 from root_orchestrator import jobs as job_ops
@@ -81,6 +93,9 @@ from schemas.root_api import (
     VersionList,
 )
 from store import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
     "DURABLE_TIMEOUT_S",
@@ -144,6 +159,33 @@ class RootService:
         """The service's clock (injectable for tests)."""
         return self._state.clock()
 
+    async def _on_loop(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a resource function here (the event loop) with its durability wait and
+        kick deferred, then await them (see the module docstring)."""
+        with writes.deferring() as box:
+            result = fn(*args, **kwargs)
+        await writes.wait_deferred(self._state, box)
+        return result
+
+    async def _steps_on_loop(
+        self, fn: Callable[P, list[PlacementStep]], *args: P.args, **kwargs: P.kwargs
+    ) -> list[PlacementStep]:
+        """`_on_loop` for `placing.begin_placement(s)`: if the decisions cannot be
+        stored (or the wait is cancelled), the steps are not sent and their
+        instances are no longer in flight (a later pass resumes them, SCHEDULED)."""
+        with writes.deferring() as box:
+            steps = fn(*args, **kwargs)
+        if not steps:
+            return steps
+        try:
+            await writes.wait_deferred(self._state, box)
+        except BaseException:
+            with self._state.lock:
+                for step in steps:
+                    self._state.in_flight.discard(step.instance_id)
+            raise
+        return steps
+
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from any thread) whenever there may be new work to do."""
         self._state.listeners.append(callback)
@@ -198,6 +240,15 @@ class RootService:
         """
         return job_ops.submit_job(self._state, spec, idempotency_key)
 
+    async def submit_job_async(
+        self, spec: JobSpec, idempotency_key: str | None = None
+    ) -> tuple[JobView, bool]:
+        """`submit_job` on the event loop (a repeated key may read the store: that
+        call goes to a worker thread)."""
+        if idempotency_key is not None:
+            return await anyio.to_thread.run_sync(self.submit_job, spec, idempotency_key)
+        return await self._on_loop(job_ops.submit_job, self._state, spec, None)
+
     def get_job(self, ref: str) -> JobView:
         """One job with its instances and placement explanation (by id or name)."""
         return views.get_job(self._state, ref)
@@ -248,6 +299,10 @@ class RootService:
     def delete_job(self, ref: str) -> JobView:
         """Terminate every instance of a job; it ends TERMINATED once they are all gone."""
         return job_ops.delete_job(self._state, ref)
+
+    async def delete_job_async(self, ref: str) -> JobView:
+        """`delete_job` on the event loop."""
+        return await self._on_loop(job_ops.delete_job, self._state, ref)
 
     def registration_grant(self, token: str) -> RegistrationGrant | None:
         """What a presented registration token allows: a shared token (settings), a
@@ -304,6 +359,10 @@ class RootService:
         """Take a cluster's aggregated capacity and instance changes."""
         return cluster_ops.apply_report(self._state, cluster_id, report)
 
+    async def apply_report_async(self, cluster_id: str, report: ClusterReport) -> ClusterLiveness:
+        """`apply_report` on the event loop (reports come with every change)."""
+        return await self._on_loop(cluster_ops.apply_report, self._state, cluster_id, report)
+
     def cluster_endpoint(self, ref: str) -> tuple[ClusterRecord, str | None]:
         """(cluster, API token) for calling a cluster's API."""
         return cluster_ops.cluster_endpoint(self._state, ref)
@@ -355,6 +414,10 @@ class RootService:
         """
         return work_ops.pass_work(self._state, sweep=sweep)
 
+    async def pass_work_async(self, *, sweep: bool) -> PassWork:
+        """`pass_work` on the event loop."""
+        return await self._on_loop(work_ops.pass_work, self._state, sweep=sweep)
+
     def placement_work(self) -> list[str]:
         """Instances to place now: PENDING, or SCHEDULED but never acknowledged.
 
@@ -377,10 +440,26 @@ class RootService:
         """
         return placing_ops.begin_placement(self._state, instance_id, rejections)
 
+    async def begin_placement_async(
+        self, instance_id: str, rejections: Mapping[str, ClusterRejection]
+    ) -> PlacementStep | None:
+        """`begin_placement` on the event loop."""
+
+        def one() -> list[PlacementStep]:
+            step = placing_ops.begin_placement(self._state, instance_id, rejections)
+            return [] if step is None else [step]
+
+        steps = await self._steps_on_loop(one)
+        return steps[0] if steps else None
+
     def begin_placements(self, instance_ids: Iterable[str]) -> list[PlacementStep]:
         """`begin_placement` for several instances under one hold of the lock and one
         wait for the store (no clusters left out beyond their recent refusals)."""
         return placing_ops.begin_placements(self._state, instance_ids)
+
+    async def begin_placements_async(self, instance_ids: Iterable[str]) -> list[PlacementStep]:
+        """`begin_placements` on the event loop."""
+        return await self._steps_on_loop(placing_ops.begin_placements, self._state, instance_ids)
 
     def finish_placements(
         self,
@@ -388,6 +467,13 @@ class RootService:
     ) -> list[tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]]:
         """`finish_placement` for each (step, answer, error), under one hold of the lock."""
         return placing_ops.finish_placements(self._state, answers)
+
+    async def finish_placements_async(
+        self,
+        answers: list[tuple[PlacementStep, PlaceInstanceResponse | None, str | None]],
+    ) -> list[tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]]:
+        """`finish_placements` on the event loop."""
+        return await self._on_loop(placing_ops.finish_placements, self._state, answers)
 
     def finish_placement(
         self,
@@ -401,6 +487,15 @@ class RootService:
         """
         return placing_ops.finish_placement(self._state, step, response, error)
 
+    async def finish_placement_async(
+        self,
+        step: PlacementStep,
+        response: PlaceInstanceResponse | None,
+        error: str | None = None,
+    ) -> tuple[Literal["accepted", "rejected", "gone"], ClusterRejection | None]:
+        """`finish_placement` on the event loop."""
+        return await self._on_loop(placing_ops.finish_placement, self._state, step, response, error)
+
     def termination_work(self) -> list[TerminateStep]:
         """DELETEs to send: instances the root wants gone, and strays on clusters."""
         return placing_ops.termination_work(self._state)
@@ -408,6 +503,12 @@ class RootService:
     def finish_termination(self, step: TerminateStep, ok: bool, error: str | None = None) -> None:
         """Record the answer to a DELETE (ok: the cluster no longer runs it)."""
         return placing_ops.finish_termination(self._state, step, ok, error)
+
+    async def finish_termination_async(
+        self, step: TerminateStep, ok: bool, error: str | None = None
+    ) -> None:
+        """`finish_termination` on the event loop."""
+        return await self._on_loop(placing_ops.finish_termination, self._state, step, ok, error)
 
     def gauges(self) -> list[GaugeFamily]:
         """Jobs, instances and clusters by state, counted in the store."""

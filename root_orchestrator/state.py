@@ -64,6 +64,34 @@ MAX_VERSIONS = 10
 DURABLE_TIMEOUT_S = 30.0
 
 
+class ServiceLock:
+    """The service's lock (reentrant). While it is held, the store writer is not
+    woken for each write queued; releasing the outermost hold wakes it once for all
+    of them (`Persister.hold` / `release`), so a call's writes share one commit."""
+
+    __slots__ = ("_depth", "_lock", "persister")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.persister: Persister | None = None
+
+    def __enter__(self) -> bool:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self.persister is not None:
+            self.persister.hold()
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        outermost = self._depth == 0
+        self._lock.release()
+        if outermost and self.persister is not None:
+            # after the release: the writer may take the writes at once
+            self.persister.release()
+
+
 @dataclass(slots=True, eq=False)
 class RootState:
     """Jobs, instances, clusters, tokens and work indexes of the root, behind `lock`.
@@ -78,7 +106,7 @@ class RootState:
     rng: random.Random = field(default_factory=random.Random)
     bus: EventBus = field(default_factory=EventBus)
     metrics: RootMetrics = field(default_factory=RootMetrics)
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: ServiceLock = field(default_factory=ServiceLock)
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
     by_job: dict[str, set[str]] = field(default_factory=dict)
@@ -115,15 +143,18 @@ class RootState:
     persister: Persister = field(init=False)
 
     def __post_init__(self) -> None:
-        self.persister = Persister(self.store, publish=self._publish, on_commit=self._committed)
+        self.persister = Persister(
+            self.store, publish_many=self._publish_many, on_commit=self._committed
+        )
+        self.lock.persister = self.persister
 
     def now(self) -> float:
         """The state's clock (injectable for tests)."""
         return self.clock()
 
-    def _publish(self, doc: dict[str, Any]) -> None:
-        """A durable event to the live streams (on the writer thread)."""
-        self.bus.publish(event_out(doc))
+    def _publish_many(self, docs: list[dict[str, Any]]) -> None:
+        """The durable events of one commit to the live streams (on the writer thread)."""
+        self.bus.publish_many([event_out(doc) for doc in docs])
 
     def _committed(self, documents: int, commits: int) -> None:
         self.metrics.store_documents.inc(amount=documents)

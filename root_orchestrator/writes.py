@@ -3,12 +3,22 @@ and is queued, in order, for the store writer (`persister.Persister`) under the 
 wait for durability (`durable`) after releasing it. Also the in-memory indexes kept with them.
 
 Functions over the shared `state.RootState`; `service.RootService` is their facade.
+
+Deferred durability: the service's async methods (`RootService.*_async`) run a
+call's function on the event loop inside `deferring()`. There `durable` only notes
+the marks to wait for and `kick` only notes that listeners want a call; once the
+function has returned (and released the lock), `wait_deferred` awaits the marks
+(`Persister.wait_async`: the loop runs on meanwhile) and then kicks. The call still
+answers only once its writes are durable, and wakes the reconciler only then.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from root_orchestrator.records import (
@@ -29,6 +39,40 @@ from schemas.job import InstanceState
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class Deferred:
+    """What a function run inside `deferring()` left to do after it returned."""
+
+    #: (since, mark) of each `durable` call, in order
+    waits: list[tuple[int, int]] = field(default_factory=list)
+    #: `kick` was called
+    kick: bool = False
+
+
+_DEFERRED: ContextVar[Deferred | None] = ContextVar("root_deferred_durability", default=None)
+
+
+@contextmanager
+def deferring() -> Iterator[Deferred]:
+    """Within this block (no `await` in it), `durable` and `kick` are only noted, in
+    the returned `Deferred`; `wait_deferred` does them afterwards."""
+    box = Deferred()
+    token = _DEFERRED.set(box)
+    try:
+        yield box
+    finally:
+        _DEFERRED.reset(token)
+
+
+async def wait_deferred(st: RootState, box: Deferred) -> None:
+    """Await the writes noted in `box` (as `durable` would have waited), then kick the
+    listeners if the call asked to. StoreError as `durable`; no kick then."""
+    for since, upto in box.waits:
+        await st.persister.wait_async(upto, DURABLE_TIMEOUT_S, since=since)
+    if box.kick:
+        kick(st)
+
+
 def mark(st: RootState) -> int:
     """The store writer's mark for everything queued so far (take it under the lock)."""
     return st.persister.mark()
@@ -37,7 +81,11 @@ def mark(st: RootState) -> int:
 def durable(st: RootState, since: int, mark: int) -> None:
     """Wait (never under the lock) until the writes up to `mark` are in the store;
     StoreError (503) if they are not within DURABLE_TIMEOUT_S, or if one of the
-    call's own writes (after `since`) failed."""
+    call's own writes (after `since`) failed. Inside `deferring()`: only noted."""
+    box = _DEFERRED.get()
+    if box is not None:
+        box.waits.append((since, mark))
+        return
     st.persister.wait(mark, DURABLE_TIMEOUT_S, since=since)
 
 
@@ -59,7 +107,12 @@ def settled_store(st: RootState) -> None:
 
 
 def kick(st: RootState) -> None:
-    """Tell every listener (the reconciler) that there may be new work."""
+    """Tell every listener (the reconciler) that there may be new work (inside
+    `deferring()`: once the call's writes are durable)."""
+    box = _DEFERRED.get()
+    if box is not None:
+        box.kick = True
+        return
     for callback in st.listeners:
         try:
             callback()

@@ -239,6 +239,10 @@ def split_document(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if ID_FIELD not in doc:
         raise InvalidInput("document has no '_id'")
     id = validate_id(doc[ID_FIELD])
+    try:
+        return id, _fast_body(doc)
+    except _Slow:
+        pass  # something unusual (or invalid): the checks below name it
     body: dict[str, Any] = {}
     for key, value in doc.items():
         if key in (ID_FIELD, VERSION_FIELD):
@@ -250,6 +254,55 @@ def split_document(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             )
         body[key] = _clean_value(value, (key,))
     return id, body
+
+
+class _Slow(Exception):
+    """`_fast_body` met something it leaves to the full checks (`_clean_value`)."""
+
+
+def _fast_key(key: Any) -> bool:
+    return type(key) is str and key != "" and key[0] != "$" and "." not in key and "\x00" not in key
+
+
+def _fast_body(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """`split_document`'s body for the common case, without tracking the path of
+    each value (what only an error message needs): plain dicts, lists, tuples,
+    str, bool, None, int and float of the exact types. Raises `_Slow` for anything
+    else, or anything invalid, so that the full checks run and name the fault."""
+    body: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in (ID_FIELD, VERSION_FIELD):
+            continue
+        if not _fast_key(key) or key[0] == "_":
+            raise _Slow
+        body[key] = _fast_value(value, 1)
+    return body
+
+
+def _fast_value(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _Slow
+    kind = type(value)
+    if value is None or kind is str or kind is bool:
+        return value
+    if kind is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return value
+        raise _Slow
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise _Slow
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not _fast_key(key):
+                raise _Slow
+            out[key] = _fast_value(item, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        return [_fast_value(item, depth + 1) for item in value]
+    raise _Slow
 
 
 def _check_key(key: Any, where: tuple[str, ...]) -> None:

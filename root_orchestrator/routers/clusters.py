@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import (
@@ -20,7 +20,7 @@ from root_orchestrator.auth import (
     unauthorized,
 )
 from root_orchestrator.cluster_client import ClusterRefused, ClusterUnavailable
-from root_orchestrator.deps import Deps, DepsDep, ServiceDep
+from root_orchestrator.deps import Deps, DepsDep, ServiceDep, model_response
 from root_orchestrator.node_actions import moved_and_stuck, node_name, resolve_node
 from schemas.cluster import ClusterRegistration, ClusterRegistrationResponse, ClusterReport
 from schemas.common import ID_PATTERN
@@ -86,19 +86,24 @@ async def reporting_cluster(
     return cluster_id
 
 
-@cluster_api.post("/{cluster_id}/report", responses={401: _ERRORS[401], 422: _ERRORS[422]})
+@cluster_api.post(
+    "/{cluster_id}/report",
+    response_model=ReportAck,
+    responses={401: _ERRORS[401], 422: _ERRORS[422]},
+)
 async def report(
     cluster_id: Annotated[str, Depends(reporting_cluster)],
     body: ClusterReport,
     deps: DepsDep,
-) -> ReportAck:
+) -> Response:
     """A cluster's aggregated capacity and instance changes (credential as bearer)."""
-    liveness = await run_in_threadpool(deps.service.apply_report, cluster_id, body)
-    return ReportAck(
+    liveness = await deps.service.apply_report_async(cluster_id, body)
+    ack = ReportAck(
         cluster_id=cluster_id,
         liveness=liveness,
         report_interval_s=deps.settings.report_interval,
     )
+    return model_response(ack)
 
 
 @router.post("/{cluster}/reset-identity", responses=_ERRORS)

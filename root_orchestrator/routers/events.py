@@ -62,7 +62,7 @@ class EventFilter:
         return True
 
 
-def event_filter(
+async def event_filter(
     kind: Annotated[str | None, Query(max_length=128, description="e.g. instance.state")] = None,
     category: Annotated[
         str | None, Query(max_length=32, description="job, instance, cluster, node or scheduling")

@@ -34,12 +34,12 @@ async def healthz(deps: DepsDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "store": "ok"})
 
 
-def _metrics_auth(
+async def _metrics_auth(
     deps: Annotated[Deps, Depends(get_deps)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     if not deps.settings.public_metrics:
-        require_operator(deps, credentials)
+        await require_operator(deps, credentials)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from root_orchestrator.auth import require_operator
-from root_orchestrator.deps import ServiceDep
+from root_orchestrator.deps import ServiceDep, model_response
 from root_orchestrator.replicas import JobState
 from schemas.common import ID_PATTERN
 from schemas.job import JobSpec
@@ -33,22 +33,24 @@ JobRef = Annotated[str, Path(pattern=ID_PATTERN, description="job id or name")]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=JobView,
     responses={200: {"description": "repeated Idempotency-Key: the job it created"}, **_ERRORS},
 )
 async def submit_job(
     spec: JobSpec,
     service: ServiceDep,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=255, description="retries with the same key return the same job"),
     ] = None,
-) -> JobView:
+) -> Response:
     """Submit a job. 201 with the job; 200 with the same job for a repeated key."""
-    view, created = await run_in_threadpool(service.submit_job, spec, idempotency_key)
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    response.headers["Location"] = f"/api/v1/jobs/{view.id}"
-    return view
+    view, created = await service.submit_job_async(spec, idempotency_key)
+    return model_response(
+        view,
+        status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        {"Location": f"/api/v1/jobs/{view.id}"},
+    )
 
 
 @router.get("", responses=_ERRORS)
@@ -119,4 +121,4 @@ async def job_versions(job: JobRef, service: ServiceDep) -> VersionList:
 @router.delete("/{job}", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)
 async def delete_job(job: JobRef, service: ServiceDep) -> JobView:
     """Delete a job: every instance is terminated; the job ends TERMINATED."""
-    return await run_in_threadpool(service.delete_job, job)
+    return await service.delete_job_async(job)

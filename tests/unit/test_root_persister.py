@@ -6,9 +6,11 @@ releases it, so that the writes queued meanwhile are known to share one commit.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,12 @@ import pytest
 from root_orchestrator.bus import EventBus
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.persister import Persister
-from root_orchestrator.records import EVENTS, INSTANCES, JOBS
+from root_orchestrator.records import EVENTS, INSTANCES, JOBS, InstanceRecord
 from root_orchestrator.service import RootService
 from root_orchestrator.settings import RootSettings
-from schemas.job import JobSpec
+from schemas.job import InstanceState, JobSpec
 from store import InvalidInput, Store, StoreError, open_store
+from tests.harness.wait import wait_for
 
 
 class GatedStore:
@@ -225,3 +228,135 @@ def test_a_restarted_service_finds_what_calls_answered_for(db: str) -> None:
     assert (view.id, created) == (ids[7], False)
     service.stop()
     again.stop()
+
+
+# ---------------------------------------------------------------------- async waits
+
+
+def _service(db: str, store: Any) -> RootService:
+    settings = RootSettings(
+        store_url=db, operator_tokens=["operator-token-1"], registration_token="registration-1"
+    )
+    service = RootService(store, settings, bus=EventBus(), metrics=RootMetrics())
+    service.start()
+    return service
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    """Poll `check` on the loop (which must stay free to run) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def test_an_async_wait_ends_only_after_the_commit_and_leaves_the_loop_free(db: str) -> None:
+    gated = GatedStore(open_store(db))
+    writer = Persister(gated)  # type: ignore[arg-type]
+    writer.start()
+    gated.gate.clear()
+    mark = writer.put(JOBS, "j1", {"x": 1})
+    assert gated.entered.wait(5)
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(writer.wait_async(mark))
+        ticks = 0
+        while ticks < 10:  # the loop runs other work while the commit is held back
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not waiter.done(), "answered before the commit"
+        gated.gate.set()
+        await asyncio.wait_for(waiter, 10)
+        assert gated.inner.get(JOBS, "j1") is not None  # committed when the wait ended
+        await writer.wait_async(mark)  # already durable: returns at once
+
+    asyncio.run(main())
+    writer.stop()
+
+
+def test_an_async_wait_gives_up_with_a_store_error_and_fails_with_its_write(db: str) -> None:
+    gated = GatedStore(open_store(db))
+    writer = Persister(gated)  # type: ignore[arg-type]
+    writer.start()
+    gated.gate.clear()
+    mark = writer.put(JOBS, "j1", {"x": 1})
+
+    async def main() -> None:
+        with pytest.raises(StoreError, match="not durable within"):
+            await writer.wait_async(mark, timeout=0.1)
+        gated.gate.set()
+        await writer.wait_async(mark)
+        gated.fail = [InvalidInput("bad document"), InvalidInput("bad document")]
+        bad = writer.put(JOBS, "bad", {"x": 1})
+        with pytest.raises(InvalidInput):
+            await writer.wait_async(bad, since=mark)
+
+    asyncio.run(main())
+    assert gated.inner.get(JOBS, "j1") is not None
+    writer.stop()
+
+
+def test_submit_async_answers_and_wakes_the_reconciler_only_once_durable(db: str) -> None:
+    """The async facade runs the call on the loop and awaits the commit: no answer
+    and no kick before it, the lock and the loop free meanwhile."""
+    gated = GatedStore(open_store(db))
+    service = _service(db, gated)
+    kicks: list[int] = []
+    service.add_listener(lambda: kicks.append(1))
+    gated.gate.clear()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(service.submit_job_async(_spec("held")))
+        await _until(gated.entered.is_set)
+        assert not task.done(), "answered before its writes are durable"
+        assert kicks == []
+        assert service.pending_count() == 2  # the lock is free
+        gated.gate.set()
+        view, created = await asyncio.wait_for(task, 10)
+        assert created and kicks == [1]
+        doc = open_store(db).get(JOBS, view.id)  # another connection: committed
+        assert doc is not None and doc["name"] == "held"
+        assert open_store(db).count(INSTANCES, {"job_id": view.id}) == 2
+
+    asyncio.run(main())
+    service.stop()
+
+
+def test_the_writes_of_one_hold_of_the_service_lock_share_one_commit(db: str) -> None:
+    gated = GatedStore(open_store(db))
+    service = _service(db, gated)
+    st = service.state
+    writer = st.persister
+    writer.wait(writer.mark())
+    wait_for(lambda: writer.idle, 5, "the writer asleep")  # not just finishing a batch
+    before = len(gated.calls)
+    gated.entered.clear()
+    with st.lock:
+        with st.lock:  # reentrant: only the outermost release wakes the writer
+            for n in range(5):
+                writer.put(JOBS, f"x{n}", {"n": n})
+        assert not gated.entered.wait(0.05), "the writer was woken under the lock"
+    writer.wait(writer.mark(), timeout=5)
+    assert gated.calls[before:] == [5]
+    with st.lock:  # a wait under the lock (never done by the service) still ends
+        writer.wait(writer.put(JOBS, "y", {"n": 0}), timeout=5)
+    service.stop()
+
+
+def test_an_instance_document_holds_every_field() -> None:
+    record = InstanceRecord(
+        id="j1-0-0",
+        job_id="j1",
+        replica=0,
+        state=InstanceState.RUNNING,
+        created_at=1.0,
+        updated_at=2.0,
+        placement={"outcome": "placed", "scores": [1, 2]},
+    )
+    doc = record.to_doc()
+    expected = {f.name: getattr(record, f.name) for f in fields(record)}
+    expected["_id"] = expected.pop("id")
+    expected.pop("version")  # the store's
+    expected["state"] = record.state.value
+    assert doc == expected
+    assert InstanceRecord.from_doc({**doc, "_version": 3}).to_doc() == doc
