@@ -19,10 +19,11 @@ import pytest
 from root_orchestrator.bus import EventBus
 from root_orchestrator.metrics import RootMetrics
 from root_orchestrator.persister import Persister
-from root_orchestrator.records import EVENTS, INSTANCES, JOBS, InstanceRecord
+from root_orchestrator.records import EVENTS, INSTANCES, JOBS, InstanceRecord, placement_to_doc
 from root_orchestrator.service import RootService
 from root_orchestrator.settings import RootSettings
 from schemas.job import InstanceState, JobSpec
+from schemas.root_api import PlacementInfo
 from store import InvalidInput, Store, StoreError, open_store
 from tests.harness.wait import wait_for
 
@@ -351,12 +352,15 @@ def test_an_instance_document_holds_every_field() -> None:
         state=InstanceState.RUNNING,
         created_at=1.0,
         updated_at=2.0,
-        placement={"outcome": "placed", "scores": [1, 2]},
+        placement=PlacementInfo(
+            at=2.0, outcome="scheduled", cluster_id="c1", explanation="placed on c1"
+        ),
     )
     doc = record.to_doc()
     expected = {f.name: getattr(record, f.name) for f in fields(record)}
     expected["_id"] = expected.pop("id")
     expected.pop("version")  # the store's
     expected["state"] = record.state.value
+    expected["placement"] = placement_to_doc(record.placement)
     assert doc == expected
     assert InstanceRecord.from_doc({**doc, "_version": 3}).to_doc() == doc
