@@ -56,7 +56,7 @@ import psutil
 
 from edgectl.client import ApiError, ConnectionFailed, EdgectlError, RootClient
 from edgectl.config import LOCAL_FILE, read_local_file
-from schemas.process_group import group_alive, signal_leader
+from schemas.process_group import group_alive, signal_leader, spawn_logged
 
 __all__ = [
     "ClusterPlan",
@@ -757,18 +757,13 @@ class LocalSystem:
     ) -> _Child:
         log = self.layout.log(name)
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(log, "ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl starts {name}\n".encode())
-            out.flush()
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
+        popen = spawn_logged(
+            argv,
+            log_path=log,
+            env=env,
+            cwd=cwd,
+            header=f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl starts {name}\n",
+        )
         child = _Child(name, kind, popen, log, _create_time(popen.pid) or time.time())
         self.children.append(child)
         self.save()
@@ -1205,17 +1200,23 @@ def start_detached(
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = env.get("COLUMNS", "120")
     env[DETACHED_LOG_ENV] = str(log)
-    with open(log, "ab") as out:
-        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl local up --detach\n".encode())
-        out.flush()
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    popen = spawn_logged(
+        argv,
+        log_path=log,
+        env=env,
+        header=f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl local up --detach\n",
+    )
+    return _wait_detached(popen, data_dir, log, timeout, on_progress)
+
+
+def _wait_detached(
+    popen: subprocess.Popen[bytes],
+    data_dir: Path,
+    log: Path,
+    timeout: float,
+    on_progress: Callable[[Mapping[str, Any]], None],
+) -> dict[str, Any]:
+    """Wait for the detached `edgectl local up` (`popen`) to say ready in local.json."""
     deadline = time.monotonic() + timeout
     while True:
         code = popen.poll()
