@@ -89,6 +89,13 @@ def test_json_output_is_the_real_roots_body(root: tuple[TestClient, Any], tmp_pa
     assert _run("events", "-o", "json").stdout.splitlines() == events
     history = _run("jobs", "history", "web", "-o", "json").stdout
     assert history == _indented(body("/api/v1/jobs/web/versions"))
+    job = body("/api/v1/jobs/web")
+    keys = ("id", "replica", "state", "cluster_name", "node_name", "placement")
+    explained = {
+        **{k: job[k] for k in ("id", "name", "state", "reason", "placement")},
+        "instances": [{k: i[k] for k in keys} for i in job["instances"]],
+    }
+    assert _run("jobs", "explain", "web", "-o", "json").stdout == _indented(explained)
     # and the tables render from the same models
     for args in (("jobs", "ls"), ("jobs", "get", "web"), ("jobs", "explain", "web")):
         assert "web" in _run(*args).stdout
