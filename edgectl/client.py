@@ -4,6 +4,10 @@ Every failure becomes an :class:`EdgectlError` whose message is one readable lin
 (``422 spec.replicas: Input should be greater than or equal to 0``), so the command
 line can print it and exit non-zero. The httpx transport is injectable: tests pass an
 ``httpx.MockTransport``.
+
+Answers are read as the models of schemas/root_api.py (the root's response models;
+the nodes a cluster reports as schemas/cluster_api.py ``NodeDetail``); an answer that
+does not fit is an EdgectlError naming the field, exit status 1.
 """
 
 from __future__ import annotations
@@ -18,9 +22,17 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from schemas.cluster_api import NodeDetail
 from schemas.root_api import (
+    ClusterList,
     ClusterView,
+    EventList,
+    EventRecord,
+    JobList,
+    JobSummary,
+    JobView,
     NodeActionResult,
+    NodeList,
     RegistrationTokenCreated,
     RegistrationTokenList,
     RegistrationTokenView,
@@ -29,6 +41,7 @@ from schemas.root_api import (
 )
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_T = TypeVar("_T")
 
 __all__ = [
     "ApiError",
@@ -162,8 +175,9 @@ class RootClient:
     """The operator API of one root orchestrator (bearer token auth).
 
     ``transport`` replaces the network (``httpx.MockTransport`` in tests). Methods return
-    the decoded JSON documents of the API (see docs/api.md) and raise
-    :class:`ApiError` / :class:`ConnectionFailed`.
+    the API's answers as models of schemas/root_api.py (see docs/api.md) and raise
+    :class:`ApiError` / :class:`ConnectionFailed`, or :class:`EdgectlError` for an
+    answer that does not fit its model.
     """
 
     def __init__(
@@ -241,15 +255,20 @@ class RootClient:
     def typed(self, model: type[_Model], method: str, path: str, **kwargs: Any) -> _Model:
         """`request`, read as `model` (schemas/root_api.py); an answer that does not fit
         is an EdgectlError naming the field (another root version, or not a root)."""
-        doc = self.request(method, path, **kwargs)
+        return self.parse(model, self.request(method, path, **kwargs), f"{method} {path}")
+
+    @staticmethod
+    def parse(model: type[_T], doc: Any, what: str, name: str | None = None) -> _T:
+        """`doc` (the JSON answer to `what`, e.g. ``GET /api/v1/jobs``) read as `model`;
+        an EdgectlError naming the first field that does not fit."""
         try:
             return TypeAdapter(model).validate_python(doc)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
+            title = name or getattr(model, "__name__", str(model))
             raise EdgectlError(
-                f"the root answered {method} {path} with an unexpected {model.__name__}: "
-                f"{where}: {first['msg']}"
+                f"the root answered {what} with an unexpected {title}: {where}: {first['msg']}"
             ) from None
 
     @staticmethod
@@ -258,7 +277,7 @@ class RootClient:
 
     # ----- jobs -----
 
-    def submit_job(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> Any:
+    def submit_job(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> JobView:
         """``POST /jobs``: the new job."""
         try:
             response = self._http.post(
@@ -274,41 +293,55 @@ class RootClient:
                 error_message(response, body_name="spec"),
                 hint=_hint(response.status_code),
             )
-        return response.json()
+        try:
+            doc = response.json()
+        except ValueError as exc:
+            raise EdgectlError(
+                "the root answered POST /api/v1/jobs with something that is not JSON"
+            ) from exc
+        return self.parse(JobView, doc, "POST /api/v1/jobs")
 
-    def list_jobs(self, *, state: str | None = None, cluster: str | None = None) -> list[Any]:
+    def list_jobs(
+        self, *, state: str | None = None, cluster: str | None = None
+    ) -> list[JobSummary]:
         """Every job (all pages), oldest first."""
-        jobs: list[Any] = []
+        jobs: list[JobSummary] = []
         cursor: str | None = None
         while True:
-            page = self.request(
+            page = self.typed(
+                JobList,
                 "GET",
                 "/api/v1/jobs",
                 params={"state": state, "cluster": cluster, "limit": _PAGE, "cursor": cursor},
             )
-            jobs.extend(page.get("jobs", []))
-            cursor = page.get("next_cursor")
+            jobs.extend(page.jobs)
+            cursor = page.next_cursor
             if not cursor:
                 return jobs
 
-    def get_job(self, job: str) -> Any:
+    def get_job(self, job: str) -> JobView:
         """``GET /jobs/{job}`` (id or name)."""
-        return self.request("GET", f"/api/v1/jobs/{self._ref(job)}")
+        return self.typed(JobView, "GET", f"/api/v1/jobs/{self._ref(job)}")
 
-    def scale_job(self, job: str, replicas: int) -> Any:
+    def scale_job(self, job: str, replicas: int) -> JobView:
         """``PATCH /jobs/{job}`` with a replica count."""
-        return self.request(
+        return self.typed(
+            JobView,
             "PATCH",
             f"/api/v1/jobs/{self._ref(job)}",
             json_body={"replicas": replicas},
             body_name="",
         )
 
-    def update_job(self, job: str, changes: Mapping[str, Any]) -> Any:
+    def update_job(self, job: str, changes: Mapping[str, Any]) -> JobView:
         """``PATCH /jobs/{job}`` with spec fields: the job (a new version rolls out when
         what runs changes)."""
-        return self.request(
-            "PATCH", f"/api/v1/jobs/{self._ref(job)}", json_body=dict(changes), body_name="spec"
+        return self.typed(
+            JobView,
+            "PATCH",
+            f"/api/v1/jobs/{self._ref(job)}",
+            json_body=dict(changes),
+            body_name="spec",
         )
 
     def plan_update(self, job: str, changes: Mapping[str, Any]) -> UpdatePlan:
@@ -325,9 +358,9 @@ class RootClient:
         """``GET /jobs/{job}/versions``: the kept versions of its spec, newest first."""
         return self.typed(VersionList, "GET", f"/api/v1/jobs/{self._ref(job)}/versions")
 
-    def delete_job(self, job: str) -> Any:
+    def delete_job(self, job: str) -> JobView:
         """``DELETE /jobs/{job}``: the job, now TERMINATING."""
-        return self.request("DELETE", f"/api/v1/jobs/{self._ref(job)}")
+        return self.typed(JobView, "DELETE", f"/api/v1/jobs/{self._ref(job)}")
 
     # ----- logs -----
 
@@ -378,9 +411,9 @@ class RootClient:
 
     # ----- clusters and nodes -----
 
-    def list_clusters(self) -> list[Any]:
+    def list_clusters(self) -> list[ClusterView]:
         """Every registered cluster."""
-        return list(self.request("GET", "/api/v1/clusters").get("clusters", []))
+        return self.typed(ClusterList, "GET", "/api/v1/clusters").clusters
 
     def reset_cluster_identity(self, cluster: str, ttl_s: float) -> ClusterView:
         """``POST /clusters/{cluster}/reset-identity``: approve a new identity."""
@@ -413,17 +446,25 @@ class RootClient:
             f"/api/v1/registration-tokens/{self._ref(token_id)}",
         )
 
-    def cluster_nodes(self, cluster: str) -> Any:
-        """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster)."""
-        return self.request("GET", f"/api/v1/clusters/{self._ref(cluster)}/nodes")
+    def cluster_nodes(self, cluster: str) -> tuple[NodeList, list[NodeDetail]]:
+        """``GET /clusters/{cluster}/nodes`` (fetched live from the cluster): the answer
+        and its nodes read as the cluster API's NodeDetail."""
+        path = f"/api/v1/clusters/{self._ref(cluster)}/nodes"
+        page = self.typed(NodeList, "GET", path)
+        nodes = self.parse(list[NodeDetail], page.nodes, f"GET {path}", "NodeDetail")
+        return page, nodes
+
+    def action_node(self, result: NodeActionResult, what: str = "a node action") -> NodeDetail:
+        """The node of a node action's answer (`what`: the request) as a NodeDetail."""
+        return self.parse(NodeDetail, result.node, what, "NodeDetail")
 
     def node_action(self, cluster: str, node: str, action: str) -> NodeActionResult:
-        """``POST /clusters/{cluster}/nodes/{node}/{action}`` (drain, cordon, uncordon)."""
-        return self.typed(
-            NodeActionResult,
-            "POST",
-            f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}",
-        )
+        """``POST /clusters/{cluster}/nodes/{node}/{action}`` (drain, cordon, uncordon);
+        its `node` is checked to be a NodeDetail (`action_node` reads it as one)."""
+        path = f"/api/v1/clusters/{self._ref(cluster)}/nodes/{self._ref(node)}/{action}"
+        result = self.typed(NodeActionResult, "POST", path)
+        self.action_node(result, f"POST {path}")
+        return result
 
     # ----- events -----
 
@@ -433,14 +474,17 @@ class RootClient:
         since: int = 0,
         limit: int = _PAGE,
         filters: Mapping[str, str | None] | None = None,
-    ) -> Any:
-        """One page of events after ``since``: ``{"events": [...], "next_since": n}``.
+    ) -> EventList:
+        """One page of events after ``since`` (``next_since`` continues it).
 
         ``filters``: ``kind``, ``category``, ``job_id``, ``instance_id``, ``cluster_id``,
         ``subject`` (None values are left out).
         """
-        return self.request(
-            "GET", "/api/v1/events", params={"since": since, "limit": limit, **(filters or {})}
+        return self.typed(
+            EventList,
+            "GET",
+            "/api/v1/events",
+            params={"since": since, "limit": limit, **(filters or {})},
         )
 
     def stream_events(
@@ -451,8 +495,9 @@ class RootClient:
         max_backoff_s: float = 10.0,
         filters: Mapping[str, str | None] | None = None,
         on_retry: Callable[[str], None] | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Live events (SSE), oldest first, after ``since`` (default: from now on).
+    ) -> Iterator[EventRecord]:
+        """Live events (SSE), oldest first, after ``since`` (default: from now on); a
+        data line that is not an EventRecord is an EdgectlError.
 
         A dropped stream is reopened with the last seen ``seq``, so nothing is missed,
         after a growing pause (at most ``max_backoff_s``); ``reconnect=False`` ends instead.
@@ -481,14 +526,13 @@ class RootClient:
                     delay = 0.5
                     for sse in parse_sse(response.iter_lines()):
                         try:
-                            event = json.loads(sse.data)
+                            doc = json.loads(sse.data)
                         except ValueError:
                             continue
-                        if not isinstance(event, dict):
+                        if not isinstance(doc, dict):
                             continue
-                        seq = event.get("seq")
-                        if isinstance(seq, int):
-                            last = seq
+                        event = self.parse(EventRecord, doc, "GET /api/v1/events/stream")
+                        last = event.seq
                         received = True
                         yield event
             except httpx.TransportError as exc:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 
 from edgectl.client import EdgectlError
+from schemas.job import JobSpec
+from schemas.root_api import InstanceView, JobView
 
 __all__ = [
     "DEFAULT_SETTLE_S",
@@ -61,34 +63,29 @@ def load_job_file(path: str) -> dict[str, Any]:
     return doc
 
 
-def _latest_by_replica(job: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+def _latest_by_replica(job: JobView) -> dict[int, InstanceView]:
     """Per replica number, its newest instance (an active one wins over ended ones)."""
-    latest: dict[int, Mapping[str, Any]] = {}
-    for inst in job.get("instances") or []:
-        replica = int(inst.get("replica", 0))
-        key = (_active(inst), float(inst.get("created_at", 0)), int(inst.get("restarts", 0)))
-        best = latest.get(replica)
-        if best is None or key >= (
-            _active(best),
-            float(best.get("created_at", 0)),
-            int(best.get("restarts", 0)),
-        ):
-            latest[replica] = inst
+    latest: dict[int, InstanceView] = {}
+    for inst in job.instances:
+        key = (_active(inst), inst.created_at, inst.restarts)
+        best = latest.get(inst.replica)
+        if best is None or key >= (_active(best), best.created_at, best.restarts):
+            latest[inst.replica] = inst
     return latest
 
 
-def _active(inst: Mapping[str, Any]) -> bool:
-    return str(inst.get("state")) not in _ENDED or bool(inst.get("terminating"))
+def _active(inst: InstanceView) -> bool:
+    return inst.state not in _ENDED or inst.terminating
 
 
-def _failure_text(inst: Mapping[str, Any]) -> str:
-    reason = str(inst.get("reason") or "failed")
-    if inst.get("exit_code") is not None and "exit" not in reason:
-        reason += f" (exit code {inst['exit_code']})"
+def _failure_text(inst: InstanceView) -> str:
+    reason = inst.reason or "failed"
+    if inst.exit_code is not None and "exit" not in reason:
+        reason += f" (exit code {inst.exit_code})"
     return reason
 
 
-def _replica_failure(job: Mapping[str, Any], known: frozenset[str]) -> str | None:
+def _replica_failure(job: JobView, known: frozenset[str]) -> str | None:
     """The newest FAILED instance of a desired replica, unless in `known` (failures
     that were there before the wait began), as ``replica N FAILED: reason``.
 
@@ -96,64 +93,58 @@ def _replica_failure(job: Mapping[str, Any], known: frozenset[str]) -> str | Non
     which is what `--wait` answers. When the restart policy starts it again, the
     message says so.
     """
-    spec = job.get("spec") or {}
-    policy = spec.get("restart_policy", "never")
-    max_restarts = int(spec.get("max_restarts", 5))
-    desired = int(job.get("desired_replicas", 0))
+    policy = job.spec.restart_policy
+    max_restarts = job.spec.max_restarts
+    desired = job.desired_replicas
     failed = [
         i
-        for i in job.get("instances") or []
-        if i.get("state") == "FAILED"
-        and int(i.get("replica", 0)) < desired
-        and str(i.get("id", "")) not in known
+        for i in job.instances
+        if i.state == "FAILED" and i.replica < desired and i.id not in known
     ]
     if not failed:
         return None
-    inst = max(failed, key=lambda i: float(i.get("updated_at", i.get("created_at", 0)) or 0))
-    text = f"replica {inst.get('replica', 0)} FAILED: {_failure_text(inst)}"
-    restarts = int(inst.get("restarts", 0))
+    inst = max(failed, key=lambda i: i.updated_at)
+    text = f"replica {inst.replica} FAILED: {_failure_text(inst)}"
+    restarts = inst.restarts
     if policy in ("on-failure", "always") and restarts < max_restarts:
         text += f" (restart policy {policy}: restart {restarts + 1} of {max_restarts} follows)"
     return text
 
 
-def failed_ids(job: Mapping[str, Any]) -> frozenset[str]:
+def failed_ids(job: JobView) -> frozenset[str]:
     """Ids of the job's FAILED instances (the failures a later wait must not count)."""
-    return frozenset(
-        str(i.get("id", "")) for i in job.get("instances") or [] if i.get("state") == "FAILED"
-    )
+    return frozenset(i.id for i in job.instances if i.state == "FAILED")
 
 
-def _progress(job: Mapping[str, Any]) -> str:
-    counts = job.get("instance_counts") or {}
+def _progress(job: JobView) -> str:
+    counts = job.instance_counts
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no instances yet"
-    if job.get("reason"):
-        text += f"; {job['reason']}"
+    if job.reason:
+        text += f"; {job.reason}"
     return text
 
 
-def _steady_key(job: Mapping[str, Any]) -> tuple[tuple[int, str, str, int], ...] | None:
+def _steady_key(job: JobView) -> tuple[tuple[int, str, str, int], ...] | None:
     """What must not change during the settle window, or None when not every desired
     replica is RUNNING (or finished with success for good) with nothing extra running."""
-    desired = int(job.get("desired_replicas", 0))
-    spec = job.get("spec") or {}
-    policy = spec.get("restart_policy", "never")
-    for inst in job.get("instances") or []:
-        if _active(inst) and (inst.get("terminating") or int(inst.get("replica", 0)) >= desired):
+    desired = job.desired_replicas
+    policy = job.spec.restart_policy
+    for inst in job.instances:
+        if _active(inst) and (inst.terminating or inst.replica >= desired):
             return None
     latest = _latest_by_replica(job)
     key: list[tuple[int, str, str, int]] = []
     for replica in range(desired):
-        inst = latest.get(replica)
-        if inst is None:
+        newest = latest.get(replica)
+        if newest is None:
             return None
-        state = str(inst.get("state"))
+        state = str(newest.state)
         ok = state == "RUNNING" or (
-            state == "SUCCEEDED" and not inst.get("terminating") and policy != "always"
+            state == "SUCCEEDED" and not newest.terminating and policy != "always"
         )
         if not ok:
             return None
-        key.append((replica, str(inst.get("id", "")), state, int(inst.get("restarts", 0))))
+        key.append((replica, newest.id, state, newest.restarts))
     return tuple(key)
 
 
@@ -177,7 +168,7 @@ class WaitStep:
 
 
 def wait_verdict(
-    job: Mapping[str, Any],
+    job: JobView,
     goal: str,
     *,
     now: float,
@@ -199,7 +190,7 @@ def wait_verdict(
     first poll (with the pending reason). ``terminated``: done when TERMINATED.
     """
     memo = memo or WaitMemo(started=now)
-    state = str(job.get("state", ""))
+    state = str(job.state)
 
     def step(verdict: Verdict, message: str, **changes: Any) -> WaitStep:
         return WaitStep(verdict, message, replace(memo, **changes) if changes else memo)
@@ -213,25 +204,23 @@ def wait_verdict(
         if state == "TERMINATED":
             return step("done", "every instance has ended")
         return late(_progress(job)) or step("waiting", _progress(job))
-    desired = int(job.get("desired_replicas", 0))
-    deleted = job.get("deleted_at") is not None or (
-        state in ("TERMINATING", "TERMINATED") and desired > 0
-    )
+    desired = job.desired_replicas
+    deleted = job.deleted_at is not None or (state in ("TERMINATING", "TERMINATED") and desired > 0)
     if deleted:
         return step("failed", f"is {state} (deleted)")
     failure = _replica_failure(job, memo.known_failures)
     if failure:
         return step("failed", failure)
     if state == "FAILED":
-        return step("failed", f"FAILED: {job.get('reason') or 'its replicas failed'}")
-    active = [i for i in job.get("instances") or [] if _active(i)]
+        return step("failed", f"FAILED: {job.reason or 'its replicas failed'}")
+    active = [i for i in job.instances if _active(i)]
     if desired == 0 and not active and state in ("STOPPED", ""):
         return step("done", "scaled to 0, nothing runs")
     if state == "SUCCEEDED" and not active:
         return step("done", "every replica finished with success")
     key = _steady_key(job) if desired > 0 else None
     if key is None:
-        surplus = [i for i in active if i.get("terminating") or int(i.get("replica", 0)) >= desired]
+        surplus = [i for i in active if i.terminating or i.replica >= desired]
         message = (
             f"{len(surplus)} instance(s) being stopped" if surplus and desired else _progress(job)
         )
@@ -249,44 +238,48 @@ def wait_verdict(
     return late(message) or step("waiting", message, steady_since=since, steady_key=key)
 
 
-def update_body(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a job file (`wanted`) whose values differ from the job's spec now.
+def update_body(current: JobSpec, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a job file (`wanted`) whose values differ from the job's spec now
+    (`current`, compared as the JSON the root sends).
 
     Fields the file leaves out are left as they are. A sub-object (``resources``,
     ``env``, ``constraints``, ``update``) that differs is sent whole: it replaces the
     field, and the root decides whether that changes anything (a partial sub-object
     that only spells out defaults changes nothing).
     """
-    return {key: value for key, value in wanted.items() if current.get(key) != value}
+    now = current.model_dump(mode="json")
+    return {key: value for key, value in wanted.items() if now.get(key) != value}
 
 
-def rollout_verdict(job: Mapping[str, Any], version: int) -> tuple[Verdict, str]:
+def rollout_verdict(job: JobView, version: int) -> tuple[Verdict, str]:
     """Whether the rollout of job version `version` completed, failed, or goes on.
 
     Done when it is complete; failed when it rolled back, stopped (failed), was
     cancelled (job deleted) or was superseded by a newer version; the message says
     why, or how far it is.
     """
-    rollout = job.get("rollout") or {}
-    latest = int(job.get("latest_version") or version)
-    to_version = int(rollout.get("to_version") or version)
+    rollout = job.rollout
+    latest = job.latest_version or version
+    to_version = (rollout.to_version if rollout is not None else 0) or version
     if latest > version or to_version > version:
         return "failed", f"version {version} was superseded by version {max(latest, to_version)}"
-    state = str(rollout.get("state") or "")
-    reason = str(rollout.get("reason") or "")
+    if rollout is None:
+        return "waiting", "0/0 updated, 0 healthy, 0 unavailable"
+    state = str(rollout.state)
+    reason = rollout.reason
     counts = (
-        f"{rollout.get('updated', 0)}/{rollout.get('replicas', 0)} updated, "
-        f"{rollout.get('healthy', 0)} healthy, {rollout.get('unavailable', 0)} unavailable"
+        f"{rollout.updated}/{rollout.replicas} updated, "
+        f"{rollout.healthy} healthy, {rollout.unavailable} unavailable"
     )
     if state == "complete":
         return "done", f"version {version} rolled out ({counts})"
     if state == "rolled_back":
-        return "failed", reason or f"rolled back to version {rollout.get('from_version')}"
+        return "failed", reason or f"rolled back to version {rollout.from_version}"
     if state == "failed":
         return "failed", f"rollout of version {version} failed: {reason}"
     if state == "cancelled":
         return "failed", f"rollout of version {version} cancelled: {reason or 'job deleted'}"
     if state == "rolling_back":
-        return "waiting", f"rolling back to version {rollout.get('from_version')}: {reason}"
-    waiting = str(rollout.get("waiting") or "")
+        return "waiting", f"rolling back to version {rollout.from_version}: {reason}"
+    waiting = rollout.waiting
     return "waiting", f"{counts}" + (f"; {waiting}" if waiting else "")

@@ -56,7 +56,10 @@ import psutil
 
 from edgectl.client import ApiError, ConnectionFailed, EdgectlError, RootClient
 from edgectl.config import LOCAL_FILE, read_local_file
-from schemas.process_group import group_alive, signal_leader
+from schemas.cluster import ClusterLiveness
+from schemas.node import Liveness
+from schemas.process_group import group_alive, signal_leader, spawn_logged
+from schemas.root_api import ClusterView
 
 __all__ = [
     "ClusterPlan",
@@ -563,25 +566,25 @@ def leftover_processes(data_dir: Path, exclude: Sequence[int] = ()) -> list[psut
 # ----------------------------------------------------------------------------- readiness
 
 
-def readiness(clusters: Sequence[Mapping[str, Any]], plan: SystemPlan) -> tuple[int, int, str]:
+def readiness(clusters: Sequence[ClusterView], plan: SystemPlan) -> tuple[int, int, str]:
     """From ``GET /api/v1/clusters``: (nodes READY, nodes expected, what is missing).
 
     A cluster counts once the root has it READY; its nodes once its report says so.
     Missing is empty when the whole system is ready.
     """
-    by_name = {str(c.get("name")): c for c in clusters}
+    by_name = {c.name: c for c in clusters}
     ready = 0
     missing = []
     for cp in plan.clusters:
-        doc = by_name.get(cp.name)
-        if doc is None:
+        view = by_name.get(cp.name)
+        if view is None:
             missing.append(f"cluster {cp.name} not registered")
             continue
-        if doc.get("liveness") != "READY":
-            missing.append(f"cluster {cp.name} {doc.get('liveness')}")
+        if view.liveness != ClusterLiveness.READY:
+            missing.append(f"cluster {cp.name} {view.liveness}")
             continue
-        report = doc.get("report") or {}
-        count = int((report.get("nodes_by_liveness") or {}).get("READY", 0))
+        report = view.report
+        count = report.nodes_by_liveness.get(Liveness.READY, 0) if report is not None else 0
         ready += min(count, len(cp.nodes))
         if count < len(cp.nodes):
             missing.append(f"cluster {cp.name}: {count}/{len(cp.nodes)} nodes ready")
@@ -757,18 +760,13 @@ class LocalSystem:
     ) -> _Child:
         log = self.layout.log(name)
         cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(log, "ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl starts {name}\n".encode())
-            out.flush()
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
+        popen = spawn_logged(
+            argv,
+            log_path=log,
+            env=env,
+            cwd=cwd,
+            header=f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl starts {name}\n",
+        )
         child = _Child(name, kind, popen, log, _create_time(popen.pid) or time.time())
         self.children.append(child)
         self.save()
@@ -1107,58 +1105,77 @@ def down(
         raise EdgectlError(
             f"no local system in {data_dir}", hint="pass the --data-dir given to `local up`"
         )
-    done: list[str] = []
     lock = DataDirLock(data_dir)
     deadline = time.monotonic() + timeout
-    if not lock.acquire():
-        sup = _supervisor(local)
-        while sup is None and not lock.acquire():
-            if time.monotonic() >= deadline:
-                raise EdgectlError(f"{lock.path} is held by a process that is not `local up`")
-            time.sleep(0.1)  # `local up` has just started and not written its pid yet
-            sup = _supervisor(read_local_file(data_dir))
-        if sup is not None:
-            note(f"stopping edgectl local up (pid {sup.pid})")
-            with contextlib.suppress(psutil.Error):
-                sup.send_signal(signal.SIGTERM)
-            while not lock.acquire():
-                if time.monotonic() >= deadline:
-                    note(f"edgectl local up (pid {sup.pid}) still runs: killing it")
-                    with contextlib.suppress(psutil.Error):
-                        sup.kill()
-                    with contextlib.suppress(psutil.Error):
-                        sup.wait(10)
-                    if not lock.acquire():
-                        raise EdgectlError(f"cannot take {lock.path}")
-                    break
-                time.sleep(0.1)
-            _wait_exited(sup, min(deadline, time.monotonic() + 10.0))
-            done.append(f"stopped edgectl local up (pid {sup.pid})")
+    done = [] if lock.acquire() else _stop_supervisor(lock, data_dir, local, deadline, note)
     try:
-        local = read_local_file(data_dir) or {}
-        records = [r for r in local.get("processes") or [] if isinstance(r, Mapping)]
-        live = [r for r in records if _same_process(r) is not None]
-
-        def stop_kind(kind: str) -> None:
-            group = [r for r in live if r.get("kind") == kind]
-            for r in group:
-                note(f"stopping {r.get('name')} (pid {r.get('pid')})")
-            done.extend(terminate_records(group))
-            done.extend(f"stopped {r.get('name')} (pid {r.get('pid')})" for r in group)
-
-        for kind in _BEFORE_TASKS:
-            stop_kind(kind)
-        for line in stop_tasks(_node_dirs(layout)):
-            note(line)
-            done.append(line)
-        stop_kind("broker")
-        if local:
-            local["state"] = "stopped"
-            local["processes"] = []
-            local["updated_at"] = time.time()
-            _write_private(layout.local_file, local)
+        done += _stop_leftovers(layout, note)
     finally:
         lock.release()
+    return done
+
+
+def _stop_supervisor(
+    lock: DataDirLock,
+    data_dir: Path,
+    local: Mapping[str, Any] | None,
+    deadline: float,
+    note: Callable[[str], None],
+) -> list[str]:
+    """SIGTERM the `local up` that holds `lock` (SIGKILL at `deadline`) and take the
+    lock once it let go; what was done."""
+    sup = _supervisor(local)
+    while sup is None and not lock.acquire():
+        if time.monotonic() >= deadline:
+            raise EdgectlError(f"{lock.path} is held by a process that is not `local up`")
+        time.sleep(0.1)  # `local up` has just started and not written its pid yet
+        sup = _supervisor(read_local_file(data_dir))
+    if sup is None:
+        return []
+    note(f"stopping edgectl local up (pid {sup.pid})")
+    with contextlib.suppress(psutil.Error):
+        sup.send_signal(signal.SIGTERM)
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            note(f"edgectl local up (pid {sup.pid}) still runs: killing it")
+            with contextlib.suppress(psutil.Error):
+                sup.kill()
+            with contextlib.suppress(psutil.Error):
+                sup.wait(10)
+            if not lock.acquire():
+                raise EdgectlError(f"cannot take {lock.path}")
+            break
+        time.sleep(0.1)
+    _wait_exited(sup, min(deadline, time.monotonic() + 10.0))
+    return [f"stopped edgectl local up (pid {sup.pid})"]
+
+
+def _stop_leftovers(layout: Layout, note: Callable[[str], None]) -> list[str]:
+    """With the lock held: stop what `local.json` records as still running (services
+    before tasks, brokers last) and the node engines' tasks; mark the system stopped."""
+    done: list[str] = []
+    local = read_local_file(layout.data_dir) or {}
+    records = [r for r in local.get("processes") or [] if isinstance(r, Mapping)]
+    live = [r for r in records if _same_process(r) is not None]
+
+    def stop_kind(kind: str) -> None:
+        group = [r for r in live if r.get("kind") == kind]
+        for r in group:
+            note(f"stopping {r.get('name')} (pid {r.get('pid')})")
+        done.extend(terminate_records(group))
+        done.extend(f"stopped {r.get('name')} (pid {r.get('pid')})" for r in group)
+
+    for kind in _BEFORE_TASKS:
+        stop_kind(kind)
+    for line in stop_tasks(_node_dirs(layout)):
+        note(line)
+        done.append(line)
+    stop_kind("broker")
+    if local:
+        local["state"] = "stopped"
+        local["processes"] = []
+        local["updated_at"] = time.time()
+        _write_private(layout.local_file, local)
     return done
 
 
@@ -1205,17 +1222,23 @@ def start_detached(
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = env.get("COLUMNS", "120")
     env[DETACHED_LOG_ENV] = str(log)
-    with open(log, "ab") as out:
-        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl local up --detach\n".encode())
-        out.flush()
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    popen = spawn_logged(
+        argv,
+        log_path=log,
+        env=env,
+        header=f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} edgectl local up --detach\n",
+    )
+    return _wait_detached(popen, data_dir, log, timeout, on_progress)
+
+
+def _wait_detached(
+    popen: subprocess.Popen[bytes],
+    data_dir: Path,
+    log: Path,
+    timeout: float,
+    on_progress: Callable[[Mapping[str, Any]], None],
+) -> dict[str, Any]:
+    """Wait for the detached `edgectl local up` (`popen`) to say ready in local.json."""
     deadline = time.monotonic() + timeout
     while True:
         code = popen.poll()

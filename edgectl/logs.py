@@ -8,11 +8,11 @@ instance shows its most recently ended one, so `edgectl logs JOB` explains a fai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from edgectl.client import EdgectlError
+from schemas.root_api import InstanceView, JobView
 
 __all__ = ["Source", "choose_instances", "label_width", "prefixed"]
 
@@ -28,42 +28,37 @@ class Source:
     state: str
 
 
-def choose_instances(
-    job: Mapping[str, Any], instance: str | None
-) -> tuple[list[Source], str | None]:
+def choose_instances(job: JobView, instance: str | None) -> tuple[list[Source], str | None]:
     """The instances to show, and a note for stderr when the choice needs explaining.
 
     `instance` picks one by id (it must be the job's: the root refuses others anyway);
     otherwise the active instances, else the most recently ended one.
     """
-    name = str(job.get("name") or job.get("id"))
-    items = [i for i in job.get("instances") or [] if isinstance(i, Mapping)]
+    name = job.name or job.id
+    items = list(job.instances)
     if instance is not None:
-        found = next((i for i in items if i.get("id") == instance), None)
-        state = str(found.get("state")) if found else ""
+        found = next((i for i in items if i.id == instance), None)
+        state = str(found.state) if found else ""
         return [Source(instance, instance, state)], None
     if not items:
         raise EdgectlError(f"job {name} has no instances yet", hint="`edgectl jobs get` shows why")
-    active = [i for i in items if str(i.get("state")) not in _ENDED]
+    active = [i for i in items if i.state not in _ENDED]
     note = None
     if not active:
-        last = max(items, key=lambda i: float(i.get("updated_at") or 0.0))
+        last = max(items, key=lambda i: i.updated_at)
         active = [last]
-        note = (
-            f"job {name} has no active instance; showing the last one: "
-            f"{last.get('id')} ({last.get('state')})"
-        )
-    active.sort(key=lambda i: (int(i.get("replica") or 0), float(i.get("created_at") or 0)))
+        note = f"job {name} has no active instance; showing the last one: {last.id} ({last.state})"
+    active.sort(key=lambda i: (i.replica, i.created_at))
     return _labelled(name, active), note
 
 
-def _labelled(name: str, items: Sequence[Mapping[str, Any]]) -> list[Source]:
-    labels = [f"{name}-{i.get('replica', 0)}" for i in items]
+def _labelled(name: str, items: Sequence[InstanceView]) -> list[Source]:
+    labels = [f"{name}-{i.replica}" for i in items]
     out = []
     for item, label in zip(items, labels, strict=True):
         if labels.count(label) > 1:  # two instances of one replica (one being replaced)
-            label = str(item.get("id"))
-        out.append(Source(str(item.get("id")), label, str(item.get("state"))))
+            label = item.id
+        out.append(Source(item.id, label, str(item.state)))
     return out
 
 

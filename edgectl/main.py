@@ -45,6 +45,8 @@ from edgectl.jobs import (
     wait_verdict,
 )
 from edgectl.logs import Source, choose_instances, label_width, prefixed
+from schemas.cluster_api import NodeDetail
+from schemas.root_api import EventRecord, JobView, NodeList
 
 if TYPE_CHECKING:  # imported lazily at run time: `local` pulls in the node engine
     from edgectl import local as local_mod
@@ -207,24 +209,24 @@ def _wait_job(
     settle: float = DEFAULT_SETTLE_S,
     known_failures: frozenset[str] = frozenset(),
     interval: float = 0.5,
-) -> Mapping[str, Any]:
+) -> JobView:
     """Poll the job until `wait_verdict` says done (returned) or failed (raised)."""
     console = _console(stderr=True)
     start = time.monotonic()
     memo = WaitMemo(started=start, known_failures=known_failures)
-    job: Mapping[str, Any] = client.get_job(job_id)
+    job = client.get_job(job_id)
     last_line = ""
 
-    def render(job: Mapping[str, Any], message: str) -> Group:
+    def render(job: JobView, message: str) -> Group:
         header = Text()
-        header.append(f"{job.get('name')} ", style="bold")
-        header.append_text(output.state_text(job.get("state")))
+        header.append(f"{job.name} ", style="bold")
+        header.append_text(output.state_text(job.state))
         header.append(
-            f"  {job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)} running"
+            f"  {job.actual_replicas}/{job.desired_replicas} running"
             f"  {time.monotonic() - start:.0f}s  {message}",
             style="dim",
         )
-        active = [i for i in job.get("instances") or [] if not output.is_ended(i)]
+        active = [i for i in job.instances if not output.is_ended(i)]
         return Group(header, output.replicas_table(active, time.time()))
 
     live = (
@@ -241,8 +243,8 @@ def _wait_job(
             if live is not None:
                 live.update(render(job, message))
             else:
-                line = f"{job.get('state')} {job.get('actual_replicas', 0)}/" + (
-                    f"{job.get('desired_replicas', 0)} running: {message}"
+                line = f"{job.state} {job.actual_replicas}/" + (
+                    f"{job.desired_replicas} running: {message}"
                 )
                 if "settling (" in line:
                     line = line.split("settling (", 1)[0] + "settling"
@@ -253,10 +255,10 @@ def _wait_job(
                 return job
             if verdict.verdict == "failed":
                 raise EdgectlError(
-                    f"job {job.get('name')}: {message}",
-                    hint=f"`edgectl jobs explain {job.get('name')}` shows why"
+                    f"job {job.name}: {message}",
+                    hint=f"`edgectl jobs explain {job.name}` shows why"
                     if message.startswith("not ")
-                    else f"`edgectl jobs get {job.get('name')} --all` shows every instance",
+                    else f"`edgectl jobs get {job.name} --all` shows every instance",
                 )
             time.sleep(interval)
             job = client.get_job(job_id)
@@ -269,7 +271,7 @@ def _wait_job(
             live.stop()
 
 
-def _show_job(job: Mapping[str, Any], fmt: OutputFormat, *, ended: bool = False) -> None:
+def _show_job(job: JobView, fmt: OutputFormat, *, ended: bool = False) -> None:
     if fmt is OutputFormat.JSON:
         output.print_json(job)
     else:
@@ -320,9 +322,9 @@ def jobs_submit(
     with _client(root_url, token, data_dir) as client:
         job = client.submit_job(spec)
         if fmt is OutputFormat.TABLE:
-            _err(f"job {job.get('name')} submitted: {job.get('id')}")
+            _err(f"job {job.name} submitted: {job.id}")
         if wait:
-            job = _wait_job(client, str(job["id"]), goal="running", timeout=timeout, settle=settle)
+            job = _wait_job(client, job.id, goal="running", timeout=timeout, settle=settle)
         _show_job(job, fmt)
 
 
@@ -406,11 +408,11 @@ def jobs_scale(
     with _client(root_url, token, data_dir) as client:
         view = client.scale_job(job, replicas)
         if fmt is OutputFormat.TABLE:
-            _err(f"job {view.get('name')} scaled to {replicas} replica(s)")
+            _err(f"job {view.name} scaled to {replicas} replica(s)")
         if wait:
             view = _wait_job(
                 client,
-                str(view["id"]),
+                view.id,
                 goal="running",
                 timeout=timeout,
                 settle=settle,
@@ -439,11 +441,11 @@ def jobs_rm(
     with _client(root_url, token, data_dir) as client:
         view = client.delete_job(job)
         if wait:
-            view = _wait_job(client, str(view["id"]), goal="terminated", timeout=timeout)
+            view = _wait_job(client, view.id, goal="terminated", timeout=timeout)
     if fmt is OutputFormat.JSON:
         output.print_json(view)
     else:
-        _print(f"job {view.get('name')} ({view.get('id')}) {view.get('state')}")
+        _print(f"job {view.name} ({view.id}) {view.state}")
 
 
 _EXPLAIN_KEYS = ("id", "replica", "state", "cluster_name", "node_name", "placement")
@@ -473,24 +475,14 @@ def jobs_explain(
     if fmt is OutputFormat.JSON:
         output.print_json(
             {
-                "id": view.get("id"),
-                "name": view.get("name"),
-                "state": view.get("state"),
-                "reason": view.get("reason", ""),
-                "placement": view.get("placement"),
+                "id": view.id,
+                "name": view.name,
+                "state": view.state,
+                "reason": view.reason,
+                "placement": view.placement,
                 "instances": [
-                    {
-                        k: i.get(k)
-                        for k in (
-                            "id",
-                            "replica",
-                            "state",
-                            "cluster_name",
-                            "node_name",
-                            "placement",
-                        )
-                    }
-                    for i in view.get("instances") or []
+                    i.model_dump(mode="json", include=set(_EXPLAIN_KEYS))
+                    for i in view.instances
                     if not output.is_ended(i)
                 ],
             }
@@ -501,7 +493,7 @@ def jobs_explain(
 
 def _wait_rollout(
     client: RootClient, job_id: str, version: int, *, timeout: float, interval: float = 0.5
-) -> Mapping[str, Any]:
+) -> JobView:
     """Poll the job until the rollout of `version` completes (returned) or ends
     otherwise (raised, with the reason)."""
     console = _console(stderr=True)
@@ -510,12 +502,14 @@ def _wait_rollout(
     last: tuple[Any, ...] = ()
     try:
         while True:
-            job: Mapping[str, Any] = client.get_job(job_id)
+            job = client.get_job(job_id)
             verdict, message = rollout_verdict(job, version)
-            rollout = job.get("rollout") or {}
-            state = rollout.get("state", "?")
+            rollout = job.rollout
+            state = str(rollout.state) if rollout is not None else "?"
             # a line when the state or the counts change (not for every second waited)
-            key = (state, *(rollout.get(k) for k in ("updated", "healthy", "unavailable")))
+            key: tuple[Any, ...] = (state,)
+            if rollout is not None:
+                key += (rollout.updated, rollout.healthy, rollout.unavailable)
             if key != last or verdict != "waiting":
                 console.print(
                     f"[{time.monotonic() - start:5.1f}s] {state}: {message}",
@@ -526,12 +520,12 @@ def _wait_rollout(
             if verdict == "done":
                 return job
             if verdict == "failed":
-                raise EdgectlError(f"job {job.get('name')}: {message}")
+                raise EdgectlError(f"job {job.name}: {message}")
             if time.monotonic() >= deadline:
                 raise EdgectlError(
-                    f"job {job.get('name')}: version {version} not rolled out after "
+                    f"job {job.name}: version {version} not rolled out after "
                     f"{timeout:.0f}s: {message}",
-                    hint=f"`edgectl jobs get {job.get('name')}` shows the rollout",
+                    hint=f"`edgectl jobs get {job.name}` shows the rollout",
                 )
             time.sleep(interval)
     except KeyboardInterrupt:
@@ -587,27 +581,26 @@ def jobs_update(
         raise EdgectlError(f"job file {file} has no name: the name says which job to update")
     with _client(root_url, token, data_dir) as client:
         current = client.get_job(name)
-        body = update_body(current.get("spec") or {}, spec)
+        body = update_body(current.spec, spec)
         if dry_run:
-            plan = client.plan_update(str(current["id"]), body)
+            plan = client.plan_update(current.id, body)
             if fmt is OutputFormat.JSON:
                 output.print_json(plan)
             else:
-                Console(width=80, highlight=False).print(
-                    output.plan_view(plan.model_dump(mode="json"))
-                )
+                Console(width=80, highlight=False).print(output.plan_view(plan))
             return
         if not body:
             if fmt is OutputFormat.TABLE:
                 _err(f"job {name}: no change (the file matches its spec)")
             _show_job(current, fmt)
             return
-        before = int(current.get("job_version") or 1)
-        view = client.update_job(str(current["id"]), body)
-        version = int(view.get("job_version") or before)
+        before = current.job_version
+        view = client.update_job(current.id, body)
+        version = view.job_version
         if fmt is OutputFormat.TABLE:
-            old_spec, new_spec = current.get("spec") or {}, view.get("spec") or {}
-            changed = [k for k in new_spec if old_spec.get(k) != new_spec.get(k)]
+            old_spec = current.spec.model_dump(mode="json")
+            new_spec = view.spec.model_dump(mode="json")
+            changed = [k for k in new_spec if old_spec.get(k) != new_spec[k]]
             if version != before:
                 _err(f"job {name}: version {version} rolling out ({', '.join(changed)} changed)")
             elif not changed:
@@ -616,11 +609,11 @@ def jobs_update(
                 _err(f"job {name} updated in place ({', '.join(changed)} changed)")
         if wait:
             if version != before:
-                view = _wait_rollout(client, str(view["id"]), version, timeout=timeout)
+                view = _wait_rollout(client, view.id, version, timeout=timeout)
             else:  # like `jobs scale --wait`: failures from before the change do not count
                 view = _wait_job(
                     client,
-                    str(view["id"]),
+                    view.id,
                     goal="running",
                     timeout=timeout,
                     known_failures=failed_ids(current),
@@ -649,11 +642,7 @@ def jobs_history(
     if fmt is OutputFormat.JSON:
         output.print_json(doc)
     else:
-        _print(
-            output.versions_table(
-                [v.model_dump(mode="json") for v in doc.versions], doc.job_version
-            )
-        )
+        _print(output.versions_table(doc.versions, doc.job_version))
 
 
 # ----------------------------------------------------------------------------- clusters, nodes
@@ -805,31 +794,31 @@ def nodes_ls(
     reported on stderr and makes the exit status 1.
     """
     failed: list[str] = []
-    nodes: list[dict[str, Any]] = []
+    nodes: list[tuple[NodeList, NodeDetail]] = []
     with _client(root_url, token, data_dir) as client:
-        targets = [cluster] if cluster else [str(c.get("name")) for c in client.list_clusters()]
+        targets = [cluster] if cluster else [c.name for c in client.list_clusters()]
         for name in targets:
             try:
-                doc = client.cluster_nodes(name)
+                page, found = client.cluster_nodes(name)
             except EdgectlError as exc:
                 if cluster:
                     raise
                 failed.append(name)
                 _err(f"warning: cluster {name}: {exc.message}", style="yellow")
                 continue
-            for node in doc.get("nodes") or []:
-                if isinstance(node, dict):
-                    nodes.append(
-                        {
-                            **node,
-                            "cluster_id": doc.get("cluster_id"),
-                            "cluster_name": doc.get("cluster_name"),
-                        }
-                    )
+            nodes.extend((page, node) for node in found)
     if fmt is OutputFormat.JSON:
-        output.print_json({"nodes": nodes, "unreachable_clusters": failed})
+        docs = [
+            {
+                **node.model_dump(mode="json"),
+                "cluster_id": page.cluster_id,
+                "cluster_name": page.cluster_name,
+            }
+            for page, node in nodes
+        ]
+        output.print_json({"nodes": docs, "unreachable_clusters": failed})
     elif nodes:
-        _print(output.nodes_table((str(n.get("cluster_name")), n) for n in nodes))
+        _print(output.nodes_table((page.cluster_name, node) for page, node in nodes))
     else:
         _err("no nodes")
     if failed:
@@ -863,28 +852,23 @@ def _node_action(
 
     with _client(root_url, token, data_dir) as client:
         if cluster is None:
-            found: list[tuple[str, str, Mapping[str, Any]]] = []
+            found: list[tuple[str, str, NodeDetail]] = []
             unreachable: list[str] = []
             for c in client.list_clusters():
-                name = str(c.get("name"))
                 try:
-                    doc = client.cluster_nodes(name)
+                    _, nodes = client.cluster_nodes(c.name)
                 except EdgectlError as exc:
-                    unreachable.append(name)
-                    _err(f"warning: cluster {name}: {exc.message}", style="yellow")
+                    unreachable.append(c.name)
+                    _err(f"warning: cluster {c.name}: {exc.message}", style="yellow")
                     continue
-                found.extend(
-                    (str(c.get("id")), name, n)
-                    for n in doc.get("nodes") or []
-                    if isinstance(n, dict)
-                )
+                found.extend((c.id, c.name, n) for n in nodes)
             hit = find_node(found, node, unreachable=unreachable)
             cluster, node = hit.cluster_id, hit.node_id
         result = client.node_action(cluster, node, action)
     if fmt is OutputFormat.JSON:
         output.print_json(result)
     else:
-        _print(output.node_action_view(result.model_dump(mode="json")))
+        _print(output.node_action_view(result, client.action_node(result)))
 
 
 @nodes_app.command("drain")
@@ -980,17 +964,17 @@ def events(
     with _client(root_url, token, data_dir) as client:
         filters: dict[str, str | None] = {"kind": kind, "category": category}
         if job:
-            filters["job_id"] = str(client.get_job(job)["id"])
+            filters["job_id"] = client.get_job(job).id
         try:
             names = output.cluster_names(client.list_clusters())
         except EdgectlError:
             names = {}
 
-        def emit(event: Mapping[str, Any]) -> None:
+        def emit(event: EventRecord) -> None:
             if fmt is OutputFormat.JSON:
                 import json
 
-                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.write(json.dumps(event.model_dump(mode="json")) + "\n")
                 sys.stdout.flush()
             else:
                 console.print(output.event_view(event, names))
@@ -998,12 +982,12 @@ def events(
         from collections import deque
 
         cursor = since or 0
-        past: deque[Mapping[str, Any]] = deque(maxlen=tail or None)
+        past: deque[EventRecord] = deque(maxlen=tail or None)
         while True:
             page = client.events(since=cursor, filters=filters)
-            batch = page.get("events") or []
+            batch = page.events
             past.extend(batch)
-            cursor = int(page.get("next_since") or cursor)
+            cursor = page.next_since or cursor
             if len(batch) < 1000:
                 break
         for event in past:
@@ -1479,7 +1463,7 @@ def logs(
         sources, note = choose_instances(view, instance)
         if note:
             _err(note, style="dim")
-        job_ref = str(view.get("id") or job)
+        job_ref = view.id or job
         if len(sources) == 1:
             _single_logs(client, job_ref, sources[0].instance_id, tail=tail, follow=follow)
             return

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from edgectl.client import EdgectlError
+from schemas.cluster_api import NodeDetail
 
 __all__ = ["NodeHit", "find_node"]
 
@@ -21,22 +21,18 @@ class NodeHit:
     node_name: str
 
 
-def _hits(docs: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[NodeHit]:
-    out = []
-    for cid, cname, node in docs:
-        info = node.get("info") if isinstance(node.get("info"), Mapping) else {}
-        out.append(NodeHit(cid, cname, str(node.get("id", "")), str((info or {}).get("name", ""))))
-    return out
+def _hits(nodes: Sequence[tuple[str, str, NodeDetail]]) -> list[NodeHit]:
+    return [NodeHit(cid, cname, node.id, node.info.name) for cid, cname, node in nodes]
 
 
 def find_node(
-    nodes: Sequence[tuple[str, str, Mapping[str, Any]]],
+    nodes: Sequence[tuple[str, str, NodeDetail]],
     ref: str,
     *,
     unreachable: Sequence[str] = (),
 ) -> NodeHit:
     """The node whose id is `ref`, else the one named `ref`, among (cluster id, cluster
-    name, node document) triples of every cluster.
+    name, node) triples of every cluster.
 
     An EdgectlError when none matches (naming the clusters that did not answer, where
     it might be) or when several nodes have that name (listing each with its cluster

@@ -1,8 +1,10 @@
 """Rendering of API documents for people: rich tables, detail views, event lines.
 
-Pure functions from the JSON documents of the root's API (docs/api.md) to rich
-renderables; nothing here does I/O except :func:`print_json`. ``now`` is passed in so
-that ages are testable.
+Pure functions from the models of the root's API (schemas/root_api.py and, for nodes,
+schemas/cluster_api.py, as edgectl's client returns them; docs/api.md) to rich
+renderables; ``edgectl local status`` renders its own local.json document. Nothing
+here does I/O except :func:`print_json`. ``now`` is passed in so that ages are
+testable.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from schemas.cluster_api import NodeDetail
+from schemas.decision import PlacementDecision
+from schemas.job import JobSpec
+from schemas.node import Liveness
+from schemas.resources import Resources
+from schemas.root_api import (
+    ClusterView,
+    EventRecord,
+    InstanceView,
+    JobSummary,
+    JobView,
+    NodeActionResult,
+    PlacementInfo,
+    RolloutView,
+    UpdatePlan,
+    VersionView,
+)
 
 __all__ = [
     "Col",
@@ -123,18 +143,18 @@ def _mem(mib: Any) -> str:
     return f"{mib:g}Mi" if isinstance(mib, float) else f"{mib}Mi"
 
 
-def resources(res: Mapping[str, Any] | None) -> str:
+def resources(res: Resources | None) -> str:
     """`cpu 0.5, mem 256Mi` (only what is set)."""
-    if not res:
+    if res is None:
         return "-"
     parts = []
-    if res.get("cpu"):
-        parts.append(f"cpu {_num(res['cpu'])}")
-    if res.get("memory_mib"):
-        parts.append(f"mem {_mem(res['memory_mib'])}")
-    if res.get("disk_mib"):
-        parts.append(f"disk {_mem(res['disk_mib'])}")
-    for kind, count in (res.get("accelerators") or {}).items():
+    if res.cpu:
+        parts.append(f"cpu {_num(res.cpu)}")
+    if res.memory_mib:
+        parts.append(f"mem {_mem(res.memory_mib)}")
+    if res.disk_mib:
+        parts.append(f"disk {_mem(res.disk_mib)}")
+    for kind, count in res.accelerators.items():
         parts.append(f"{kind} x{count}")
     return ", ".join(parts) or "-"
 
@@ -268,7 +288,7 @@ class FitTable:
         yield self.table(options.max_width)
 
 
-def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+def jobs_table(jobs: Iterable[JobSummary], now: float) -> FitTable:
     """`edgectl jobs ls` (on a narrow terminal: no RUNTIME, PRIO, then REASON)."""
     table = FitTable(
         [
@@ -284,27 +304,27 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], now: float) -> FitTable:
     )
     for job in jobs:
         table.add_row(
-            str(job.get("name", "")),
-            str(job.get("id", "")),
-            state_text(job.get("state")),
-            f"{job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)}",
-            _num(job.get("priority")),
-            str(job.get("runtime", "")),
-            age(job.get("created_at"), now),
-            str(job.get("reason") or ""),
+            job.name,
+            job.id,
+            state_text(job.state),
+            f"{job.actual_replicas}/{job.desired_replicas}",
+            _num(job.priority),
+            job.runtime,
+            age(job.created_at, now),
+            job.reason,
         )
     return table
 
 
-def _where(inst: Mapping[str, Any]) -> str:
-    cluster = inst.get("cluster_name") or inst.get("cluster_id") or ""
-    node = inst.get("node_name") or inst.get("node_id") or ""
+def _where(inst: InstanceView) -> str:
+    cluster = inst.cluster_name or inst.cluster_id or ""
+    node = inst.node_name or inst.node_id or ""
     if cluster and node:
         return f"{cluster}/{node}"
     return str(cluster or node or "-")
 
 
-def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+def replicas_table(instances: Iterable[InstanceView], now: float) -> FitTable:
     """The instances of a job: replica, state, where, restarts, reason (on a narrow
     terminal: no RESTARTS, AGE, then REPLICA, which the instance id holds too)."""
     table = FitTable(
@@ -319,21 +339,21 @@ def replicas_table(instances: Iterable[Mapping[str, Any]], now: float) -> FitTab
             Col("REASON", "text", drop=2, min_width=14),
         ]
     )
-    for inst in sorted(instances, key=lambda i: (i.get("replica", 0), i.get("created_at", 0))):
-        reason = str(inst.get("reason") or "")
-        code = inst.get("exit_code")
+    for inst in sorted(instances, key=lambda i: (i.replica, i.created_at)):
+        reason = inst.reason
+        code = inst.exit_code
         if code is not None and is_ended(inst) and "exit" not in reason:
             reason = f"{reason} (exit code {code})".strip()
-        if inst.get("terminating"):
+        if inst.terminating:
             reason = f"terminating; {reason}".rstrip("; ")
         table.add_row(
-            str(inst.get("replica", "")),
-            str(inst.get("id", "")),
-            str(inst.get("job_version", 1)),
-            state_text(inst.get("state")),
+            str(inst.replica),
+            inst.id,
+            str(inst.job_version),
+            state_text(inst.state),
             _where(inst),
-            str(inst.get("restarts", 0)),
-            age(inst.get("updated_at"), now),
+            str(inst.restarts),
+            age(inst.updated_at, now),
             reason,
         )
     return table
@@ -348,52 +368,56 @@ def _fields(rows: Sequence[tuple[str, Any]]) -> Table:
     return grid
 
 
-def _constraints(spec: Mapping[str, Any]) -> str:
-    cons = spec.get("constraints") or {}
-    parts = [f"{k}={v}" for k, v in (cons.get("labels") or {}).items()]
-    for key in ("cluster", "node", "accelerator"):
-        if cons.get(key):
-            parts.append(f"{key}={cons[key]}")
-    if cons.get("arch"):
-        parts.append("arch=" + "|".join(cons["arch"]))
-    if cons.get("max_temperature_c") is not None:
-        parts.append(f"max_temperature_c={_num(cons['max_temperature_c'])}")
+def _constraints(spec: JobSpec) -> str:
+    cons = spec.constraints
+    parts = [f"{k}={v}" for k, v in cons.labels.items()]
+    for key, value in (
+        ("cluster", cons.cluster),
+        ("node", cons.node),
+        ("accelerator", cons.accelerator),
+    ):
+        if value:
+            parts.append(f"{key}={value}")
+    if cons.arch:
+        parts.append("arch=" + "|".join(cons.arch))
+    if cons.max_temperature_c is not None:
+        parts.append(f"max_temperature_c={_num(cons.max_temperature_c)}")
     return ", ".join(parts) or "-"
 
 
-def job_view(job: Mapping[str, Any], now: float, *, ended: bool = False) -> Group:
+def job_view(job: JobView, now: float, *, ended: bool = False) -> Group:
     """`edgectl jobs get`: the job's facts, then its instances (ended ones if `ended`)."""
-    spec = job.get("spec") or {}
-    what = spec.get("image") if spec.get("runtime") == "docker" else None
-    command = " ".join(spec.get("command") or [])
+    spec = job.spec
+    what = spec.image if spec.runtime == "docker" else None
+    command = " ".join(spec.command)
     if what and command:
         what = f"{what}  {command}"
     rows: list[tuple[str, Any]] = [
-        ("name", job.get("name", "")),
-        ("id", job.get("id", "")),
-        ("state", state_text(job.get("state"))),
+        ("name", job.name),
+        ("id", job.id),
+        ("state", state_text(job.state)),
         ("version", _version_text(job)),
-        ("replicas", f"{job.get('actual_replicas', 0)}/{job.get('desired_replicas', 0)} running"),
-        ("runtime", f"{spec.get('runtime', job.get('runtime', ''))}  {what or command}".rstrip()),
-        ("resources", resources(spec.get("resources"))),
-        ("priority", _num(job.get("priority"))),
-        ("restart", f"{spec.get('restart_policy', '-')} (max {spec.get('max_restarts', '-')})"),
+        ("replicas", f"{job.actual_replicas}/{job.desired_replicas} running"),
+        ("runtime", f"{spec.runtime}  {what or command}".rstrip()),
+        ("resources", resources(spec.resources)),
+        ("priority", _num(job.priority)),
+        ("restart", f"{spec.restart_policy} (max {spec.max_restarts})"),
         ("constraints", _constraints(spec)),
-        ("age", age(job.get("created_at"), now)),
+        ("age", age(job.created_at, now)),
     ]
-    if job.get("reason"):
-        rows.append(("reason", job["reason"]))
-    if job.get("rollout"):
-        rows.append(("rollout", rollout_line(job["rollout"])))
-    counts = job.get("instance_counts") or {}
+    if job.reason:
+        rows.append(("reason", job.reason))
+    if job.rollout is not None:
+        rows.append(("rollout", rollout_line(job.rollout)))
+    counts = job.instance_counts
     if counts:
         rows.append(("instances", ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))))
-    instances = [i for i in job.get("instances") or [] if ended or not is_ended(i)]
+    instances = [i for i in job.instances if ended or not is_ended(i)]
     parts: list[RenderableType] = [_fields(rows)]
     if instances:
         parts.append(Text(""))
         parts.append(replicas_table(instances, now))
-    hidden = len(job.get("instances") or []) - len(instances)
+    hidden = len(job.instances) - len(instances)
     if hidden:
         parts.append(Text(f"({hidden} ended instances not shown; --all shows them)", style="dim"))
     return Group(*parts)
@@ -402,112 +426,108 @@ def job_view(job: Mapping[str, Any], now: float, *, ended: bool = False) -> Grou
 _ENDED = frozenset({"SUCCEEDED", "FAILED", "TERMINATED", "LOST"})
 
 
-def is_ended(inst: Mapping[str, Any]) -> bool:
+def is_ended(inst: InstanceView) -> bool:
     """True for an instance that has ended (and is not being stopped any more)."""
-    return str(inst.get("state")) in _ENDED and not inst.get("terminating")
+    return inst.state in _ENDED and not inst.terminating
 
 
-def cluster_names(clusters: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def cluster_names(clusters: Iterable[ClusterView]) -> dict[str, str]:
     """Cluster id -> name."""
-    return {str(c.get("id")): str(c.get("name")) for c in clusters if c.get("id")}
+    return {c.id: c.name for c in clusters if c.id}
 
 
 def _named(cid: Any, names: Mapping[str, str]) -> str:
     return names.get(str(cid), str(cid))
 
 
+def _decision_rows(decision: PlacementDecision | None) -> list[tuple[str, Any]]:
+    if decision is None:
+        return []
+    return [
+        (
+            "policy",
+            f"{decision.policy}: {decision.considered} considered, {decision.feasible} feasible",
+        )
+    ]
+
+
 def _placement_block(
-    title: str, placement: Mapping[str, Any], names: Mapping[str, str]
+    title: str, placement: PlacementInfo, names: Mapping[str, str]
 ) -> list[RenderableType]:
     out: list[RenderableType] = [Text(title, style="bold")]
     rows: list[tuple[str, Any]] = [
-        ("outcome", placement.get("outcome", "-")),
-        ("explanation", placement.get("explanation", "")),
+        ("outcome", placement.outcome),
+        ("explanation", placement.explanation),
     ]
-    if placement.get("cluster_name") or placement.get("cluster_id"):
-        rows.insert(
-            1,
-            ("cluster", placement.get("cluster_name") or _named(placement["cluster_id"], names)),
-        )
-    decision = placement.get("decision") or {}
-    if decision:
-        rows.append(
-            (
-                "policy",
-                f"{decision.get('policy', '-')}: {decision.get('considered', 0)} considered, "
-                f"{decision.get('feasible', 0)} feasible",
-            )
-        )
+    if placement.cluster_name or placement.cluster_id:
+        rows.insert(1, ("cluster", placement.cluster_name or _named(placement.cluster_id, names)))
+    decision = placement.decision
+    rows.extend(_decision_rows(decision))
     out.append(_fields(rows))
-    scores = decision.get("scores") or []
-    if scores:
+    if decision is not None and decision.scores:
         table = _table("CANDIDATE", "SCORE", "BREAKDOWN")
-        chosen = (decision.get("chosen") or {}).get("id")
-        for item in scores:
-            name = _named(item.get("id"), names)
-            if item.get("id") == chosen:
+        chosen = decision.chosen.id if decision.chosen is not None else None
+        for item in decision.scores:
+            name = _named(item.id, names)
+            if item.id == chosen:
                 name = f"{name} (chosen)"
             breakdown = ", ".join(
                 f"{k} {_num(round(v, 1) if isinstance(v, float) else v)}"
-                for k, v in (item.get("breakdown") or {}).items()
+                for k, v in item.breakdown.items()
             )
-            table.add_row(name, _num(round(float(item.get("score", 0)), 1)), breakdown)
+            table.add_row(name, _num(round(float(item.score), 1)), breakdown)
         out.append(table)
-    rejected = decision.get("rejected") or {}
-    rejections = decision.get("rejections") or {}
-    if rejections:
+    if decision is not None and decision.rejections:
         table = _table("REJECTED", "REASON")
-        for reason, count in rejections.items():
-            ids = rejected.get(reason) or []
+        for reason, count in decision.rejections.items():
+            ids = decision.rejected.get(reason) or []
             who = ", ".join(_named(i, names) for i in ids) or f"{count}"
             if ids and len(ids) < int(count):
                 who += f" (+{int(count) - len(ids)} more)"
             table.add_row(who, str(reason))
         out.append(table)
-    refusals = placement.get("cluster_rejections") or []
-    if refusals:
+    if placement.cluster_rejections:
         table = _table("REFUSED BY", "REASONS")
-        for item in refusals:
-            counts = (item.get("reasons") or {}).items()
-            reasons = item.get("explanation") or ", ".join(
-                f"{n} node{'s' if n != 1 else ''}: {r}" for r, n in counts
+        for refusal in placement.cluster_rejections:
+            reasons = refusal.explanation or ", ".join(
+                f"{n} node{'s' if n != 1 else ''}: {r}" for r, n in refusal.reasons.items()
             )
-            table.add_row(str(item.get("cluster_name") or item.get("cluster_id")), str(reasons))
+            table.add_row(refusal.cluster_name or refusal.cluster_id, reasons)
         out.append(table)
     return out
 
 
-def explain_view(job: Mapping[str, Any], names: Mapping[str, str]) -> Group:
+def explain_view(job: JobView, names: Mapping[str, str]) -> Group:
     """`edgectl jobs explain`: why each active instance runs where it runs, or why pending."""
     parts: list[RenderableType] = [
         _fields(
             [
-                ("job", f"{job.get('name', '')} ({job.get('id', '')})"),
-                ("state", state_text(job.get("state"))),
-                ("reason", job.get("reason") or "-"),
+                ("job", f"{job.name} ({job.id})"),
+                ("state", state_text(job.state)),
+                ("reason", job.reason or "-"),
             ]
         )
     ]
     shown = False
-    for inst in sorted(job.get("instances") or [], key=lambda i: i.get("replica", 0)):
-        if is_ended(inst) or not inst.get("placement"):
+    for inst in sorted(job.instances, key=lambda i: i.replica):
+        if is_ended(inst) or inst.placement is None:
             continue
         parts.append(Text(""))
-        title = f"replica {inst.get('replica')} ({inst.get('id')}): {inst.get('state')}"
-        if inst.get("node_name") or inst.get("node_id"):
+        title = f"replica {inst.replica} ({inst.id}): {inst.state}"
+        if inst.node_name or inst.node_id:
             title += f" on {_where(inst)}"
-        parts.extend(_placement_block(title, inst["placement"], names))
+        parts.extend(_placement_block(title, inst.placement, names))
         shown = True
-    if not shown and job.get("placement"):
+    if not shown and job.placement is not None:
         parts.append(Text(""))
-        parts.extend(_placement_block("latest placement", job["placement"], names))
+        parts.extend(_placement_block("latest placement", job.placement, names))
         shown = True
     if not shown:
         parts.append(Text("no placement decision recorded", style="dim"))
     return Group(*parts)
 
 
-def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> FitTable:
+def clusters_table(clusters: Iterable[ClusterView], now: float) -> FitTable:
     """`edgectl clusters ls` (on a narrow terminal: no URL, REPORT, RUNNING, ...).
 
     NODES is READY/all, with the cordoned (or draining) ones, whose capacity the
@@ -527,31 +547,32 @@ def clusters_table(clusters: Iterable[Mapping[str, Any]], now: float) -> FitTabl
         ]
     )
     for c in clusters:
-        report = c.get("report") or {}
-        by_liveness = report.get("nodes_by_liveness") or {}
-        total_nodes = sum(int(v) for v in by_liveness.values())
-        total = report.get("total") or {}
-        free = report.get("free") or {}
-        since = c.get("seconds_since_report")
-        nodes = f"{by_liveness.get('READY', 0)}/{total_nodes}" if report else "-"
-        if report.get("nodes_cordoned"):
-            nodes += f" ({report['nodes_cordoned']} cordoned)"
+        report = c.report
+        since = c.seconds_since_report
+        nodes, cpu, mem = "-", "-", "-"
+        if report is not None:
+            by_liveness = report.nodes_by_liveness
+            nodes = f"{by_liveness.get(Liveness.READY, 0)}/{sum(by_liveness.values())}"
+            if report.nodes_cordoned:
+                nodes += f" ({report.nodes_cordoned} cordoned)"
+            cpu = f"{_cpu(report.free.cpu)}/{_cpu(report.total.cpu)}"
+            mem = f"{_mem(report.free.memory_mib)}/{_mem(report.total.memory_mib)}"
         table.add_row(
-            str(c.get("name", "")),
-            str(c.get("id", "")),
-            state_text(c.get("liveness")),
+            c.name,
+            c.id,
+            state_text(c.liveness),
             nodes,
-            f"{_cpu(free.get('cpu'))}/{_cpu(total.get('cpu'))}" if report else "-",
-            f"{_mem(free.get('memory_mib'))}/{_mem(total.get('memory_mib'))}" if report else "-",
-            str((c.get("instances") or {}).get("RUNNING", 0)),
-            f"{since:.0f}s ago" if isinstance(since, int | float) else "never",
-            str(c.get("url", "")),
+            cpu,
+            mem,
+            str(c.instances.get("RUNNING", 0)),
+            f"{since:.0f}s ago" if since is not None else "never",
+            c.url,
         )
     return table
 
 
-def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> FitTable:
-    """`edgectl nodes ls`: (cluster name, node document of the cluster API) pairs.
+def nodes_table(rows: Iterable[tuple[str, NodeDetail]]) -> FitTable:
+    """`edgectl nodes ls`: (cluster name, node of the cluster API) pairs.
 
     On a narrow terminal LABELS, RUNTIMES, ARCH, TEMP, then the load columns go.
     """
@@ -571,68 +592,67 @@ def nodes_table(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> FitTable:
         ]
     )
     for cluster, node in rows:
-        info = node.get("info") or {}
-        status = node.get("status") or {}
-        memory = status.get("memory") or {}
-        liveness = state_text(node.get("liveness"))
-        if node.get("cordoned"):
+        info = node.info
+        status = node.status
+        liveness = state_text(node.liveness)
+        if node.cordoned:
             liveness.append(" cordoned", style="magenta")
-        if node.get("draining"):
+        if node.draining:
             liveness.append(" draining", style="magenta")
-        tasks = status.get("tasks") or []
-        running = sum(1 for t in tasks if t.get("state") == "RUNNING")
-        cpu = f"{_num(info.get('cpu_cores'))} cores"
-        if status:
-            cpu += f", {status.get('cpu_percent', 0):.0f}%"
-        mem = _mem(info.get("memory_mib"))
-        if memory:
-            mem += f", {memory.get('used_percent', 0):.0f}%"
-        temp = status.get("max_temperature_c")
+        cpu = f"{_num(info.cpu_cores)} cores"
+        mem = _mem(info.memory_mib)
+        temp, tasks = "-", "-"
+        if status is not None:
+            cpu += f", {status.cpu_percent:.0f}%"
+            mem += f", {status.memory.used_percent:.0f}%"
+            if status.max_temperature_c is not None:
+                temp = f"{status.max_temperature_c:.0f}C"
+            running = sum(1 for t in status.tasks if t.state == "RUNNING")
+            tasks = f"{running}/{len(status.tasks)}"
         table.add_row(
             cluster,
-            str(info.get("name", "")),
-            str(node.get("id", "")),
+            info.name,
+            node.id,
             liveness,
-            str(info.get("arch", "")),
+            str(info.arch),
             cpu,
             mem,
-            f"{temp:.0f}C" if isinstance(temp, int | float) else "-",
-            f"{running}/{len(tasks)}" if status else "-",
-            ",".join(info.get("runtimes") or []) or "-",
-            ",".join(f"{k}={v}" for k, v in (info.get("labels") or {}).items()) or "-",
+            temp,
+            tasks,
+            ",".join(info.runtimes) or "-",
+            ",".join(f"{k}={v}" for k, v in info.labels.items()) or "-",
         )
     return table
 
 
-def node_action_view(result: Mapping[str, Any]) -> Group:
-    """`edgectl nodes drain|cordon|uncordon`: the node now, what moved, what is stuck."""
-    node = result.get("node") or {}
-    info = node.get("info") or {}
-    action = str(result.get("action", ""))
-    flags = [f for f in ("cordoned", "draining") if node.get(f)]
-    done = {"drain": "draining", "cordon": "cordoned", "uncordon": "uncordoned"}.get(action, action)
+def node_action_view(result: NodeActionResult, node: NodeDetail) -> Group:
+    """`edgectl nodes drain|cordon|uncordon`: the node now (`result.node` as a model),
+    what moved, what is stuck."""
+    action = result.action
+    flags = [f for f, on in (("cordoned", node.cordoned), ("draining", node.draining)) if on]
+    done = {"drain": "draining", "cordon": "cordoned", "uncordon": "uncordoned"}[action]
     head = Text()
-    head.append(f"node {info.get('name', node.get('id', ''))} ", style="bold")
-    head.append(f"({node.get('id', '')}) in cluster {result.get('cluster_name', '')}: {done}")
+    head.append(f"node {node.info.name} ", style="bold")
+    head.append(f"({node.id}) in cluster {result.cluster_name}: {done}")
     parts: list[RenderableType] = [head]
-    state = state_text(node.get("liveness"))
+    state = state_text(node.liveness)
     state.append(f"  {', '.join(flags) or 'schedulable'}", style="magenta" if flags else "green")
     parts.append(_fields([("liveness", state)]))
-    moved = result.get("moved") or []
-    stuck = result.get("stuck") or []
+    moved = result.moved
+    stuck = result.stuck
     if action == "drain":
         if moved:
             table = FitTable([Col("MOVED", "id"), Col("NOW ON", "text", min_width=12)])
             for m in moved:
-                where = m.get("node_name") or m.get("node_id") or "?"
-                if m.get("node_name") and m.get("node_id"):
-                    where = f"{m['node_name']} ({m['node_id']})"
-                table.add_row(str(m.get("instance_id", "")), str(where))
+                where = m.node_name or m.node_id or "?"
+                if m.node_name and m.node_id:
+                    where = f"{m.node_name} ({m.node_id})"
+                table.add_row(m.instance_id, where)
             parts.append(table)
         if stuck:
             table = FitTable([Col("STUCK", "id"), Col("WHY", "text", min_width=16)])
-            for m in stuck:
-                table.add_row(str(m.get("instance_id", "")), str(m.get("reason", "")))
+            for item in stuck:
+                table.add_row(item.instance_id, item.reason)
             parts.append(table)
             parts.append(
                 Text(
@@ -646,36 +666,31 @@ def node_action_view(result: Mapping[str, Any]) -> Group:
     return Group(*parts)
 
 
-def _event_prefix(event: Mapping[str, Any]) -> Text:
-    ts = event.get("ts")
-    when = (
-        dt.datetime.fromtimestamp(float(ts)).strftime("%H:%M:%S.%f")[:-3]
-        if isinstance(ts, int | float)
-        else "--:--:--.---"
-    )
-    return Text(f"{event.get('seq', ''):>6} {when}", style="dim")
+def _event_prefix(event: EventRecord) -> Text:
+    when = dt.datetime.fromtimestamp(float(event.ts)).strftime("%H:%M:%S.%f")[:-3]
+    return Text(f"{event.seq:>6} {when}", style="dim")
 
 
-def _event_body(event: Mapping[str, Any], names: Mapping[str, str]) -> Text:
+def _event_body(event: EventRecord, names: Mapping[str, str]) -> Text:
     line = Text()
-    line.append(f"{event.get('kind', ''):<20} ", style="bold")
-    line.append(str(event.get("subject", "")))
-    if event.get("state"):
+    line.append(f"{event.kind:<20} ", style="bold")
+    line.append(event.subject)
+    if event.state:
         line.append(" ")
-        line.append_text(state_text(event["state"]))
+        line.append_text(state_text(event.state))
     where = []
-    if event.get("cluster_id") and event.get("kind") != "cluster.liveness":
-        where.append(_named(event["cluster_id"], names))
-    if event.get("node_id"):
-        where.append(str(event["node_id"]))
+    if event.cluster_id and event.kind != "cluster.liveness":
+        where.append(_named(event.cluster_id, names))
+    if event.node_id:
+        where.append(event.node_id)
     if where:
         line.append(" @" + "/".join(where), style="cyan")
-    if event.get("reason"):
-        line.append(f"  {event['reason']}", style="dim" if event.get("state") else "")
+    if event.reason:
+        line.append(f"  {event.reason}", style="dim" if event.state else "")
     return line
 
 
-def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Text:
+def event_line(event: EventRecord, names: Mapping[str, str] | None = None) -> Text:
     """One event on one line: seq, time, kind, subject, state, where, reason."""
     line = _event_prefix(event)
     line.append(" ")
@@ -683,7 +698,7 @@ def event_line(event: Mapping[str, Any], names: Mapping[str, str] | None = None)
     return line
 
 
-def event_view(event: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Table:
+def event_view(event: EventRecord, names: Mapping[str, str] | None = None) -> Table:
     """One event for a terminal: `event_line`, its text wrapped under itself (hanging
     after the seq and time) when it is wider than the terminal."""
     grid = Table.grid(padding=(0, 1))
@@ -741,15 +756,15 @@ def local_view(
     return Group(*parts)
 
 
-def _version_text(job: Mapping[str, Any]) -> str:
-    version = job.get("job_version", 1)
-    latest = job.get("latest_version", version)
+def _version_text(job: JobView) -> str:
+    version = job.job_version
+    latest = job.latest_version
     return f"{version}" if latest == version else f"{version} (latest {latest})"
 
 
-def rollout_line(rollout: Mapping[str, Any]) -> Text:
+def rollout_line(rollout: RolloutView) -> Text:
     """One line on a job's latest rollout: state, versions, counts, reason."""
-    state = str(rollout.get("state", ""))
+    state = str(rollout.state)
     style = {
         "complete": "green",
         "progressing": "yellow",
@@ -760,35 +775,30 @@ def rollout_line(rollout: Mapping[str, Any]) -> Text:
     }.get(state, "")
     text = Text(state, style=style)
     text.append(
-        f"  {rollout.get('from_version')} -> {rollout.get('to_version')}"
-        f"  {rollout.get('updated', 0)}/{rollout.get('replicas', 0)} updated,"
-        f" {rollout.get('healthy', 0)} healthy, {rollout.get('unavailable', 0)} unavailable"
+        f"  {rollout.from_version} -> {rollout.to_version}"
+        f"  {rollout.updated}/{rollout.replicas} updated,"
+        f" {rollout.healthy} healthy, {rollout.unavailable} unavailable"
     )
-    detail = rollout.get("waiting") if state in ("progressing", "rolling_back") else ""
-    reason = rollout.get("reason") or ""
+    detail = rollout.waiting if rollout.state.active else ""
+    reason = rollout.reason
     for part in (reason, detail):
         if part:
             text.append(f"; {part}", style="dim")
     return text
 
 
-def versions_table(versions: Iterable[Mapping[str, Any]], current: Any) -> Table:
+def versions_table(versions: Iterable[VersionView], current: int) -> Table:
     """`edgectl jobs history`: each kept version, newest first (* marks the target)."""
     table = _table("VERSION", "STATE", "CREATED", "CHANGED", "REASON")
     for item in versions:
-        mark = "*" if item.get("version") == current else ""
-        created = item.get("created_at")
-        when = (
-            dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M:%S")
-            if isinstance(created, (int, float))
-            else "-"
-        )
+        mark = "*" if item.version == current else ""
+        when = dt.datetime.fromtimestamp(float(item.created_at)).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            f"{item.get('version')}{mark}",
-            str(item.get("state", "")),
+            f"{item.version}{mark}",
+            item.state,
             when,
-            ", ".join(item.get("changed") or []) or "-",
-            str(item.get("reason") or ""),
+            ", ".join(item.changed) or "-",
+            item.reason,
         )
     return table
 
@@ -820,87 +830,85 @@ def _compact_table(*columns: str) -> Table:
     return table
 
 
-def plan_view(plan: Mapping[str, Any]) -> Group:
+def plan_view(plan: UpdatePlan) -> Group:
     """`edgectl jobs update --dry-run`: the version, the batches and the placements.
 
     Meant for an 80-column terminal: one row per start or stop, short reasons.
     """
     parts: list[RenderableType] = []
-    new = plan.get("new_version")
-    changed = ", ".join(plan.get("changed") or []) or "nothing"
+    new = plan.new_version
+    changed = ", ".join(plan.changed) or "nothing"
     head = Text()
-    head.append(f"{plan.get('name')} ", style="bold")
+    head.append(f"{plan.name} ", style="bold")
     if new is None:
-        head.append(f"version {plan.get('current_version')} stays ({changed} changed)")
+        head.append(f"version {plan.current_version} stays ({changed} changed)")
     else:
-        head.append(f"version {plan.get('current_version')} -> {new} ({changed} changed)")
+        head.append(f"version {plan.current_version} -> {new} ({changed} changed)")
     parts.append(head)
-    strategy = plan.get("strategy") or {}
+    strategy = plan.strategy
     if new is not None:
         parts.append(
             Text(
-                f"strategy: max_surge {strategy.get('max_surge')}, max_unavailable "
-                f"{strategy.get('max_unavailable')}, healthy after "
-                f"{_num(strategy.get('min_healthy_s'))}s, deadline "
-                f"{_num(strategy.get('progress_deadline_s'))}s, auto_rollback "
-                f"{'on' if strategy.get('auto_rollback', True) else 'off'}",
+                f"strategy: max_surge {strategy.max_surge}, max_unavailable "
+                f"{strategy.max_unavailable}, healthy after "
+                f"{_num(strategy.min_healthy_s)}s, deadline "
+                f"{_num(strategy.progress_deadline_s)}s, auto_rollback "
+                f"{'on' if strategy.auto_rollback else 'off'}",
                 style="dim",
             )
         )
         parts.append(
             Text(
-                f"replaces {len(plan.get('replaced') or [])} instance(s) of "
-                f"{plan.get('replicas')} replica(s) in {len(plan.get('batches') or [])} "
-                f"step(s); replay: {plan.get('outcome')}"
+                f"replaces {len(plan.replaced)} instance(s) of "
+                f"{plan.replicas} replica(s) in {len(plan.batches)} "
+                f"step(s); replay: {plan.outcome}"
             )
         )
-    batches = plan.get("batches") or []
+    batches = plan.batches
     if batches:
         table = _compact_table("STEP", "DO", "REP", "INSTANCE", "VER", "WHY", "AVAIL", "MAX")
         for batch in batches:
             rows: list[tuple[str, str, str, str, str]] = [
-                ("start", str(r), "(new)", f"{new}", "") for r in batch.get("start") or []
+                ("start", str(r), "(new)", f"{new}", "") for r in batch.start
             ]
-            for stop in batch.get("stop") or []:
-                replica = stop.get("replica")
-                version = stop.get("job_version")
+            for stop in batch.stop:
                 rows.append(
                     (
                         "stop",
-                        "-" if replica is None else str(replica),
-                        str(stop.get("instance_id")),
-                        "-" if version is None else str(version),
-                        _short_why(str(stop.get("why", ""))),
+                        "-" if stop.replica is None else str(stop.replica),
+                        stop.instance_id,
+                        "-" if stop.job_version is None else str(stop.job_version),
+                        _short_why(stop.why),
                     )
                 )
             for index, (action, replica, instance, version, why) in enumerate(rows):
                 first = index == 0
                 table.add_row(
-                    str(batch.get("step")) if first else "",
+                    str(batch.step) if first else "",
                     action,
                     replica,
                     instance,
                     version,
                     why,
-                    f">={batch.get('available_at_least')}" if first else "",
-                    f"<={batch.get('instances_at_most')}" if first else "",
+                    f">={batch.available_at_least}" if first else "",
+                    f"<={batch.instances_at_most}" if first else "",
                 )
         parts.append(Text(""))
         parts.append(table)
-    placements = plan.get("placements") or []
+    placements = plan.placements
     if placements:
         table = _compact_table("REP", "PLACED", "CLUSTER", "WHY")
         for item in placements:
-            outcome = str(item.get("outcome", ""))
+            outcome = item.outcome
             table.add_row(
-                str(item.get("replica")),
+                str(item.replica),
                 Text(outcome, style="yellow" if outcome == "pending" else "green"),
-                str(item.get("cluster_name") or "-"),
-                str(item.get("explanation") or ""),
+                item.cluster_name or "-",
+                item.explanation,
             )
         parts.append(Text(""))
         parts.append(table)
-    pending = plan.get("pending") or []
+    pending = plan.pending
     if pending:
         parts.append(
             Text(
@@ -909,7 +917,7 @@ def plan_view(plan: Mapping[str, Any]) -> Group:
                 style="yellow",
             )
         )
-    for note in plan.get("notes") or []:
+    for note in plan.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     parts.append(Text("dry run: nothing was changed", style="bold"))
     return Group(*parts)

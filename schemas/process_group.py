@@ -1,9 +1,11 @@
-"""Signalling process groups, shared by every part that starts and stops processes.
+"""Starting and signalling process groups, shared by every part that starts and stops
+processes.
 
 ``edgectl local`` (its services and what is left of them), the node engine's native
 runtime (a task is a process group) and the test harness (tests/harness/child.py) all
 signal whole groups and stop children with "SIGTERM, wait until a deadline, SIGKILL the
-group". Stdlib only: the node engine imports it.
+group"; ``edgectl local`` and the test harness start their services with
+:func:`spawn_logged`. Stdlib only: the node engine imports it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,48 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["group_alive", "kill_child", "signal_group", "signal_leader", "stop_child"]
+__all__ = [
+    "group_alive",
+    "kill_child",
+    "signal_group",
+    "signal_leader",
+    "spawn_logged",
+    "stop_child",
+]
+
+
+def spawn_logged(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    new_session: bool = True,
+    header: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in `cwd` (None: this process's) with exactly `env`, stdin from
+    /dev/null and stdout and stderr appended to `log_path` (created with the default
+    mode, 0o666 less the umask; `header`, when given, is written first). `new_session`:
+    in a session and process group of its own, which the functions below then signal
+    as a whole.
+
+    The log's file handle is closed here once the child holds it."""
+    with open(log_path, "ab") as out:
+        if header is not None:
+            out.write(header.encode())
+            out.flush()
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=new_session,
+        )
 
 
 def signal_group(pgid: int, sig: int) -> bool:

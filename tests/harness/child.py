@@ -2,6 +2,7 @@
 
 The cluster orchestrator and the node engine harnesses (and the root's in
 tests/harness/system.py) share this: output appended to one log file per process,
+started by `schemas.process_group.spawn_logged` as edgectl local starts its services,
 SIGTERM then SIGKILL (`schemas.process_group`, what edgectl and the native runtime use
 too), and the log's text for failure messages.
 """
@@ -12,9 +13,8 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
-from schemas.process_group import kill_child, stop_child
+from schemas.process_group import kill_child, spawn_logged, stop_child
 
 
 class ChildProcess:
@@ -23,7 +23,6 @@ class ChildProcess:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self._own_group = False
 
     def _spawn(
@@ -31,16 +30,9 @@ class ChildProcess:
     ) -> None:
         """Start `argv` with stdin from /dev/null and output into the log; `new_session`:
         in a process group of its own, which `kill` then kills as a whole."""
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close()
         self._own_group = new_session
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=new_session,
+        self.proc = spawn_logged(
+            argv, log_path=self.log_path, env=env, cwd=cwd, new_session=new_session
         )
 
     @property
@@ -84,9 +76,8 @@ class ChildProcess:
         self._close()
 
     def _close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        """Nothing left to release: `spawn_logged` closes the log's handle at start (kept
+        for the callers' sake)."""
 
     def output(self, tail: int | None = None) -> str:
         """What the process printed (all starts), or its last `tail` lines."""

@@ -1,4 +1,8 @@
-"""The edgectl command line against a fake root (CliRunner + httpx.MockTransport)."""
+"""The edgectl command line against a fake root (CliRunner + httpx.MockTransport).
+
+The fake root keeps short job dicts and answers with full bodies of the root's
+response models (tests/unit/edgectl_docs.py), as a real root would.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typer.testing import CliRunner
 from edgectl import main as cli
 from edgectl.client import RootClient
 from edgectl.config import Target
+from schemas.root_api import ClusterList, EventList, JobList
+from tests.unit import edgectl_docs as docs
 
 TOKEN = "op-token"
 
@@ -27,6 +33,16 @@ class FakeRoot:
         self.reads: dict[str, int] = {}
         self.fail_replica = False
         self.actions: list[tuple[str, str, str]] = []
+        self.bodies: dict[str, Any] = {}  # path -> the last JSON body sent
+        self.broken: set[str] = set()  # paths answered with a body that lacks `state`
+        self.raw: dict[str, Any] = {}  # path -> the body sent instead of the real one
+
+    def _send(self, path: str, doc: Any, status: int = 200) -> httpx.Response:
+        doc = self.raw.get(path, doc)
+        if path in self.broken and isinstance(doc, dict):
+            doc = {k: v for k, v in doc.items() if k != "state"}
+        self.bodies[path] = doc
+        return httpx.Response(status, json=doc)
 
     def _view(self, job_id: str) -> dict[str, Any]:
         job = self.jobs[job_id]
@@ -92,9 +108,10 @@ class FakeRoot:
                 "spec": {"restart_policy": "never", **spec},
                 "instances": [],
             }
-            return httpx.Response(201, json=self.jobs[job_id])
+            return self._send(path, docs.job_doc(self.jobs[job_id]), 201)
         if path == "/api/v1/jobs":
-            return httpx.Response(200, json={"jobs": list(self.jobs.values()), "next_cursor": None})
+            page = JobList(jobs=[docs.summary(j) for j in self.jobs.values()])
+            return self._send(path, page.model_dump(mode="json"))
         if path.startswith("/api/v1/jobs/"):
             ref = path.rsplit("/", 1)[1]
             found = next((i for i, j in self.jobs.items() if ref in (i, j["name"])), None)
@@ -103,44 +120,33 @@ class FakeRoot:
             job_id = found
             if request.method == "DELETE":
                 self.jobs[job_id]["state"] = "TERMINATED"
-                return httpx.Response(202, json=self.jobs[job_id])
-            return httpx.Response(200, json=self._view(job_id))
+                return self._send(path, docs.job_doc(self.jobs[job_id]), 202)
+            return self._send(path, docs.job_doc(self._view(job_id)))
         if path == "/api/v1/clusters":
-            return httpx.Response(
-                200,
-                json={
-                    "clusters": [
-                        {
-                            "id": "cid1",
-                            "name": "c1",
-                            "url": "http://c1",
-                            "liveness": "READY",
-                            "report": {"nodes_by_liveness": {"READY": 1}},
-                        },
-                        {"id": "cid2", "name": "c2", "url": "http://c2", "liveness": "UNREACHABLE"},
-                    ]
-                },
+            clusters = ClusterList(
+                clusters=[
+                    docs.cluster(
+                        id="cid1",
+                        name="c1",
+                        url="http://c1",
+                        liveness="READY",
+                        report={"nodes_by_liveness": {"READY": 1}},
+                    ),
+                    docs.cluster(id="cid2", name="c2", url="http://c2", liveness="UNREACHABLE"),
+                ]
             )
+            return self._send(path, clusters.model_dump(mode="json"))
         if path == "/api/v1/clusters/c1/nodes":
-            return httpx.Response(
-                200,
-                json={
-                    "cluster_id": "cid1",
-                    "cluster_name": "c1",
-                    "nodes": [
-                        {"id": "n1", "liveness": "READY", "info": {"name": "c1-n1", "cpu_cores": 2}}
-                    ],
-                },
-            )
+            node = docs.node_doc(id="n1", liveness="READY", info={"name": "c1-n1", "cpu_cores": 2})
+            return self._send(path, {"cluster_id": "cid1", "cluster_name": "c1", "nodes": [node]})
         action = re.fullmatch(
             r"/api/v1/clusters/([^/]+)/nodes/([^/]+)/(drain|cordon|uncordon)", path
         )
         if action and request.method == "POST":
             cluster, node, verb = action.groups()
             self.actions.append((cluster, node, verb))
-            return httpx.Response(
-                200,
-                json={
+            result = docs.node_action(
+                {
                     "cluster_id": "cid1",
                     "cluster_name": "c1",
                     "action": verb,
@@ -157,18 +163,20 @@ class FakeRoot:
                     "stuck": [{"instance_id": "j2-0-0", "reason": "no other node fits: pinned"}]
                     if verb == "drain"
                     else [],
-                },
+                }
             )
+            return self._send(path, result.model_dump(mode="json"))
         if path == "/api/v1/clusters/c2/nodes":
             return httpx.Response(502, json={"detail": "cluster c2 did not answer"})
         if path == "/api/v1/events":
             since = int(request.url.params.get("since", 0))
             events = [
-                {"seq": s, "ts": 1.0, "kind": "job.submitted", "subject": f"j{s}"}
+                docs.event(seq=s, ts=1.0, kind="job.submitted", subject=f"j{s}")
                 for s in range(1, 6)
                 if s > since
             ]
-            return httpx.Response(200, json={"events": events, "next_since": 5})
+            page = EventList(events=events, next_since=5)
+            return self._send(path, page.model_dump(mode="json"))
         return httpx.Response(404, json={"detail": "Not Found"})
 
 
@@ -326,9 +334,9 @@ def test_find_node_by_id_then_name_and_ambiguity() -> None:
     from edgectl.nodes import find_node
 
     nodes = [
-        ("cid1", "c1", {"id": "n1", "info": {"name": "pi"}}),
-        ("cid2", "c2", {"id": "n2", "info": {"name": "pi"}}),
-        ("cid2", "c2", {"id": "pi", "info": {"name": "other"}}),
+        ("cid1", "c1", docs.node(id="n1", info={"name": "pi"})),
+        ("cid2", "c2", docs.node(id="n2", info={"name": "pi"})),
+        ("cid2", "c2", docs.node(id="pi", info={"name": "other"})),
     ]
     assert find_node(nodes, "n2").cluster_name == "c2"
     assert find_node(nodes, "pi").node_id == "pi"  # an id wins over names
@@ -345,6 +353,63 @@ def test_events_tail_and_json_lines(fake: FakeRoot) -> None:
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [4, 5]
     table = run("events", "--since", "3").stdout.splitlines()
     assert [line.split()[0] for line in table] == ["4", "5"]
+
+
+def _indented(doc: Any) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def test_json_output_is_the_roots_body_byte_for_byte(fake: FakeRoot, tmp_path: Path) -> None:
+    submitted = run("jobs", "submit", "-f", _job_file(tmp_path, replicas=2), "-o", "json")
+    assert submitted.stdout == _indented(fake.bodies["/api/v1/jobs"])
+    got = run("jobs", "get", "web", "-o", "json")
+    assert got.stdout == _indented(fake.bodies["/api/v1/jobs/web"])
+    listed = run("jobs", "ls", "-o", "json")
+    assert listed.stdout == _indented({"jobs": fake.bodies["/api/v1/jobs"]["jobs"]})
+    clusters = run("clusters", "ls", "-o", "json")
+    assert clusters.stdout == _indented(fake.bodies["/api/v1/clusters"])
+    nodes = run("nodes", "ls", "--cluster", "c1", "-o", "json")
+    page = fake.bodies["/api/v1/clusters/c1/nodes"]
+    expected = [
+        {**n, "cluster_id": page["cluster_id"], "cluster_name": page["cluster_name"]}
+        for n in page["nodes"]
+    ]
+    assert nodes.stdout == _indented({"nodes": expected, "unreachable_clusters": []})
+    cordoned = run("nodes", "cordon", "n1", "--cluster", "c1", "-o", "json")
+    assert cordoned.stdout == _indented(fake.bodies["/api/v1/clusters/c1/nodes/n1/cordon"])
+    events = run("events", "-o", "json")
+    lines = [json.dumps(e) for e in fake.bodies["/api/v1/events"]["events"]]
+    assert events.stdout.splitlines() == lines
+
+
+def test_an_answer_that_is_no_model_is_a_clear_error(fake: FakeRoot, tmp_path: Path) -> None:
+    assert run("jobs", "submit", "-f", _job_file(tmp_path)).exit_code == 0
+    fake.broken.add("/api/v1/jobs/web")
+    result = run("jobs", "get", "web")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.strip() == (
+        "error: the root answered GET /api/v1/jobs/web with an unexpected JobView: "
+        "state: Field required"
+    )
+    fake.raw["/api/v1/jobs"] = {"jobs": [{"id": "j1"}]}
+    listed = run("jobs", "ls", "-o", "json")
+    assert (listed.exit_code, listed.stdout) == (1, "")
+    assert listed.stderr.strip() == (
+        "error: the root answered GET /api/v1/jobs with an unexpected JobList: "
+        "jobs.0.name: Field required"
+    )
+    node = docs.node_doc(id="n1", info={"name": "c1-n1"})
+    fake.raw["/api/v1/clusters/c1/nodes"] = {
+        "cluster_id": "cid1",
+        "cluster_name": "c1",
+        "nodes": [{**node, "liveness": "SLEEPY"}],
+    }
+    nodes = run("nodes", "ls", "--cluster", "c1")
+    assert nodes.exit_code == 1
+    assert nodes.stderr.startswith(
+        "error: the root answered GET /api/v1/clusters/c1/nodes with an unexpected "
+        "NodeDetail: 0.liveness: Input should be"
+    )
 
 
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

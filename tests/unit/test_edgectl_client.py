@@ -18,6 +18,7 @@ from edgectl.client import (
     parse_sse,
 )
 from edgectl.config import resolve_data_dir, resolve_target
+from tests.unit import edgectl_docs as docs
 
 ROOT = "http://root.test"
 
@@ -104,7 +105,10 @@ class FakeRoot:
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
-        self.jobs = [{"id": f"j{i:03d}", "name": f"job-{i}", "state": "RUNNING"} for i in range(5)]
+        self.jobs = [
+            docs.summary(id=f"j{i:03d}", name=f"job-{i}", state="RUNNING").model_dump(mode="json")
+            for i in range(5)
+        ]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -126,7 +130,7 @@ class FakeRoot:
                         ]
                     },
                 )
-            return httpx.Response(201, json={"id": "j999", **spec, "state": "PENDING"})
+            return httpx.Response(201, json=docs.job_doc(id="j999", name=spec["name"], spec=spec))
         if path == "/api/v1/jobs":
             cursor = request.url.params.get("cursor")
             start = int(cursor) if cursor else 0
@@ -134,7 +138,10 @@ class FakeRoot:
             nxt = str(start + 2) if start + 2 < len(self.jobs) else None
             return httpx.Response(200, json={"jobs": page, "next_cursor": nxt})
         if path.startswith("/api/v1/jobs/") and request.method == "PATCH":
-            return httpx.Response(200, json={"id": "j001", **json.loads(request.content)})
+            patch = json.loads(request.content)
+            return httpx.Response(
+                200, json=docs.job_doc(id="j001", desired_replicas=patch["replicas"])
+            )
         if path.startswith("/api/v1/jobs/"):
             return httpx.Response(404, json={"detail": f"no job {path.rsplit('/', 1)[1]!r}"})
         return httpx.Response(404, json={"detail": "Not Found"})
@@ -152,7 +159,7 @@ def client(fake: FakeRoot) -> RootClient:
 
 def test_submit_sends_the_spec_with_the_token(client: RootClient, fake: FakeRoot) -> None:
     job = client.submit_job({"name": "web", "runtime": "native", "command": ["x"]})
-    assert job["id"] == "j999"
+    assert job.id == "j999"
     request = fake.requests[-1]
     assert request.headers["authorization"] == "Bearer op-token"
     assert json.loads(request.content)["name"] == "web"
@@ -166,13 +173,14 @@ def test_submit_validation_error_names_the_spec_field(client: RootClient) -> Non
 
 
 def test_scale_error_and_body(client: RootClient, fake: FakeRoot) -> None:
-    assert client.scale_job("job 1", 3)["replicas"] == 3
+    assert client.scale_job("job 1", 3).desired_replicas == 3
+    assert json.loads(fake.requests[-1].content) == {"replicas": 3}
     assert fake.requests[-1].url.raw_path == b"/api/v1/jobs/job%201"
 
 
 def test_list_jobs_follows_the_cursor(client: RootClient, fake: FakeRoot) -> None:
     jobs = client.list_jobs(state="RUNNING")
-    assert [j["id"] for j in jobs] == [f"j{i:03d}" for i in range(5)]
+    assert [j.id for j in jobs] == [f"j{i:03d}" for i in range(5)]
     assert len(fake.requests) == 3
     assert fake.requests[0].url.params["state"] == "RUNNING"
     assert "cluster" not in fake.requests[0].url.params
@@ -235,6 +243,10 @@ def test_parse_sse() -> None:
     ]
 
 
+def _event(seq: int) -> str:
+    return docs.event(seq=seq, kind="job.state").model_dump_json()
+
+
 def test_stream_events_reads_sse_and_passes_the_cursor() -> None:
     seen: list[httpx.Request] = []
 
@@ -242,18 +254,33 @@ def test_stream_events_reads_sse_and_passes_the_cursor() -> None:
         seen.append(request)
         body = (
             ": stream open\n\n"
-            'id: 8\nevent: job.state\ndata: {"seq": 8, "kind": "job.state"}\n\n'
+            f"id: 8\nevent: job.state\ndata: {_event(8)}\n\n"
             ": keep-alive\n\n"
-            'id: 9\nevent: job.state\ndata: {"seq": 9, "kind": "job.state"}\n\n'
+            f"id: 9\nevent: job.state\ndata: {_event(9)}\n\n"
         )
         return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
     client = RootClient(ROOT, "t", transport=httpx.MockTransport(handler))
     events = list(client.stream_events(since=7, reconnect=False, filters={"job_id": "j1"}))
-    assert [e["seq"] for e in events] == [8, 9]
+    assert [e.seq for e in events] == [8, 9]
     assert seen[0].url.params["since"] == "7"
     assert seen[0].url.params["job_id"] == "j1"
     assert seen[0].url.path == "/api/v1/events/stream"
+
+
+def test_a_streamed_event_that_is_no_event_record_is_a_clear_error() -> None:
+    body = 'id: 8\ndata: {"seq": 8, "kind": "job.state"}\n\n'
+    client = RootClient(
+        ROOT,
+        "t",
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, text=body)),
+    )
+    with pytest.raises(EdgectlError) as err:
+        next(iter(client.stream_events(reconnect=False)))
+    assert err.value.message == (
+        "the root answered GET /api/v1/events/stream with an unexpected EventRecord: "
+        "id: Field required"
+    )
 
 
 def test_stream_error_status_is_an_api_error() -> None:
@@ -325,12 +352,12 @@ def test_stream_reconnects_from_the_last_seq(monkeypatch: pytest.MonkeyPatch) ->
         if len(calls) == 2:
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         seq = 5 if len(calls) == 1 else 6
-        return httpx.Response(200, text=f'id: {seq}\ndata: {{"seq": {seq}}}\n\n')
+        return httpx.Response(200, text=f"id: {seq}\ndata: {_event(seq)}\n\n")
 
     retries: list[str] = []
     client = RootClient(ROOT, "t", transport=httpx.MockTransport(handler))
     stream = client.stream_events(on_retry=retries.append)
-    assert [next(stream)["seq"], next(stream)["seq"]] == [5, 6]
+    assert [next(stream).seq, next(stream).seq] == [5, 6]
     assert calls == [None, "5", "5"]
     assert retries == [
         f"event stream lost (cannot reach the root orchestrator at {ROOT} (connection refused)); "

@@ -14,6 +14,8 @@ import pytest
 
 from edgectl import local
 from edgectl.client import EdgectlError
+from schemas.root_api import ClusterView
+from tests.unit import edgectl_docs
 
 
 def test_new_plan_names_ports_tokens(tmp_path: Path) -> None:
@@ -118,11 +120,11 @@ def test_store_url(tmp_path: Path) -> None:
     assert layout.store_url("mongodb://m:27017/edge") == "mongodb://m:27017/edge"
 
 
-def _cluster(name: str, liveness: str = "READY", ready: int | None = None) -> dict[str, object]:
+def _cluster(name: str, liveness: str = "READY", ready: int | None = None) -> ClusterView:
     doc: dict[str, object] = {"name": name, "liveness": liveness}
     if ready is not None:
         doc["report"] = {"nodes_by_liveness": {"READY": ready, "NOT_READY": 1}}
-    return doc
+    return edgectl_docs.cluster(doc)
 
 
 def test_readiness(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from rich.console import Console
 from edgectl import output
 from edgectl.client import EdgectlError
 from edgectl.jobs import load_job_file
+from schemas.resources import Resources
+from tests.unit import edgectl_docs as docs
 
 NOW = 1_700_000_000.0
 
@@ -57,7 +59,7 @@ def test_age_unknown_and_future() -> None:
     ],
 )
 def test_resources(res: Any, expected: str) -> None:
-    assert output.resources(res) == expected
+    assert output.resources(None if res is None else Resources.model_validate(res)) == expected
 
 
 def _job(**over: Any) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def _job(**over: Any) -> dict[str, Any]:
 
 
 def test_jobs_table() -> None:
-    text = render(output.jobs_table([_job()], NOW))
+    text = render(output.jobs_table([docs.summary(_job())], NOW))
     header, _, row = text.splitlines()[:3]
     assert header.split() == ["NAME", "ID", "STATE", "READY", "PRIO", "RUNTIME", "AGE", "REASON"]
     assert row.split()[:7] == ["detector", "j0001", "DEGRADED", "1/2", "500", "native", "5m"]
@@ -170,7 +172,7 @@ def test_jobs_table() -> None:
 
 
 def test_job_view_hides_ended_instances_unless_asked() -> None:
-    text = render(output.job_view(_job(), NOW))
+    text = render(output.job_view(docs.job(_job()), NOW))
     assert "1/2 running" in text
     assert "cpu 1, mem 512Mi" in text
     assert "on-failure (max 3)" in text
@@ -180,14 +182,14 @@ def test_job_view_hides_ended_instances_unless_asked() -> None:
     assert "1 ended instances not shown" in text
     # an exit code belongs to ended instances only
     assert "exit code" not in text
-    full = render(output.job_view(_job(), NOW, ended=True))
+    full = render(output.job_view(docs.job(_job()), NOW, ended=True))
     assert "j0001-0-0" in full
     assert "task failed (exit code 3)" in full
 
 
 def test_explain_view_names_clusters_scores_and_rejections() -> None:
     names = {"cid1": "c1", "cid2": "c2", "cid3": "c3"}
-    text = render(output.explain_view(_job(), names))
+    text = render(output.explain_view(docs.job(_job()), names))
     assert "replica 0 (j0001-0-1): RUNNING on c1/c1-n2" in text
     assert "c1 (chosen)" in text and "81.2" in text  # rounded to one decimal
     assert "least_allocated 90" in text
@@ -203,7 +205,7 @@ def test_explain_view_names_clusters_scores_and_rejections() -> None:
 
 
 def test_explain_view_without_decisions() -> None:
-    text = render(output.explain_view({"id": "j", "name": "x", "state": "PENDING"}, {}))
+    text = render(output.explain_view(docs.job(id="j", name="x", state="PENDING"), {}))
     assert "no placement decision recorded" in text
 
 
@@ -222,7 +224,8 @@ def test_clusters_table() -> None:
         },
     }
     never = {"id": "cid2", "name": "c2", "url": "u", "liveness": "UNREACHABLE"}
-    rows = render(output.clusters_table([cluster, never], NOW)).splitlines()
+    views = [docs.cluster(cluster), docs.cluster(never)]
+    rows = render(output.clusters_table(views, NOW)).splitlines()
     assert rows[2].split() == [
         "c1",
         "cid1",
@@ -259,7 +262,9 @@ def test_nodes_table() -> None:
         },
     }
     joined = {"id": "n2", "liveness": "NOT_READY", "info": {"name": "pi-2", "cpu_cores": 2}}
-    rows = render(output.nodes_table([("c1", node), ("c1", joined)])).splitlines()
+    rows = render(
+        output.nodes_table([("c1", docs.node(node)), ("c1", docs.node(joined))])
+    ).splitlines()
     assert rows[2].split() == [
         "c1",
         "pi-1",
@@ -291,12 +296,12 @@ def test_event_line() -> None:
         "node_id": "n42",
         "reason": "task running on pi-7",
     }
-    line = output.event_line(event, {"cid1": "c1"}).plain
+    line = output.event_line(docs.event(event), {"cid1": "c1"}).plain
     assert line.split()[0] == "42"
     assert "instance.state" in line
     assert "j1-0-0 RUNNING @c1/n42  task running on pi-7" in line
-    plain = output.event_line({"seq": 1, "kind": "job.submitted", "subject": "j1"}).plain
-    assert plain.split()[:3] == ["1", "--:--:--.---", "job.submitted"]
+    plain = output.event_line(docs.event(seq=1, kind="job.submitted", subject="j1")).plain
+    assert plain.split()[0] == "1" and plain.split()[2:] == ["job.submitted", "j1"]
 
 
 def test_print_json_is_plain_json() -> None:

@@ -9,6 +9,9 @@ from rich.console import Console
 
 from edgectl import output
 from edgectl.jobs import rollout_verdict, update_body
+from schemas.job import JobSpec
+from schemas.root_api import UpdatePlan
+from tests.unit import edgectl_docs as docs
 
 CURRENT = {
     "name": "web",
@@ -34,7 +37,7 @@ BODY_CASES = [
 
 @pytest.mark.parametrize(("wanted", "body"), [pytest.param(*c[1:], id=c[0]) for c in BODY_CASES])
 def test_update_body(wanted: dict[str, Any], body: dict[str, Any]) -> None:
-    assert update_body(CURRENT, wanted) == body
+    assert update_body(JobSpec.model_validate(CURRENT), wanted) == body
 
 
 def _job(state: str, **rollout: Any) -> dict[str, Any]:
@@ -81,13 +84,15 @@ VERDICT_CASES = [
     ("job", "verdict", "fragment"), [pytest.param(*c[1:], id=c[0]) for c in VERDICT_CASES]
 )
 def test_rollout_verdict(job: dict[str, Any], verdict: str, fragment: str) -> None:
-    got, message = rollout_verdict(job, 2)
+    got, message = rollout_verdict(docs.job(job), 2)
     assert got == verdict and fragment in message, message
 
 
 def test_plan_view_fits_80_columns() -> None:
     long_id = "j0123456789abcdef012-12-345"
     plan = {
+        "job_id": "j0123456789abcdef012",
+        "spec": {"name": "detector", "runtime": "native", "command": ["sleep", "60"]},
         "name": "detector",
         "current_version": 4,
         "new_version": 5,
@@ -124,7 +129,7 @@ def test_plan_view_fits_80_columns() -> None:
         "notes": ["a note that is long enough to wrap on a narrow terminal, surely it is"],
     }
     console = Console(width=80, record=True, highlight=False)
-    console.print(output.plan_view(plan))
+    console.print(output.plan_view(UpdatePlan.model_validate(plan)))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert long_id in text  # ids are never folded

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from edgectl.jobs import WaitMemo, failed_ids, wait_verdict
+from tests.unit import edgectl_docs as docs
 
 SETTLE = 5.0
 TIMEOUT = 60.0
@@ -219,7 +220,9 @@ def test_wait_verdict_sequences(name: str) -> None:
     memo: WaitMemo | None = None
     t0 = 1000.0
     for i, (t, doc, verdict, fragment) in enumerate(polls):
-        step = wait_verdict(doc, goal, now=t0 + t, memo=memo, settle=settle, timeout=timeout)
+        step = wait_verdict(
+            docs.job(doc), goal, now=t0 + t, memo=memo, settle=settle, timeout=timeout
+        )
         assert (step.verdict, fragment in step.message) == (verdict, True), (i, step)
         memo = step.memo
 
@@ -232,22 +235,22 @@ def test_failures_from_before_a_scale_do_not_count() -> None:
         inst(1, "FAILED", "old-fail", reason="exited with code 1"),
         spec={"restart_policy": "never"},
     )
-    memo = WaitMemo(started=0.0, known_failures=failed_ids(before))
+    memo = WaitMemo(started=0.0, known_failures=failed_ids(docs.job(before)))
     assert memo.known_failures == {"old-fail"}
     scaled = {**before, "desired_replicas": 2}
     scaled["instances"] = [*before["instances"], inst(1, "RUNNING", "fresh", created_at=3.0)]
-    step = wait_verdict(scaled, "running", now=1.0, memo=memo, settle=1.0)
+    step = wait_verdict(docs.job(scaled), "running", now=1.0, memo=memo, settle=1.0)
     assert step.verdict == "waiting", step
-    step = wait_verdict(scaled, "running", now=2.0, memo=step.memo, settle=1.0)
+    step = wait_verdict(docs.job(scaled), "running", now=2.0, memo=step.memo, settle=1.0)
     assert step.verdict == "done", step
     # ... but a new failure does
     again = {**scaled, "instances": [*scaled["instances"][:2], inst(1, "FAILED", "fresh")]}
-    assert wait_verdict(again, "running", now=3.0, memo=memo).verdict == "failed"
+    assert wait_verdict(docs.job(again), "running", now=3.0, memo=memo).verdict == "failed"
 
 
 def test_first_poll_without_memo_starts_the_clock() -> None:
-    step = wait_verdict(PENDING, "running", now=42.0, timeout=1.0)
+    step = wait_verdict(docs.job(PENDING), "running", now=42.0, timeout=1.0)
     assert step.memo.started == 42.0 and step.verdict == "waiting"
-    assert wait_verdict(PENDING, "running", now=43.0, memo=step.memo, timeout=1.0).verdict == (
-        "failed"
-    )
+    assert wait_verdict(
+        docs.job(PENDING), "running", now=43.0, memo=step.memo, timeout=1.0
+    ).verdict == ("failed")

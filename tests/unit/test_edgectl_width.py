@@ -14,6 +14,8 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from edgectl import output
+from schemas.root_api import ClusterView, EventRecord, JobView, NodeActionResult
+from tests.unit import edgectl_docs as docs
 
 NOW = 1_700_000_000.0
 JOB_ID = "j0190a1b2c3d4e5f6a7"  # 19 characters, as the root makes them
@@ -44,7 +46,7 @@ def instance(replica: int, restarts: int, state: str = "RUNNING", **over: Any) -
     }
 
 
-def job(**over: Any) -> dict[str, Any]:
+def job(**over: Any) -> JobView:
     instances = [
         instance(0, 12),
         instance(1, 3, "FAILED", reason="exited with code 3", exit_code=3),
@@ -86,47 +88,51 @@ def job(**over: Any) -> dict[str, Any]:
     for inst in instances:
         if inst["state"] != "FAILED":
             inst["placement"] = placement
-    return {
-        "id": JOB_ID,
-        "name": LONG_NAME,
-        "state": "DEGRADED",
-        "desired_replicas": 11,
-        "actual_replicas": 1,
-        "priority": 100,
-        "runtime": "docker",
-        "created_at": NOW - 90000,
-        "reason": REASON,
-        "spec": {
+    return docs.job(
+        {
+            "id": JOB_ID,
+            "name": LONG_NAME,
+            "state": "DEGRADED",
+            "desired_replicas": 11,
+            "actual_replicas": 1,
+            "priority": 100,
             "runtime": "docker",
-            "image": "registry.example.internal/vision/camera-inference:2024.11.3-arm64",
-            "command": ["python", "-m", "camera.infer", "--model", "/models/yolo.onnx"],
-            "resources": {"cpu": 1.5, "memory_mib": 2048, "accelerators": {"npu": 1}},
-            "restart_policy": "on-failure",
-            "max_restarts": 5,
-            "constraints": {"labels": {"zone": "dock", "camera": "yes"}, "arch": ["arm64"]},
-        },
-        "instance_counts": {"RUNNING": 1, "FAILED": 1, "PENDING": 1},
-        "instances": instances,
-        "placement": placement,
-        **over,
-    }
+            "created_at": NOW - 90000,
+            "reason": REASON,
+            "spec": {
+                "runtime": "docker",
+                "image": "registry.example.internal/vision/camera-inference:2024.11.3-arm64",
+                "command": ["python", "-m", "camera.infer", "--model", "/models/yolo.onnx"],
+                "resources": {"cpu": 1.5, "memory_mib": 2048, "accelerators": {"npu": 1}},
+                "restart_policy": "on-failure",
+                "max_restarts": 5,
+                "constraints": {"labels": {"zone": "dock", "camera": "yes"}, "arch": ["arm64"]},
+            },
+            "instance_counts": {"RUNNING": 1, "FAILED": 1, "PENDING": 1},
+            "instances": instances,
+            "placement": placement,
+            **over,
+        }
+    )
 
 
-def cluster(i: int) -> dict[str, Any]:
-    return {
-        "id": f"c5f3a9e1b2d4c6a8{i}",
-        "name": f"{CLUSTER_NAME}-{i}",
-        "url": f"https://cluster-{i}.factory-floor-west.example.internal:8100",
-        "liveness": "UNREACHABLE" if i == 2 else "READY",
-        "seconds_since_report": 1234.5,
-        "instances": {"RUNNING": 120},
-        "report": {
-            "nodes_by_liveness": {"READY": 40, "NOT_READY": 2},
-            "nodes_cordoned": 3,
-            "total": {"cpu": 160, "memory_mib": 655360},
-            "free": {"cpu": 37.5, "memory_mib": 123456},
-        },
-    }
+def cluster(i: int) -> ClusterView:
+    return docs.cluster(
+        {
+            "id": f"c5f3a9e1b2d4c6a8{i}",
+            "name": f"{CLUSTER_NAME}-{i}",
+            "url": f"https://cluster-{i}.factory-floor-west.example.internal:8100",
+            "liveness": "UNREACHABLE" if i == 2 else "READY",
+            "seconds_since_report": 1234.5,
+            "instances": {"RUNNING": 120},
+            "report": {
+                "nodes_by_liveness": {"READY": 40, "NOT_READY": 2},
+                "nodes_cordoned": 3,
+                "total": {"cpu": 160, "memory_mib": 655360},
+                "free": {"cpu": 37.5, "memory_mib": 123456},
+            },
+        }
+    )
 
 
 def node(i: int) -> dict[str, Any]:
@@ -152,19 +158,28 @@ def node(i: int) -> dict[str, Any]:
     }
 
 
-def events() -> list[dict[str, Any]]:
+def events() -> list[EventRecord]:
     return [
-        {
-            "seq": 123456,
-            "ts": NOW,
-            "kind": "instance.state",
-            "subject": f"{JOB_ID}-10-12",
-            "state": "PENDING",
-            "cluster_id": "c5f3a9e1b2d4c6a8e",
-            "node_id": "n0a1b2c3d4e5f6a7b",
-            "reason": REASON,
-        },
-        {"seq": 7, "ts": NOW, "kind": "scheduling.rejected", "subject": JOB_ID, "reason": REASON},
+        docs.event(e)
+        for e in [
+            {
+                "seq": 123456,
+                "ts": NOW,
+                "kind": "instance.state",
+                "subject": f"{JOB_ID}-10-12",
+                "state": "PENDING",
+                "cluster_id": "c5f3a9e1b2d4c6a8e",
+                "node_id": "n0a1b2c3d4e5f6a7b",
+                "reason": REASON,
+            },
+            {
+                "seq": 7,
+                "ts": NOW,
+                "kind": "scheduling.rejected",
+                "subject": JOB_ID,
+                "reason": REASON,
+            },
+        ]
     ]
 
 
@@ -196,22 +211,24 @@ def local_doc() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return doc, procs
 
 
-def node_action() -> dict[str, Any]:
-    return {
-        "cluster_id": "c5f3a9e1b2d4c6a8e",
-        "cluster_name": CLUSTER_NAME,
-        "action": "drain",
-        "node": node(1),
-        "moved": [
-            {
-                "instance_id": f"{JOB_ID}-{r}-12",
-                "node_id": "n0a1b2c3d4e5f6a70",
-                "node_name": f"{NODE_NAME}-0",
-            }
-            for r in range(3)
-        ],
-        "stuck": [{"instance_id": f"{JOB_ID}-9-0", "reason": REASON}],
-    }
+def node_action() -> NodeActionResult:
+    return docs.node_action(
+        {
+            "cluster_id": "c5f3a9e1b2d4c6a8e",
+            "cluster_name": CLUSTER_NAME,
+            "action": "drain",
+            "node": node(1),
+            "moved": [
+                {
+                    "instance_id": f"{JOB_ID}-{r}-12",
+                    "node_id": "n0a1b2c3d4e5f6a70",
+                    "node_name": f"{NODE_NAME}-0",
+                }
+                for r in range(3)
+            ],
+            "stuck": [{"instance_id": f"{JOB_ID}-9-0", "reason": REASON}],
+        }
+    )
 
 
 def _render(renderable: Any, width: int) -> list[str]:
@@ -221,15 +238,19 @@ def _render(renderable: Any, width: int) -> list[str]:
 
 
 VIEWS = {
-    "jobs ls": lambda: output.jobs_table([job(), job(name="web", reason="")] * 3, NOW),
+    "jobs ls": lambda: output.jobs_table(
+        [docs.summary(job().model_dump()), docs.summary(job(name="web", reason="").model_dump())]
+        * 3,
+        NOW,
+    ),
     "jobs get": lambda: output.job_view(job(), NOW, ended=True),
     "jobs explain": lambda: output.explain_view(job(), {"c5f3a9e1b2d4c6a8e": CLUSTER_NAME}),
     "clusters ls": lambda: output.clusters_table([cluster(i) for i in range(3)], NOW),
-    "nodes ls": lambda: output.nodes_table((CLUSTER_NAME, node(i)) for i in range(3)),
+    "nodes ls": lambda: output.nodes_table((CLUSTER_NAME, docs.node(node(i))) for i in range(3)),
     "events": lambda: output.Group(*(output.event_view(e, {}) for e in events())),
     "local status": lambda: output.local_view(*local_doc(), running=True),
-    "nodes drain": lambda: output.node_action_view(node_action()),
-    "replicas (jobs submit --wait)": lambda: output.replicas_table(job()["instances"], NOW),
+    "nodes drain": lambda: output.node_action_view(node_action(), docs.node(node(1))),
+    "replicas (jobs submit --wait)": lambda: output.replicas_table(job().instances, NOW),
 }
 
 IDS = [

@@ -6,8 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from schemas.process_group import group_alive, kill_child, signal_leader, stop_child
+from schemas.process_group import (
+    group_alive,
+    kill_child,
+    signal_leader,
+    spawn_logged,
+    stop_child,
+)
 from tests.harness.wait import wait_for
 
 IGNORES_TERM = (
@@ -58,3 +65,53 @@ def test_kill_child_of_a_group_and_signal_leader_of_a_gone_leader() -> None:
     wait_for(lambda: not group_alive(pgid), 10, "the orphaned member is killed")
     kill_child(proc, group=True)  # already reaped: nothing to do, no error
     assert proc.returncode == -signal.SIGKILL
+
+
+REPORTS = (
+    "import os, sys\n"
+    "print(os.getcwd(), os.environ.get('ONLY'), os.environ.get('HOME'), flush=True)\n"
+    "print('pgid', os.getpgid(0) == os.getpid(), 'stdin', sys.stdin.read() == '', flush=True)\n"
+    "print('err', file=sys.stderr)\n"
+)
+
+
+def test_spawn_logged_appends_header_and_output_in_its_own_group(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("earlier\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = spawn_logged(
+        [sys.executable, "-c", REPORTS],
+        log_path=log,
+        env={"ONLY": "yes", "PATH": os.environ["PATH"]},
+        cwd=work,
+        header="--- starts svc\n",
+    )
+    assert proc.wait(30) == 0
+    assert log.read_text().splitlines() == [
+        "earlier",
+        "--- starts svc",
+        f"{work} yes None",
+        "pgid True stdin True",
+        "err",
+    ]
+
+
+def test_spawn_logged_without_a_session_stays_in_our_group(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    proc = spawn_logged(
+        [sys.executable, "-c", "import os; print(os.getpgid(0))"],
+        log_path=log,
+        env=dict(os.environ),
+        cwd=tmp_path,
+        new_session=False,
+    )
+    assert proc.wait(30) == 0
+    assert log.read_text().strip() == str(os.getpgid(0))
+    assert oct(log.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
