@@ -101,6 +101,9 @@ class Reconciler:
         self._batches = 0
         #: DELETE calls in flight, by (cluster id, instance id)
         self._terminating: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # DELETEs that ended while a pass was reading its work: that work may predate
+        # their answers, so the pass must not send them again (see run_once).
+        self._terminated_during_pass: set[tuple[str, str]] = set()
         #: deletes the events beyond the retention, apart from the passes
         self._pruning: asyncio.Task[None] | None = None
         #: a pass left work for later (no slot free, or its instance was busy with
@@ -215,9 +218,16 @@ class Reconciler:
         sweep = started - self._last_sweep >= self._interval
         if sweep:
             self._last_sweep = started
+        # A DELETE that ends while pass_work_async runs (it may await durability) is
+        # in this pass's work if the work was read before its answer was applied:
+        # such steps are skipped, the next pass reads the answer.
+        self._terminated_during_pass.clear()
         work = await service.pass_work_async(sweep=sweep)
         self._wake_in = work.wake_in
-        self._start_terminations(work.terminations)
+        ended, self._terminated_during_pass = self._terminated_during_pass, set()
+        self._start_terminations(
+            [s for s in work.terminations if (s.cluster_id, s.instance_id) not in ended]
+        )
         self._start_placements(work.placements)
         if sweep and (self._pruning is None or self._pruning.done()):
             self._pruning = asyncio.create_task(self._prune(), name="root-prune-events")
@@ -269,6 +279,15 @@ class Reconciler:
                 self._backlog = True
                 continue
             self._spawn(self._terminating, key, self._terminate(step), "terminate")
+            self._terminating[key].add_done_callback(self._ended_callback(key))
+
+    def _ended_callback(self, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
+        """Note that the DELETE `key` ended (for the pass that may be reading work)."""
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            self._terminated_during_pass.add(key)
+
+        return ended
 
     def _spawn(
         self,

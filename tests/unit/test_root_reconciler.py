@@ -354,3 +354,64 @@ def test_a_silent_cluster_is_marked_when_due_not_a_reconcile_interval_later(
             await client.aclose()
 
     run(scenario)
+
+
+class DeleteGatedCluster(GatedCluster):
+    """GatedCluster that also answers DELETEs, each once `delete_gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.delete_gate = asyncio.Event()
+        self.deletes: list[str] = []
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE" and request.url.path.startswith("/api/v1/instances/"):
+            self.deletes.append(request.url.path.rsplit("/", 1)[1])
+            await self.delete_gate.wait()
+            return httpx.Response(204)
+        return await super().handle(request)
+
+
+def test_a_delete_that_ends_while_a_pass_reads_its_work_is_not_sent_again(
+    store: Store,
+) -> None:
+    """The pass's work is read before a DELETE's answer is applied; the DELETE task
+    ends before the pass starts its calls: the stale step must not go out twice."""
+
+    async def scenario() -> None:
+        service = make_service(store)
+        add_cluster(service)
+        cluster = DeleteGatedCluster()
+        client = ClusterClient(timeout=30.0, transport=cluster.transport)
+        reconciler = Reconciler(service, client, RootMetrics(), interval=0.05)
+        real_pass_work = service.pass_work_async
+        stale_served = asyncio.Event()
+
+        async def pass_work_async(*, sweep: bool) -> Any:
+            work = await real_pass_work(sweep=sweep)
+            if cluster.deletes and not stale_served.is_set():
+                # the work names the DELETE in flight; let it end and be recorded
+                cluster.delete_gate.set()
+                await until(lambda: reconciler.in_flight == 0, what="the DELETE to end")
+                stale_served.set()
+            return work
+
+        service.pass_work_async = pass_work_async  # type: ignore[method-assign]
+        reconciler.start()
+        job, _ = service.submit_job(spec("gone"))
+        await until(lambda: len(cluster.placed) == 1, what="the placement")
+        await until(
+            lambda: service.get_job(job.id).instances[0].state.value == "ASSIGNED",
+            what="ASSIGNED",
+        )
+        service.delete_job(job.id)
+        await until(stale_served.is_set, what="a pass with stale work")
+        passes = reconciler.passes
+        await until(lambda: reconciler.passes >= passes + 3, what="three more passes")
+        await reconciler.stop()
+        await client.aclose()
+        assert cluster.deletes == cluster.placed  # one DELETE, for the one instance
+        assert service.get_job(job.id).state.value == "TERMINATED"
+
+    run(scenario)
