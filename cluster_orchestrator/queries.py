@@ -145,7 +145,8 @@ def list_nodes(
 def build_report(
     st: ClusterState, *, wall: float, seq: int, full: bool, changes: list[InstanceChange]
 ) -> ClusterReport:
-    """The aggregated report for the root; a full one lists every instance."""
+    """The aggregated report for the root; a full one lists every instance after the
+    changes it carries."""
     snaps = [
         NodeSnapshot(
             liveness=node.liveness.state,
@@ -156,7 +157,12 @@ def build_report(
     ]
     instances = changes
     if full:
-        instances = [change_of(st, inst) for inst in st.instances.values()]
+        # The changes since the last report go first, so the root still sees each step
+        # (e.g. a task's STARTING when its node started it again), not only where every
+        # instance ended up; without room for both, the listing alone.
+        listing = [change_of(st, inst) for inst in st.instances.values()]
+        both = len(changes) + len(listing) <= MAX_INSTANCE_CHANGES
+        instances = changes + listing if both else listing
     truncated = len(instances) > MAX_INSTANCE_CHANGES
     return aggregate(
         snaps,

@@ -309,7 +309,14 @@ def test_local_down_then_up_runs_every_job_again_in_place(
         again = [e for e in events() if "again after the system was stopped" in e.get("reason", "")]
         return again if len(again) >= 3 else None
 
-    wait_for(restarted_again, 60, "the 3 in-place restarts reported to the root")
+    wait_for(
+        restarted_again,
+        60,
+        "the 3 in-place restarts reported to the root",
+        context=lambda: "\n".join(
+            f"{e.get('kind')} {e.get('state')} {e.get('reason')}" for e in events()[-40:]
+        ),
+    )
     lost = [e for e in events() if e.get("state") in ("LOST", "FAILED")]
     assert lost == [], lost
 

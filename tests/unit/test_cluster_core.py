@@ -20,7 +20,7 @@ from cluster_orchestrator.mqtt_adapter import Inbound
 from cluster_orchestrator.persister import Persister
 from cluster_orchestrator.records import INSTANCES, NODES
 from cluster_orchestrator.settings import ClusterSettings
-from schemas.cluster import PlaceInstanceRequest
+from schemas.cluster import MAX_INSTANCE_CHANGES, PlaceInstanceRequest
 from schemas.common import Arch, Runtime
 from schemas.job import (
     Constraints,
@@ -574,6 +574,33 @@ def test_report_reflects_nodes_and_changes(h: Harness) -> None:
     assert report.nodes_by_liveness == {Liveness.READY: 2}
     assert report.total.cpu == 6 and report.free.cpu == 5
     assert [i.instance_id for i in report.instances] == ["i1"]
+
+
+def test_a_full_report_carries_the_changes_before_the_listing(h: Harness) -> None:
+    """A node that starts a task again (STARTING, then RUNNING) right before a full
+    report: the root still sees the STARTING step, then where the instance is now."""
+    a = h.join("a")
+    h.place("i1")
+    h.run("i1")
+    h.core.take_changes()
+    h.task_event(a, "i1", TaskState.STARTING)
+    h.task_event(a, "i1", TaskState.RUNNING)
+    changes = h.core.take_changes()
+    report = h.core.build_report(seq=2, full=True, changes=changes)
+    assert report.full
+    assert [(i.instance_id, i.state) for i in report.instances] == [
+        ("i1", InstanceState.STARTING),
+        ("i1", InstanceState.RUNNING),
+        ("i1", InstanceState.RUNNING),  # the listing
+    ]
+
+
+def test_a_full_report_without_room_for_the_changes_lists_every_instance(h: Harness) -> None:
+    h.join("a")
+    h.place("i1")
+    many = [h.core.build_report(seq=1, full=True, changes=[]).instances[0]] * MAX_INSTANCE_CHANGES
+    report = h.core.build_report(seq=2, full=True, changes=many)
+    assert report.full and [i.instance_id for i in report.instances] == ["i1"]
 
 
 def test_restart_reloads_state(h: Harness) -> None:
