@@ -13,14 +13,18 @@ from root_orchestrator import events as event_log
 from root_orchestrator import lifecycle, lookups, writes
 from root_orchestrator.effects import (
     CreateInstance,
+    DropReservation,
+    DropVersion,
     Emit,
+    Kick,
     PutDocument,
     Reconcile,
     RootEffect,
+    SaveInstance,
     SaveJob,
     SaveVersion,
 )
-from root_orchestrator.records import JOB_VERSIONS
+from root_orchestrator.records import JOB_VERSIONS, version_id
 from root_orchestrator.state import RootState
 
 __all__ = ["apply"]
@@ -41,6 +45,16 @@ def apply(st: RootState, effects: Iterable[RootEffect]) -> None:
             new = replace(effect.new, version=(old.version if old else 0) + 1)
             st.persister.put(JOB_VERSIONS, new.id, new)
             versions[new.number] = new
+        elif isinstance(effect, DropVersion):
+            st.persister.delete(JOB_VERSIONS, version_id(effect.job_id, effect.number))
+            lookups.versions_of(st, effect.job_id).pop(effect.number, None)
+        elif isinstance(effect, SaveInstance):
+            old_inst = effect.old
+            if old_inst is not None:
+                old_inst = st.instances.get(effect.new.id, old_inst)
+            writes.save_instance(st, effect.new, old_inst)
+        elif isinstance(effect, DropReservation):
+            writes.drop_reservation(st, effect.instance_id)
         elif isinstance(effect, CreateInstance):
             job = st.jobs[effect.job_id]
             lifecycle.create_instance(
@@ -56,9 +70,14 @@ def apply(st: RootState, effects: Iterable[RootEffect]) -> None:
                 reason=effect.reason,
                 state=effect.state,
                 job_id=effect.job_id,
+                instance_id=effect.instance_id,
+                cluster_id=effect.cluster_id,
+                node_id=effect.node_id,
                 data=dict(effect.data) if effect.data is not None else None,
             )
         elif isinstance(effect, Reconcile):
             st.dirty.add(effect.job_id)
+        elif isinstance(effect, Kick):
+            writes.kick(st)
         else:  # pragma: no cover - every effect type is handled above
             raise TypeError(f"unknown effect {effect!r}")

@@ -5,7 +5,7 @@ typed effects (`effects.py`) out, applied by `applier.apply`.
 makes no new version: replicas, priority, the update strategy, changed in place) and
 `plan_delete`. They read no clock, store, lock or random source: the caller passes
 the time, the new job's id and the Idempotency-Key; what a PATCH that makes a new
-version does is `rollouts.start_rollout`.
+version does is `rollout_plans.plan_start` (applied by `rollouts.start_rollout`).
 """
 
 from __future__ import annotations

@@ -1,28 +1,50 @@
-"""A rollout's next step as a pure function: the job record, its instances' facts, its
-kept versions and the clock value in; the job as it ends up, the starts and stops the
-rollout wants now, and the typed effects (`effects.py`) of what changed.
+"""A rollout's start and its next steps as pure functions: the job record, its
+instances' facts, its kept versions and the clock value in; the typed effects
+(`effects.py`) of what changed out (and, for a step, the job as it ends up and the
+starts and stops the rollout wants now).
 
-`plan_advance` is what `rollouts.advance_rollout` applies at every reconciliation of
-a job with an active rollout: finish it (complete, rolled back), fail it (and roll
+`plan_start` is what `rollouts.start_rollout` applies to a PATCH that makes a new
+version: the version records (the first one kept, the one it supersedes, the new
+one), the job targeting the new version with a PROGRESSING rollout, the versions
+pruned beyond `MAX_VERSIONS`, and the `job.updated` and `job.rollout` events.
+
+`plan_advance` is what `lifecycle_plans.plan_reconcile` runs at every reconciliation
+of a job with an active rollout: finish it (complete, rolled back), fail it (and roll
 back to the last complete version when `update.auto_rollback` is on), cancel it (the
 job is deleted), or note progress (more healthy target replicas). The starts and
 stops themselves come from `rollout.plan_rollout` and are merged with the replica
-diff by `lifecycle`.
+diff by `plan_reconcile`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from root_orchestrator.effects import Emit, Reconcile, RootEffect, SaveJob, SaveVersion
+from root_orchestrator.effects import (
+    DropVersion,
+    Emit,
+    Reconcile,
+    RootEffect,
+    SaveJob,
+    SaveVersion,
+)
 from root_orchestrator.records import JobRecord, VersionRecord
 from root_orchestrator.replicas import InstanceFacts
-from root_orchestrator.rollout import RolloutState, RolloutStep, plan_rollout, rollout_counts
+from root_orchestrator.rollout import (
+    Rollout,
+    RolloutState,
+    RolloutStep,
+    plan_rollout,
+    rollout_counts,
+)
+from root_orchestrator.spec_update import SpecChange
+from root_orchestrator.state import MAX_VERSIONS
 from root_orchestrator.texts import short
-from schemas.job import JobSpec
+from schemas.job import InstanceState, JobSpec
 
-__all__ = ["RolloutAdvance", "plan_advance", "rollout_event"]
+__all__ = ["RolloutAdvance", "plan_advance", "plan_start", "rollout_event", "running_count"]
 
 
 @dataclass(slots=True)
@@ -91,8 +113,118 @@ class _Plan:
         self.effects.append(SaveVersion(new, old))
         self.versions[number] = new
 
+    def save_version(self, new: VersionRecord) -> None:
+        # A version document left by a root that crashed before its job record named
+        # it is overwritten: nothing refers to it.
+        self.effects.append(SaveVersion(new, self.versions.get(new.number)))
+        self.versions[new.number] = new
+
     def event(self, reason: str) -> None:
         self.effects.append(rollout_event(self.job, self.facts, self.now, reason))
+
+
+def running_count(facts: Iterable[InstanceFacts]) -> int:
+    """How many of these instances run now (terminating ones not counted): a new
+    rollout's baseline."""
+    return sum(1 for f in facts if f.state is InstanceState.RUNNING and not f.terminating)
+
+
+def plan_start(
+    job: JobRecord,
+    change: SpecChange,
+    versions: Mapping[int, VersionRecord],
+    facts: Sequence[InstanceFacts],
+    now: float,
+) -> list[RootEffect]:
+    """A change that makes a new version of `job`'s spec, at `now`: the version after
+    the latest becomes the job's target and a PROGRESSING rollout begins from the
+    last complete version (`versions`: the kept ones by number; `facts`: the job's
+    instances).
+
+    The job's first change keeps its spec so far as a `current` version; a rollout
+    still progressing is superseded (newest wins) but keeps its baseline; the oldest
+    versions beyond `MAX_VERSIONS` are dropped, never the stable or the new one nor
+    one an active instance runs.
+    """
+    if not change.versioned:
+        raise ValueError("a change that makes no new version is made in place")
+    plan = _Plan(job, facts, versions, now)
+    number = job.latest_version + 1
+    previous = job.rollout
+    stable = previous.stable_version if previous is not None else job.job_version
+    if stable not in plan.versions and stable == job.job_version:
+        # the first change of this job: its spec so far becomes version `stable`
+        plan.save_version(
+            VersionRecord(
+                job_id=job.id,
+                number=stable,
+                spec=job.spec,
+                created_at=job.created_at,
+                state="current",
+            )
+        )
+    if previous is not None and previous.state is RolloutState.PROGRESSING:
+        plan.version_state(
+            previous.to_version,
+            "superseded",
+            f"superseded by version {number} before its rollout finished",
+        )
+    plan.save_version(
+        VersionRecord(
+            job_id=job.id,
+            number=number,
+            spec=change.spec,
+            created_at=now,
+            state="rolling_out",
+            changed=change.versioned,
+        )
+    )
+    baseline = (
+        previous.baseline if previous is not None and previous.active else running_count(facts)
+    )
+    rollout = Rollout(
+        state=RolloutState.PROGRESSING,
+        from_version=stable,
+        to_version=number,
+        started_at=now,
+        progress_at=now,
+        baseline=baseline,
+        reason=short(f"rolling update to version {number}: {', '.join(change.versioned)} changed"),
+    )
+    plan.save_job(
+        replace(
+            job,
+            spec=change.spec,
+            job_version=number,
+            latest_version=number,
+            rollout=rollout,
+            updated_at=now,
+        )
+    )
+    running = {f.job_version for f in facts if not f.state.terminal}
+    kept = set(sorted(plan.versions, reverse=True)[:MAX_VERSIONS]) | {stable, number} | running
+    for pruned in [n for n in plan.versions if n not in kept]:
+        plan.effects.append(DropVersion(job.id, pruned))
+        del plan.versions[pruned]
+    data: dict[str, Any] = {
+        "version": {"from": job.job_version, "to": number},
+        "changed": list(change.changed),
+    }
+    for key in ("replicas", "priority"):
+        if key in change.changed:
+            data[key] = {"from": getattr(job.spec, key), "to": getattr(change.spec, key)}
+    plan.effects.append(
+        Emit(
+            "job.updated",
+            job.id,
+            job_id=job.id,
+            reason=f"version {number}: {', '.join(change.changed)} changed",
+            data=data,
+        )
+    )
+    plan.event(rollout.reason)
+    plan.effects.append(Reconcile(job.id))
+    return plan.effects
 
 
 def plan_advance(

@@ -1,7 +1,8 @@
-"""A rollout's next step at the root (root_orchestrator/rollout_plans.py), table-driven:
-the job record, its instances' facts, its kept versions and the clock in; the job as
-it ends up, the step and the typed effects out. Old instances run version 1, new ones
-version 2 (helpers from test_root_rollout.py); `NOW` is the clock."""
+"""A rollout's start and next step at the root (root_orchestrator/rollout_plans.py),
+table-driven: the job record, its instances' facts, its kept versions and the clock
+in; the typed effects out (and, for a step, the job as it ends up and the step). Old
+instances run version 1, new ones version 2 (helpers from test_root_rollout.py); `NOW`
+is the clock."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from root_orchestrator.effects import Emit, Reconcile, SaveJob, SaveVersion
+from root_orchestrator.effects import DropVersion, Emit, Reconcile, SaveJob, SaveVersion
 from root_orchestrator.records import JobRecord, VersionRecord
 from root_orchestrator.replicas import JobState
 from root_orchestrator.rollout import RolloutState
-from root_orchestrator.rollout_plans import plan_advance
+from root_orchestrator.rollout_plans import plan_advance, plan_start
+from root_orchestrator.spec_update import apply_patch
 from schemas.job import InstanceState, JobSpec
 from tests.unit.test_root_rollout import NOW, new, old, rollout
 
@@ -192,3 +194,144 @@ def test_advance(case: dict[str, Any]) -> None:
     for effect in advance.effects:
         if isinstance(effect, SaveVersion) and effect.new.state != "rolling_out":
             assert effect.new.finished_at == NOW
+
+
+# ---------------------------------------------------------------------- a rollout's start
+
+
+def started(effects: list[Any]) -> list[str]:
+    """`described`, with a pruned version as "DropVersion n"."""
+    return [
+        f"DropVersion {e.number}" if isinstance(e, DropVersion) else described([e])[0]
+        for e in effects
+    ]
+
+
+def kept(*states: tuple[int, str]) -> dict[int, VersionRecord]:
+    return {n: version(n, s) for n, s in states}
+
+
+def v1_job(**extra: Any) -> JobRecord:
+    """A job never changed so far: version 1, no rollout, no version kept."""
+    values: dict[str, Any] = {"spec": spec(1), "job_version": 1, "latest_version": 1}
+    values.update(extra)
+    return job(None, **values)
+
+
+COMPLETE_1_TO_2 = rollout(R.COMPLETE, healthy=3)
+
+# case -> job, its kept versions, its instances, the patch; the effects, where the new
+# rollout starts from and its baseline
+START_CASES: dict[str, dict[str, Any]] = {
+    "the first change: version 1 kept as current, version 2 rolls out": {
+        "job": v1_job(),
+        "versions": {},
+        "facts": [old(0), old(1), old(2, terminating=True)],
+        "effects": [
+            "SaveVersion 1 current",
+            "SaveVersion 2 rolling_out",
+            "SaveJob progressing",
+            "Emit job.updated",
+            "Emit job.rollout",
+            "Reconcile",
+        ],
+        "from": 1,
+        "baseline": 2,  # RUNNING and not being stopped
+    },
+    "after a complete rollout: it starts from the version rolled out": {
+        "job": job(COMPLETE_1_TO_2),
+        "versions": kept((1, "superseded"), (2, "current")),
+        "facts": [new(0), new(1), new(2)],
+        "effects": [
+            "SaveVersion 3 rolling_out",
+            "SaveJob progressing",
+            "Emit job.updated",
+            "Emit job.rollout",
+            "Reconcile",
+        ],
+        "from": 2,
+        "baseline": 3,
+    },
+    "during a rollout: its version superseded, newest wins, the baseline kept": {
+        "job": job(rollout(baseline=3)),
+        "versions": KEPT,
+        "facts": [new(0), old(1)],
+        "effects": [
+            "SaveVersion 2 superseded",
+            "SaveVersion 3 rolling_out",
+            "SaveJob progressing",
+            "Emit job.updated",
+            "Emit job.rollout",
+            "Reconcile",
+        ],
+        "from": 1,
+        "baseline": 3,
+    },
+    "a leftover document of the new version is replaced": {
+        "job": job(COMPLETE_1_TO_2),
+        "versions": kept((1, "superseded"), (2, "current"), (3, "rolling_out")),
+        "facts": [new(0)],
+        "effects": [
+            "SaveVersion 3 rolling_out",
+            "SaveJob progressing",
+            "Emit job.updated",
+            "Emit job.rollout",
+            "Reconcile",
+        ],
+        "from": 2,
+        "baseline": 1,
+        "replaces_leftover": True,
+    },
+    "beyond ten versions: the oldest go, never one an instance still runs": {
+        "job": job(None, spec=spec(12), job_version=12, latest_version=12),
+        "versions": kept(*((n, "superseded") for n in range(1, 12)), (12, "current")),
+        "facts": [old(0), new(1, job_version=12)],  # o0 still runs version 1
+        "effects": [
+            "SaveVersion 13 rolling_out",
+            "SaveJob progressing",
+            "DropVersion 2",
+            "DropVersion 3",
+            "Emit job.updated",
+            "Emit job.rollout",
+            "Reconcile",
+        ],
+        "from": 12,
+        "baseline": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("case", START_CASES.values(), ids=START_CASES.keys())
+def test_start(case: dict[str, Any]) -> None:
+    before: JobRecord = case["job"]
+    change = apply_patch(before.spec, {"command": ["v", "next"], "replicas": 4})
+    effects = plan_start(before, change, case["versions"], case["facts"], NOW)
+    assert started(effects) == case["effects"]
+    number = before.latest_version + 1
+    saved = next(e for e in effects if isinstance(e, SaveJob))
+    assert saved.old is before
+    after = saved.new
+    assert (after.job_version, after.latest_version, after.spec) == (number, number, change.spec)
+    assert after.rollout is not None
+    assert (after.rollout.from_version, after.rollout.to_version) == (case["from"], number)
+    assert (after.rollout.baseline, after.rollout.started_at) == (case["baseline"], NOW)
+    assert after.rollout.reason == f"rolling update to version {number}: command changed"
+    new_version = next(e for e in effects if isinstance(e, SaveVersion) and e.new.number == number)
+    assert (new_version.new.created_at, new_version.new.changed) == (NOW, ("command",))
+    assert (new_version.old is not None) == case.get("replaces_leftover", False)
+    updated = next(e for e in effects if isinstance(e, Emit) and e.kind == "job.updated")
+    assert updated.reason == f"version {number}: command, replicas changed"
+    assert updated.data == {
+        "version": {"from": before.job_version, "to": number},
+        "changed": ["command", "replicas"],
+        "replicas": {"from": 3, "to": 4},
+    }
+    event = next(e for e in effects if isinstance(e, Emit) and e.kind == "job.rollout")
+    assert event.data is not None and event.data["to_version"] == number
+    assert effects[-1] == Reconcile("j1")
+
+
+def test_a_change_made_in_place_starts_no_rollout() -> None:
+    before = job(COMPLETE_1_TO_2)
+    with pytest.raises(ValueError, match="in place"):
+        plan_start(before, apply_patch(before.spec, {"replicas": 5}), KEPT, [], NOW)
