@@ -17,6 +17,7 @@ from cluster_orchestrator.settings import (
     load_settings,
     startup_problem,
 )
+from schemas.gc_tuning import tune_for_server
 from schemas.settings_cli import EXIT_USAGE, settings_error
 
 __all__ = ["main"]
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
+    tune_for_server()
     uvicorn.run(
         app,
         host=settings.host,

@@ -10,6 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from root_orchestrator.settings import ENV_PREFIX, RootSettings, SettingsFileError, load_settings
+from schemas.gc_tuning import tune_for_server
 from schemas.settings_cli import EXIT_USAGE, settings_error
 
 __all__ = ["main"]
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=3,
         proxy_headers=False,
     )
+    tune_for_server()
     uvicorn.Server(config).run()
     return 0
 

@@ -102,10 +102,13 @@ async def _stream(
             if len(page.events) < _PAGE:
                 break
         while not subscription.closed and not subscription.overflowed:
-            if await request.is_disconnected():
-                return
             items = await subscription.get(HEARTBEAT_S)
             if not items:
+                # A quiet stream looks for a gone client here. While events flow, the
+                # server notices it: uvicorn (ASGI 2.3) cancels the response on the
+                # disconnect, a 2.4 server fails the next send.
+                if await request.is_disconnected():
+                    return
                 yield ": keep-alive\n\n"
                 continue
             for item in items:

@@ -75,7 +75,7 @@ class NodeEngineProcess(ChildProcess):
         """Start the engine (does not wait for it to join)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(self.repo or REPO_ROOT)
+        env["PYTHONPATH"] = str(self.repo or REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         if self.join_token is not None:
             env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
         env.update(self.env)

@@ -119,7 +119,7 @@ class RootProcess(ChildProcess):
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": str(REPO_ROOT),
+                "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 "EDGE_HOST": "127.0.0.1",
                 "EDGE_PORT": str(self.port),
                 "EDGE_STORE_URL": self.store_url,
