@@ -75,7 +75,9 @@ class NodeEngineProcess(ChildProcess):
         """Start the engine (does not wait for it to join)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = str(self.repo or REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.repo or REPO_ROOT), env.get("PYTHONPATH")) if p
+        )
         if self.join_token is not None:
             env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
         env.update(self.env)

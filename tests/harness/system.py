@@ -119,7 +119,9 @@ class RootProcess(ChildProcess):
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+                ),
                 "EDGE_HOST": "127.0.0.1",
                 "EDGE_PORT": str(self.port),
                 "EDGE_STORE_URL": self.store_url,
