@@ -17,6 +17,7 @@ from root_orchestrator import (
     lookups,
     placement_inputs,
     placement_plan,
+    rollout_plans,
     rollouts,
     views,
     writes,
@@ -29,8 +30,6 @@ from root_orchestrator.records import (
 )
 from root_orchestrator.replicas import diff_replicas
 from root_orchestrator.rollout import (
-    Rollout,
-    RolloutState,
     simulate,
 )
 from root_orchestrator.state import RootState
@@ -156,20 +155,7 @@ def plan_update(st: RootState, ref: str, patch: JobPatch) -> UpdatePlan:
         if change.versioned:
             new_version = job.latest_version + 1
             previous = job.rollout
-            stable = previous.stable_version if previous is not None else job.job_version
-            baseline = (
-                previous.baseline
-                if previous is not None and previous.active
-                else rollouts.running_now(st, job.id)
-            )
-            replay = Rollout(
-                state=RolloutState.PROGRESSING,
-                from_version=stable,
-                to_version=new_version,
-                started_at=now,
-                progress_at=now,
-                baseline=baseline,
-            )
+            replay = rollout_plans.starting_rollout(job, facts, now)
             steps, outcome = simulate(
                 replay,
                 spec.replicas,

@@ -44,7 +44,14 @@ from root_orchestrator.state import MAX_VERSIONS
 from root_orchestrator.texts import short
 from schemas.job import InstanceState, JobSpec
 
-__all__ = ["RolloutAdvance", "plan_advance", "plan_start", "rollout_event", "running_count"]
+__all__ = [
+    "RolloutAdvance",
+    "plan_advance",
+    "plan_start",
+    "rollout_event",
+    "running_count",
+    "starting_rollout",
+]
 
 
 @dataclass(slots=True)
@@ -129,6 +136,27 @@ def running_count(facts: Iterable[InstanceFacts]) -> int:
     return sum(1 for f in facts if f.state is InstanceState.RUNNING and not f.terminating)
 
 
+def starting_rollout(
+    job: JobRecord, facts: Sequence[InstanceFacts], now: float, reason: str = ""
+) -> Rollout:
+    """The PROGRESSING rollout a new version of `job`'s spec begins at `now`: from the
+    last complete version to the one after the latest, its baseline kept from a rollout
+    still active (superseded) or else the instances running now (`facts`). Used by
+    `plan_start` and by the dry run of an update (`jobs.update_plan`)."""
+    previous = job.rollout
+    stable = previous.stable_version if previous is not None else job.job_version
+    active = previous is not None and previous.active
+    return Rollout(
+        state=RolloutState.PROGRESSING,
+        from_version=stable,
+        to_version=job.latest_version + 1,
+        started_at=now,
+        progress_at=now,
+        baseline=previous.baseline if previous is not None and active else running_count(facts),
+        reason=reason,
+    )
+
+
 def plan_start(
     job: JobRecord,
     change: SpecChange,
@@ -179,16 +207,10 @@ def plan_start(
             changed=change.versioned,
         )
     )
-    baseline = (
-        previous.baseline if previous is not None and previous.active else running_count(facts)
-    )
-    rollout = Rollout(
-        state=RolloutState.PROGRESSING,
-        from_version=stable,
-        to_version=number,
-        started_at=now,
-        progress_at=now,
-        baseline=baseline,
+    rollout = starting_rollout(
+        job,
+        facts,
+        now,
         reason=short(f"rolling update to version {number}: {', '.join(change.versioned)} changed"),
     )
     plan.save_job(
