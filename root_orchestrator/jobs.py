@@ -153,9 +153,9 @@ def plan_update(st: RootState, ref: str, patch: JobPatch) -> UpdatePlan:
         replaced: list[str] = []
         new_version: int | None = None
         if change.versioned:
-            new_version = job.latest_version + 1
             previous = job.rollout
             replay = rollout_plans.starting_rollout(job, facts, now)
+            new_version = replay.to_version
             steps, outcome = simulate(
                 replay,
                 spec.replicas,

@@ -144,15 +144,15 @@ def starting_rollout(
     still active (superseded) or else the instances running now (`facts`). Used by
     `plan_start` and by the dry run of an update (`jobs.update_plan`)."""
     previous = job.rollout
-    stable = previous.stable_version if previous is not None else job.job_version
-    active = previous is not None and previous.active
     return Rollout(
         state=RolloutState.PROGRESSING,
-        from_version=stable,
+        from_version=previous.stable_version if previous is not None else job.job_version,
         to_version=job.latest_version + 1,
         started_at=now,
         progress_at=now,
-        baseline=previous.baseline if previous is not None and active else running_count(facts),
+        baseline=previous.baseline
+        if previous is not None and previous.active
+        else running_count(facts),
         reason=reason,
     )
 
@@ -178,8 +178,13 @@ def plan_start(
         raise ValueError("a change that makes no new version is made in place")
     plan = _Plan(job, facts, versions, now)
     number = job.latest_version + 1
-    previous = job.rollout
-    stable = previous.stable_version if previous is not None else job.job_version
+    rollout = starting_rollout(
+        job,
+        facts,
+        now,
+        reason=short(f"rolling update to version {number}: {', '.join(change.versioned)} changed"),
+    )
+    previous, stable = job.rollout, rollout.from_version
     if stable not in plan.versions and stable == job.job_version:
         # the first change of this job: its spec so far becomes version `stable`
         plan.save_version(
@@ -206,12 +211,6 @@ def plan_start(
             state="rolling_out",
             changed=change.versioned,
         )
-    )
-    rollout = starting_rollout(
-        job,
-        facts,
-        now,
-        reason=short(f"rolling update to version {number}: {', '.join(change.versioned)} changed"),
     )
     plan.save_job(
         replace(

@@ -22,11 +22,6 @@ from schemas.root_api import JobPatch
 log = logging.getLogger(__name__)
 
 
-def running_now(st: RootState, job_id: str) -> int:
-    """How many instances of a job run now (terminating ones not counted)."""
-    return rollout_plans.running_count(i.facts() for i in lookups.job_instances(st, job_id))
-
-
 def start_rollout(st: RootState, job: JobRecord, change: SpecChange) -> JobRecord:
     """A new version of the job's spec becomes its target; a rollout begins: the pure
     `rollout_plans.plan_start`, applied; the job's new record."""
