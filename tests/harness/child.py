@@ -9,12 +9,19 @@ too), and the log's text for failure messages.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from schemas.process_group import kill_child, spawn_logged, stop_child
+
+
+def python_path(repo: Path, inherited: str | None) -> str:
+    """A child's PYTHONPATH: `repo` first, then what this process was given (without an
+    empty entry, which would put the child's working directory on its path)."""
+    return os.pathsep.join(p for p in (str(repo), inherited) if p)
 
 
 class ChildProcess:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness.child import ChildProcess
+from tests.harness.child import ChildProcess, python_path
 
 __all__ = ["ClusterProcess", "free_port"]
 
@@ -102,7 +102,7 @@ class ClusterProcess(ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = python_path(REPO_ROOT, env.get("PYTHONPATH"))
         env["EDGE_OPERATOR_TOKEN"] = self.operator_token
         env["EDGE_JOIN_TOKEN"] = self.join_token
         if self._admin_password is not None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.harness.child import ChildProcess
+from tests.harness.child import ChildProcess, python_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,9 +75,7 @@ class NodeEngineProcess(ChildProcess):
         """Start the engine (does not wait for it to join)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.repo or REPO_ROOT), env.get("PYTHONPATH")) if p
-        )
+        env["PYTHONPATH"] = python_path(self.repo or REPO_ROOT, env.get("PYTHONPATH"))
         if self.join_token is not None:
             env["EDGE_NODE_JOIN_TOKEN"] = self.join_token
         env.update(self.env)

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from tests.harness.child import ChildProcess
+from tests.harness.child import ChildProcess, python_path
 from tests.harness.cluster_process import ClusterProcess, free_port
 from tests.harness.engine_process import NodeEngineProcess
 from tests.harness.wait import wait_for
@@ -119,9 +119,7 @@ class RootProcess(ChildProcess):
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-                ),
+                "PYTHONPATH": python_path(REPO_ROOT, os.environ.get("PYTHONPATH")),
                 "EDGE_HOST": "127.0.0.1",
                 "EDGE_PORT": str(self.port),
                 "EDGE_STORE_URL": self.store_url,
